@@ -1,0 +1,266 @@
+"""Modbus tag codec: 16-bit registers <-> typed values, for every `ModbusType` and byte/word order.
+
+Pure and fast: each tag is compiled once into a `TagCodec` whose `convert(words, offset)` closure does the
+decode, scaling and range check with no branching on the config at read time.
+
+Byte orders name the order of the value's bytes on the wire, A being the most significant byte:
+`ABCD` big-endian, `BADC` bytes swapped inside each register, `CDAB` registers reversed, `DCBA` little-endian.
+They apply alike to 32- and 64-bit values (for 64-bit `CDAB` reverses all four registers). The rule that
+covers every width: pack the registers big-endian (`ABCD`, `DCBA`) or little-endian (`BADC`, `CDAB`), then
+read the bytes big-endian (`ABCD`, `BADC`) or little-endian (`CDAB`, `DCBA`). For 16-bit values this means
+`BADC` and `DCBA` swap the two bytes, `ABCD` and `CDAB` do not. Strings only know the order inside a register:
+high byte first (`ABCD`, `CDAB`) or swapped (`BADC`, `DCBA`). A `bit` of a register counts from the least
+significant bit of the register as transmitted (0..15), whatever the byte order.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from collector.config import BIT_TABLES, REGISTERS_PER_TYPE, ModbusTag
+from collector.model import Quality
+
+__all__ = [
+    "BYTE_ORDERS",
+    "Converter",
+    "Decoder",
+    "TagCodec",
+    "compile_tag",
+    "decode",
+    "encode",
+    "make_decoder",
+    "make_encoder",
+    "type_limits",
+]
+
+BYTE_ORDERS = ("ABCD", "BADC", "CDAB", "DCBA")
+# byte order -> (struct prefix for packing the registers, struct prefix for reading the value)
+_ORDER_PREFIX: dict[str, tuple[str, str]] = {
+    "ABCD": (">", ">"),
+    "BADC": ("<", ">"),
+    "CDAB": ("<", "<"),
+    "DCBA": (">", "<"),
+}
+_NUM_FORMAT = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "int64": "q", "uint64": "Q",
+               "float32": "f", "float64": "d"}
+_INT_LIMITS = {"int16": (-(2**15), 2**15 - 1), "uint16": (0, 2**16 - 1), "int32": (-(2**31), 2**31 - 1),
+               "uint32": (0, 2**32 - 1), "int64": (-(2**63), 2**63 - 1), "uint64": (0, 2**64 - 1)}
+
+Decoder = Callable[[Sequence[int], int], Any]
+"""(words, offset) -> raw value; `words` are the registers (or bits) of a whole request."""
+Converter = Callable[[Sequence[int], int], tuple[Any, str]]
+"""(words, offset) -> (engineering value, quality)."""
+
+
+def type_limits(type_: str) -> tuple[int, int] | None:
+    """The representable range of an integer type (None for the others); the simulator clamps to it."""
+    return _INT_LIMITS.get(type_)
+
+
+def _check_order(byte_order: str) -> None:
+    if byte_order not in _ORDER_PREFIX:
+        raise ValueError(f"byte order '{byte_order}' is not one of {', '.join(BYTE_ORDERS)}")
+
+
+def make_decoder(type_: str, byte_order: str = "ABCD", count: int | None = None,
+                 bit: int | None = None, bits: bool = False) -> Decoder:
+    """Compile a decoder for one tag. `bits=True` for coils and discrete inputs (one bit per address)."""
+    _check_order(byte_order)
+    if type_ == "bool":
+        if bits:
+            return lambda w, o: bool(w[o])
+        if bit is None:
+            return lambda w, o: w[o] != 0
+        mask = 1 << bit
+        return lambda w, o: (w[o] & mask) != 0
+    if type_ == "raw":
+        n = count or 1
+        return lambda w, o: list(w[o:o + n])
+    word_prefix, value_prefix = _ORDER_PREFIX[byte_order]
+    if type_ == "string":
+        n = count or 1
+        # Strings have no word order: only the order inside each register counts.
+        pack_s = struct.Struct((">" if byte_order in ("ABCD", "CDAB") else "<") + f"{n}H").pack
+
+        def dec_string(w: Sequence[int], o: int) -> str:
+            return pack_s(*w[o:o + n]).rstrip(b"\x00 ").decode("utf-8")
+
+        return dec_string
+    if type_ not in _NUM_FORMAT:
+        raise ValueError(f"unknown Modbus type '{type_}'")
+    n = REGISTERS_PER_TYPE[type_]
+    if n == 1 and word_prefix == value_prefix:
+        # 16-bit without byte swap: plain arithmetic, no struct.
+        if type_ == "uint16":
+            return lambda w, o: w[o]
+        return lambda w, o: w[o] - 0x10000 if w[o] & 0x8000 else w[o]
+    if type_ in ("uint32", "int32") and byte_order in ("ABCD", "CDAB"):
+        hi, lo = (0, 1) if byte_order == "ABCD" else (1, 0)
+        if type_ == "uint32":
+            return lambda w, o: (w[o + hi] << 16) | w[o + lo]
+
+        def dec_i32(w: Sequence[int], o: int) -> int:
+            v = (w[o + hi] << 16) | w[o + lo]
+            return v - 0x100000000 if v & 0x80000000 else v
+
+        return dec_i32
+    pack_w = struct.Struct(f"{word_prefix}{n}H").pack
+    unpack_v = struct.Struct(value_prefix + _NUM_FORMAT[type_]).unpack
+    if n == 2:
+        return lambda w, o: unpack_v(pack_w(w[o], w[o + 1]))[0]
+    if n == 4:
+        return lambda w, o: unpack_v(pack_w(w[o], w[o + 1], w[o + 2], w[o + 3]))[0]
+    return lambda w, o: unpack_v(pack_w(w[o]))[0]
+
+
+def make_encoder(type_: str, byte_order: str = "ABCD", count: int | None = None) -> Callable[[Any], list[int]]:
+    """Compile the inverse of `make_decoder` (value -> registers); ints are rounded and clamped to the type.
+
+    A bool encodes to `[0]` or `[1]` (a coil, or the value of its bit: the caller merges it into the register).
+    """
+    _check_order(byte_order)
+    if type_ == "bool":
+        return lambda v: [1 if v else 0]
+    if type_ == "raw":
+        n = count or 1
+
+        def enc_raw(v: Any) -> list[int]:
+            words = [int(x) & 0xFFFF for x in (v if isinstance(v, list | tuple) else [v])][:n]
+            return words + [0] * (n - len(words))
+
+        return enc_raw
+    word_prefix, value_prefix = _ORDER_PREFIX[byte_order]
+    if type_ == "string":
+        n = count or 1
+        unpack_s = struct.Struct((">" if byte_order in ("ABCD", "CDAB") else "<") + f"{n}H").unpack
+
+        def enc_string(v: Any) -> list[int]:
+            data = str(v).encode("utf-8")[:2 * n]
+            return list(unpack_s(data.ljust(2 * n, b"\x00")))
+
+        return enc_string
+    if type_ not in _NUM_FORMAT:
+        raise ValueError(f"unknown Modbus type '{type_}'")
+    n = REGISTERS_PER_TYPE[type_]
+    pack_v = struct.Struct(value_prefix + _NUM_FORMAT[type_]).pack
+    unpack_w = struct.Struct(f"{word_prefix}{n}H").unpack
+    if type_ in _INT_LIMITS:
+        lo, hi = _INT_LIMITS[type_]
+
+        def enc_int(v: Any) -> list[int]:
+            if isinstance(v, int):  # exact, also past 2**53 (64-bit counters)
+                i = min(hi, max(lo, v))
+            else:
+                x = float(v)
+                i = 0 if math.isnan(x) else int(min(hi, max(lo, round(x)))) if math.isfinite(x) else \
+                    (hi if x > 0 else lo)
+            return list(unpack_w(pack_v(i)))
+
+        return enc_int
+    return lambda v: list(unpack_w(pack_v(float(v))))
+
+
+def decode(registers: Sequence[int], type_: str, byte_order: str = "ABCD", count: int | None = None,
+           bit: int | None = None) -> Any:
+    """Decode one value from its registers (convenience; the hot path uses compiled codecs)."""
+    return make_decoder(type_, byte_order, count, bit)(registers, 0)
+
+
+def encode(value: Any, type_: str, byte_order: str = "ABCD", count: int | None = None) -> list[int]:
+    """Encode one value into registers (convenience for the simulator and tests)."""
+    return make_encoder(type_, byte_order, count)(value)
+
+
+def _make_converter(dec: Decoder, type_: str, scale: float, offset: float,
+                    rng: tuple[float, float] | None) -> Converter:
+    """Stack the stages a tag needs (decode, scale, finite check, range check) into one closure.
+
+    Scaling and range apply to numeric types only. A NaN or infinite float is `bad_decode` with value None
+    (it is no measurement, and JSON cannot carry it); an undecodable string is `bad_decode` too.
+    """
+    good, out, bad = Quality.GOOD, Quality.BAD_OUT_OF_RANGE, Quality.BAD_DECODE
+    if type_ not in _NUM_FORMAT:
+        if type_ == "string":
+
+            def conv_string(w: Sequence[int], o: int) -> tuple[Any, str]:
+                try:
+                    return dec(w, o), good
+                except UnicodeDecodeError:
+                    return None, bad
+
+            return conv_string
+        return lambda w, o: (dec(w, o), good)
+    scaled = scale != 1.0 or offset != 0.0
+    if scaled:
+        base: Decoder = lambda w, o: dec(w, o) * scale + offset  # noqa: E731
+    else:
+        base = dec
+    if rng is None:
+        if type_ not in ("float32", "float64"):
+            return lambda w, o: (base(w, o), good)
+
+        def conv_finite(w: Sequence[int], o: int) -> tuple[Any, str]:
+            v = base(w, o)
+            return (v, good) if math.isfinite(v) else (None, bad)
+
+        return conv_finite
+    lo, hi = rng
+
+    def conv_range(w: Sequence[int], o: int) -> tuple[Any, str]:
+        v = base(w, o)
+        if lo <= v <= hi:
+            return v, good
+        if v != v or v in (math.inf, -math.inf):  # NaN / inf: not a measurement
+            return None, bad
+        return v, out  # out of range: the value is still recorded
+
+    return conv_range
+
+
+class TagCodec:
+    """A tag compiled for the hot path: where it lives, and how to turn its registers into a value."""
+
+    __slots__ = ("convert", "decode", "encode_raw", "is_bits", "name", "scale", "offset", "size", "table",
+                 "tag", "type", "unit", "address", "bit", "byte_order")
+
+    def __init__(self, tag: ModbusTag, default_byte_order: str = "ABCD") -> None:
+        if tag.table is None or tag.address is None:
+            raise ValueError(f"tag '{tag.name}' has no resolved table/address (validate it in a ModbusDevice)")
+        self.tag = tag
+        self.name = tag.name
+        self.unit = tag.unit
+        self.type = tag.type
+        self.table = tag.table
+        self.address = tag.address
+        self.size = tag.register_count()
+        self.bit = tag.bit
+        self.is_bits = tag.table in BIT_TABLES
+        self.byte_order = tag.byte_order or default_byte_order
+        self.scale = tag.scale
+        self.offset = tag.offset
+        self.decode = make_decoder(tag.type, self.byte_order, tag.count, tag.bit, self.is_bits)
+        self.encode_raw = make_encoder(tag.type, self.byte_order, tag.count)
+        self.convert = _make_converter(self.decode, tag.type, tag.scale, tag.offset, tag.range)
+
+    def encode_value(self, value: Any) -> list[int]:
+        """Engineering value -> registers: undo scale/offset, then encode (the simulator's direction)."""
+        if self.type in _NUM_FORMAT and (self.scale != 1.0 or self.offset != 0.0):
+            try:
+                value = (float(value) - self.offset) / self.scale
+            except (TypeError, ValueError, ZeroDivisionError):
+                value = 0
+        try:
+            return self.encode_raw(value)
+        except (TypeError, ValueError, OverflowError, struct.error):
+            return [0] * self.size
+
+    def __repr__(self) -> str:
+        return f"TagCodec({self.name!r}, {self.table}@{self.address}, {self.type}/{self.byte_order})"
+
+
+def compile_tag(tag: ModbusTag, default_byte_order: str = "ABCD") -> TagCodec:
+    """Compile one tag; `default_byte_order` is the device's, used when the tag does not set its own."""
+    return TagCodec(tag, default_byte_order)

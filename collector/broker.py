@@ -1,0 +1,131 @@
+"""A local MQTT broker for the demo (and the tests): mosquitto when installed, else the embedded amqtt.
+
+A gateway uses the broker of its config; this module exists so that `make demo` needs nothing but Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True when something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class MosquittoProcess:
+    """A private mosquitto on host:port with a throw-away config; can be stopped and started again."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", persistence_dir: Path | None = None) -> None:
+        self.host, self.port = host, port
+        self.dir = Path(tempfile.mkdtemp(prefix="mosquitto-"))
+        self.persistence_dir = persistence_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("mosquitto") is not None
+
+    def start(self, timeout: float = 10.0) -> None:
+        conf = self.dir / "mosquitto.conf"
+        lines = [f"listener {self.port} {self.host}", "allow_anonymous true", "max_queued_messages 0",
+                 "max_inflight_messages 0", "log_dest stderr", "log_type error", "log_type warning"]
+        if self.persistence_dir is not None:
+            lines += ["persistence true", f"persistence_location {self.persistence_dir}/"]
+        else:
+            lines.append("persistence false")
+        conf.write_text("\n".join(lines) + "\n")
+        self.proc = subprocess.Popen([shutil.which("mosquitto") or "mosquitto", "-c", str(conf)],
+                                     stdout=subprocess.DEVNULL, stderr=open(self.dir / "log", "ab"))  # noqa: SIM115
+        deadline = time.monotonic() + timeout
+        while not port_answers(self.host, self.port, 0.2):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {(self.dir / 'log').read_text()[-500:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mosquitto did not listen on {self.host}:{self.port}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+class EmbeddedBroker:
+    """amqtt in this process, for machines without mosquitto."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.host, self.port = host, port
+        self.broker: Any = None
+
+    async def start(self) -> None:
+        from amqtt.broker import Broker
+
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+        for name in ("amqtt", "transitions"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        self.broker = Broker(config)
+        await self.broker.start()
+
+    async def stop(self) -> None:
+        if self.broker is not None:
+            with contextlib.suppress(Exception):
+                await self.broker.shutdown()
+
+
+class DemoBroker:
+    """Use the configured broker when it answers; otherwise start one there (mosquitto, else amqtt)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.kind = "external"
+        self._mosq: MosquittoProcess | None = None
+        self._amqtt: EmbeddedBroker | None = None
+
+    async def start(self) -> str:
+        if port_answers(self.host, self.port):
+            return self.kind
+        if MosquittoProcess.available():
+            self._mosq = MosquittoProcess(self.port, self.host)
+            await asyncio.to_thread(self._mosq.start)
+            self.kind = "mosquitto"
+        else:
+            self._amqtt = EmbeddedBroker(self.port, self.host)
+            await self._amqtt.start()
+            self.kind = "amqtt"
+        return self.kind
+
+    async def stop(self) -> None:
+        if self._mosq is not None:
+            await asyncio.to_thread(self._mosq.stop)
+        if self._amqtt is not None:
+            await self._amqtt.stop()

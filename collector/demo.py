@@ -1,0 +1,60 @@
+"""`collector demo`: the bundled simulators, a broker when none answers, the collector and a live view."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+
+from rich.console import Console
+from rich.live import Live
+
+from collector.app import Collector
+from collector.broker import DemoBroker
+from collector.config import CollectorConfig, Settings
+from collector.view import render, render_plain
+
+
+async def run_demo(cfg: CollectorConfig, duration: float | None, plain: bool = False) -> int:
+    from simulators.workshop import Workshop
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+
+    console = Console()
+    broker = DemoBroker(cfg.mqtt.host, cfg.mqtt.port)
+    kind = await broker.start()
+    console.print(f"broker: {kind} on {cfg.mqtt.host}:{cfg.mqtt.port}")
+    workshop = Workshop(cfg)
+    t0 = time.monotonic()
+    await workshop.start()
+    console.print(f"simulators: {len(workshop.by_device)} devices up in {time.monotonic() - t0:.1f} s")
+    collector = Collector(cfg, Settings())
+    await collector.start()
+    header = (f"{cfg.site.enterprise_name or cfg.site.enterprise_id} · {cfg.site.workshop} · "
+              f"MQTT {cfg.topic_root}/#")
+    deadline = None if duration is None else loop.time() + duration
+    plain = plain or not sys.stdout.isatty()
+    try:
+        if plain:
+            while not stop.is_set() and (deadline is None or loop.time() < deadline):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 2.0)
+                print(render_plain(collector.device_rows(), collector.indicators()), flush=True)
+        else:
+            with Live(render(collector.device_rows(), collector.indicators(), header), console=console,
+                      refresh_per_second=2, screen=False) as live:
+                while not stop.is_set() and (deadline is None or loop.time() < deadline):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1.0)
+                    live.update(render(collector.device_rows(), collector.indicators(), header))
+    finally:
+        await collector.stop()
+        await workshop.stop()
+        await broker.stop()
+    return 0

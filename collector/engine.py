@@ -1,0 +1,146 @@
+"""One supervised asyncio task per device.
+
+A device task connects, polls at its interval (or subscribes), and on any failure closes the session,
+reports the device `offline` with the reason and retries with jittered, capped exponential backoff. An
+exception in one device's task never reaches another device or the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from adapters.base import Adapter, AdapterError, DeviceConfig, DeviceSkipped, create_adapter
+from collector.model import DeviceState, Reading
+
+log = logging.getLogger(__name__)
+
+ReadingsSink = Callable[[str, list[Reading]], object]
+StateSink = Callable[[str, DeviceState, str | None], None]
+
+
+class Backoff:
+    """Jittered exponential backoff: base × 2^n, capped, with ±`jitter` spread so devices don't retry in step."""
+
+    def __init__(self, base: float = 0.5, cap: float = 30.0, jitter: float = 0.2,
+                 rng: random.Random | None = None) -> None:
+        self.base, self.cap, self.jitter = base, cap, jitter
+        self.failures = 0
+        self.rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        delay = min(self.cap, self.base * (2 ** self.failures))
+        self.failures += 1
+        return delay * (1 + self.rng.uniform(-self.jitter, self.jitter))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class DeviceTask:
+    """The life of one device: connect, poll or subscribe, back off on failure, forever until stopped."""
+
+    def __init__(self, device: DeviceConfig, on_readings: ReadingsSink, on_state: StateSink,
+                 backoff_cap: float = 30.0, adapter_factory: Callable[[DeviceConfig], Adapter] = create_adapter
+                 ) -> None:
+        self.device = device
+        self.on_readings = on_readings
+        self.on_state = on_state
+        self.backoff = Backoff(base=min(0.5, device.interval), cap=backoff_cap)
+        self.adapter_factory = adapter_factory
+        self.adapter: Adapter | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.polls = 0
+        self.last_poll_duration = 0.0
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"device:{self.device.id}")
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+            self.task = None
+
+    async def _run(self) -> None:
+        dev = self.device
+        while True:
+            adapter = self.adapter_factory(dev)
+            self.adapter = adapter
+            try:
+                await adapter.connect()
+                self.backoff.reset()
+                if adapter.wants_subscribe:
+                    await adapter.subscribe(lambda readings: self._deliver(readings))
+                    raise AdapterError("subscription ended")
+                await self._poll_loop(adapter)
+            except asyncio.CancelledError:
+                await adapter.close()
+                raise
+            except DeviceSkipped as exc:
+                self.on_state(dev.id, DeviceState.DEGRADED, exc.reason)
+                await adapter.close()
+                await asyncio.sleep(getattr(dev, "degrade_for", dev.interval))
+                continue
+            except AdapterError as exc:
+                self.on_state(dev.id, DeviceState.OFFLINE, exc.reason)
+            except Exception as exc:  # a bug or an unexpected library error must not kill the task
+                log.exception("device=%s event=unexpected_error", dev.id)
+                self.on_state(dev.id, DeviceState.OFFLINE, f"internal error: {type(exc).__name__}: {exc}")
+            await adapter.close()
+            delay = self.backoff.next_delay()
+            log.info("device=%s event=retry delay=%.2f", dev.id, delay)
+            await asyncio.sleep(delay)
+
+    def _deliver(self, readings: list[Reading]) -> None:
+        try:
+            self.on_readings(self.device.id, readings)
+        except Exception:
+            log.exception("device=%s event=pipeline_error", self.device.id)
+
+    async def _poll_loop(self, adapter: Adapter) -> None:
+        """Poll on a fixed grid (no drift); a poll that overruns skips the missed slots."""
+        interval = self.device.interval
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            started = time.perf_counter()
+            readings = await adapter.read()
+            self.last_poll_duration = time.perf_counter() - started
+            self.polls += 1
+            self._deliver(readings)
+            next_at += interval
+            now = loop.time()
+            if next_at < now:
+                next_at = now + interval - ((now - next_at) % interval)
+            await asyncio.sleep(next_at - now)
+
+
+class Engine:
+    """Starts and stops the device tasks; knows adapters only through `adapters.base`."""
+
+    def __init__(self, on_readings: ReadingsSink, on_state: StateSink) -> None:
+        self.on_readings = on_readings
+        self.on_state = on_state
+        self.tasks: dict[str, DeviceTask] = {}
+
+    def start_device(self, device: DeviceConfig) -> None:
+        if device.id in self.tasks or not device.enabled:
+            return
+        task = DeviceTask(device, self.on_readings, self.on_state)
+        self.tasks[device.id] = task
+        task.start()
+
+    async def stop_device(self, device_id: str) -> None:
+        task = self.tasks.pop(device_id, None)
+        if task is not None:
+            await task.stop()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(self.stop_device(d) for d in list(self.tasks)))

@@ -1,0 +1,59 @@
+"""Between the adapters and the sinks: numbering, the good-sample rule, the latest values, fan-out.
+
+A poll's readings become one `Batch` per device and cycle, numbered by the device's sequence. The batch is
+marked as holding a good sample when at least one reading is good and its source timestamp is still
+advancing (INDICATORS.md: a value whose source timestamp stopped for longer than `stale_after` is not good).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from collector.model import Batch, Reading
+from collector.status import StatusTracker
+
+BatchSink = Callable[[Batch], None]
+
+
+class Pipeline:
+    def __init__(self, status: StatusTracker, stale_after: float, clock: Callable[[], float] = time.time) -> None:
+        self.status = status
+        self.stale_after = stale_after
+        self.clock = clock
+        self.sinks: list[BatchSink] = []
+        self.latest: dict[str, dict[str, Reading]] = {}
+        # (device, tag) -> (last source_ts, receive time when it last advanced)
+        self._advance: dict[tuple[str, str], tuple[float, float]] = {}
+
+    def add_sink(self, sink: BatchSink) -> None:
+        self.sinks.append(sink)
+
+    def submit(self, device: str, readings: list[Reading]) -> Batch | None:
+        """Take one cycle of a device; returns the batch handed to the sinks (None when empty)."""
+        if not readings:
+            return None
+        now = self.clock()
+        latest = self.latest.setdefault(device, {})
+        advance = self._advance
+        fresh_good = 0
+        good = 0
+        for r in readings:
+            latest[r.tag] = r
+            key = (device, r.tag)
+            prev = advance.get(key)
+            if prev is None or r.source_ts != prev[0]:
+                advance[key] = (r.source_ts, r.receive_ts)
+                last_advance = r.receive_ts
+            else:
+                last_advance = prev[1]
+            if r.quality == "good":
+                good += 1
+                if r.receive_ts - last_advance <= self.stale_after:
+                    fresh_good += 1
+        batch = Batch(device=device, seq=self.status.next_seq(device), ts=now, readings=readings,
+                      good_ts=now if fresh_good else None)
+        self.status.polled(device, good, len(readings), now)
+        for sink in self.sinks:
+            sink(batch)
+        return batch

@@ -1,0 +1,65 @@
+"""Terminal views of the running collector: the demo's live screen, and later `collector status`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+STATE_STYLE = {"online": "green", "degraded": "yellow", "offline": "red", "never_seen": "dim"}
+
+
+def fmt_value(value: Any, unit: str | None) -> str:
+    if isinstance(value, float):
+        text = f"{value:.4g}" if abs(value) < 1e6 else f"{value:.0f}"
+    else:
+        text = str(value)
+    return f"{text}{' ' + unit if unit else ''}"
+
+
+def fmt_rate(fig: dict[str, Any]) -> str:
+    value = fig.get("value")
+    pct = "—" if value is None else f"{value * 100:.1f} %"
+    target = fig.get("target")
+    mark = "" if fig.get("passed") is None else (" ✔ pass" if fig["passed"] else " ✘ below target")
+    goal = f" (target ≥ {target * 100:.0f} %)" if target is not None else ""
+    return f"{pct}  [{fig['numerator']:g}/{fig['denominator']:g}]{goal}{mark}"
+
+
+def render(rows: list[dict[str, Any]], indicators: dict[str, Any], header: str, max_values: int = 4) -> Group:
+    table = Table(title=header, expand=True)
+    table.add_column("device")
+    table.add_column("name")
+    table.add_column("proto")
+    table.add_column("state")
+    table.add_column("last values")
+    for row in rows:
+        vals = [f"{tag}={fmt_value(v, u)}" + ("" if q == "good" else f" [{q}]")
+                for tag, (v, u, q) in list(row["values"].items())[:max_values]]
+        state = Text(row["state"], style=STATE_STYLE.get(row["state"], ""))
+        if row["reason"] and row["state"] != "online":
+            state.append(f"\n{row['reason'][:40]}", style="dim")
+        table.add_row(row["id"], row["name"], row["protocol"], state, "  ".join(vals))
+    figs = indicators["figures"]
+    ind = Table(title=f"indicators (defset {indicators['defset']}, live)", expand=True, show_header=False)
+    ind.add_column("figure")
+    ind.add_column("value")
+    for key in ("D2", "D1", "D3", "D2a"):
+        f = figs[key]
+        ind.add_row(f"{f['name_zh']} {key} — {f['name_en']}", fmt_rate(f))
+    return Group(table, ind)
+
+
+def render_plain(rows: list[dict[str, Any]], indicators: dict[str, Any]) -> str:
+    stamp = dt.datetime.now().strftime("%H:%M:%S")
+    lines = [f"--- {stamp}"]
+    for row in rows:
+        vals = ", ".join(f"{t}={fmt_value(v, u)}" for t, (v, u, _q) in list(row["values"].items())[:4])
+        lines.append(f"{row['id']:<10} {row['state']:<10} {vals}")
+    for key in ("D2", "D1"):
+        f = indicators["figures"][key]
+        lines.append(f"{f['name_zh']} {key}: {fmt_rate(f)}")
+    return "\n".join(lines)

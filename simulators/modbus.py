@@ -1,0 +1,245 @@
+"""Simulated Modbus TCP machines: one pymodbus TCP server per endpoint, one unit id per configured device.
+
+The server answers from our own flat arrays (one per table and unit, from address 0 to the end of the last
+tag) through a small datastore that pymodbus's server calls directly: no SimDevice rebuilds, no per-address
+objects, so 100 devices x 200 tags cost a few MB and one slice per request. A background task per unit ticks
+its `MachineModel` and writes the encoded tag values in place.
+
+Behaviour a collector sees:
+- addresses between tags read as 0 (coalesced reads work); a request past the last tag of a table, or a
+  table the unit has no tag in, answers exception 02;
+- `simulate.exception_addresses` (0-based wire addresses, any table): a request touching one answers
+  `simulate.exception_code`;
+- `simulate.delay` seconds before every answer; `set_silent(device, True)` (or `simulate.silent`): no answer;
+- an unknown unit id answers exception 0B (gateway target failed to respond);
+- `stop()` closes the listener and every client connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+from array import array
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from pymodbus.constants import ExcCodes
+from pymodbus.datastore import ModbusServerContext
+from pymodbus.exceptions import NoSuchIdException
+from pymodbus.server import ModbusTcpServer
+
+from adapters.modbus.codec import TagCodec, compile_tag
+from collector.config import ModbusDevice
+from simulators.machine import MachineModel
+
+__all__ = ["ModbusServerSim", "UnitStore"]
+
+log = logging.getLogger(__name__)
+
+# function code -> table it reads or writes
+_FC_TABLE = {1: "coil", 5: "coil", 15: "coil", 2: "discrete_input", 4: "input_register",
+             3: "holding_register", 6: "holding_register", 16: "holding_register", 22: "holding_register",
+             23: "holding_register"}
+_TABLES = ("coil", "discrete_input", "input_register", "holding_register")
+
+
+class UnitStore:
+    """The four tables of one simulated unit and the machine model that fills them."""
+
+    def __init__(self, device: ModbusDevice, model: MachineModel) -> None:
+        self.device = device
+        self.model = model
+        self.codecs: list[TagCodec] = [compile_tag(t, device.byte_order) for t in device.tags]
+        sizes = dict.fromkeys(_TABLES, 0)
+        for c in self.codecs:
+            sizes[c.table] = max(sizes[c.table], c.address + c.size)
+        # bits: bytearray of 0/1; registers: unsigned 16-bit array
+        self.tables: dict[str, bytearray | array[int]] = {
+            name: (bytearray(n) if name in ("coil", "discrete_input") else array("H", bytes(2 * n)))
+            for name, n in sizes.items()
+        }
+        sim = device.simulate
+        self.exception_addresses = sorted(set(sim.exception_addresses))
+        self.exception_code = ExcCodes(sim.exception_code)
+        self.delay = sim.delay
+        self.silent = sim.silent
+        self.update_interval = sim.update_interval
+
+    def update(self) -> None:
+        """Advance the model one tick and write every tag's value into the tables."""
+        self.model.tick()
+        value = self.model.value
+        tables = self.tables
+        for c in self.codecs:
+            words = c.encode_value(value(c.name))
+            table: Any = tables[c.table]
+            if c.bit is not None and not c.is_bits:
+                mask = 1 << c.bit
+                table[c.address] = (table[c.address] | mask) if words[0] else (table[c.address] & ~mask)
+            elif c.size == 1:
+                table[c.address] = words[0]
+            elif c.is_bits:
+                table[c.address:c.address + c.size] = bytearray(words)
+            else:
+                table[c.address:c.address + c.size] = array("H", words)
+
+    def check(self, table: str, address: int, count: int) -> ExcCodes | None:
+        """The exception a request for `count` addresses from `address` gets, or None if it may be served."""
+        if address + count > len(self.tables[table]) or count < 1:
+            return ExcCodes.ILLEGAL_ADDRESS
+        exc = self.exception_addresses
+        if exc:
+            i = bisect.bisect_left(exc, address)
+            if i < len(exc) and exc[i] < address + count:
+                return self.exception_code
+        return None
+
+
+class _Datastore(ModbusServerContext):
+    """Answers pymodbus's server from the units' arrays.
+
+    Subclasses ModbusServerContext only because that is the type pymodbus 3.16's server accepts for a
+    custom store (`old_simulator=True` makes it call us directly); the deprecated base `__init__`, which
+    builds SimDevices and warns, is deliberately not called.
+    """
+
+    def __init__(self, units: dict[int, UnitStore]) -> None:
+        self.units = units
+        self.old_simulator = True
+        self.simdevices = []
+        self._devices = {}
+
+    def device_ids(self) -> list[int]:
+        return list(self.units)
+
+    async def _unit(self, device_id: int) -> UnitStore | None:
+        unit = self.units.get(device_id)
+        if unit is None:
+            return None
+        if unit.silent:
+            # with ignore_missing_devices=True the server sends nothing: the client times out
+            raise NoSuchIdException(f"unit {device_id} is silent")
+        if unit.delay:
+            await asyncio.sleep(unit.delay)
+        return unit
+
+    async def async_getValues(self, device_id: int, func_code: int, address: int,
+                              count: int = 1) -> list[int] | list[bool] | ExcCodes:
+        unit = await self._unit(device_id)
+        if unit is None:
+            return ExcCodes.GATEWAY_NO_RESPONSE
+        table = _FC_TABLE.get(func_code)
+        if table is None:
+            return ExcCodes.ILLEGAL_FUNCTION
+        exc = unit.check(table, address, count)
+        if exc is not None:
+            return exc
+        return list(unit.tables[table][address:address + count])
+
+    async def async_setValues(self, device_id: int, func_code: int, address: int,
+                              values: Sequence[int] | Sequence[bool]) -> ExcCodes | None:
+        unit = await self._unit(device_id)
+        if unit is None:
+            return ExcCodes.GATEWAY_NO_RESPONSE
+        table = _FC_TABLE.get(func_code)
+        if table is None or table in ("discrete_input", "input_register"):
+            return ExcCodes.ILLEGAL_FUNCTION
+        exc = unit.check(table, address, len(values))
+        if exc is not None:
+            return exc
+        store = unit.tables[table]
+        for i, v in enumerate(values):
+            store[address + i] = int(v) & (1 if table == "coil" else 0xFFFF)
+        return None
+
+
+class ModbusServerSim:
+    """Serve every given device behind one Modbus TCP endpoint (`tcp://host:port`), one unit id each.
+
+    `models` holds each device's MachineModel (by device id) so tests and fault injection can force states.
+    """
+
+    def __init__(self, endpoint_url: str, devices: list[ModbusDevice]) -> None:
+        parts = urlsplit(endpoint_url)
+        if parts.scheme != "tcp" or not parts.hostname:
+            raise ValueError(f"the Modbus simulator serves tcp://host:port endpoints (got '{endpoint_url}')")
+        self.host: str = parts.hostname
+        self.port: int = parts.port if parts.port is not None else 502  # 0: any free port, see .port
+        self.endpoint_url = endpoint_url
+        self.models: dict[str, MachineModel] = {}
+        self.units: dict[int, UnitStore] = {}
+        self._by_device: dict[str, UnitStore] = {}
+        for dev in devices:
+            if dev.unit_id in self.units:
+                raise ValueError(f"devices '{self.units[dev.unit_id].device.id}' and '{dev.id}' share unit id "
+                                 f"{dev.unit_id} on {endpoint_url}")
+            model = MachineModel(dev.id, dev.simulate, dev.tags)
+            unit = UnitStore(dev, model)
+            self.models[dev.id] = model
+            self.units[dev.unit_id] = unit
+            self._by_device[dev.id] = unit
+        self._store = _Datastore(self.units)
+        self._server: ModbusTcpServer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    async def start(self) -> None:
+        """Fill the tables, bind and listen; returns once clients can connect (`self.port` is the real port)."""
+        if self._server is not None:
+            return
+        for unit in self.units.values():
+            unit.update()
+        server = ModbusTcpServer(self._store, address=(self.host, self.port), ignore_missing_devices=True)
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {self.host}:{self.port}: {exc}") from None
+        listener: Any = server.transport
+        with contextlib.suppress(AttributeError, IndexError, TypeError):
+            self.port = listener.sockets[0].getsockname()[1]
+        self._server = server
+        self._tasks = [asyncio.create_task(self._run(unit), name=f"modbus-sim:{unit.device.id}")
+                       for unit in self.units.values()]
+
+    async def _run(self, unit: UnitStore) -> None:
+        """Tick one unit's model every `simulate.update_interval`; a failing tick is logged, not fatal."""
+        while True:
+            await asyncio.sleep(unit.update_interval)
+            try:
+                unit.update()
+            except Exception:
+                log.exception("modbus sim: updating %s failed", unit.device.id)
+
+    async def stop(self) -> None:
+        """Stop ticking, close the listener and drop every client connection (clients see the device go)."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        server, self._server = self._server, None
+        if server is not None:
+            await server.shutdown()
+            await asyncio.sleep(0)  # let the transports deliver their close
+
+    def set_silent(self, device_id: str, silent: bool = True) -> None:
+        """Make a unit stop answering (its requests time out) or answer again."""
+        self._by_device[device_id].silent = silent
+
+    def unit(self, device_id: str) -> UnitStore:
+        """The unit serving a device (tests poke its tables)."""
+        return self._by_device[device_id]
+
+    async def __aenter__(self) -> ModbusServerSim:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

@@ -1,0 +1,130 @@
+"""`collector check` and the config models: every bad config names its field; good ones load."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from collector.config import ConfigError, load_config, parse_classic_register, parse_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BASE = {
+    "site": {"enterprise_id": "acme", "workshop": "ws1"},
+    "devices": [
+        {"id": "m1", "protocol": "modbus", "endpoint": "tcp://127.0.0.1:5020",
+         "tags": [{"name": "t", "register": 40001, "type": "int16"}]},
+        {"id": "c1", "protocol": "opcua", "endpoint": "opc.tcp://127.0.0.1:4840",
+         "tags": [{"name": "s", "node": "ns=2;s=Speed"}]},
+    ],
+}
+
+
+def check(tmp_path: Path, data: object) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    return subprocess.run([sys.executable, "-m", "collector.cli", "check", "-c", str(path)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def mutate(fn: object) -> dict[str, object]:
+    import copy
+
+    data = copy.deepcopy(BASE)
+    fn(data)  # type: ignore[operator]
+    return data
+
+
+BAD = [
+    ("unknown key", lambda d: d["devices"][1].update(intervall=2), "devices[1].intervall", "unknown key"),
+    ("bad type", lambda d: d["devices"][0]["tags"][0].update(type="int17"), "devices[0].tags[0].type", "'int16'"),
+    ("duplicate id", lambda d: d["devices"][1].update(id="m1"), "devices[1].id", "unique"),
+    ("address out of range", lambda d: d["devices"][0]["tags"].append(
+        {"name": "far", "table": "holding_register", "address": 65535, "type": "float32"}),
+     "devices[0].tags[1].address", "65535"),
+    ("missing endpoint", lambda d: d["devices"][0].pop("endpoint"), "devices[0].endpoint", "missing"),
+    ("wrong endpoint scheme", lambda d: d["devices"][1].update(endpoint="tcp://x:1"), "devices[1].endpoint",
+     "opc.tcp://"),
+    ("bad protocol", lambda d: d["devices"][0].update(protocol="profinet"), "devices[0]", "'modbus' or 'opcua'"),
+    ("bad node id", lambda d: d["devices"][1]["tags"][0].update(node="Speed"), "devices[1].tags[0].node",
+     "node id"),
+    ("typo in site", lambda d: d["site"].update(enterprize="x"), "site.enterprize", "unknown key"),
+    ("asset bound to nothing", lambda d: d.update(assets=[{"id": "a", "device": "nope"}]), "assets[0].device",
+     "not a configured device"),
+    ("bool in a register without bit", lambda d: d["devices"][0]["tags"].append(
+        {"name": "b", "table": "holding_register", "address": 3, "type": "bool"}), "devices[0].tags[1]", "bit"),
+]
+
+
+@pytest.mark.parametrize(("name", "change", "path", "hint"), BAD, ids=[b[0] for b in BAD])
+def test_check_rejects_bad_config_naming_the_field(tmp_path: Path, name: str, change: object, path: str,
+                                                   hint: str) -> None:
+    result = check(tmp_path, mutate(change))
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [ln.strip() for ln in result.stderr.splitlines()[1:]]
+    assert any(ln.startswith(path + ":") and hint in ln for ln in lines), lines
+
+
+def test_check_accepts_the_demo_and_shows_registers(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "collector.cli", "check", "-c", str(ROOT / "config/demo.yaml"),
+                             "--tags"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "6 devices" in result.stdout and "2 unconnected assets" in result.stdout
+    # barrel_temp is 40011: holding register 10 on the wire, a float32 spanning 10..11
+    line = next(ln for ln in result.stdout.splitlines() if "barrel_temp" in ln)
+    assert "holding_register 10" in line and ".. 11" in line
+
+
+def test_one_line_per_error_for_several_errors(tmp_path: Path) -> None:
+    data = mutate(lambda d: (d["devices"][0].pop("endpoint"), d["devices"][1].update(intervall=1)))
+    result = check(tmp_path, data)
+    assert result.returncode == 2
+    assert "2 error(s)" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 3
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("site:\n  enterprise_id: a\ndevices: [\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert "line" in exc.value.lines[0]
+
+
+@pytest.mark.parametrize(("ref", "base", "expected"), [
+    (40001, 1, ("holding_register", 0)), ("400001", 1, ("holding_register", 0)), (30010, 1, ("input_register", 9)),
+    (10001, 1, ("discrete_input", 0)), ("00001", 1, ("coil", 0)), (40001, 0, ("holding_register", 1)),
+    ("465536", 1, ("holding_register", 65535)),
+])
+def test_classic_register_notation(ref: int | str, base: int, expected: tuple[str, int]) -> None:
+    assert parse_classic_register(ref, base) == expected
+
+
+def test_templates_expand_and_devices_override() -> None:
+    data = {
+        "site": {"enterprise_id": "acme"},
+        "templates": {"meter": {"protocol": "modbus", "defaults": {"byte_order": "CDAB"}, "tags": [
+            {"name": "v", "register": 30001, "type": "float32"}, {"name": "i", "register": 30003, "type": "float32"}]}},
+        "devices": [
+            {"id": "m1", "template": "meter", "endpoint": "tcp://127.0.0.1:1502", "unit_id": 3},
+            {"id": "m2", "template": "meter", "endpoint": "tcp://127.0.0.1:1502", "unit_id": 4, "tags": [
+                {"name": "i", "scale": 0.1}, {"name": "p", "register": 30005, "type": "int16"}]},
+        ],
+    }
+    cfg = parse_config(data)
+    m1, m2 = cfg.devices
+    assert m1.byte_order == "CDAB" and m1.unit_id == 3 and [t.name for t in m1.tags] == ["v", "i"]
+    assert [t.name for t in m2.tags] == ["v", "i", "p"]
+    assert m2.tags[1].scale == 0.1 and m2.tags[1].address == 2  # type: ignore[union-attr]
+
+
+def test_secrets_are_not_accepted_in_yaml() -> None:
+    data = mutate(lambda d: d.update(mqtt={"password": "hunter2"}))
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data)
+    assert exc.value.lines == ["mqtt.password: unknown key (check the spelling; see docs/config.md for the "
+                               "allowed keys)"]
