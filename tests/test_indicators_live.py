@@ -69,8 +69,9 @@ def test_live_networking_rate_counts_digital_devices_that_delivered_within_the_w
         asset(0, digital=True, device=True), asset(1, digital=True, device=True),
         asset(2, digital=True, device=True), asset(3, digital=True),  # digital, not connected
         asset(4),  # not digital: in U, not in D2's denominator
+        asset(5, digital=True, device=True, usage="non_production"),  # a meter: delivers, but outside U
     ]
-    statuses = {"d0": status("d0", 10), "d1": status("d1", 599), "d2": status("d2", 601)}
+    statuses = {"d0": status("d0", 10), "d1": status("d1", 599), "d2": status("d2", 601), "d5": status("d5", 1)}
     snap = live_snapshot(assets, statuses, cfg, SiteConfig(enterprise_id="e"), NOW)
     d2, d2a, d3 = snap["figures"]["D2"], snap["figures"]["D2a"], snap["figures"]["D3"]
     assert (d2["numerator"], d2["denominator"]) == (2, 4)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from collector.config import IndicatorConfig, SiteConfig
@@ -18,18 +18,25 @@ from collector.indicators.register import Asset
 from collector.status import DeviceStatus
 
 
-def live_figures(assets: list[Asset], statuses: Mapping[str, DeviceStatus], now: float, cfg: IndicatorConfig,
-                 tz: str) -> list[Figure]:
-    today = dt.datetime.fromtimestamp(now, zoneinfo.ZoneInfo(tz)).date()
-    window = cfg.live_window_s
-
+def _networked_now(statuses: Mapping[str, DeviceStatus], now: float, window: float) -> Callable[[Asset], bool]:
     def networked(a: Asset) -> bool:
         st = statuses.get(a.device or "")
         return st is not None and st.last_delivered is not None and now - st.last_delivered <= window
 
+    return networked
+
+
+def _today(now: float, tz: str) -> dt.date:
+    return dt.datetime.fromtimestamp(now, zoneinfo.ZoneInfo(tz)).date()
+
+
+def live_figures(assets: list[Asset], statuses: Mapping[str, DeviceStatus], now: float, cfg: IndicatorConfig,
+                 tz: str) -> list[Figure]:
+    today = _today(now, tz)
+    window = cfg.live_window_s
     return [
         *cnc_figures(assets, today, cfg.targets.cnc_rate),
-        *networking_figures(assets, today, networked, cfg.targets.networking_rate,
+        *networking_figures(assets, today, _networked_now(statuses, now, window), cfg.targets.networking_rate,
                             {"period": "now", "window_s": window}, cfg.scope),
     ]
 
@@ -40,11 +47,11 @@ def live_snapshot(assets: list[Asset], statuses: Mapping[str, DeviceStatus], cfg
     now = time.time() if now is None else now
     figures = live_figures(assets, statuses, now, cfg, site.timezone)
     workshops = sorted({a.workshop for a in assets})
-    window = cfg.live_window_s
-    networked_now = sorted(
-        a.id for a in assets
-        if a.device is not None and (st := statuses.get(a.device)) is not None and st.last_delivered is not None
-        and now - st.last_delivered <= window)
+    today = _today(now, site.timezone)
+    networked = _networked_now(statuses, now, cfg.live_window_s)
+    networked_now = sorted(a.id for a in assets
+                           if a.in_universe(today, cfg.scope) and a.is_digital and a.device is not None
+                           and networked(a))
     return {
         "defset": DEFSET,
         "period": "now",
