@@ -24,7 +24,7 @@ demo: $(VENV)/.installed
 	$(BIN)/collector demo -c config/demo.yaml $(if $(DURATION),--duration $(DURATION),)
 
 lint: $(STAMP)
-	$(BIN)/ruff check collector adapters simulators tests bench
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 test: $(STAMP) lint
