@@ -1,0 +1,83 @@
+"""Pieces of `make demo` and `collector run` that the end-to-end tests don't reach on their own."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from collector.app import Collector
+from collector.broker import DemoBroker, EmbeddedBroker, MosquittoProcess, free_port
+from collector.config import Settings, parse_config
+from simulators.workshop import Workshop
+from tests.conftest import Recorder
+from tests.test_backbone import demo_on_free_ports
+
+
+async def test_embedded_broker_carries_retained_messages_without_mosquitto() -> None:
+    port = free_port()
+    broker = EmbeddedBroker(port)
+    await broker.start()
+    try:
+        # amqtt runs on this loop: paho's blocking calls go to a thread
+        pub = await asyncio.to_thread(Recorder, "127.0.0.1", port, "nothing/#")
+        info = pub.client.publish("demo/retained", b'{"state": "online"}', qos=1, retain=True)
+        await asyncio.to_thread(info.wait_for_publish, 5)
+        rec = await asyncio.to_thread(Recorder, "127.0.0.1", port, "demo/#")
+        msg = await rec.wait_for(lambda: rec.last("demo/retained"), 10, "the retained message")
+        assert msg.json() == {"state": "online"} and msg.retain
+        rec.close()
+        pub.close()
+    finally:
+        await broker.stop()
+
+
+async def test_demo_broker_uses_a_broker_that_answers_and_starts_one_otherwise(broker: MosquittoProcess) -> None:
+    assert await DemoBroker(broker.host, broker.port).start() == "external"
+    port = free_port()
+    demo = DemoBroker("127.0.0.1", port)
+    kind = await demo.start()
+    try:
+        assert kind == ("mosquitto" if MosquittoProcess.available() else "amqtt")
+        rec = Recorder("127.0.0.1", port, "#")
+        rec.close()
+    finally:
+        await demo.stop()
+
+
+async def test_sequence_numbers_keep_rising_across_restarts(broker: MosquittoProcess, state_dir: Path) -> None:
+    data = demo_on_free_ports(state_dir, broker.port)
+    data["devices"] = [d for d in data["devices"] if d["id"] == "knit-01"]
+    data["assets"] = []
+    cfg = parse_config(data)
+    workshop = Workshop(cfg)
+    await workshop.start()
+    rec = Recorder(broker.host, broker.port, f"{cfg.topic_root}/devices/knit-01/data")
+    try:
+        for round_ in (1, 2):
+            collector = Collector(cfg, Settings())
+            await collector.start()
+            await rec.wait_for(lambda r=round_: len(rec.messages) >= 3 * r, 15, f"data in round {round_}")
+            await collector.stop()
+            await asyncio.sleep(0.2)
+        seqs = [m.json()["seq"] for m in rec.messages]
+        assert seqs == list(range(1, len(seqs) + 1)), seqs  # no reuse, no gap across the restart
+    finally:
+        rec.close()
+        await workshop.stop()
+
+
+def test_demo_command_exits_zero_after_its_duration(broker: MosquittoProcess, state_dir: Path,
+                                                    tmp_path: Path) -> None:
+    data = demo_on_free_ports(state_dir, broker.port)
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    result = subprocess.run([sys.executable, "-m", "collector.cli", "demo", "-c", str(path), "--duration", "4",
+                             "--plain"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "broker: external" in result.stdout
+    assert "数字化设备联网率 D2" in result.stdout and "装备数控化率 D1: 71.4 %  [5/7]" in result.stdout
+    assert "cnc-01" in result.stdout and "online" in result.stdout
