@@ -1,4 +1,9 @@
-"""Simulated Modbus TCP machines: one pymodbus TCP server per endpoint, one unit id per configured device.
+"""Simulated Modbus machines: one pymodbus server per endpoint, one unit id per configured device.
+
+Endpoints: `tcp://host:port` (Modbus TCP), `rtu+tcp://host:port` (RTU frames over TCP, like a serial device
+server) and `serial:///path?baudrate=...` (RTU on a serial port). For `serial://` the simulator creates a
+pseudo-terminal pair with `socat` (Debian package `socat`): the collector opens the endpoint's path, the
+simulator serves the other end (`<path>.sim`); pass `serve_port=` to serve an existing port instead.
 
 The server answers from our own flat arrays (one per table and unit, from address 0 to the end of the last
 tag) through a small datastore that pymodbus's server calls directly: no SimDevice rebuilds, no per-address
@@ -8,10 +13,10 @@ its `MachineModel` and writes the encoded tag values in place.
 Behaviour a collector sees:
 - addresses between tags read as 0 (coalesced reads work); a request past the last tag of a table, or a
   table the unit has no tag in, answers exception 02;
-- `simulate.exception_addresses` (0-based wire addresses, any table): a request touching one answers
-  `simulate.exception_code`;
-- `simulate.delay` seconds before every answer; `set_silent(device, True)` (or `simulate.silent`): no answer;
-- an unknown unit id answers exception 0B (gateway target failed to respond);
+- fault injection, from the device's `simulate:` block or at run time through the control methods
+  (`set_exceptions`, `set_delay`, `set_silent`, `drop_connections`): exception 02/04 on chosen addresses (any
+  request touching one), answering late, not answering at all, connections dropped;
+- an unknown unit id answers exception 0B (gateway target failed to respond) over TCP, nothing over RTU;
 - `stop()` closes the listener and every client connection.
 """
 
@@ -21,18 +26,21 @@ import asyncio
 import bisect
 import contextlib
 import logging
+import shutil
 from array import array
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
-from pymodbus.server import ModbusTcpServer
+from pymodbus.framer import FramerType
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
 from adapters.modbus.codec import TagCodec, compile_tag
-from collector.config import ModbusDevice
+from collector.config import ModbusDevice, parse_endpoint
 from simulators.machine import MachineModel
 
 __all__ = ["ModbusServerSim", "UnitStore"]
@@ -106,8 +114,9 @@ class _Datastore(ModbusServerContext):
     builds SimDevices and warns, is deliberately not called.
     """
 
-    def __init__(self, units: dict[int, UnitStore]) -> None:
+    def __init__(self, units: dict[int, UnitStore], answer_unknown: bool = True) -> None:
         self.units = units
+        self.answer_unknown = answer_unknown  # TCP gateways answer 0B for an unknown unit; RS-485 is silent
         self.old_simulator = True
         self.simdevices = []
         self._devices = {}
@@ -118,6 +127,8 @@ class _Datastore(ModbusServerContext):
     async def _unit(self, device_id: int) -> UnitStore | None:
         unit = self.units.get(device_id)
         if unit is None:
+            if not self.answer_unknown:
+                raise NoSuchIdException(f"no unit {device_id} on this line")
             return None
         if unit.silent:
             # with ignore_missing_devices=True the server sends nothing: the client times out
@@ -156,19 +167,30 @@ class _Datastore(ModbusServerContext):
         return None
 
 
+def _exist(*paths: Path) -> bool:
+    return all(p.exists() for p in paths)
+
+
 class ModbusServerSim:
-    """Serve every given device behind one Modbus TCP endpoint (`tcp://host:port`), one unit id each.
+    """Serve every given device behind one Modbus endpoint, one unit id each.
 
     `models` holds each device's MachineModel (by device id) so tests and fault injection can force states.
+    The control methods switch faults per device at run time (they take effect with the next request).
     """
 
-    def __init__(self, endpoint_url: str, devices: list[ModbusDevice]) -> None:
-        parts = urlsplit(endpoint_url)
-        if parts.scheme != "tcp" or not parts.hostname:
-            raise ValueError(f"the Modbus simulator serves tcp://host:port endpoints (got '{endpoint_url}')")
-        self.host: str = parts.hostname
-        self.port: int = parts.port if parts.port is not None else 502  # 0: any free port, see .port
+    def __init__(self, endpoint_url: str, devices: list[ModbusDevice], serve_port: str | None = None) -> None:
+        endpoint = parse_endpoint(endpoint_url)
+        if endpoint.scheme not in ("tcp", "rtu+tcp", "serial"):
+            raise ValueError(f"the Modbus simulator serves tcp://, rtu+tcp:// and serial:// endpoints "
+                             f"(got '{endpoint_url}')")
+        self.endpoint = endpoint
+        self.scheme = endpoint.scheme
+        self.host: str = endpoint.host
+        # 0: any free port, see .port after start(); urlsplit's default would be 502
+        given = urlsplit(endpoint_url).port if endpoint.scheme != "serial" else None
+        self.port: int = given if given is not None else endpoint.port
         self.endpoint_url = endpoint_url
+        self.serve_port = serve_port
         self.models: dict[str, MachineModel] = {}
         self.units: dict[int, UnitStore] = {}
         self._by_device: dict[str, UnitStore] = {}
@@ -181,8 +203,9 @@ class ModbusServerSim:
             self.models[dev.id] = model
             self.units[dev.unit_id] = unit
             self._by_device[dev.id] = unit
-        self._store = _Datastore(self.units)
-        self._server: ModbusTcpServer | None = None
+        self._store = _Datastore(self.units, answer_unknown=self.scheme == "tcp")
+        self._server: ModbusTcpServer | ModbusSerialServer | None = None
+        self._socat: asyncio.subprocess.Process | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -195,17 +218,65 @@ class ModbusServerSim:
             return
         for unit in self.units.values():
             unit.update()
-        server = ModbusTcpServer(self._store, address=(self.host, self.port), ignore_missing_devices=True)
+        server: ModbusTcpServer | ModbusSerialServer
+        if self.scheme == "serial":
+            from adapters.modbus.line import serial_settings
+
+            settings = serial_settings(self.endpoint)
+            port = self.serve_port or await self._start_pty_pair()
+            server = ModbusSerialServer(self._store, framer=FramerType.RTU, port=port,
+                                        ignore_missing_devices=True, **settings)
+        else:
+            framer = FramerType.RTU if self.scheme == "rtu+tcp" else FramerType.SOCKET
+            server = ModbusTcpServer(self._store, address=(self.host, self.port), framer=framer,
+                                     ignore_missing_devices=True)
         try:
             await server.serve_forever(background=True)
-        except RuntimeError as exc:
-            raise OSError(f"cannot listen on {self.host}:{self.port}: {exc}") from None
-        listener: Any = server.transport
-        with contextlib.suppress(AttributeError, IndexError, TypeError):
-            self.port = listener.sockets[0].getsockname()[1]
+        except Exception as exc:  # RuntimeError from pymodbus, termios/pyserial errors on a serial port
+            await self._stop_pty_pair()
+            where = (self.serve_port or self.endpoint.path) if self.scheme == "serial" else f"{self.host}:{self.port}"
+            raise OSError(f"cannot listen on {where}: {exc}") from None
+        if self.scheme != "serial":
+            listener: Any = server.transport
+            with contextlib.suppress(AttributeError, IndexError, TypeError):
+                self.port = listener.sockets[0].getsockname()[1]
         self._server = server
         self._tasks = [asyncio.create_task(self._run(unit), name=f"modbus-sim:{unit.device.id}")
                        for unit in self.units.values()]
+
+    async def _start_pty_pair(self) -> str:
+        """`socat` links the endpoint's path (the collector's end) to `<path>.sim` (ours); returns ours."""
+        socat = shutil.which("socat")
+        if socat is None:
+            raise RuntimeError("serving Modbus RTU on a pseudo-terminal needs socat: apt-get install socat")
+        collector_end = Path(self.endpoint.path)
+        sim_end = Path(f"{collector_end}.sim")
+        collector_end.parent.mkdir(parents=True, exist_ok=True)
+        for p in (collector_end, sim_end):
+            if p.is_symlink():
+                p.unlink()
+        self._socat = await asyncio.create_subprocess_exec(
+            socat, f"pty,raw,echo=0,link={collector_end}", f"pty,raw,echo=0,link={sim_end}",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL)
+        for _ in range(200):
+            if _exist(collector_end, sim_end):
+                return str(sim_end)
+            if self._socat.returncode is not None:
+                break
+            await asyncio.sleep(0.01)
+        await self._stop_pty_pair()
+        raise RuntimeError(f"socat did not create the pty pair {collector_end} / {sim_end}")
+
+    async def _stop_pty_pair(self) -> None:
+        proc, self._socat = self._socat, None
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 2)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
 
     async def _run(self, unit: UnitStore) -> None:
         """Tick one unit's model every `simulate.update_interval`; a failing tick is logged, not fatal."""
@@ -228,10 +299,42 @@ class ModbusServerSim:
         if server is not None:
             await server.shutdown()
             await asyncio.sleep(0)  # let the transports deliver their close
+        await self._stop_pty_pair()
+
+    # -- fault injection (run time)
 
     def set_silent(self, device_id: str, silent: bool = True) -> None:
         """Make a unit stop answering (its requests time out) or answer again."""
         self._by_device[device_id].silent = silent
+
+    def set_delay(self, device_id: str, seconds: float) -> None:
+        """Answer every request of a unit `seconds` late (0: on time)."""
+        self._by_device[device_id].delay = max(0.0, float(seconds))
+
+    def set_exceptions(self, device_id: str, addresses: Sequence[int], code: int = 2) -> None:
+        """Answer exception `code` (2 illegal address, 4 device failure, ...) to any request that touches one
+        of `addresses` (0-based, any table); an empty list clears them."""
+        unit = self._by_device[device_id]
+        unit.exception_addresses = sorted(set(addresses))
+        unit.exception_code = ExcCodes(code)
+
+    def drop_connections(self) -> int:
+        """Close every client connection now (the listener stays): clients see the device drop them.
+        Returns how many were dropped; a serial line has no connection to drop (0)."""
+        server = self._server
+        if server is None or self.scheme == "serial":
+            return 0
+        conns = list(server.active_connections.values())
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                conn.close()
+        return len(conns)
+
+    def faults(self, device_id: str) -> dict[str, Any]:
+        """The faults currently injected for a device."""
+        unit = self._by_device[device_id]
+        return {"silent": unit.silent, "delay": unit.delay, "exception_addresses": list(unit.exception_addresses),
+                "exception_code": int(unit.exception_code)}
 
     def unit(self, device_id: str) -> UnitStore:
         """The unit serving a device (tests poke its tables)."""

@@ -201,8 +201,10 @@ async def test_values_follow_the_model() -> None:
             await adapter.close()
 
 
-@pytest.mark.parametrize(("code", "quality"), [(2, Quality.BAD_ILLEGAL_ADDRESS), (4, Quality.BAD_DEVICE_EXCEPTION)])
-async def test_exception_inside_a_coalesced_range(code: int, quality: str) -> None:
+async def test_device_failure_inside_a_coalesced_range_costs_the_range() -> None:
+    """Exception 04 (device failure) is transient: no split, the range's tags are bad for this cycle.
+    Exception 02 is split (tests/test_modbus_faults.py)."""
+    code, quality = 4, Quality.BAD_DEVICE_EXCEPTION
     port = free_port()
     tags = [{"name": f"t{i}", "table": "holding_register", "address": i * 2, "sim": const(i)} for i in range(6)]
     tags.append({"name": "far", "table": "holding_register", "address": 100, "sim": const(7)})
@@ -318,8 +320,9 @@ async def test_connect_errors_are_readable() -> None:
         await adapter.read()
     await adapter.close()  # never raises
     await adapter.close()
+    rtu_port = free_port()
     rtu = parse_config({"site": {"enterprise_id": "e"}, "devices": [{
-        "id": "r", "protocol": "modbus", "endpoint": "rtu+tcp://127.0.0.1:4001",
+        "id": "r", "protocol": "modbus", "endpoint": f"rtu+tcp://127.0.0.1:{rtu_port}",
         "tags": [{"name": "x", "register": 40001}]}]}).devices[0]
-    with pytest.raises(AdapterError, match="not supported yet"):
+    with pytest.raises(AdapterError, match=rf"cannot connect to 127\.0\.0\.1:{rtu_port}"):
         await create_adapter(rtu).connect()

@@ -1,42 +1,98 @@
-"""The Modbus adapter: one pymodbus client per device, reading a precomputed plan of coalesced requests.
+"""The Modbus adapter: one device (unit id) on a shared line, read with a precomputed plan of coalesced requests.
 
-A Modbus exception answer is a fact about some tags (their quality says which exception); no answer, a
-garbled answer or a closed connection is a fact about the device, so `read()` raises `AdapterError` and the
-engine backs off and reconnects. pymodbus's own background reconnect is switched off: the engine owns that.
+Endpoints: `tcp://host:port` (Modbus TCP), `rtu+tcp://host:port` (RTU frames over TCP, serial servers) and
+`serial:///dev/ttyUSB0?baudrate=9600&parity=N&stopbits=1` (RTU on RS-485 via pyserial). Devices naming the
+same endpoint share one connection (`adapters.modbus.line`) and are polled one after another.
+
+What the device says decides who pays:
+- an exception answer is a fact about some tags: their quality names it. Exception 02 (illegal address) on a
+  coalesced range splits the range to find the culprits; only their tags turn `bad_illegal_address`, and the
+  split is remembered (per device, across reconnects) so later cycles read the good parts directly and ask
+  for a known-illegal address only every `ILLEGAL_RECHECK_S`;
+- no answer, a garbled answer or a closed connection is a fact about the device: `read()` raises
+  `AdapterError` (the engine backs off and reconnects). A unit that stays silent `degrade_after` cycles in a
+  row raises `DeviceSkipped` instead (state `degraded`, skipped `degrade_for` s) so that it stops costing its
+  neighbours on the line a timeout every cycle.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
-from adapters.base import Adapter, AdapterError, register
+from adapters.base import Adapter, AdapterError, DeviceSkipped, register
 from adapters.modbus.codec import Converter, TagCodec, compile_tag
-from adapters.modbus.planner import ReadRequest, plan_device
-from collector.config import ModbusDevice
+from adapters.modbus.line import Line, acquire_line
+from adapters.modbus.planner import ReadRequest, plan_device, span_request
+from collector.config import ModbusDevice, ModbusTag
 from collector.model import Quality, Reading
 
-__all__ = ["ModbusAdapter"]
+__all__ = ["ILLEGAL_RECHECK_S", "ModbusAdapter", "forget_plans"]
+
+ILLEGAL_RECHECK_S = 300.0
+"""A request answered with exception 02 for a single address is asked again only after this many seconds."""
 
 # One entry per tag of a request: (index in device.tags, name, unit, converter, offset in the answer)
 _Entry = tuple[int, str, str | None, Converter, int]
 _ReadFn = Callable[..., Awaitable[ModbusPDU]]
+_Span = tuple[str, int, int]
+ILLEGAL_ADDRESS = 2
 
 
 def exception_quality(code: int) -> str:
     """Modbus exception code -> tag quality: 02 means the tag's address does not exist on the device."""
-    return Quality.BAD_ILLEGAL_ADDRESS if code == 2 else Quality.BAD_DEVICE_EXCEPTION
+    return Quality.BAD_ILLEGAL_ADDRESS if code == ILLEGAL_ADDRESS else Quality.BAD_DEVICE_EXCEPTION
+
+
+def _span(req: ReadRequest) -> _Span:
+    return (req.table, req.start, req.count)
+
+
+@dataclass
+class _PlanMemory:
+    """What a device's earlier adapters learnt about its address map: the refined plan and the requests
+    known to be illegal (span -> monotonic time of the next recheck)."""
+
+    base: list[_Span]
+    plan: list[list[str]]  # tag names per request, in order
+    illegal: dict[_Span, float] = field(default_factory=dict)
+
+
+# By (device id, endpoint, unit id); checked against the base plan so a changed tag map starts afresh.
+_MEMORY: dict[tuple[str, str, int], _PlanMemory] = {}
+
+
+def forget_plans() -> None:
+    """Drop every remembered split (tests)."""
+    _MEMORY.clear()
+
+
+def _halves(tags: list[ModbusTag]) -> tuple[list[ModbusTag], list[ModbusTag]]:
+    """Cut tags (of at least two addresses) in two by address, never between tags at one address."""
+    ordered = sorted(tags, key=lambda t: (t.address or 0, t.register_count()))
+    addresses = sorted({t.address or 0 for t in ordered})
+    cut = addresses[len(addresses) // 2]
+    return [t for t in ordered if (t.address or 0) < cut], [t for t in ordered if (t.address or 0) >= cut]
+
+
+class _Failure(Exception):
+    """A request got no usable answer; `timeout` tells silence from a broken connection."""
+
+    def __init__(self, reason: str, timeout: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.timeout = timeout
 
 
 @register
 class ModbusAdapter(Adapter):
-    """Polls one Modbus TCP device (one unit id) and returns one `Reading` per configured tag, in tag order."""
+    """Polls one Modbus unit and returns one `Reading` per configured tag, in tag order."""
 
     protocol: ClassVar[str] = "modbus"
 
@@ -44,133 +100,225 @@ class ModbusAdapter(Adapter):
         super().__init__(device)
         self.device: ModbusDevice = device
         self.codecs: list[TagCodec] = [compile_tag(t, device.byte_order) for t in device.tags]
-        self.plan: list[ReadRequest] = plan_device(device)
-        index = {t.name: i for i, t in enumerate(device.tags)}
-        self._steps: list[tuple[ReadRequest, list[_Entry]]] = []
-        for req in self.plan:
-            entries: list[_Entry] = []
-            for tag, off in req.tags:
-                i = index[tag.name]
-                codec = self.codecs[i]
-                entries.append((i, codec.name, codec.unit, codec.convert, off))
-            self._steps.append((req, entries))
-        self.client: AsyncModbusTcpClient | None = None
+        self._index = {t.name: i for i, t in enumerate(device.tags)}
+        base = plan_device(device)
+        key = (device.id, device.endpoint, device.unit_id)
+        memory = _MEMORY.get(key)
+        if memory is None or memory.base != [_span(r) for r in base]:
+            memory = _PlanMemory([_span(r) for r in base], [[t.name for t, _ in r.tags] for r in base])
+            _MEMORY[key] = memory
+        self._memory = memory
+        by_name = {t.name: t for t in device.tags}
+        self.plan: list[ReadRequest] = [span_request(by_name[n] for n in names) for names in memory.plan]
+        self._steps: list[tuple[ReadRequest, list[_Entry]]] = [(r, self._entries(r)) for r in self.plan]
+        self.line: Line | None = None
         self._read_fns: dict[str, _ReadFn] = {}
-        self._in_flight = False
         self._counters: dict[str, Any] = {
-            "connects": 0, "cycles": 0, "requests": 0, "exception_responses": 0, "failures": 0,
-            "last_error": None, "last_cycle_s": None,
+            "connects": 0, "cycles": 0, "requests": 0, "exception_responses": 0, "failures": 0, "splits": 0,
+            "illegal_skipped": 0, "last_error": None, "last_cycle_s": None,
         }
+
+    def _entries(self, req: ReadRequest) -> list[_Entry]:
+        out: list[_Entry] = []
+        for tag, off in req.tags:
+            i = self._index[tag.name]
+            codec = self.codecs[i]
+            out.append((i, codec.name, codec.unit, codec.convert, off))
+        return out
 
     # -- connection
 
     async def connect(self) -> None:
-        """Open the TCP connection; AdapterError with a readable reason when nothing answers."""
+        """Join the endpoint's line and open it if no neighbour has; AdapterError with a readable reason."""
         await self.close()
-        ep = self.device.parsed_endpoint
-        if ep.scheme != "tcp":
-            raise AdapterError(f"{ep.scheme}:// endpoints are not supported yet (only Modbus TCP, tcp://host:port): "
-                               f"{self.device.endpoint}")
-        client = AsyncModbusTcpClient(
-            ep.host, port=ep.port, name=self.device.id, timeout=self.device.timeout,
-            retries=self.device.retries, reconnect_delay=0, trace_connect=self._on_connection_change,
-        )
+        line = acquire_line(self.device, self)
         try:
-            ok = await client.connect()
-        except (TimeoutError, OSError, ModbusException) as exc:
-            client.close()
-            raise AdapterError(f"cannot connect to {ep.host}:{ep.port}: {exc}") from None
-        if not ok:
-            client.close()
-            raise AdapterError(f"cannot connect to {ep.host}:{ep.port}: refused, unreachable or no answer "
-                               f"within {self.device.timeout:g} s")
-        self.client = client
+            await line.open(self.device)
+        except AdapterError:
+            line.release(self)
+            raise
+        self.line = line
+        self._counters["connects"] += 1
+
+    def _bind(self, client: AsyncModbusTcpClient | AsyncModbusSerialClient) -> None:
         self._read_fns = {"coil": client.read_coils, "discrete_input": client.read_discrete_inputs,
                           "input_register": client.read_input_registers,
                           "holding_register": client.read_holding_registers}
-        self._counters["connects"] += 1
-        if self.device.pause_after_connect:
-            await asyncio.sleep(self.device.pause_after_connect)
-
-    def _on_connection_change(self, connected: bool) -> None:
-        """pymodbus's trace_connect hook: when the peer drops the connection during a request, fail that
-        request now instead of waiting out the timeout and its retries."""
-        if connected or not self._in_flight or self.client is None:
-            return
-        future = getattr(self.client.ctx, "response_future", None)
-        if isinstance(future, asyncio.Future) and not future.done():
-            future.set_exception(ConnectionException("connection closed by the device"))
 
     async def close(self) -> None:
-        """Close the connection; never raises."""
-        client, self.client = self.client, None
+        """Leave the line (the last device on it closes the connection); never raises."""
+        line, self.line = self.line, None
         self._read_fns = {}
-        if client is not None:
+        if line is not None:
             try:
-                client.close()
+                line.release(self)
             except Exception:  # close must not raise
                 pass
 
     # -- reading
 
     async def read(self) -> list[Reading]:
-        """Execute the plan; one Reading per tag (tag order), timestamped when its request was answered."""
-        if self.client is None or not self.client.connected:
+        """One poll: every request of the plan, while holding the line; one Reading per tag (tag order)."""
+        line = self.line
+        if line is None or not line.connected or line.client is None:
             raise AdapterError("not connected")
-        started = time.perf_counter()
-        device_id = self.device.id
         unit = self.device.unit_id
-        delay = self.device.inter_request_delay
-        out: list[Reading | None] = [None] * len(self.codecs)
-        for n, (req, entries) in enumerate(self._steps):
-            if delay and n:
-                await asyncio.sleep(delay)
-            resp = await self._request(req, unit)
-            now = time.time()
-            if resp.isError():
-                self._counters["exception_responses"] += 1
-                quality = exception_quality(resp.exception_code)
-                for i, name, unit_name, _conv, _off in entries:
-                    out[i] = Reading(device_id, name, None, unit_name, quality, now, now)
-                continue
-            words = resp.bits if req.is_bits else resp.registers
-            if len(words) < req.count:
-                for i, name, unit_name, _conv, _off in entries:
-                    out[i] = Reading(device_id, name, None, unit_name, Quality.BAD_DECODE, now, now)
-                continue
-            for i, name, unit_name, conv, off in entries:
-                try:
-                    value, quality = conv(words, off)
-                except Exception:  # a bad tag never fails the poll
-                    value, quality = None, Quality.BAD_DECODE
-                out[i] = Reading(device_id, name, value, unit_name, quality, now, now)
+        async with line.lock:
+            if line.client is None or not line.connected:
+                raise AdapterError("connection lost")
+            line.configure(self.device)
+            self._bind(line.client)
+            started = time.perf_counter()
+            try:
+                out = await self._cycle(line)
+            except _Failure as exc:
+                self._counters["failures"] += 1
+                self._counters["last_error"] = exc.reason
+                if not exc.timeout:
+                    line.drop()  # a broken connection is broken for every unit on it
+                    raise AdapterError(exc.reason) from None
+                streak = line.count_timeout(unit)
+                if streak >= self.device.degrade_after:
+                    raise DeviceSkipped(f"{exc.reason}; {streak} cycles in a row without an answer: skipped for "
+                                        f"{self.device.degrade_for:g} s so the line keeps its pace") from None
+                raise AdapterError(exc.reason) from None
+            line.count_answer(unit)
         self._counters["cycles"] += 1
         self._counters["last_cycle_s"] = time.perf_counter() - started
+        return out
+
+    async def _cycle(self, line: Line) -> list[Reading]:
+        device_id = self.device.id
+        delay = self.device.inter_request_delay
+        illegal = self._memory.illegal
+        out: list[Reading | None] = [None] * len(self.codecs)
+        replaced: dict[int, list[ReadRequest]] = {}
+        for n, (req, entries) in enumerate(self._steps):
+            if illegal:
+                recheck = illegal.get(_span(req))
+                if recheck is not None and time.monotonic() < recheck:
+                    self._counters["illegal_skipped"] += 1
+                    now = time.time()
+                    for i, name, unit_name, _conv, _off in entries:
+                        out[i] = Reading(device_id, name, None, unit_name, Quality.BAD_ILLEGAL_ADDRESS, now, now)
+                    continue
+            await line.quiet(delay)
+            resp = await self._request(line, req)
+            if resp.isError() and resp.exception_code == ILLEGAL_ADDRESS:
+                pieces = await self._split(line, req, resp)
+                if [_span(p) for p, _ in pieces] != [_span(req)]:
+                    replaced[n] = [p for p, _ in pieces]
+                for piece, answer in pieces:
+                    self._decode(piece, self._entries(piece) if piece is not req else entries, answer, out)
+                continue
+            self._decode(req, entries, resp, out)
+        if replaced:
+            self._replan(replaced)
         return out  # type: ignore[return-value]  # every index is filled: the plan covers every tag
 
-    async def _request(self, req: ReadRequest, unit: int) -> ModbusPDU:
-        """One request with pymodbus's retries; every way of getting no usable answer becomes AdapterError."""
+    def _decode(self, req: ReadRequest, entries: list[_Entry], resp: ModbusPDU, out: list[Reading | None]) -> None:
+        """Fill `out` for the tags of one answered request."""
+        device_id = self.device.id
+        now = time.time()
+        if resp.isError():
+            self._counters["exception_responses"] += 1
+            quality = exception_quality(resp.exception_code)
+            if resp.exception_code == ILLEGAL_ADDRESS:
+                self._memory.illegal[_span(req)] = time.monotonic() + ILLEGAL_RECHECK_S
+            for i, name, unit_name, _conv, _off in entries:
+                out[i] = Reading(device_id, name, None, unit_name, quality, now, now)
+            return
+        self._memory.illegal.pop(_span(req), None)
+        words = resp.bits if req.is_bits else resp.registers
+        if len(words) < req.count:
+            for i, name, unit_name, _conv, _off in entries:
+                out[i] = Reading(device_id, name, None, unit_name, Quality.BAD_DECODE, now, now)
+            return
+        for i, name, unit_name, conv, off in entries:
+            try:
+                value, quality = conv(words, off)
+            except Exception:  # a bad tag never fails the poll
+                value, quality = None, Quality.BAD_DECODE
+            out[i] = Reading(device_id, name, value, unit_name, quality, now, now)
+
+    async def _split(self, line: Line, req: ReadRequest, resp: ModbusPDU) -> list[tuple[ReadRequest, ModbusPDU]]:
+        """Exception 02 on a range: bisect it by tags until each part is answered or is one address that the
+        device refuses, then join neighbouring good parts again where the device accepts the union.
+
+        Costs about 2·log2(tags) requests once; returns the parts in address order with their answers."""
+        tags = [t for t, _ in req.tags]
+        if len({t.address for t in tags}) == 1:
+            return [(req, resp)]
+        self._counters["splits"] += 1
+        failing: list[tuple[int, int]] = [(req.start, req.end)]
+
+        async def bisect(group: list[ModbusTag]) -> list[tuple[ReadRequest, ModbusPDU]]:
+            part = span_request(group)
+            answer = await self._request(line, part)
+            if not (answer.isError() and answer.exception_code == ILLEGAL_ADDRESS):
+                return [(part, answer)]
+            failing.append((part.start, part.end))
+            if len({t.address for t in group}) == 1:
+                return [(part, answer)]
+            left, right = _halves(group)
+            return await bisect(left) + await bisect(right)
+
+        left, right = _halves(tags)
+        pieces = await bisect(left) + await bisect(right)
+
+        # join neighbouring good parts unless their union covers a range already known to fail
+        merged: list[tuple[ReadRequest, ModbusPDU]] = []
+        for part, answer in pieces:
+            if merged and not answer.isError() and not merged[-1][1].isError():
+                prev = merged[-1][0]
+                union = span_request([t for t, _ in prev.tags] + [t for t, _ in part.tags])
+                if not any(union.start <= a and b <= union.end for a, b in failing):
+                    joined = await self._request(line, union)
+                    if not joined.isError():
+                        merged[-1] = (union, joined)
+                        continue
+                    failing.append((union.start, union.end))
+            merged.append((part, answer))
+        return merged
+
+    def _replan(self, replaced: dict[int, list[ReadRequest]]) -> None:
+        """Remember the split: the plan (and every later adapter of this device) reads the parts."""
+        plan: list[ReadRequest] = []
+        for n, req in enumerate(self.plan):
+            plan.extend(replaced.get(n, [req]))
+        self.plan = plan
+        self._steps = [(r, self._entries(r)) for r in plan]
+        self._memory.plan = [[t.name for t, _ in r.tags] for r in plan]
+
+    async def _request(self, line: Line, req: ReadRequest) -> ModbusPDU:
+        """One request with pymodbus's retries; every way of getting no usable answer becomes `_Failure`."""
         fn = self._read_fns.get(req.table)
         if fn is None:
-            raise AdapterError("not connected")
-        self._in_flight = True
+            raise _Failure("not connected", timeout=False)
+        unit = self.device.unit_id
+        line.in_flight = True
         self._counters["requests"] += 1
         try:
             return await fn(req.start, count=req.count, device_id=unit)
         except ConnectionException as exc:
-            reason = f"connection lost: {exc}"
-        except ModbusIOException:
-            reason = (f"no answer from unit {unit} within {self.device.timeout:g} s "
-                      f"({self.device.retries + 1} tries) reading {req.table} {req.start}+{req.count}")
-        except (TimeoutError, ModbusException, OSError) as exc:
-            reason = f"request failed: {exc}"
+            raise _Failure(f"connection lost: {exc}", timeout=False) from None
+        except ModbusIOException as exc:
+            if "CLOSING CONNECTION" in str(exc) or not line.connected:
+                raise _Failure(f"connection lost: {exc}", timeout=False) from None
+            raise _Failure(f"no answer from unit {unit} within {self.device.timeout:g} s "
+                           f"({self.device.retries + 1} tries) reading {req.table} {req.start}+{req.count}",
+                           timeout=True) from None
+        except TimeoutError as exc:
+            raise _Failure(f"no answer from unit {unit}: {exc}", timeout=True) from None
+        except (ModbusException, OSError) as exc:
+            raise _Failure(f"request failed: {exc}", timeout=False) from None
         finally:
-            self._in_flight = False
-        self._counters["failures"] += 1
-        self._counters["last_error"] = reason
-        await self.close()  # a late answer must not be taken for the next request's
-        raise AdapterError(reason)
+            line.in_flight = False
+            line.last_answer = time.monotonic()
 
     def stats(self) -> dict[str, Any]:
         """Requests per cycle, request/exception/failure counters, last cycle duration."""
-        return {"requests_per_cycle": len(self.plan), "tags": len(self.codecs), **self._counters}
+        line = self.line
+        return {"requests_per_cycle": len(self.plan), "tags": len(self.codecs),
+                "illegal_requests": len(self._memory.illegal),
+                "line_shared_by": len(line.users) if line is not None else 0, **self._counters}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from collector.config import BIT_TABLES, ModbusDevice, ModbusTag
 
-__all__ = ["TABLE_ORDER", "ReadRequest", "plan_device", "plan_reads"]
+__all__ = ["TABLE_ORDER", "ReadRequest", "plan_device", "plan_reads", "span_request"]
 
 # Bits first, then registers; a fixed order keeps plans reproducible.
 TABLE_ORDER = {"coil": 0, "discrete_input": 1, "input_register": 2, "holding_register": 3}
@@ -84,3 +84,15 @@ def plan_device(device: ModbusDevice) -> list[ReadRequest]:
     """Plan with the device's own limits (`max_registers`, `max_bits`, `max_gap`, `coalesce`)."""
     return plan_reads(device.tags, max_registers=device.max_registers, max_bits=device.max_bits,
                       max_gap=device.max_gap, coalesce=device.coalesce)
+
+
+def span_request(tags: Iterable[ModbusTag]) -> ReadRequest:
+    """The one request that covers exactly `tags` (all of one table): from the lowest address to the end of
+    the last tag. The illegal-address split uses it to re-read parts of a coalesced range."""
+    members = sorted(tags, key=lambda t: (_located(t)[1], t.register_count()))
+    if not members:
+        raise ValueError("a request needs at least one tag")
+    table = _located(members[0])[0]
+    start = _located(members[0])[1]
+    end = max(_located(t)[1] + t.register_count() for t in members)
+    return ReadRequest(table, start, end - start, [(t, _located(t)[1] - start) for t in members])

@@ -1,0 +1,209 @@
+"""Shared Modbus lines: one connection per endpoint, used by every device (unit id) behind it.
+
+A TCP gateway with several unit ids, an RS-485 line (`serial://`) or a serial server (`rtu+tcp://`) carries one
+request at a time. Every adapter whose device names the same endpoint gets the same `Line`: one pymodbus
+client, one lock held for a whole poll cycle (so units are polled one after another), and one place that
+remembers what must outlive an adapter instance (the engine builds a new adapter after each failure):
+per-unit timeout streaks (to skip a dead unit, see `ModbusDevice.degrade_after`).
+
+A timeout of one unit does not close a shared connection: pymodbus drops answers whose transaction id (TCP)
+or unit id (RTU) does not match the request, so a late answer cannot be taken for a neighbour's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException
+from pymodbus.framer import FramerType
+
+from adapters.base import AdapterError
+from collector.config import Endpoint, ModbusDevice
+
+__all__ = ["Line", "LineKey", "acquire_line", "line_key", "open_lines", "serial_settings"]
+
+LineKey = tuple[str, str, int | str]
+ModbusClient = AsyncModbusTcpClient | AsyncModbusSerialClient
+
+# Timeout streaks by (line key, unit id): they must survive the adapter and even the line (a single-device
+# TCP line closes when its adapter gives up). Bounded by the number of configured units.
+_STREAKS: dict[tuple[LineKey, int], int] = {}
+_LINES: dict[LineKey, Line] = {}
+
+SERIAL_DEFAULTS = {"baudrate": 9600, "bytesize": 8, "parity": "N", "stopbits": 1}
+
+
+def line_key(endpoint: Endpoint) -> LineKey:
+    """Devices with equal keys share a connection: same scheme and host:port, or the same serial port."""
+    if endpoint.scheme == "serial":
+        return ("serial", endpoint.path, 0)
+    return (endpoint.scheme, endpoint.host, endpoint.port)
+
+
+def serial_settings(endpoint: Endpoint) -> dict[str, Any]:
+    """`serial:///dev/ttyUSB0?baudrate=9600&parity=N&stopbits=1&bytesize=8` -> pyserial settings."""
+    params = endpoint.params
+    out: dict[str, Any] = dict(SERIAL_DEFAULTS)
+    try:
+        if "baudrate" in params:
+            out["baudrate"] = int(params["baudrate"])
+        if "bytesize" in params:
+            out["bytesize"] = int(params["bytesize"])
+        if "stopbits" in params:
+            out["stopbits"] = int(params["stopbits"])
+    except ValueError as exc:
+        raise AdapterError(f"bad serial parameter in {endpoint.path}: {exc}") from None
+    if "parity" in params:
+        out["parity"] = params["parity"].upper()[:1]
+    return out
+
+
+class Line:
+    """One connection to one endpoint, shared by the devices (unit ids) behind it."""
+
+    def __init__(self, key: LineKey, endpoint: Endpoint) -> None:
+        self.key = key
+        self.endpoint = endpoint
+        self.loop = asyncio.get_running_loop()
+        self.lock = asyncio.Lock()  # held for one unit's whole poll cycle
+        self._connect_lock = asyncio.Lock()
+        self.client: ModbusClient | None = None
+        self.users: set[int] = set()
+        self.in_flight = False
+        self.connects = 0
+        self.last_answer = 0.0  # monotonic time the line last went quiet (for inter_request_delay)
+
+    @property
+    def connected(self) -> bool:
+        return self.client is not None and self.client.connected
+
+    @property
+    def shared(self) -> bool:
+        return len(self.users) > 1
+
+    def describe(self) -> str:
+        ep = self.endpoint
+        return ep.path if ep.scheme == "serial" else f"{ep.host}:{ep.port}"
+
+    # -- connection
+
+    def _build(self, device: ModbusDevice) -> ModbusClient:
+        ep = self.endpoint
+        common: dict[str, Any] = {"name": f"line:{self.describe()}", "timeout": device.timeout,
+                                  "retries": device.retries, "reconnect_delay": 0,
+                                  "trace_connect": self._on_connection_change}
+        if ep.scheme == "serial":
+            return AsyncModbusSerialClient(ep.path, framer=FramerType.RTU, **serial_settings(ep), **common)
+        framer = FramerType.RTU if ep.scheme == "rtu+tcp" else FramerType.SOCKET
+        return AsyncModbusTcpClient(ep.host, port=ep.port, framer=framer, **common)
+
+    async def open(self, device: ModbusDevice) -> None:
+        """Connect unless already connected (the first device to arrive opens the line for all)."""
+        async with self._connect_lock:
+            if self.connected:
+                return
+            self._close_client()
+            client = self._build(device)
+            # pymodbus would close the connection after retries+3 unanswered requests in a row: on a shared
+            # line that would cut off the live neighbours of one dead unit. Giving up is our decision.
+            client.set_max_no_responses(1_000_000)
+            try:
+                ok = await client.connect()
+            except Exception as exc:  # pyserial and termios errors are not OSErrors
+                client.close()
+                raise AdapterError(f"cannot connect to {self.describe()}: {exc}") from None
+            if not ok:
+                client.close()
+                if self.endpoint.scheme == "serial":
+                    raise AdapterError(f"cannot open serial port {self.describe()}: missing, in use or not "
+                                       "permitted (is the user in group dialout?)")
+                raise AdapterError(f"cannot connect to {self.describe()}: refused, unreachable or no answer "
+                                   f"within {device.timeout:g} s")
+            self.client = client
+            self.connects += 1
+            if device.pause_after_connect:
+                await asyncio.sleep(device.pause_after_connect)
+            self.last_answer = time.monotonic()
+
+    def _on_connection_change(self, connected: bool) -> None:
+        """pymodbus's trace_connect hook: when the peer drops the connection during a request, fail that
+        request now instead of waiting out the timeout and its retries."""
+        if connected or not self.in_flight or self.client is None:
+            return
+        future = getattr(self.client.ctx, "response_future", None)
+        if isinstance(future, asyncio.Future) and not future.done():
+            future.set_exception(ConnectionException("connection closed by the device"))
+
+    def _close_client(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    def drop(self) -> None:
+        """Close the connection (a broken connection, seen by one user, is broken for all)."""
+        self._close_client()
+
+    def configure(self, device: ModbusDevice) -> None:
+        """Apply one device's timeout and retries to the shared client (call while holding `lock`).
+
+        pymodbus 3.16 keeps them in `comm_params.timeout_connect` and the transaction manager's `retries`,
+        read at every request."""
+        client = self.client
+        if client is not None:
+            client.comm_params.timeout_connect = device.timeout
+            client.ctx.retries = device.retries
+
+    async def quiet(self, delay: float) -> None:
+        """Wait until the line has been quiet `delay` seconds (slow devices need a pause between requests,
+        also when the previous request was a neighbour's)."""
+        if delay:
+            wait = self.last_answer + delay - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+    # -- per-unit timeout streaks
+
+    def timeout_streak(self, unit: int) -> int:
+        return _STREAKS.get((self.key, unit), 0)
+
+    def count_timeout(self, unit: int) -> int:
+        """One more poll cycle of `unit` ended without an answer; returns the streak."""
+        n = _STREAKS.get((self.key, unit), 0) + 1
+        _STREAKS[(self.key, unit)] = n
+        return n
+
+    def count_answer(self, unit: int) -> None:
+        _STREAKS.pop((self.key, unit), None)
+
+    # -- users
+
+    def release(self, owner: object) -> None:
+        """An adapter lets go; the last one closes the connection."""
+        self.users.discard(id(owner))
+        if not self.users:
+            self._close_client()
+            if _LINES.get(self.key) is self:
+                del _LINES[self.key]
+
+
+def acquire_line(device: ModbusDevice, owner: object) -> Line:
+    """The line for a device's endpoint, shared with every other device on it in this event loop."""
+    endpoint = device.parsed_endpoint
+    key = line_key(endpoint)
+    line = _LINES.get(key)
+    loop = asyncio.get_running_loop()
+    if line is None or line.loop is not loop or line.loop.is_closed():
+        line = Line(key, endpoint)
+        _LINES[key] = line
+    line.users.add(id(owner))
+    return line
+
+
+def open_lines() -> dict[LineKey, Line]:
+    """The lines in use (status, tests)."""
+    return dict(_LINES)

@@ -1,0 +1,179 @@
+"""Modbus polling throughput: 100 devices x 100 tags, coalesced plan vs one request per tag, in one run.
+
+The simulators (one Modbus TCP server per device, on 127.0.0.1) run in a child process so that client and
+server each get a core; the parent polls every device as fast as it answers, all devices concurrently, for
+a fixed time per scenario. Two tag maps: contiguous (100 tags packed one after another) and sparse (100 tags
+over ~2,000 registers, holes from 0 to 40 registers, some wider than max_gap). Each map is polled with our
+coalescing plan and with the one-request-per-tag baseline (`coalesce: false`), and the ratios are printed.
+
+    .venv/bin/python bench/modbus_poll.py [--devices 100] [--tags 100] [--seconds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from adapters.modbus.adapter import ModbusAdapter  # noqa: E402
+from collector.config import ModbusDevice, parse_config  # noqa: E402
+
+TYPES = ("uint16", "int16", "float32", "uint32", "int32", "float64")
+
+
+def tag_map(kind: str, n_tags: int, seed: int) -> list[dict[str, Any]]:
+    """`n_tags` holding-register tags of mixed types, packed (`contiguous`) or with random holes (`sparse`)."""
+    rng = random.Random(seed)
+    tags: list[dict[str, Any]] = []
+    address = 0
+    sizes = {"uint16": 1, "int16": 1, "float32": 2, "uint32": 2, "int32": 2, "float64": 4}
+    for i in range(n_tags):
+        type_ = TYPES[i % len(TYPES)]
+        if kind == "sparse" and i:
+            address += rng.choice((0, 1, 2, 3, 5, 8, 12, 20, 40))
+        tags.append({"name": f"t{i:03d}", "table": "holding_register", "address": address, "type": type_,
+                     "sim": {"kind": "walk", "min": 0, "max": 1000}})
+        address += sizes[type_]
+    return tags
+
+
+def build(kind: str, n_devices: int, n_tags: int, ports: list[int], coalesce: bool) -> list[ModbusDevice]:
+    devices = [{"id": f"{kind}-{d:03d}", "protocol": "modbus", "endpoint": f"tcp://127.0.0.1:{ports[d]}",
+                "timeout": 3.0, "retries": 0, "coalesce": coalesce, "simulate": {"update_interval": 1.0},
+                "tags": tag_map(kind, n_tags, seed=d)} for d in range(n_devices)]
+    cfg = parse_config({"site": {"enterprise_id": "bench"}, "devices": devices})
+    return [d for d in cfg.devices if isinstance(d, ModbusDevice)]
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+# ------------------------------------------------------------------------------------------- the simulators
+
+
+async def serve(kind: str, n_devices: int, n_tags: int, ports: list[int]) -> None:
+    """Child process: one simulator per device until stdin closes."""
+    from simulators.modbus import ModbusServerSim
+
+    sims = [ModbusServerSim(d.endpoint, [d]) for d in build(kind, n_devices, n_tags, ports, True)]
+    await asyncio.gather(*(s.start() for s in sims))
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await asyncio.gather(*(s.stop() for s in sims))
+
+
+class Simulators:
+    """The child process serving one tag map."""
+
+    def __init__(self, kind: str, n_devices: int, n_tags: int) -> None:
+        self.ports = free_ports(n_devices)
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", kind, "--devices", str(n_devices), "--tags", str(n_tags),
+             "--ports", ",".join(map(str, self.ports))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"simulators did not start: {line!r}")
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# ------------------------------------------------------------------------------------------- polling
+
+
+async def poll_all(devices: list[ModbusDevice], seconds: float) -> dict[str, float]:
+    """Poll every device back to back for `seconds`, all devices concurrently."""
+    adapters = [ModbusAdapter(d) for d in devices]
+    await asyncio.gather(*(a.connect() for a in adapters))
+    for a in adapters:  # warm-up cycle (connections, first answers)
+        await a.read()
+    cycles = [0] * len(adapters)
+    bad = [0]
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+
+    async def run(i: int, adapter: ModbusAdapter) -> None:
+        while loop.time() < end:
+            readings = await adapter.read()
+            bad[0] += sum(1 for r in readings if r.quality != "good")
+            cycles[i] += 1
+
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(run(i, a) for i, a in enumerate(adapters)))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    for a in adapters:
+        await a.close()
+    n_tags = len(devices[0].tags)
+    total_cycles = sum(cycles)
+    requests = sum(len(a.plan) * c for a, c in zip(adapters, cycles, strict=True))
+    return {"req_per_cycle": sum(len(a.plan) for a in adapters) / len(adapters),
+            "cycles_s": total_cycles / wall, "tags_s": total_cycles * n_tags / wall,
+            "requests_s": requests / wall, "cpu_us_per_tag": 1e6 * cpu / max(1, total_cycles * n_tags),
+            "bad": bad[0]}
+
+
+async def bench(n_devices: int, n_tags: int, seconds: float) -> None:
+    print(f"Modbus polling: {n_devices} devices x {n_tags} tags over Modbus TCP on 127.0.0.1, "
+          f"{seconds:g} s per scenario, all devices polled concurrently, each back to back")
+    print(f"{'map':<11} {'plan':<14} {'req/cycle':>9} {'cycles/s':>9} {'requests/s':>10} {'tags/s':>9} "
+          f"{'CPU µs/tag':>10}")
+    for kind in ("contiguous", "sparse"):
+        sims = Simulators(kind, n_devices, n_tags)
+        try:
+            results = {}
+            for coalesce, label in ((True, "coalesced"), (False, "one per tag")):
+                r = await poll_all(build(kind, n_devices, n_tags, sims.ports, coalesce), seconds)
+                results[label] = r
+                print(f"{kind:<11} {label:<14} {r['req_per_cycle']:>9.1f} {r['cycles_s']:>9.0f} "
+                      f"{r['requests_s']:>10.0f} {r['tags_s']:>9.0f} {r['cpu_us_per_tag']:>10.1f}"
+                      + (f"  ({r['bad']:.0f} bad readings!)" if r["bad"] else ""))
+            c, b = results["coalesced"], results["one per tag"]
+            print(f"{kind:<11} {'ratio':<14} {b['req_per_cycle'] / c['req_per_cycle']:>8.1f}x fewer requests, "
+                  f"{c['tags_s'] / b['tags_s']:.1f}x the tags/s")
+        finally:
+            sims.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--devices", type=int, default=100)
+    p.add_argument("--tags", type=int, default=100)
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--serve", help=argparse.SUPPRESS)
+    p.add_argument("--ports", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve:
+        asyncio.run(serve(args.serve, args.devices, args.tags, [int(x) for x in args.ports.split(",")]))
+        return
+    asyncio.run(bench(args.devices, args.tags, args.seconds))
+
+
+if __name__ == "__main__":
+    main()
