@@ -43,19 +43,22 @@ import math
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, MutableMapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 from asyncua import Server, ua
 from asyncua.common.node import Node
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from asyncua.server.address_space import NodeData
 from asyncua.server.internal_server import InternalServer
 
 from adapters.opcua.nodeids import make_node_id, parse_node
-from collector.config import OpcUaDevice, OpcUaTag
+from adapters.opcua.security import POLICY_TYPES, Pki, create_certificate
+from collector.config import OpcUaDevice, OpcUaTag, read_secret
 from simulators.machine import MachineModel
 
 log = logging.getLogger(__name__)
@@ -148,6 +151,60 @@ class _FastInternalServer(InternalServer):
         self.aspace._nodes = _SharedStandardNodes(base)  # type: ignore[assignment]
 
 
+# ---------------------------------------------------------------------------------------- security
+
+
+@dataclass(slots=True)
+class SimSecurity:
+    """How a secured simulator serves: its own certificate (made in `pki_dir/own/` on first start), the
+    policy/mode endpoints it offers, and its user accounts.
+
+    Client certificates are accepted when valid in time and their SAN URI matches the client's ApplicationUri
+    (no trust list: it is a test server). `allow_none` adds an unsecured endpoint as well.
+    """
+
+    pki_dir: Path
+    policies: Sequence[str] = ("Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
+    modes: Sequence[str] = ("Sign", "SignAndEncrypt")
+    users: Mapping[str, str] = field(default_factory=dict)
+    allow_anonymous: bool = True
+    allow_none: bool = False
+
+    @property
+    def pki(self) -> Pki:
+        return Pki(self.pki_dir)
+
+
+class _SimUsers:
+    """asyncua user manager: anonymous (when allowed) or a user name with its password."""
+
+    def __init__(self, users: Mapping[str, str], anonymous: bool) -> None:
+        self.users = dict(users)
+        self.anonymous = anonymous
+
+    def get_user(self, iserver: Any, username: str | None = None, password: str | None = None,
+                 certificate: Any = None) -> User | None:
+        if username is None:  # anonymous (X509 user tokens are not offered)
+            return User(role=UserRole.User) if self.anonymous else None
+        if username is not None and username in self.users and self.users[username] == (password or ""):
+            return User(role=UserRole.User, name=username)
+        log.info("sim: user %r refused", username)
+        return None
+
+
+def security_from_device(device: OpcUaDevice) -> SimSecurity | None:
+    """The sim's security for a device config that asks for it (`collector simulate`): the device's own policy
+    and mode, its user, and a certificate under `<pki_dir>/../sim-pki/<device id>`."""
+    sec = device.security
+    if sec.mode == "None":
+        return None
+    users = {}
+    if device.username:
+        users[device.username] = read_secret(device.password_env, device.password_file) or ""
+    base = (sec.pki_dir or Path("state") / "pki").parent / "sim-pki" / device.id
+    return SimSecurity(base, policies=(sec.policy,), modes=(sec.mode,), users=users, allow_anonymous=not users)
+
+
 # ---------------------------------------------------------------------------------------- the machine
 
 
@@ -173,6 +230,7 @@ class StandardVar:
     name: str
     vtype: ua.VariantType
     default: Callable[[MachineContext], Any]
+    unit: str | None = None
 
 
 # (id, parent id, browse-name namespace, browse name) of the standard objects, parents first
@@ -204,14 +262,14 @@ STANDARD_NODES: tuple[StandardVar, ...] = (
     StandardVar("Monitoring.Channel1.ChannelMode", "Monitoring.Channel1", "mt", "ChannelMode", VT.Int32,
                 lambda m: 2 if m.model.state == "setup" else 0),
     StandardVar("Monitoring.Channel1.FeedOverride", "Monitoring.Channel1", "mt", "FeedOverride", VT.Double,
-                lambda m: 100.0 if m.model.state == "running" else 0.0),
+                lambda m: 100.0 if m.model.state == "running" else 0.0, "%"),
     StandardVar("Monitoring.Spindle1.IsRotating", "Monitoring.Spindle1", "mt", "IsRotating", VT.Boolean,
                 lambda m: m.model.state == "running"),
     StandardVar("Monitoring.Spindle1.Override", "Monitoring.Spindle1", "mt", "Override", VT.Double,
-                lambda m: 100.0),
+                lambda m: 100.0, "%"),
     StandardVar("Monitoring.Spindle1.ActualSpeed", "Monitoring.Spindle1", "dev", "ActualSpeed", VT.Double,
                 lambda m: round(8000.0 + 40.0 * math.sin(m.clock() / 7.0), 1) if m.model.state == "running"
-                else 0.0),
+                else 0.0, "1/min"),
     StandardVar("Production.ActiveProgram.Name", "Production.ActiveProgram", "mt", "Name", VT.String,
                 lambda m: "O1001"),
     StandardVar("Production.ActiveProgram.State.CurrentState", "Production.ActiveProgram.State", "0",
@@ -267,11 +325,14 @@ class OpcUaMachineSim:
     """
 
     def __init__(self, device: OpcUaDevice, *, clock: Callable[[], float] = time.time,
-                 extra_namespaces: Sequence[str] = ()) -> None:
+                 extra_namespaces: Sequence[str] = (), security: SimSecurity | None = None) -> None:
         """`clock` stamps values and drives the model (tests shift it to tell source from receive time);
         `extra_namespaces` are registered before the device's namespace, to move its index (tests of
-        `nsu=` resolution)."""
+        `nsu=` resolution); `security` makes it a secured server (default: what the device config asks for,
+        see `security_from_device`)."""
         self.device = device
+        self.security = security if security is not None else security_from_device(device)
+        self.application_uri = f"urn:shopfloor-collector:sim:{device.id}"
         self.clock = clock
         self.extra_namespaces = list(extra_namespaces)
         self.model = MachineModel(device.id, device.simulate, device.tags, clock=clock)
@@ -290,6 +351,19 @@ class OpcUaMachineSim:
     def endpoint(self) -> str:
         return self.device.endpoint
 
+    @property
+    def certificate_path(self) -> Path | None:
+        """The server's own certificate (DER) when secured: tests copy it to a client's trusted/."""
+        return self.security.pki.cert if self.security is not None else None
+
+    def session_count(self) -> int:
+        """Client sessions the running server holds (0 when stopped): tests check that none leak."""
+        return len(self.server.iserver._external_sessions) if self.server is not None else 0
+
+    def subscription_count(self) -> int:
+        """Subscriptions the running server holds (0 when stopped)."""
+        return len(self.server.iserver.subscription_service.subscriptions) if self.server is not None else 0
+
     async def start(self) -> None:
         """Build the server and its address space, start listening, start the tick loop."""
         if self.server is not None:
@@ -300,12 +374,8 @@ class OpcUaMachineSim:
         server.disable_clock()
         server.set_endpoint(self.device.endpoint)
         server.set_server_name(f"shopfloor-collector sim {self.device.id}")
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-        tokens: list[type] = [ua.AnonymousIdentityToken]
-        if self.device.username:
-            tokens.append(ua.UserNameIdentityToken)
-        server.set_identity_tokens(tokens)
-        await server.set_application_uri(f"urn:shopfloor-collector:sim:{self.device.id}")
+        await server.set_application_uri(self.application_uri)
+        await self._apply_security(server)
         await self._build(server)
         await self._flush(server, self._collect(force=True))
         try:
@@ -319,6 +389,33 @@ class OpcUaMachineSim:
         self.startup_s = time.perf_counter() - t0
         log.info("OPC UA sim %s listening on %s (%.0f ms)", self.device.id, self.device.endpoint,
                  self.startup_s * 1000)
+
+    async def _apply_security(self, server: Server) -> None:
+        """Endpoints, certificate and users: unsecured by default, or what `self.security` says."""
+        sec = self.security
+        users: dict[str, str] = {}
+        if sec is None:
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+            if self.device.username:
+                users[self.device.username] = read_secret(self.device.password_env, self.device.password_file) or ""
+            anonymous = True
+        else:
+            await asyncio.to_thread(create_certificate, sec.pki, self.application_uri, server=True)
+            await server.load_certificate(str(sec.pki.cert))
+            await server.load_private_key(str(sec.pki.key))
+            policies = [POLICY_TYPES[(p, m)] for p in sec.policies for m in sec.modes]
+            if sec.allow_none:
+                policies.insert(0, ua.SecurityPolicyType.NoSecurity)
+            server.set_security_policy(policies)
+            server.set_certificate_validator(CertificateValidator(
+                CertificateValidatorOptions.BASIC_VALIDATION | CertificateValidatorOptions.PEER_CLIENT))
+            users = dict(sec.users)
+            anonymous = sec.allow_anonymous
+        tokens: list[type] = [ua.AnonymousIdentityToken] if anonymous else []
+        if users:
+            tokens.append(ua.UserNameIdentityToken)
+        server.set_identity_tokens(tokens)
+        server.iserver.user_manager = _SimUsers(users, anonymous)  # type: ignore[assignment]
 
     async def stop(self) -> None:
         """Stop ticking and close the server and every client connection."""
@@ -374,7 +471,7 @@ class OpcUaMachineSim:
                     source = _tag_source(self.model, tag.name)
                 self.node_ids[tag.name] = node_id
             await self._add_var(objects[std.parent], node_id, ua.QualifiedName(std.name, ns[std.browse_ns]), vtype,
-                                source)
+                                source, tag.unit if tag is not None and tag.unit else std.unit)
 
         groups = [f"Tags.Group{g:03d}" for g in range(len(tag_ids) // GROUP_SIZE + 1)]
         structure = {(dev_ns, name) for name in ("Machines", "Machine", *(o[0] for o in STANDARD_OBJECTS), *groups)}
@@ -400,7 +497,7 @@ class OpcUaMachineSim:
             assert group is not None
             vtype = VARIANT_TYPES[tag.type] if tag.type else _infer_vtype(self.model.value(tag.name))
             bname = ua.QualifiedName(str(node_id.Identifier), node_id.NamespaceIndex)
-            await self._add_var(group, node_id, bname, vtype, _tag_source(self.model, tag.name))
+            await self._add_var(group, node_id, bname, vtype, _tag_source(self.model, tag.name), tag.unit)
             self.node_ids[tag.name] = node_id
 
     async def _tag_node_ids(self, server: Server) -> list[tuple[OpcUaTag, ua.NodeId]]:
@@ -430,13 +527,19 @@ class OpcUaMachineSim:
         return out
 
     async def _add_var(self, parent: Node, node_id: ua.NodeId, bname: ua.QualifiedName, vtype: ua.VariantType,
-                       source: Callable[[], Any]) -> None:
+                       source: Callable[[], Any], unit: str | None = None) -> None:
+        """A variable, with an EngineeringUnits property when it has a unit (what `collector discover` reads)."""
         var = _Var(node_id, vtype, source)
         try:
             initial = encode(source(), vtype)
         except (TypeError, ValueError):
             initial = encode(0 if vtype not in (VT.String, VT.LocalizedText) else "", vtype)
-        await parent.add_variable(node_id, bname, ua.Variant(initial, vtype))
+        node = await parent.add_variable(node_id, bname, ua.Variant(initial, vtype))
+        if unit:
+            eu = ua.EUInformation(NamespaceUri="http://www.opcfoundation.org/UA/units/un/cefact",
+                                  DisplayName=ua.LocalizedText(unit), Description=ua.LocalizedText(unit))
+            eu_id = make_node_id(f"{node_id.Identifier!s}.EngineeringUnits", node_id.NamespaceIndex)
+            await node.add_property(eu_id, ua.QualifiedName("EngineeringUnits", 0), ua.Variant(eu, VT.ExtensionObject))
         self._vars.append(var)
 
     # ------------------------------------------------------------------ values

@@ -234,16 +234,24 @@ async def test_reads_are_chunked_by_max_nodes_per_read(started: Callable[..., An
     assert by_tag(readings)["program"].value == "O4711"
 
 
-async def test_two_machines_start_fast() -> None:
+async def test_two_machines_start_and_serve_independently() -> None:
+    """Start-up speed is measured by bench/opcua_poll.py (docs/BENCHMARKS.md), not asserted here."""
     sims = [OpcUaMachineSim(make_device(free_port())) for _ in range(2)]
-    t0 = time.perf_counter()
     try:
         for sim in sims:
             await sim.start()
-        total = time.perf_counter() - t0
-        # the standard address space is filled once per process: the second machine starts in ms
-        assert sims[1].startup_s < 0.5
-        assert total < 2.0
+        sims[1].model.force_state("alarm")
+        await sims[1].update_now()
+        states = []
+        for sim in sims:
+            adapter = OpcUaAdapter(sim.device)
+            await adapter.connect()
+            try:
+                states.append(by_tag(await adapter.read())["state"].value)
+            finally:
+                await adapter.close()
+        assert states == [1, 2]  # running, alarm: each server has its own copy of the address space
+        assert all(sim.startup_s > 0 for sim in sims)
     finally:
         for sim in sims:
             await sim.stop()

@@ -11,8 +11,20 @@ Why it looks like this:
 - The asyncua client runs without auto-reconnect: reconnecting is the engine's job (with jittered
   backoff), the client's watchdog only notices a dead server early so the next `read()` fails fast.
 
-Security modes, certificates, subscribe mode and session-restart recovery come next; `_apply_security` and
-`supports_subscribe` are the places they plug in.
+- Subscribe mode (the default) puts every resolved tag on ONE subscription per device, created with the raw
+  session services rather than asyncua's `Subscription` class: the publish callback sees each PublishResponse
+  whole, so one publish becomes one `callback(readings)` call (one MQTT message), nothing sits in an
+  iterator queue that could drop the oldest events, and keep-alives are visible. A keep-alive (a publish cycle
+  with no change) re-delivers the last values as a heartbeat, so a healthy but static machine still sends one
+  message per cycle, like poll mode, and stays `online`.
+- Recovery: `subscribe()` returns only by raising `AdapterError` when the session is gone: transport lost,
+  the client's session probe failing (BadSessionIdInvalid, BadSessionClosed, ...), a bad StatusChange from the
+  server (BadTimeout: the server dropped the subscription), the publish loop ending, or no publish response
+  (data or keep-alive) for 1.5 keep-alive periods plus the timeout. The engine then closes this session and
+  reconnects with backoff: a NEW session, node ids resolved again, the subscription created again. There is
+  never more than one session per device, and none while the server is down.
+- Security (`security.py`): our certificate is created on first use in the PKI folder; the server's is
+  checked against trusted/ before a session is made.
 """
 
 from __future__ import annotations
@@ -21,15 +33,18 @@ import asyncio
 import dataclasses
 import enum
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from asyncua import Client, ua
+from asyncua.client.ua_client import UaClientState
 
-from adapters.base import Adapter, AdapterError, register
+from adapters.base import Adapter, AdapterError, ReadingsCallback, register
 from adapters.opcua.nodeids import (
     NodeRef,
     Unresolved,
@@ -40,7 +55,9 @@ from adapters.opcua.nodeids import (
     resolve_node_id,
     status_name,
 )
-from collector.config import OpcUaDevice, OpcUaTag, read_secret
+from adapters.opcua.security import Pki, SecurityError
+from adapters.opcua.security import apply as apply_security
+from collector.config import OpcUaDevice, OpcUaTag, Settings, read_secret
 from collector.model import Quality, Reading
 
 log = logging.getLogger(__name__)
@@ -50,6 +67,17 @@ _UNCERTAIN = 0x40000000
 _PLAIN_TYPES = frozenset({float, int, bool, str, type(None)})
 _INT_TYPES = frozenset({"int16", "uint16", "int32", "uint32", "int64", "uint64"})
 _BAD_QUALITY_CACHE: dict[int, str] = {}
+#: ActivateSession refusals of the user identity, and refusals of our certificate, told apart for the message
+_USER_REFUSED = frozenset({"BadUserAccessDenied", "BadIdentityTokenRejected", "BadIdentityTokenInvalid",
+                           "BadUserSignatureInvalid"})
+_CERT_REFUSED = frozenset({"BadSecurityChecksFailed", "BadCertificateUntrusted", "BadCertificateInvalid",
+                           "BadCertificateUriInvalid", "BadCertificateTimeInvalid", "BadCertificateUseNotAllowed",
+                           "BadSecurityPolicyRejected", "BadCertificateRevoked"})
+#: monitored-item results that mean "this server cannot filter this item": retried without a filter, and the
+#: deadband is then applied here
+_FILTER_REFUSED = frozenset({ua.StatusCodes.BadFilterNotAllowed, ua.StatusCodes.BadMonitoredItemFilterUnsupported,
+                             ua.StatusCodes.BadDeadbandFilterInvalid, ua.StatusCodes.BadMonitoredItemFilterInvalid})
+_PUBLISH_MARGIN = 1.5  # keep-alive periods without a publish response before the session counts as dead
 
 
 def bad_quality(code: int) -> str:
@@ -170,6 +198,8 @@ class _TagPlan:
     ref: NodeRef | Unresolved
     convert: Callable[[Any], Any]
     range: tuple[float, float] | None
+    deadband: tuple[str, float] | None = None  # ("absolute" | "percent", value) requested from the server
+    local_band: float | None = None  # absolute band applied here when the server refused the filter
 
 
 @register
@@ -177,7 +207,7 @@ class OpcUaAdapter(Adapter):
     """Polls one OPC UA server: `connect()`, then `read()` once per interval, `close()` at the end."""
 
     protocol = "opcua"
-    supports_subscribe = False  # subscribe mode is the next step
+    supports_subscribe = True
 
     def __init__(self, device: OpcUaDevice) -> None:
         super().__init__(device)
@@ -191,7 +221,8 @@ class OpcUaAdapter(Adapter):
                 ref = parse_node(tag.node)
             except ValueError as exc:
                 ref = Unresolved("BadNodeIdInvalid", str(exc))
-            self._plans.append(_TagPlan(tag.name, tag.unit, ref, make_converter(tag), tag.range))
+            self._plans.append(_TagPlan(tag.name, tag.unit, ref, make_converter(tag), tag.range,
+                                        _deadband(device, tag)))
         #: after connect: the server's NamespaceArray and each tag's resolved node id (or why not)
         self.namespaces: list[str] = []
         self.resolved: dict[str, ua.NodeId | Unresolved] = {}
@@ -200,7 +231,17 @@ class OpcUaAdapter(Adapter):
         self._chunks: list[tuple[ua.ReadParameters, list[int]]] = []
         self._unresolved: list[tuple[int, str]] = []  # plan index, bad quality
         self._stats = {"connects": 0, "reads": 0, "requests": 0, "values": 0, "bad_values": 0, "errors": 0,
-                       "last_read_s": 0.0}
+                       "last_read_s": 0.0, "publishes": 0, "keepalives": 0, "notifications": 0,
+                       "subscriptions": 0}
+        # subscribe mode: per plan index the last reading delivered (for heartbeats), and why the session died
+        self._last: list[Reading | None] = []
+        self._lost: str | None = None
+        self._wake = asyncio.Event()
+        self._last_publish = 0.0
+        self.subscription_id: int | None = None
+        self.keepalive_s = 0.0
+        self._callback: ReadingsCallback = _discard
+        self._bad: set[int] = set()  # subscribe mode: plan indices whose last reading is not good
 
     # ------------------------------------------------------------------ connect
 
@@ -222,19 +263,51 @@ class OpcUaAdapter(Adapter):
             raise
         except Exception as exc:  # connect failures come as OSError, TimeoutError, UaError, ...
             await self.close()
-            raise AdapterError(f"cannot connect to {self.url}: {_describe(exc, dev.timeout)}") from exc
+            raise AdapterError(f"cannot connect to {self.url}: {self._connect_reason(exc)}") from exc
         self._stats["connects"] += 1
 
+    @property
+    def pki(self) -> Pki:
+        """The PKI folder: `security.pki_dir`, else `<state_dir>/pki` (COLLECTOR_STATE_DIR, else ./state)."""
+        pki_dir = self.device.security.pki_dir
+        if pki_dir is None:
+            pki_dir = (Settings().state_dir or Path("state")) / "pki"
+        return Pki(Path(pki_dir))
+
     async def _apply_security(self, client: Client) -> None:
-        """User identity and (next step) security mode and certificates."""
+        """Security mode and certificates (refusing an untrusted server), then the user identity."""
         dev = self.device
         if dev.security.mode != "None":
-            raise AdapterError(f"security mode {dev.security.mode} is not supported yet by the OPC UA adapter")
+            try:
+                await apply_security(client, self.pki, dev.security.policy, dev.security.mode,
+                                     dev.security.application_uri, dev.timeout, self.url)
+            except SecurityError as exc:
+                log.error("device %s: %s", dev.id, exc)
+                raise AdapterError(str(exc)) from exc
+            except Exception as exc:
+                raise AdapterError(f"cannot connect to {self.url}: {_describe(exc, dev.timeout)}") from exc
         if dev.username:
+            try:
+                password = read_secret(dev.password_env, dev.password_file)
+            except OSError as exc:
+                raise AdapterError(f"cannot read the password file {dev.password_file}: {exc.strerror}") from exc
+            if password is None:
+                where = f"env {dev.password_env}" if dev.password_env else "password_env or password_file"
+                raise AdapterError(f"no password for user '{dev.username}': set {where}")
             client.set_user(dev.username)
-            password = read_secret(dev.password_env, dev.password_file)
-            if password is not None:
-                client.set_password(password)
+            client.set_password(password)
+
+    def _connect_reason(self, exc: BaseException) -> str:
+        """Why connect failed, with the fix for the two cases operators meet most: user and certificate."""
+        reason = _describe(exc, self.device.timeout)
+        if reason in _USER_REFUSED:
+            who = f"user '{self.device.username}'" if self.device.username else "anonymous access"
+            return (f"{who} refused by the server ({reason}): check username and password"
+                    + ("" if self.device.username else ", or configure a username"))
+        if reason in _CERT_REFUSED:
+            return (f"the server refused our certificate ({reason}): trust {self.pki.cert} on the server "
+                    f"(its SAN URI is {self.device.security.application_uri})")
+        return reason
 
     async def _resolve(self, client: Client) -> None:
         """Read the NamespaceArray and operation limits, resolve every tag, build the read chunks."""
@@ -322,27 +395,9 @@ class OpcUaAdapter(Adapter):
             if len(values) != len(indices):
                 raise AdapterError(f"server answered {len(values)} values for {len(indices)} nodes")
             for i, dv in zip(indices, values, strict=True):
-                plan = plans[i]
-                status = dv.StatusCode
-                code = status.value if status is not None else 0
-                severity = code & _SEVERITY_MASK
-                ts = dv.SourceTimestamp or dv.ServerTimestamp
-                source_ts = ts.timestamp() if ts is not None else now
-                if severity == 0 or severity == _UNCERTAIN:
-                    quality = Quality.GOOD if severity == 0 else Quality.UNCERTAIN
-                    variant = dv.Value
-                    try:
-                        value = plan.convert(variant.Value if variant is not None else None)
-                    except (TypeError, ValueError, OverflowError):
-                        value, quality = None, Quality.BAD_DECODE
-                    rng = plan.range
-                    if rng is not None and value is not None and not in_range(value, rng[0], rng[1]):
-                        quality = Quality.BAD_OUT_OF_RANGE
-                else:
-                    value, quality = None, bad_quality(code)
-                if quality != Quality.GOOD:
+                reading = out[i] = _reading(device, plans[i], dv, now)
+                if reading.quality != Quality.GOOD:
                     bad += 1
-                out[i] = Reading(device, plan.name, value, plan.unit, quality, source_ts, now)
         if self._unresolved:
             now = time.time()
             for i, quality in self._unresolved:
@@ -357,10 +412,201 @@ class OpcUaAdapter(Adapter):
         stats["last_read_s"] = time.perf_counter() - started
         return out  # type: ignore[return-value]  # every slot is filled: each plan is in a chunk or unresolved
 
+    # ------------------------------------------------------------------ subscribe
+
+    async def subscribe(self, callback: ReadingsCallback) -> None:
+        """Create the device's subscription and deliver what it publishes until the session dies, then raise
+        AdapterError (the engine reconnects: new session, nodes resolved again, subscription created again)."""
+        client = self._client
+        if client is None:
+            raise AdapterError("not connected")
+        dev = self.device
+        self._lost = None
+        self._wake = asyncio.Event()
+        self._callback = callback
+        self._last = [None] * len(self._plans)
+        self._bad = set()
+        try:
+            await self._create_subscription(client)
+        except AdapterError:
+            raise
+        except Exception as exc:
+            raise AdapterError(f"cannot subscribe on {self.url}: {_describe(exc, dev.timeout)}") from exc
+        # bad tags (unresolved, refused monitored items) are told once now, and with every heartbeat
+        now = time.time()
+        bad: list[Reading] = []
+        for i, quality in self._unresolved:
+            plan = self._plans[i]
+            reading = self._last[i] = Reading(dev.id, plan.name, None, plan.unit, quality, now, now)
+            bad.append(reading)
+            self._bad.add(i)
+        if bad:
+            self._emit(bad)
+        stale_after = self.keepalive_s * _PUBLISH_MARGIN + dev.timeout
+        self._last_publish = time.monotonic()
+        async with client.subscribe_state() as states:
+            while True:
+                # wake on: a bad StatusChange (self._wake), a client state change, or a periodic check
+                wake = asyncio.ensure_future(self._wake.wait())
+                change = asyncio.ensure_future(states.next_change())
+                try:
+                    await asyncio.wait({wake, change}, timeout=min(1.0, self.keepalive_s),
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for t in (wake, change):
+                        t.cancel()
+                if self._lost is not None:
+                    raise AdapterError(self._lost)
+                if client.state is not UaClientState.CONNECTED:
+                    raise AdapterError(f"connection to {self.url} lost")
+                silent = time.monotonic() - self._last_publish
+                if silent > stale_after:
+                    raise AdapterError(f"no publish response from {self.url} for {silent:.1f} s "
+                                       f"(keep-alive {self.keepalive_s:g} s): session presumed dead")
+
+    async def _create_subscription(self, client: Client) -> None:
+        """One subscription, every resolved tag a monitored item (deadband filters where configured)."""
+        dev = self.device
+        publishing_ms = dev.interval * 1000.0
+        sampling_ms = dev.sampling_interval if dev.sampling_interval is not None else publishing_ms
+        params = ua.CreateSubscriptionParameters()
+        params.RequestedPublishingInterval = publishing_ms
+        params.RequestedMaxKeepAliveCount = 1  # a heartbeat every cycle without changes
+        # the server keeps the subscription this many cycles without Publish requests: ~a minute, >= 3 keep-alives
+        params.RequestedLifetimeCount = max(3, math.ceil(60_000 / publishing_ms))
+        params.MaxNotificationsPerPublish = 0
+        params.PublishingEnabled = True
+        params.Priority = 0
+        result = await client.uaclient.session.create_subscription(params, callback=self._on_publish)
+        self.subscription_id = int(result.SubscriptionId)
+        self._stats["subscriptions"] += 1
+        self.keepalive_s = max(0.05, result.RevisedPublishingInterval / 1000.0) * max(
+            1, int(result.RevisedMaxKeepAliveCount))
+
+        items: list[tuple[int, ua.NodeId]] = [(i, node) for i, (plan, node) in
+                                              enumerate(zip(self._plans, self.resolved.values(), strict=True))
+                                              if isinstance(node, ua.NodeId)]
+        refused: list[tuple[int, ua.NodeId]] = []
+        chunk = self.device.max_nodes_per_read
+        for start in range(0, len(items), chunk):
+            batch = items[start:start + chunk]
+            results = await self._create_items(client, batch, sampling_ms, with_filter=True)
+            for (i, node), res in zip(batch, results, strict=True):
+                code = res.StatusCode.value
+                plan = self._plans[i]
+                if code in _FILTER_REFUSED and plan.deadband is not None:
+                    refused.append((i, node))
+                elif not res.StatusCode.is_good():
+                    self._unresolved.append((i, bad_quality(code)))
+                    log.warning("device %s tag %s: monitored item refused: %s", dev.id, plan.name, status_name(code))
+        if refused:
+            results = await self._create_items(client, refused, sampling_ms, with_filter=False)
+            for (i, _node), res in zip(refused, results, strict=True):
+                plan = self._plans[i]
+                if not res.StatusCode.is_good():
+                    self._unresolved.append((i, bad_quality(res.StatusCode.value)))
+                    continue
+                plan.local_band = _local_band(plan)
+                log.info("device %s tag %s: server refused the deadband filter; applying it here (%s)", dev.id,
+                         plan.name, plan.local_band)
+
+    async def _create_items(self, client: Client, batch: list[tuple[int, ua.NodeId]], sampling_ms: float,
+                            with_filter: bool) -> list[ua.MonitoredItemCreateResult]:
+        dev = self.device
+        params = ua.CreateMonitoredItemsParameters()
+        params.SubscriptionId = self.subscription_id
+        params.TimestampsToReturn = ua.TimestampsToReturn.Both
+        for i, node in batch:
+            plan = self._plans[i]
+            rv = ua.ReadValueId()
+            rv.NodeId = node
+            rv.AttributeId = ua.AttributeIds.Value
+            mp = ua.MonitoringParameters()
+            mp.ClientHandle = i  # the plan index: the publish callback needs nothing else
+            mp.SamplingInterval = sampling_ms
+            mp.QueueSize = dev.queue_size
+            mp.DiscardOldest = True
+            if with_filter and plan.deadband is not None:
+                kind, value = plan.deadband
+                mp.Filter = ua.DataChangeFilter(
+                    Trigger=ua.DataChangeTrigger.StatusValue,
+                    DeadbandType=(ua.DeadbandType.Absolute if kind == "absolute" else ua.DeadbandType.Percent).value,
+                    DeadbandValue=value)
+            req = ua.MonitoredItemCreateRequest()
+            req.ItemToMonitor = rv
+            req.MonitoringMode = ua.MonitoringMode.Reporting
+            req.RequestedParameters = mp
+            params.ItemsToCreate.append(req)
+        return list(await client.uaclient.session.create_monitored_items(params))
+
+    def _on_publish(self, result: ua.PublishResult) -> None:
+        """The session's publish loop calls this for every PublishResponse of our subscription (never awaits)."""
+        self._last_publish = time.monotonic()
+        stats = self._stats
+        stats["publishes"] += 1
+        data = result.NotificationMessage.NotificationData
+        if not data:
+            stats["keepalives"] += 1
+            self._heartbeat()
+            return
+        now = time.time()
+        device = self.device.id
+        plans = self._plans
+        last = self._last
+        readings: list[Reading] = []
+        for notif in data:
+            if isinstance(notif, ua.DataChangeNotification):
+                for item in notif.MonitoredItems:
+                    i = int(item.ClientHandle)
+                    if not 0 <= i < len(plans):
+                        continue
+                    plan = plans[i]
+                    reading = _reading(device, plan, item.Value, now)
+                    band = plan.local_band
+                    if band is not None:
+                        prev = last[i]
+                        if (prev is not None and prev.quality == reading.quality and _number(prev.value)
+                                and _number(reading.value) and abs(reading.value - prev.value) <= band):
+                            continue
+                    last[i] = reading
+                    readings.append(reading)
+                    if reading.quality == Quality.GOOD:
+                        self._bad.discard(i)
+                    else:
+                        self._bad.add(i)
+            elif isinstance(notif, ua.StatusChangeNotification):
+                code = notif.Status.value if notif.Status is not None else 0
+                if code & _SEVERITY_MASK:
+                    self._lost = f"subscription on {self.url} ended: {status_name(code)}"
+                    self._wake.set()
+        if readings:
+            stats["notifications"] += len(readings)
+            if self._bad:  # carry the bad tags along, so the device state does not flap with what changed
+                changed = {r.tag for r in readings}
+                readings += [r for i in sorted(self._bad) if (r := last[i]) is not None and r.tag not in changed]
+            self._emit(readings)
+
+    def _heartbeat(self) -> None:
+        """A keep-alive: nothing changed, the last values are still current; deliver them again."""
+        now = time.time()
+        readings = [dataclasses.replace(r, receive_ts=now) for r in self._last if r is not None]
+        if readings:
+            self._emit(readings)
+
+    def _emit(self, readings: list[Reading]) -> None:
+        """One callback (one pipeline batch, one MQTT message) per publish. A tag sampled several times within
+        one publishing interval (queue_size > 1) appears several times, oldest first: the JSON data message keeps
+        the newest per tag, series sinks keep all."""
+        try:
+            self._callback(readings)
+        except Exception:  # the pipeline's problem must not stop the publish loop
+            log.exception("device %s: readings callback failed", self.device.id)
+
     def stats(self) -> dict[str, Any]:
         """Counters since construction plus the shape of the current read plan."""
         return {**self._stats, "chunks": len(self._chunks), "unresolved": len(self._unresolved),
-                "server_max_nodes_per_read": self.server_max_nodes_per_read}
+                "server_max_nodes_per_read": self.server_max_nodes_per_read,
+                "mode": "subscribe" if self.wants_subscribe else "poll", "subscription_id": self.subscription_id}
 
     # ------------------------------------------------------------------ close
 
@@ -381,6 +627,58 @@ class OpcUaAdapter(Adapter):
                 client.disconnect_socket()
             except Exception:
                 pass
+
+
+def _reading(device: str, plan: _TagPlan, dv: ua.DataValue, now: float) -> Reading:
+    """One DataValue as a Reading: status -> quality, source (else server) timestamp, converted value."""
+    status = dv.StatusCode
+    code = status.value if status is not None else 0
+    severity = code & _SEVERITY_MASK
+    ts = dv.SourceTimestamp or dv.ServerTimestamp
+    source_ts = ts.timestamp() if ts is not None else now
+    if severity == 0 or severity == _UNCERTAIN:
+        quality = Quality.GOOD if severity == 0 else Quality.UNCERTAIN
+        variant = dv.Value
+        try:
+            value = plan.convert(variant.Value if variant is not None else None)
+        except (TypeError, ValueError, OverflowError):
+            value, quality = None, Quality.BAD_DECODE
+        rng = plan.range
+        if rng is not None and value is not None and not in_range(value, rng[0], rng[1]):
+            quality = Quality.BAD_OUT_OF_RANGE
+    else:
+        value, quality = None, bad_quality(code)
+    return Reading(device, plan.name, value, plan.unit, quality, source_ts, now)
+
+
+def _deadband(device: OpcUaDevice, tag: OpcUaTag) -> tuple[str, float] | None:
+    """The tag's deadband request: its `deadband` value with the device's `deadband_type` (absolute when the
+    device says none: a tag that names a band wants one)."""
+    if not tag.deadband:
+        return None
+    return ("percent" if device.deadband_type == "percent" else "absolute", float(tag.deadband))
+
+
+def _local_band(plan: _TagPlan) -> float | None:
+    """The absolute band to apply here when the server refused the filter (percent needs the tag's range)."""
+    if plan.deadband is None:
+        return None
+    kind, value = plan.deadband
+    if kind == "absolute":
+        return value
+    if plan.range is None:
+        log.warning("tag %s: percent deadband refused by the server and no range to apply it to: reporting "
+                    "every change", plan.name)
+        return None
+    return value / 100.0 * (plan.range[1] - plan.range[0])
+
+
+def _discard(readings: list[Reading]) -> None:
+    """The callback before `subscribe()` sets one."""
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _good_value(dv: ua.DataValue) -> Any:
