@@ -1,15 +1,18 @@
 """The asset register (设备台账): the denominator of every indicator.
 
 Built from the config: each configured device's `asset:` block (bound to that device) and each `assets:`
-entry (not connected, or bound with `device:`). A device that the collector cannot reach still counts.
+entry (not connected, or bound with `device:`), then the enterprise's 设备台账 CSV (`assets_csv:`) and the
+register installed by `collector assets import` (state directory). A device that the collector cannot reach
+still counts.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from pathlib import Path
 
-from collector.config import AssetFields, CollectorConfig
+from collector.config import AssetEntry, AssetFields, CollectorConfig
 
 PRODUCTIVE_USAGE = ("production", "auxiliary")
 COUNTED_STATUS = ("in_service", "idle")
@@ -35,6 +38,7 @@ class Asset:
     device: str | None  # the configured device it is bound to, if any
     protocol: str | None = None
     endpoint: str | None = None
+    source: str = "config"  # config, assets_csv, import: where the register entry came from
 
     def in_universe(self, on: dt.date, scope: str = "all") -> bool:
         """Membership of U (INDICATORS.md) on a date."""
@@ -46,27 +50,76 @@ class Asset:
 
 
 def _asset(id_: str, f: AssetFields, default_workshop: str, device: str | None,
-           protocol: str | None = None, endpoint: str | None = None, name: str | None = None) -> Asset:
+           protocol: str | None = None, endpoint: str | None = None, name: str | None = None,
+           source: str = "config") -> Asset:
     return Asset(
         id=id_, name=f.name or name or id_, workshop=f.workshop or default_workshop, line=f.line,
         category=f.category, usage=f.usage, status=f.status, commissioned=f.commissioned, is_cnc=f.is_cnc,
         # A configured device speaks a protocol, so it is digital unless the register says otherwise.
         is_digital=f.is_digital if f.is_digital is not None else device is not None,
         digital_basis=f.digital_basis, is_key_process=f.is_key_process, original_value=f.original_value,
-        device=device, protocol=protocol, endpoint=endpoint,
+        device=device, protocol=protocol, endpoint=endpoint, source=source,
     )
 
 
-def build_register(cfg: CollectorConfig) -> list[Asset]:
-    """Every asset of the config; an `assets:` entry bound to a device replaces that device's `asset:` block."""
+def build_register(cfg: CollectorConfig, extra: list[tuple[AssetEntry, str]] | None = None,
+                   warnings: list[str] | None = None) -> list[Asset]:
+    """Every asset of the config; an `assets:` entry bound to a device replaces that device's `asset:` block.
+
+    `extra` are (entry, source) pairs from a CSV register; the config wins on a clash of ids or bindings,
+    and each clash is told in `warnings`.
+    """
     ws = cfg.site.workshop
-    bound = {a.device: a for a in cfg.assets if a.device is not None}
+    warn = warnings if warnings is not None else []
+    entries: list[tuple[AssetEntry, str]] = [(a, "config") for a in cfg.assets]
+    taken = {a.id for a in cfg.assets} | {d.id for d in cfg.devices if not any(a.device == d.id for a in cfg.assets)}
+    bound_ids = {a.device for a in cfg.assets if a.device is not None}
+    device_ids = {d.id for d in cfg.devices}
+    for entry, source in extra or []:
+        if entry.id in taken:
+            warn.append(f"{source}: asset '{entry.id}' is also in the config; the config's entry is used")
+            continue
+        if entry.device is not None and (entry.device not in device_ids or entry.device in bound_ids):
+            warn.append(f"{source}: asset '{entry.id}' binds device '{entry.device}', which is not configured "
+                        "or already bound; it is counted as not connected")
+            entry = entry.model_copy(update={"device": None})
+        taken.add(entry.id)
+        if entry.device is not None:
+            bound_ids.add(entry.device)
+        entries.append((entry, source))
+    bound = {a.device: (a, src) for a, src in entries if a.device is not None}
     out: list[Asset] = []
     for dev in cfg.devices:
-        entry = bound.get(dev.id)
-        if entry is not None:
-            out.append(_asset(entry.id, entry, ws, dev.id, dev.protocol, dev.endpoint, dev.name))
+        hit = bound.get(dev.id)
+        if hit is not None:
+            out.append(_asset(hit[0].id, hit[0], ws, dev.id, dev.protocol, dev.endpoint, dev.name, hit[1]))
         else:
             out.append(_asset(dev.id, dev.asset, ws, dev.id, dev.protocol, dev.endpoint, dev.name))
-    out.extend(_asset(a.id, a, ws, None) for a in cfg.assets if a.device is None)
+    out.extend(_asset(a.id, a, ws, None, source=src) for a, src in entries if a.device is None)
     return out
+
+
+IMPORTED_REGISTER = "register-import.json"
+
+
+def load_register(cfg: CollectorConfig, state_dir: Path | None = None,
+                  warnings: list[str] | None = None) -> list[Asset]:
+    """The whole register: config, `assets_csv:`, and the register `collector assets import` installed.
+
+    A CSV that no longer reads is told in `warnings` and skipped: a gateway must keep collecting."""
+    from collector.indicators.csv_import import CsvImportError, read_imported, read_register_csv
+
+    warn = warnings if warnings is not None else []
+    extra: list[tuple[AssetEntry, str]] = []
+    if cfg.assets_csv is not None:
+        try:
+            extra += [(e, "assets_csv") for e in read_register_csv(cfg.assets_csv).entries]
+        except CsvImportError as exc:
+            warn.extend(f"assets_csv: {line}" for line in exc.lines)
+    state = state_dir if state_dir is not None else cfg.state_dir
+    if (state / IMPORTED_REGISTER).exists():
+        try:
+            extra += [(e, "import") for e in read_imported(state / IMPORTED_REGISTER)]
+        except (OSError, ValueError) as exc:
+            warn.append(f"{state / IMPORTED_REGISTER}: unreadable ({exc}); imported register skipped")
+    return build_register(cfg, extra, warn)

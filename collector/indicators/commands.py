@@ -1,0 +1,216 @@
+"""Bodies of `collector indicators`, `collector report`, `collector verify` and `collector assets import`.
+
+They read the collector's state (SQLite, WAL: safe while the collector runs) and never change the evidence,
+except that a report of a closed month appends its summary to the chain when the collector has not yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import unicodedata
+from pathlib import Path
+
+from collector.config import CollectorConfig, Settings
+from collector.indicators import chain, periods
+from collector.indicators.csv_import import CsvImportError, check_against_config, install, read_register_csv
+from collector.indicators.figures import FIGURE_ORDER, PeriodResult, compute
+from collector.indicators.monthly import chain_path, ensure_chained, find_record
+from collector.indicators.rates import NAMES
+from collector.indicators.register import IMPORTED_REGISTER, load_register
+from collector.indicators.report import pct, write_package
+from collector.status import StatusStore
+
+
+def _load(path: str) -> CollectorConfig:
+    from collector.cli import _load as load  # the CLI's loader prints config errors and exits 2
+
+    return load(path)
+
+
+def state_dir_of(cfg: CollectorConfig) -> Path:
+    return Settings().state_dir or cfg.state_dir
+
+
+def open_store(cfg: CollectorConfig, state_dir: Path) -> StatusStore:
+    """The collector's store, or an empty in-memory one when it never ran here (figures then show no evidence)."""
+    db = state_dir / "status.db"
+    if not db.exists():
+        print(f"note: {db} does not exist (has the collector run with this state_dir?): no evidence yet",
+              file=sys.stderr)
+        return StatusStore(Path(":memory:"), cfg.indicators.bucket)
+    return StatusStore(db, cfg.indicators.bucket)
+
+
+def _num(x: float) -> str:
+    return f"{x:.0f}" if float(x).is_integer() else f"{x:.2f}"
+
+
+def _width(s: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in s)
+
+
+def _pad(s: str, w: int, right: bool = False) -> str:
+    fill = " " * max(0, w - _width(s))
+    return fill + s if right else s + fill
+
+
+def format_table(result: PeriodResult, lang: str = "zh") -> str:
+    """A plain-text table of every figure, enterprise first, then each workshop."""
+    head = ["scope", "figure", "name", "numerator", "denominator", "value", "target", "pass"]
+    rows = []
+    scopes = [("enterprise", result.figures), *((f"workshop {ws}", f) for ws, f in result.workshops.items())]
+    for scope, figs in scopes:
+        for f in sorted(figs, key=lambda f: FIGURE_ORDER.index(f.id)):
+            zh, en = NAMES[f.id]
+            rows.append([scope, f.id, zh if lang == "zh" else en, _num(f.numerator), _num(f.denominator),
+                         pct(f.numerator, f.denominator), "" if f.target is None else f"≥ {f.target * 100:g} %",
+                         "" if f.passed is None else ("PASS" if f.passed else "FAIL")])
+    widths = [max(_width(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    numeric = {3, 4, 5}
+    lines = ["  ".join(_pad(c, widths[i], i in numeric) for i, c in enumerate(r)).rstrip() for r in [head, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    d = result.to_dict(devices=False)
+    title = (f"{result.cfg.site.enterprise_name or result.cfg.site.enterprise_id} · period {result.period.label} "
+             f"({d['status']}) · defset v1")
+    return "\n".join([title, *lines])
+
+
+def cmd_indicators(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    state = state_dir_of(cfg)
+    warnings: list[str] = []
+    assets = load_register(cfg, state, warnings)
+    store = open_store(cfg, state)
+    now = time.time()
+    try:
+        period = periods.parse(args.period or "month", now, cfg.site.timezone)
+    except ValueError as exc:
+        print(f"--period: {exc}", file=sys.stderr)
+        return 2
+    result = compute(cfg, assets, store, period, now, warnings=warnings)
+    store.close()
+    if args.json:
+        print(json.dumps(result.to_dict(devices=args.devices), ensure_ascii=False, indent=2))
+        return 0
+    print(format_table(result, args.lang))
+    if args.devices:
+        print()
+        for r in result.devices:
+            ev = r.evidence
+            cov = pct(ev.good, ev.expected) if ev and ev.expected else "—"
+            net = "" if r.verdict is None else ("networked" if r.verdict.networked else r.verdict.code)
+            print(f"{r.asset.id:<16} {'U' if r.in_universe else '-'} cnc={int(r.asset.is_cnc)} "
+                  f"digital={int(r.asset.is_digital)} {cov:>9} {net}")
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    state = state_dir_of(cfg)
+    warnings: list[str] = []
+    assets = load_register(cfg, state, warnings)
+    now = time.time()
+    try:
+        period = periods.parse(args.period, now, cfg.site.timezone)
+    except ValueError as exc:
+        print(f"--period: {exc}", file=sys.stderr)
+        return 2
+    if period.kind == "now":
+        print("--period: a report covers a month (YYYY-MM), a year (YYYY) or a day (YYYY-MM-DD)", file=sys.stderr)
+        return 2
+    formats = [f.strip() for spec in (args.format or ["html"]) for f in spec.split(",") if f.strip()]
+    bad = [f for f in formats if f not in ("html", "csv", "json")]
+    if bad:
+        print(f"--format: {', '.join(bad)}: use html, csv or json", file=sys.stderr)
+        return 2
+    store = open_store(cfg, state)
+    result = compute(cfg, assets, store, period, now, warnings=warnings)
+    store.close()
+    record = None
+    if period.kind == "month":
+        record = ensure_chained(result, state) if result.closed else find_record(chain_path(state), cfg,
+                                                                               period.label)
+    written = write_package(result, Path(args.out), formats, args.lang, record)
+    for p in written:
+        print(p)
+    if not result.closed:
+        print(f"note: period {period.label} is not closed yet (closes {periods.iso_local(period.closes, period.tz)});"
+              " the figures are provisional and not chained", file=sys.stderr)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if not path.exists():
+        print(f"{path}: no such file", file=sys.stderr)
+        return 1
+    result = chain.verify(path)
+    if result.ok:
+        print(f"{path}: OK, {result.records} record(s), chain intact")
+        return 0
+    seq = f" (seq {result.broken_seq})" if result.broken_seq is not None else ""
+    print(f"{path}: BROKEN at record {result.broken_line}{seq}: {result.reason}; "
+          f"{result.records} record(s) before it are intact")
+    return 1
+
+
+def cmd_assets_import(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    source = Path(args.file)
+    try:
+        reg = read_register_csv(source)
+    except CsvImportError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        print(f"{source}: {len(exc.lines)} problem(s); nothing imported", file=sys.stderr)
+        return 1
+    clashes = check_against_config(reg, cfg, str(source))
+    if clashes:
+        for line in clashes:
+            print(line, file=sys.stderr)
+        print(f"{source}: {len(clashes)} clash(es) with the config; nothing imported", file=sys.stderr)
+        return 1
+    target = state_dir_of(cfg) / IMPORTED_REGISTER
+    if not args.dry_run:
+        install(reg, source, target)
+    cnc = sum(1 for e in reg.entries if e.is_cnc)
+    print(f"{source}: {len(reg.entries)} asset(s) OK ({cnc} CNC){'' if args.dry_run else f'; installed as {target}'}")
+    if reg.ignored_columns:
+        print(f"ignored columns: {', '.join(reg.ignored_columns)}")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """The subcommands of this module, registered by collector.cli.build_parser()."""
+    s = sub.add_parser("indicators", help="print 联网率/数控化率 figures (now, today, a month, a year) as a table")
+    s.add_argument("-c", "--config", required=True, help="YAML config file")
+    s.add_argument("--period", help="now, today, month (default), year, YYYY-MM, YYYY or YYYY-MM-DD")
+    s.add_argument("--lang", choices=("zh", "en"), default="zh", help="names of the figures (default zh)")
+    s.add_argument("--devices", action="store_true", help="also list every device's coverage and verdict")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.set_defaults(fn=cmd_indicators)
+
+    s = sub.add_parser("report", help="write the evidence package of a period (HTML, CSV, JSON)")
+    s.add_argument("-c", "--config", required=True, help="YAML config file")
+    s.add_argument("--period", required=True, help="YYYY-MM (or YYYY, YYYY-MM-DD)")
+    s.add_argument("--format", action="append", help="html (default), csv, json; repeat or comma-separate")
+    s.add_argument("--lang", choices=("zh", "en"), default="zh", help="language of the report (default zh)")
+    s.add_argument("--out", default=".", help="folder for report-<period>.<format> (default .)")
+    s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("verify", help="check an evidence chain file (exit 0 intact, 1 broken)")
+    s.add_argument("file", help="e.g. state/evidence-chain.jsonl")
+    s.set_defaults(fn=cmd_verify)
+
+    s = sub.add_parser("assets", help="the asset register (设备台账)")
+    assets_sub = s.add_subparsers(dest="assets_command", required=True, metavar="ACTION")
+    a = assets_sub.add_parser("import", help="import a 设备台账 CSV into the state directory (all rows or none)")
+    a.add_argument("file", help="CSV with headers such as 设备编号, 设备名称, 是否数控, 原值")
+    a.add_argument("-c", "--config", required=True, help="YAML config file")
+    a.add_argument("--dry-run", action="store_true", help="only validate")
+    a.set_defaults(fn=cmd_assets_import)
