@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import logging
 import shutil
 import socket
@@ -49,8 +50,10 @@ class MosquittoProcess:
 
     def start(self, timeout: float = 10.0) -> None:
         conf = self.dir / "mosquitto.conf"
+        # `user`: started as root, mosquitto would switch to user mosquitto and lose access to our folders
         lines = [f"listener {self.port} {self.host}", "allow_anonymous true", "max_queued_messages 0",
-                 "max_inflight_messages 0", "log_dest stderr", "log_type error", "log_type warning"]
+                 "max_inflight_messages 0", f"user {getpass.getuser()}", "log_dest stderr", "log_type error",
+                 "log_type warning"]
         if self.persistence_dir is not None:
             lines += ["persistence true", f"persistence_location {self.persistence_dir}/"]
         else:

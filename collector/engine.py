@@ -53,24 +53,39 @@ class DeviceTask:
         self.adapter_factory = adapter_factory
         self.adapter: Adapter | None = None
         self.task: asyncio.Task[None] | None = None
+        self.stopping = False
         self.polls = 0
         self.last_poll_duration = 0.0
+        # Counters read by /metrics at scrape time (collector/metrics.py); they restart with the task.
+        self.poll_seconds = 0.0
+        self.readings = 0
+        self.bad_readings = 0
+        self.errors = 0
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"device:{self.device.id}")
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
-            self.task = None
+        """Cancel the task and wait until it has really ended.
+
+        One `cancel()` is not enough: on Python 3.11, `asyncio.wait_for` (pymodbus awaits every answer with it)
+        returns the result and drops the cancellation when the answer and the cancel arrive together, and the
+        task would poll on for ever. So the loops also check `stopping`, and the cancel is repeated.
+        """
+        task = self.task
+        if task is None:
+            return
+        self.stopping = True
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("device=%s event=task_failed error=%r", self.device.id, task.exception())
+        self.task = None
 
     async def _run(self) -> None:
         dev = self.device
-        while True:
+        while not self.stopping:
             adapter = self.adapter_factory(dev)
             self.adapter = adapter
             try:
@@ -89,16 +104,22 @@ class DeviceTask:
                 await asyncio.sleep(getattr(dev, "degrade_for", dev.interval))
                 continue
             except AdapterError as exc:
+                self.errors += 1
                 self.on_state(dev.id, DeviceState.OFFLINE, exc.reason)
             except Exception as exc:  # a bug or an unexpected library error must not kill the task
+                self.errors += 1
                 log.exception("device=%s event=unexpected_error", dev.id)
                 self.on_state(dev.id, DeviceState.OFFLINE, f"internal error: {type(exc).__name__}: {exc}")
             await adapter.close()
+            if self.stopping:
+                return
             delay = self.backoff.next_delay()
             log.info("device=%s event=retry delay=%.2f", dev.id, delay)
             await asyncio.sleep(delay)
 
     def _deliver(self, readings: list[Reading]) -> None:
+        self.readings += len(readings)
+        self.bad_readings += sum(1 for r in readings if r.quality != "good")
         try:
             self.on_readings(self.device.id, readings)
         except Exception:
@@ -109,10 +130,11 @@ class DeviceTask:
         interval = self.device.interval
         loop = asyncio.get_running_loop()
         next_at = loop.time()
-        while True:
+        while not self.stopping:
             started = time.perf_counter()
             readings = await adapter.read()
             self.last_poll_duration = time.perf_counter() - started
+            self.poll_seconds += self.last_poll_duration
             self.polls += 1
             self._deliver(readings)
             next_at += interval

@@ -79,3 +79,16 @@ class Batch:
     readings: list[Reading]
     good_ts: float | None = None
     historical: bool = False
+
+
+@dataclass(slots=True)
+class Row:
+    """A batch as stored in the outbox for one sink: already encoded for that sink."""
+
+    id: int
+    device: str
+    seq: int
+    created: float
+    good_ts: float | None
+    n: int
+    payload: bytes

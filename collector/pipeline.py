@@ -17,8 +17,10 @@ BatchSink = Callable[[Batch], None]
 
 
 class Pipeline:
-    def __init__(self, status: StatusTracker, stale_after: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, status: StatusTracker, stale_after: float, clock: Callable[[], float] = time.time,
+                 next_seq: Callable[[str], int] | None = None) -> None:
         self.status = status
+        self.next_seq = next_seq or status.next_seq
         self.stale_after = stale_after
         self.clock = clock
         self.sinks: list[BatchSink] = []
@@ -51,7 +53,7 @@ class Pipeline:
                 good += 1
                 if r.receive_ts - last_advance <= self.stale_after:
                     fresh_good += 1
-        batch = Batch(device=device, seq=self.status.next_seq(device), ts=now, readings=readings,
+        batch = Batch(device=device, seq=self.next_seq(device), ts=now, readings=readings,
                       good_ts=now if fresh_good else None)
         self.status.polled(device, good, len(readings), now)
         for sink in self.sinks:

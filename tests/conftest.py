@@ -47,12 +47,16 @@ class Recorder:
     host: str
     port: int
     topic: str = "#"
+    client_id: str | None = None  # with clean_session False: a persistent session the broker queues for
+    clean_session: bool = True
     messages: list[Message] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.ready = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-rec-{id(self)}")
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id or f"test-rec-{id(self)}",
+                                  clean_session=self.clean_session)
+        self.client.reconnect_delay_set(0.2, 1)
         self.client.on_connect = lambda c, u, f, rc, p=None: (c.subscribe(self.topic, qos=1), self.ready.set())
         self.client.on_message = self._on_message
         self.client.connect(self.host, self.port)
@@ -103,3 +107,55 @@ def state_dir(tmp_path: Any) -> Any:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("PYTHONASYNCIODEBUG", "0")
+
+
+class VictoriaMetrics:
+    """A private VictoriaMetrics (accepts influxdb-client's /api/v2/write) on a free port; restartable."""
+
+    def __init__(self, data_dir: Any, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.data_dir = data_dir
+        self.proc: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        import shutil
+        import subprocess
+        import urllib.request
+
+        exe = shutil.which("victoria-metrics")
+        if exe is None:
+            pytest.fail("victoria-metrics is not installed: `apt-get install victoria-metrics` (.ci/run does it)")
+        self.proc = subprocess.Popen([exe, f"-httpListenAddr=127.0.0.1:{self.port}",
+                                      f"-storageDataPath={self.data_dir}", "-loggerLevel=ERROR",
+                                      "-search.latencyOffset=0s"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=0.5) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("victoria-metrics did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(15)
+            self.proc = None
+
+    def export(self, match: str) -> list[dict[str, Any]]:
+        """Every stored series matching `match`, after a forced flush."""
+        import json
+        import urllib.parse
+        import urllib.request
+
+        urllib.request.urlopen(f"{self.url}/internal/force_flush", timeout=5).read()
+        body = urllib.parse.urlencode({"match[]": match}).encode()
+        with urllib.request.urlopen(f"{self.url}/api/v1/export", data=body, timeout=10) as resp:
+            return [json.loads(line) for line in resp.read().decode().splitlines() if line.strip()]

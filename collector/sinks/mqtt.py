@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,11 +22,13 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.model import Batch
+from collector.model import Batch, Row
 
 log = logging.getLogger(__name__)
 
-DeliveredCallback = Callable[[str, float], None]
+AckCallback = Callable[[Row], None]
+HISTORICAL_FALSE = b'"historical":false'
+HISTORICAL_TRUE = b'"historical":true'
 
 
 @dataclass
@@ -47,10 +48,11 @@ class MqttSettings:
     key_file: str | None = None
     keepalive: int = 30
     max_inflight: int = 100
+    reconnect_max_delay: int = 10
 
 
 def ms(ts: float | None) -> int | None:
-    return None if ts is None else int(round(ts * 1000))
+    return None if ts is None else int(ts * 1000)  # truncated, as databases store ns timestamps in ms
 
 
 def encode_data(batch: Batch) -> bytes:
@@ -72,19 +74,26 @@ def iso(ts: float | None) -> str | None:
 
 
 class MqttSink:
-    """Publishes batches and statuses; tells `on_delivered` when the broker acknowledged a good sample."""
+    """Publishes outbox rows (the data) and statuses; calls `on_ack(row)` when the broker acknowledged a row.
 
-    def __init__(self, settings: MqttSettings, on_delivered: DeliveredCallback | None = None) -> None:
+    It is the outbox sender's transport (collector/delivery.py): it publishes only while connected, keeps its
+    in-flight rows by message id across a reconnect (paho re-sends them), and reports the rest through
+    `generation` so the sender starts again from the oldest row not in flight.
+    """
+
+    def __init__(self, settings: MqttSettings, on_ack: AckCallback | None = None) -> None:
         self.s = settings
         self.root = settings.topic_root.rstrip("/")
-        self.on_delivered = on_delivered
+        self.on_ack = on_ack
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.connected = asyncio.Event()
+        self.connected_event = asyncio.Event()
         self.connected_flag = False
         self.stopping = False
+        self._since = 0.0
+        self._generation = 0
         self.on_connect_hooks: list[Callable[[], None]] = []
-        self._pending: dict[int, tuple[str, float | None]] = {}
-        self._acked = threading.Event()
+        self.gateway_info: Callable[[], dict[str, Any]] | None = None
+        self._pending: dict[int, Row] = {}
         self.published = 0
         self.acked = 0
         self.errors = 0
@@ -100,7 +109,7 @@ class MqttSink:
             c.tls_set(ca_certs=self.s.ca_file, certfile=self.s.cert_file, keyfile=self.s.key_file,
                       cert_reqs=ssl.CERT_REQUIRED)
         c.max_inflight_messages_set(self.s.max_inflight)
-        c.reconnect_delay_set(min_delay=1, max_delay=15)
+        c.reconnect_delay_set(min_delay=1, max_delay=self.s.reconnect_max_delay)
         c.will_set(self.gateway_topic, orjson.dumps({"state": "offline", "reason": "connection lost"}),
                    qos=1, retain=True)
         c.on_connect = self._on_connect
@@ -121,7 +130,7 @@ class MqttSink:
         self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive)
         self.client.loop_start()
         try:
-            await asyncio.wait_for(self.connected.wait(), wait)
+            await asyncio.wait_for(self.connected_event.wait(), wait)
         except TimeoutError:
             log.warning("sink=mqtt event=not_connected host=%s port=%s (will keep trying)", self.s.host, self.s.port)
 
@@ -139,27 +148,35 @@ class MqttSink:
 
     # -- paho callbacks (network thread): hand over to the loop, nothing else
 
+    def _hand_over(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run `fn` on the loop thread; after shutdown (loop closed) there is nobody left to tell."""
+        if self.loop is not None:
+            try:
+                self.loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:
+                pass
+
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-        if self.loop is not None and not rc.is_failure:
-            self.loop.call_soon_threadsafe(self._connected)
-        elif rc.is_failure:
+        if rc.is_failure:
             log.warning("sink=mqtt event=connect_refused reason=%s", rc)
+        else:
+            self._hand_over(self._connected)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self._disconnected, str(rc))
+        self._hand_over(self._disconnected, str(rc))
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any = None) -> None:
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self._ack, mid)
+        self._hand_over(self._ack, mid)
 
     # -- loop thread
 
     def _connected(self) -> None:
         log.info("sink=mqtt event=connected host=%s port=%s", self.s.host, self.s.port)
         self.connected_flag = True
-        self.connected.set()
-        self.publish_json(self.gateway_topic, {"state": "online", "ts": iso(time.time())}, retain=True)
+        self._since = time.time()
+        self._generation += 1
+        self.connected_event.set()
+        self.publish_gateway()
         for hook in self.on_connect_hooks:
             hook()
 
@@ -167,37 +184,68 @@ class MqttSink:
         if self.connected_flag and not self.stopping:
             log.warning("sink=mqtt event=disconnected reason=%s", reason)
         self.connected_flag = False
-        self.connected.clear()
+        self.connected_event.clear()
 
     def _ack(self, mid: int) -> None:
-        entry = self._pending.pop(mid, None)
-        if entry is None:
+        row = self._pending.pop(mid, None)
+        if row is None:
             return
         self.acked += 1
-        device, good_ts = entry
-        if good_ts is not None and self.on_delivered is not None:
-            self.on_delivered(device, good_ts)
+        if self.on_ack is not None:
+            self.on_ack(row)
 
-    # -- publishing (loop thread)
+    # -- the outbox sender's transport (loop thread)
 
-    def publish_batch(self, batch: Batch) -> None:
-        info = self.client.publish(self.device_topic(batch.device, "data"), encode_data(batch), qos=self.s.qos)
-        self.published += 1
-        if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
-            self.errors += 1
-            log.warning("sink=mqtt event=publish_failed device=%s rc=%s", batch.device, info.rc)
-            return
-        if self.s.qos == 0:
-            if batch.good_ts is not None and self.on_delivered is not None and self.connected_flag:
-                self.on_delivered(batch.device, batch.good_ts)  # QoS 0 has no ack: sent on a live link
-            return
-        self._pending[info.mid] = (batch.device, batch.good_ts)
+    @property
+    def connected(self) -> bool:
+        return self.connected_flag
+
+    @property
+    def connected_since(self) -> float:
+        return self._since
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    async def wait_connected(self) -> None:
+        await self.connected_event.wait()
+
+    def capacity(self) -> int:
+        return max(0, 2 * self.s.max_inflight - len(self._pending))
+
+    def in_flight(self) -> set[int]:
+        return {row.id for row in self._pending.values()}
+
+    async def send(self, rows: list[Row], historical: list[bool]) -> None:
+        for row, hist in zip(rows, historical, strict=True):
+            payload = row.payload.replace(HISTORICAL_FALSE, HISTORICAL_TRUE, 1) if hist else row.payload
+            info = self.client.publish(self.device_topic(row.device, "data"), payload, qos=self.s.qos)
+            self.published += 1
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                # paho refused it (e.g. its queue is full): start again from the oldest row not in flight
+                self.errors += 1
+                log.warning("sink=mqtt event=publish_refused device=%s rc=%s", row.device, info.rc)
+                self._generation += 1
+                return
+            if self.s.qos == 0:
+                if self.on_ack is not None:
+                    self.on_ack(row)  # QoS 0 has no acknowledgement: handed to a live link
+                continue
+            self._pending[info.mid] = row
 
     def publish_json(self, topic: str, payload: dict[str, Any], retain: bool = False, qos: int = 1) -> None:
         info = self.client.publish(topic, orjson.dumps(payload), qos=qos, retain=retain)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             self.errors += 1
             log.warning("sink=mqtt event=publish_failed topic=%s rc=%s", topic, info.rc)
+
+    def publish_gateway(self) -> None:
+        """The retained gateway status: `online` plus what `gateway_info` adds (outbox figures, counts)."""
+        payload: dict[str, Any] = {"state": "online", "ts": iso(time.time())}
+        if self.gateway_info is not None:
+            payload.update(self.gateway_info())
+        self.publish_json(self.gateway_topic, payload, retain=True)
 
     def publish_status(self, status: dict[str, Any]) -> None:
         payload = {
@@ -215,4 +263,4 @@ class MqttSink:
 
     def stats(self) -> dict[str, Any]:
         return {"connected": self.connected_flag, "published": self.published, "acked": self.acked,
-                "pending": len(self._pending), "errors": self.errors}
+                "in_flight": len(self._pending), "errors": self.errors}

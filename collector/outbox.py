@@ -1,0 +1,282 @@
+"""Durable store-and-forward between the pipeline and the sinks.
+
+One SQLite file (WAL) under the state directory, one table per sink, with ids that only rise (AUTOINCREMENT:
+senders keep cursors by id, and a plain rowid would be reused once a table drains). Each batch is encoded once
+per sink at append time and stored with its device, sequence number and creation time. A sink's sender reads committed rows
+in order and deletes a row only when the sink acknowledged it (MQTT PUBACK, HTTP 2xx), so a crash, a dead broker
+or a dead database loses nothing that was committed.
+
+Appends are grouped: `flush()` (every `commit_interval`, default 50 ms) writes every pending batch in one
+transaction, together with the per-device sequence high-water marks. Senders only see committed rows, so a
+sequence number that was published has always been persisted first: after a crash the next number continues
+from the highest committed one, never reusing a published number and never leaving a gap.
+
+Bounds: `max_bytes` (payload bytes per sink) and `max_age` (seconds). When one is exceeded, the oldest batches
+are deleted and counted exactly (batches and readings, per sink, persisted), and the count is logged once per
+minute, not per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from collector.model import Row
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS seq_hw (device TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (sink TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,
+    PRIMARY KEY (sink, name)) WITHOUT ROWID;
+"""
+QUEUE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS "q_{sink}" (id INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL, seq INTEGER NOT NULL,
+    created REAL NOT NULL, good_ts REAL, n INTEGER NOT NULL, payload BLOB NOT NULL);
+"""
+
+
+@dataclass
+class QueueState:
+    """In-memory view of one sink's table and its counters (the table is the truth; this saves queries)."""
+
+    sink: str
+    batches: int = 0
+    readings: int = 0
+    size: int = 0
+    max_id: int = 0
+    dropped_batches: int = 0
+    dropped_readings: int = 0
+    delivered_batches: int = 0
+    delivered_readings: int = 0
+    pending: list[tuple[str, int, float, float | None, int, bytes]] = field(default_factory=list)
+    acked: list[int] = field(default_factory=list)
+    new_rows: asyncio.Event = field(default_factory=asyncio.Event)
+    rate_window: deque[tuple[float, int]] = field(default_factory=deque)
+    drops_since_log: int = 0
+
+
+Encoder = Callable[[Any], bytes]
+
+
+class Outbox:
+    def __init__(self, path: Path, sinks: list[str], *, max_bytes: int = 512 * 1024 * 1024,
+                 max_age: float = 7 * 86400, fsync: bool = False, clock: Callable[[], float] = time.time) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.max_bytes = max_bytes
+        self.max_age = max_age
+        self.fsync = fsync
+        self.clock = clock
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+        self.db.executescript(SCHEMA)
+        self.queues: dict[str, QueueState] = {}
+        for sink in sinks:
+            if not sink.isidentifier():
+                raise ValueError(f"sink name {sink!r} must be an identifier")
+            self.db.executescript(QUEUE_SCHEMA.format(sink=sink))
+            q = QueueState(sink)
+            q.batches, q.readings, q.size, q.max_id = self.db.execute(
+                f'SELECT COUNT(*), COALESCE(SUM(n), 0), COALESCE(SUM(LENGTH(payload)), 0), COALESCE(MAX(id), 0) '
+                f'FROM "q_{sink}"').fetchone()
+            for name, value in self.db.execute("SELECT name, value FROM counters WHERE sink = ?", (sink,)):
+                setattr(q, name, value)
+            self.queues[sink] = q
+        self.seqs: dict[str, int] = dict(self.db.execute("SELECT device, seq FROM seq_hw").fetchall())
+        self.held: dict[str, Callable[[], set[int]]] = {}  # sink -> ids its transport holds (never dropped)
+        self._seq_dirty: dict[str, int] = {}
+        self._last_drop_log = 0.0
+
+    # ----------------------------------------------------------------------------------------- appending
+
+    def next_seq(self, device: str) -> int:
+        """The device's next sequence number; persisted with the batch that carries it."""
+        seq = self.seqs.get(device, 0) + 1
+        self.seqs[device] = seq
+        self._seq_dirty[device] = seq
+        return seq
+
+    def raise_seq(self, device: str, seq: int) -> None:
+        """Never hand out a number at or below `seq` (sequences kept elsewhere by an older version)."""
+        if self.seqs.get(device, 0) < seq:
+            self.seqs[device] = seq
+            self._seq_dirty[device] = seq
+
+    def append(self, device: str, seq: int, created: float, good_ts: float | None, n: int,
+               payloads: dict[str, bytes]) -> None:
+        """Queue one batch for each sink (written at the next `flush()`)."""
+        for sink, payload in payloads.items():
+            self.queues[sink].pending.append((device, seq, created, good_ts, n, payload))
+
+    def flush(self) -> None:
+        """Commit pending batches and acks, enforce the bounds; wake the senders."""
+        queues = list(self.queues.values())
+        busy = any(q.pending or q.acked for q in queues) or self._seq_dirty
+        if not busy and not self._over_bounds():
+            return
+        cur = self.db.cursor()
+        cur.execute("BEGIN")
+        try:
+            for q in queues:
+                table = f'"q_{q.sink}"'
+                for i in range(0, len(q.acked), 500):
+                    chunk = q.acked[i:i + 500]
+                    gone = cur.execute(f"DELETE FROM {table} WHERE id IN ({','.join('?' * len(chunk))}) "
+                                       "RETURNING n, LENGTH(payload)", chunk).fetchall()
+                    q.batches -= len(gone)
+                    q.readings -= sum(g[0] for g in gone)
+                    q.size -= sum(g[1] for g in gone)
+                if q.pending:
+                    cur.executemany(f"INSERT INTO {table} (device, seq, created, good_ts, n, payload) "
+                                    "VALUES (?, ?, ?, ?, ?, ?)", q.pending)
+                    q.batches += len(q.pending)
+                    q.readings += sum(p[4] for p in q.pending)
+                    q.size += sum(len(p[5]) for p in q.pending)
+                    q.max_id = cur.execute(f"SELECT MAX(id) FROM {table}").fetchone()[0]
+            if self._seq_dirty:
+                cur.executemany("INSERT OR REPLACE INTO seq_hw VALUES (?, ?)", list(self._seq_dirty.items()))
+            self._enforce_bounds(cur)
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        self._seq_dirty = {}
+        for q in queues:
+            if q.pending:
+                q.pending = []
+                q.new_rows.set()
+            q.acked = []
+        self._log_drops()
+
+    def _over_bounds(self) -> bool:
+        if any(q.size > self.max_bytes for q in self.queues.values()):
+            return True
+        cutoff = self.clock() - self.max_age
+        for q in self.queues.values():
+            row = self.db.execute(f'SELECT created FROM "q_{q.sink}" ORDER BY id LIMIT 1').fetchone()
+            if row is not None and row[0] < cutoff:
+                return True
+        return False
+
+    def _enforce_bounds(self, cur: sqlite3.Cursor) -> None:
+        """Drop the oldest batches of each sink while over max_bytes or older than max_age; count them.
+
+        Rows a transport holds in flight are skipped: they will be delivered, so counting them as dropped would
+        be a lie (MQTT: at most twice the in-flight window)."""
+        cutoff = self.clock() - self.max_age
+        for q in self.queues.values():
+            table = f'"q_{q.sink}"'
+            held = self.held[q.sink]() if q.sink in self.held else set()
+            after = 0
+            while True:
+                rows = cur.execute(f"SELECT id, n, LENGTH(payload), created FROM {table} WHERE id > ? ORDER BY id "
+                                   "LIMIT 256", (after,)).fetchall()
+                drop: list[tuple[int, int, int]] = []
+                excess = q.size - self.max_bytes
+                done = False
+                for rid, n, size, created in rows:
+                    after = rid
+                    if rid in held:  # in a transport's hands: it will be delivered, so it is not dropped
+                        continue
+                    if created < cutoff or excess > 0:
+                        drop.append((rid, n, size))
+                        excess -= size
+                    else:
+                        done = True
+                        break
+                if drop:
+                    cur.executemany(f"DELETE FROM {table} WHERE id = ?", [(d[0],) for d in drop])
+                    dropped_n = sum(d[1] for d in drop)
+                    q.batches -= len(drop)
+                    q.readings -= dropped_n
+                    q.size -= sum(d[2] for d in drop)
+                    q.dropped_batches += len(drop)
+                    q.dropped_readings += dropped_n
+                    q.drops_since_log += dropped_n
+                    cur.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
+                                    [(q.sink, "dropped_batches", q.dropped_batches),
+                                     (q.sink, "dropped_readings", q.dropped_readings)])
+                if done or len(rows) < 256:
+                    break
+
+    def _log_drops(self) -> None:
+        now = self.clock()
+        if now - self._last_drop_log < 60:
+            return
+        for q in self.queues.values():
+            if q.drops_since_log:
+                log.warning("outbox=%s event=dropped readings=%d total_dropped_readings=%d bound_bytes=%d "
+                            "bound_age_s=%g", q.sink, q.drops_since_log, q.dropped_readings, self.max_bytes,
+                            self.max_age)
+                q.drops_since_log = 0
+                self._last_drop_log = now
+
+    # ----------------------------------------------------------------------------------------- reading
+
+    def fetch(self, sink: str, after: int, limit: int, upto: int | None = None) -> list[Row]:
+        """Committed rows of a sink with id > after (and ≤ upto), oldest first."""
+        table = f'"q_{sink}"'
+        if upto is None:
+            rows = self.db.execute(f"SELECT id, device, seq, created, good_ts, n, payload FROM {table} "
+                                   "WHERE id > ? ORDER BY id LIMIT ?", (after, limit)).fetchall()
+        else:
+            rows = self.db.execute(f"SELECT id, device, seq, created, good_ts, n, payload FROM {table} "
+                                   "WHERE id > ? AND id <= ? ORDER BY id LIMIT ?", (after, upto, limit)).fetchall()
+        return [Row(*r) for r in rows]
+
+    def first_id(self, sink: str) -> int:
+        row = self.db.execute(f'SELECT MIN(id) FROM "q_{sink}"').fetchone()
+        return int(row[0]) if row[0] is not None else self.queues[sink].max_id + 1
+
+    def ack(self, sink: str, row: Row) -> None:
+        """The sink acknowledged a row: delete it at the next flush, count the delivery."""
+        q = self.queues[sink]
+        q.acked.append(row.id)
+        q.delivered_batches += 1
+        q.delivered_readings += row.n
+        now = self.clock()
+        q.rate_window.append((now, row.n))
+        while q.rate_window and q.rate_window[0][0] < now - 10:
+            q.rate_window.popleft()
+
+    def mark_seen(self, sink: str) -> None:
+        """Call before fetching: a later commit then wakes `wait_new`."""
+        self.queues[sink].new_rows.clear()
+
+    async def wait_new(self, sink: str, timeout: float) -> None:
+        q = self.queues[sink]
+        try:
+            await asyncio.wait_for(q.new_rows.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    # ----------------------------------------------------------------------------------------- seeing
+
+    def stats(self, sink: str) -> dict[str, Any]:
+        q = self.queues[sink]
+        oldest = self.db.execute(f'SELECT MIN(created) FROM "q_{sink}"').fetchone()[0]
+        now = self.clock()
+        window = [n for t, n in q.rate_window if t >= now - 10]
+        return {
+            "depth_batches": q.batches,
+            "depth_readings": q.readings,
+            "bytes": q.size,
+            "oldest_age_s": round(now - oldest, 3) if oldest is not None else 0.0,
+            "dropped_batches": q.dropped_batches,
+            "dropped_readings": q.dropped_readings,
+            "delivered_readings": q.delivered_readings,
+            "delivery_rate": round(sum(window) / 10.0, 1),
+        }
+
+    def close(self) -> None:
+        self.flush()
+        self.db.close()
