@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from collector.config import CollectorConfig, MqttConfig, Settings, read_secret
+from collector.delivery import Sender
 from collector.indicators.live import live_snapshot
-from collector.indicators.register import Asset, build_register
-from collector.model import DeviceState
+from collector.indicators.register import Asset, load_register
+from collector.model import Batch, DeviceState, Row
+from collector.outbox import Outbox
 from collector.pipeline import Pipeline
-from collector.sinks.mqtt import MqttSettings, MqttSink
+from collector.sinks.influx import InfluxSettings, InfluxSink
+from collector.sinks.mqtt import MqttSettings, MqttSink, encode_data, iso
 from collector.status import StatusStore, StatusTracker
 
 log = logging.getLogger(__name__)
@@ -37,7 +40,21 @@ def mqtt_settings(cfg: CollectorConfig, settings: Settings) -> MqttSettings:
         username=settings.mqtt_username or m.username, password=password, tls=m.tls,
         ca_file=str(m.ca_file) if m.ca_file else None, cert_file=str(m.cert_file) if m.cert_file else None,
         key_file=str(m.key_file) if m.key_file else None, keepalive=m.keepalive, max_inflight=m.max_inflight,
+        reconnect_max_delay=m.reconnect_max_delay,
     )
+
+
+GATEWAY_STATUS_INTERVAL = 10.0  # seconds between retained gateway statuses (outbox figures)
+
+
+def influx_settings(cfg: CollectorConfig) -> InfluxSettings:
+    """The InfluxDB sink's settings; the token only from env or file."""
+    ic = cfg.influx
+    assert ic is not None
+    measurements = {d.id: ic.measurement or d.template or "device" for d in cfg.devices}
+    return InfluxSettings(url=ic.url, org=ic.org, bucket=ic.bucket, token=read_secret(ic.token_env, ic.token_file),
+                          enterprise=cfg.site.enterprise_id, workshop=cfg.site.workshop, measurements=measurements,
+                          batch_rows=ic.batch_rows, gzip=ic.gzip, timeout=ic.timeout)
 
 
 class Collector:
@@ -49,17 +66,62 @@ class Collector:
         self.state_dir: Path = self.settings.state_dir or cfg.state_dir
         self.store = StatusStore(self.state_dir / "status.db", cfg.indicators.bucket)
         self.status = StatusTracker(self.store, [d.id for d in cfg.devices])
-        self.register: list[Asset] = build_register(cfg)
-        self.pipeline = Pipeline(self.status, cfg.indicators.stale_after)
-        self.sink = MqttSink(mqtt_settings(cfg, self.settings), on_delivered=self.status.delivered)
-        self.pipeline.add_sink(self.sink.publish_batch)
+        self.register_warnings: list[str] = []
+        self.register: list[Asset] = load_register(cfg, self.state_dir, self.register_warnings)
+        for w in self.register_warnings:
+            log.warning("event=register_warning %s", w)
+        self._reader: StatusStore | None = None  # a second connection for period figures, used off the loop
+        self._periods: dict[str, Any] | None = None
+        self.sink = MqttSink(mqtt_settings(cfg, self.settings), on_ack=self._mqtt_acked)
+        self.influx: InfluxSink | None = None
+        if cfg.influx is not None:
+            self.influx = InfluxSink(influx_settings(cfg), on_ack=self._influx_acked)
+        sinks = ["mqtt"] + (["influx"] if self.influx is not None else [])
+        o = cfg.outbox
+        self.outbox = Outbox(self.state_dir / "outbox.db", sinks, max_bytes=o.max_bytes, max_age=o.max_age,
+                             fsync=o.fsync)
+        for device, seq in self.status.seqs.items():  # state written before the outbox kept the sequences
+            self.outbox.raise_seq(device, seq)
+        self.outbox.held["mqtt"] = self.sink.in_flight
+        self.senders = [Sender(self.outbox, "mqtt", self.sink, o.live_share)]
+        if self.influx is not None:
+            self.senders.append(Sender(self.outbox, "influx", self.influx, o.live_share))
+        self.pipeline = Pipeline(self.status, cfg.indicators.stale_after, next_seq=self.outbox.next_seq)
+        self.pipeline.add_sink(self._to_outbox)
+        self.sink.gateway_info = self.gateway_info
         self.status.listeners.append(self._status_changed)
         self.sink.on_connect_hooks.append(self._republish)
         self.engine = Engine(self._on_readings, self.status.set_state)
         self._tasks: list[asyncio.Task[None]] = []
         self.started = 0.0
+        self.reload_counts = {"applied": 0, "rejected": 0}
+        self._reload_lock = asyncio.Lock()
 
     # -- wiring
+
+    def _to_outbox(self, batch: Batch) -> None:
+        """Encode once per sink and queue durably; the senders deliver it."""
+        payloads = {"mqtt": encode_data(batch)}
+        if self.influx is not None:
+            payloads["influx"] = self.influx.encode(batch)
+        self.outbox.append(batch.device, batch.seq, batch.ts, batch.good_ts, len(batch.readings), payloads)
+
+    def _mqtt_acked(self, row: Row) -> None:
+        """The broker acknowledged a row: delete it, and it is evidence when it holds a good sample."""
+        self.outbox.ack("mqtt", row)
+        if row.good_ts is not None:
+            self.status.delivered(row.device, row.good_ts)
+
+    def _influx_acked(self, row: Row) -> None:
+        self.outbox.ack("influx", row)
+
+    def gateway_info(self) -> dict[str, Any]:
+        """What the retained gateway status carries beside `online` (docs/mqtt.md)."""
+        states: dict[str, int] = {}
+        for st in self.status.devices.values():
+            states[str(st.state)] = states.get(str(st.state), 0) + 1
+        return {"since": iso(self.started) if self.started else None, "devices": states,
+                "outbox": self.outbox_stats()}
 
     def _on_readings(self, device: str, readings: list[Any]) -> None:
         self.pipeline.submit(device, readings)
@@ -76,23 +138,63 @@ class Collector:
         self.sink.publish_indicators(self.indicators())
 
     def indicators(self, now: float | None = None) -> dict[str, Any]:
-        return live_snapshot(self.register, self.status.devices, self.cfg.indicators, self.cfg.site, now)
+        snap = live_snapshot(self.register, self.status.devices, self.cfg.indicators, self.cfg.site, now)
+        if self._periods is not None:
+            snap["periods"] = self._periods  # today and this month so far (docs/mqtt.md)
+        return snap
+
+    async def refresh_periods(self, now: float | None = None) -> None:
+        """Today's and this month's figures, computed in a worker thread on a second SQLite connection."""
+        from collector.indicators.monthly import period_summaries
+
+        if self._reader is None:
+            self._reader = StatusStore(self.state_dir / "status.db", self.cfg.indicators.bucket)
+        reader = self._reader
+        self._periods = await asyncio.to_thread(period_summaries, self.cfg, self.register, reader,
+                                                time.time() if now is None else now)
+
+    def close_months(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Chain and publish (retained, `{root}/indicators/monthly/YYYY-MM`) every month that closed since the
+        last check; runs once a minute and at start. Returns the new chain records."""
+        from collector.indicators.monthly import close_due_months
+
+        self.status.flush()  # the buckets acknowledged up to now belong in the summary
+        records = close_due_months(self.cfg, self.register, self.store, self.state_dir,
+                                   time.time() if now is None else now, self.register_warnings)
+        for rec in records:
+            self.sink.publish_json(f"{self.sink.root}/indicators/monthly/{rec['body']['period']['label']}", rec,
+                                   retain=True)
+        return records
 
     # -- life cycle
 
     async def start(self) -> None:
         self.started = time.time()
         self.status.flush()
-        await self.sink.start()
+        await self.sink.start(wait=1.0)  # the outbox keeps what the devices read while no broker answers
         for dev in self.cfg.devices:
             self.engine.start_device(dev)
         self._tasks = [
             asyncio.create_task(self._every(1.0, self.status.flush), name="status-flush"),
+            asyncio.create_task(self._every(self.cfg.outbox.commit_interval, self.outbox.flush), name="outbox-flush"),
+            *(asyncio.create_task(sender.run(), name=f"sender-{sender.sink}") for sender in self.senders),
+            asyncio.create_task(self._every(GATEWAY_STATUS_INTERVAL, self._publish_gateway), name="gateway-status"),
             asyncio.create_task(self._every(self.cfg.indicators.publish_interval, self._publish_indicators),
                                 name="indicators"),
+            asyncio.create_task(self._every(60.0, self.close_months), name="month-close"),
+            asyncio.create_task(self._every_async(self.cfg.indicators.publish_interval, self.refresh_periods),
+                                name="period-figures"),
         ]
+        try:
+            self.close_months()
+        except Exception:
+            log.exception("event=month_close_failed")
         log.info("event=started devices=%d assets=%d broker=%s:%d", len(self.cfg.devices), len(self.register),
                  self.sink.s.host, self.sink.s.port)
+
+    def _publish_gateway(self) -> None:
+        if self.sink.connected:
+            self.sink.publish_gateway()
 
     def _publish_indicators(self) -> None:
         self.sink.publish_indicators(self.indicators())
@@ -105,6 +207,14 @@ class Collector:
             except Exception:
                 log.exception("event=periodic_failed fn=%s", getattr(fn, "__name__", fn))
 
+    async def _every_async(self, seconds: float, fn: Any) -> None:
+        while True:
+            try:
+                await fn()
+            except Exception:
+                log.exception("event=periodic_failed fn=%s", getattr(fn, "__name__", fn))
+            await asyncio.sleep(seconds)
+
     async def stop(self) -> None:
         """Close device sessions, publish the gateway's offline status, write the state store."""
         for t in self._tasks:
@@ -113,9 +223,15 @@ class Collector:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         await self.engine.stop()
+        self.outbox.flush()
         self.status.flush()
         await self.sink.stop()
+        if self.influx is not None:
+            await self.influx.stop()
+        self.outbox.close()
         self.status.flush()
+        if self._reader is not None:
+            self._reader.close()
         self.store.close()
         log.info("event=stopped")
 
@@ -130,3 +246,73 @@ class Collector:
                          "values": {t: (r.value, r.unit, r.quality) for t, r in latest.items()},
                          "online": st.state in (DeviceState.ONLINE, DeviceState.DEGRADED)})
         return rows
+
+    def outbox_stats(self) -> dict[str, Any]:
+        """Per sink: depth_batches, depth_readings, bytes, oldest_age_s, dropped_batches, dropped_readings,
+        delivered_readings, delivery_rate (readings/s over 10 s). Read by /healthz, /metrics and the status."""
+        return {sink: self.outbox.stats(sink) for sink in self.outbox.queues}
+
+    # -- reload (SIGHUP, `collector reload`, POST /api/reload)
+
+    RESTART_ONLY = ("site", "mqtt", "http", "state_dir", "indicators", "outbox", "influx")
+
+    async def reload_file(self, path: str | Path) -> dict[str, Any]:
+        """Re-read and validate a config file, then `reload()`; an invalid file changes nothing."""
+        from collector.config import ConfigError, load_config
+
+        try:
+            new_cfg = load_config(path)
+        except ConfigError as exc:
+            self.reload_counts["rejected"] += 1
+            for line in exc.lines:
+                log.error("event=reload_rejected source=%s error=%r", exc.source, line)
+            log.error("event=reload_rejected source=%s errors=%d keeping=running_config", exc.source,
+                      len(exc.lines))
+            return {"ok": False, "errors": exc.lines}
+        return await self.reload(new_cfg)
+
+    async def reload(self, new_cfg: CollectorConfig) -> dict[str, Any]:
+        """Apply a validated config to the running collector without a gap for devices that did not change.
+
+        Devices are compared as pydantic models: unchanged ones keep their task (and their sequence numbers
+        run on), changed ones restart, removed ones stop (their state goes `offline`, reason "removed from
+        config"), added ones start. The asset register follows the new config. Sections that the sink, the
+        state store or the HTTP server were built from (`RESTART_ONLY`) are not applied live: they are logged
+        and the running values are kept until the next restart.
+        """
+        async with self._reload_lock:
+            old = self.cfg
+            restart = [k for k in self.RESTART_ONLY if getattr(old, k) != getattr(new_cfg, k)]
+            if restart:
+                log.warning("event=reload_needs_restart sections=%s action=keeping_running_values "
+                            "(restart the service to apply them)", ",".join(restart))
+                new_cfg = new_cfg.model_copy(update={k: getattr(old, k) for k in restart})
+            before = {d.id: d for d in old.devices}
+            after = {d.id: d for d in new_cfg.devices}
+            removed = [d for d in before if d not in after]
+            added = [d for d in after if d not in before]
+            changed = [d for d in after if d in before and after[d] != before[d]]
+            unchanged = [d for d in after if d in before and after[d] == before[d]]
+            # Stop first, with the old config still in place, so views never see a half-swapped state.
+            await asyncio.gather(*(self.engine.stop_device(d) for d in removed + changed))
+            for dev_id in removed:
+                self.status.set_state(dev_id, DeviceState.OFFLINE, "removed from config")
+            for dev_id in added:
+                self.status.add_device(dev_id)
+            self.cfg = new_cfg
+            self.register_warnings = []
+            self.register = load_register(new_cfg, self.state_dir, self.register_warnings)
+            for dev_id in removed:
+                self.status.remove_device(dev_id)
+            for dev_id in removed + changed:
+                self.pipeline.latest.pop(dev_id, None)
+            for dev_id in changed + added:
+                self.engine.start_device(after[dev_id])
+            self.status.flush()
+            self.reload_counts["applied"] += 1
+            log.info("event=reloaded added=%s removed=%s changed=%s unchanged=%d restart_needed=%s",
+                     ",".join(added) or "-", ",".join(removed) or "-", ",".join(changed) or "-", len(unchanged),
+                     ",".join(restart) or "-")
+            self._publish_indicators()
+            return {"ok": True, "added": added, "removed": removed, "changed": changed, "unchanged": unchanged,
+                    "restart_needed": restart}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -61,14 +62,43 @@ def cmd_check(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------- run
 
 
-async def _run(cfg: CollectorConfig) -> int:
+async def _run(cfg: CollectorConfig, path: str | None = None) -> int:
+    """The service: collector, HTTP endpoint, sd_notify READY/WATCHDOG/STOPPING, SIGHUP = reload `path`."""
     from collector.app import Collector
+    from collector.http import start_http
+    from collector.notify import Notifier, start_watchdog
 
     stop = _stop_event()
+    notifier = Notifier.from_env()
     collector = Collector(cfg, Settings())
     await collector.start()
+    http = await start_http(collector, path)
+    watchdog = start_watchdog(notifier)
+    notifier.ready(f"collecting from {len(cfg.devices)} devices" + (f"; status page {http.url}" if http else ""))
+    reloads: set[asyncio.Task[object]] = set()
+
+    async def reload() -> None:
+        assert path is not None
+        notifier.reloading()
+        result = await collector.reload_file(path)
+        notifier.ready("reloaded" if result.get("ok") else "reload rejected: running the previous config")
+
+    def on_hup() -> None:
+        task: asyncio.Task[object] = asyncio.create_task(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    if path is not None:
+        with contextlib.suppress(NotImplementedError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
+    notifier.stopping()
+    if watchdog is not None:
+        watchdog.cancel()
+    if http is not None:
+        await http.stop()
     await collector.stop()
+    notifier.close()
     return 0
 
 
@@ -78,7 +108,99 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     settings = Settings()
     setup_logging(args.log_level or settings.log_level, settings.log_format)
-    return asyncio.run(_run(cfg))
+    return asyncio.run(_run(cfg, args.config))
+
+
+# ----------------------------------------------------------------------------------------------- status, reload
+
+
+def _api(args: argparse.Namespace) -> tuple[str, str | None]:
+    """Base URL and token of the running collector: `--url`, else the config's http.listen; the token from
+    env COLLECTOR_HTTP_TOKEN or the config's http.token_file."""
+    from collector.config import http_token
+
+    token = os.environ.get("COLLECTOR_HTTP_TOKEN") or None
+    if args.config:
+        cfg = _load(args.config)
+        token = http_token(cfg)
+        host = cfg.http.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
+        base = f"http://{host}:{cfg.http.port}"
+    else:
+        base = "http://127.0.0.1:8321"
+    return (args.url or base).rstrip("/"), token
+
+
+def _call(url: str, token: str | None, method: str = "GET", timeout: float = 10.0) -> tuple[int, object]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return exc.code, json.loads(body)
+        except ValueError:
+            return exc.code, body.decode("utf-8", "replace").strip()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+    import urllib.error
+
+    from rich.console import Console
+
+    from collector.view import render, render_outbox
+
+    base, token = _api(args)
+    try:
+        code, body = _call(f"{base}/api/status", token)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"collector not reachable at {base}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        return 1
+    if code != 200 or not isinstance(body, dict):
+        print(f"{base}/api/status: HTTP {code}: {body}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(body, ensure_ascii=False, indent=2))
+    else:
+        g = body["gateway"]
+        header = (f"{g.get('enterprise_name') or g['enterprise']} · {g['workshop']} · MQTT {g['topic_root']}/# · "
+                  f"up {g['uptime_s'] / 3600:.1f} h")
+        console = Console()
+        console.print(render(body["devices"], body["indicators"], header))
+        console.print(render_outbox(body["outbox"], body["sink"], body["health"]))
+    return 0 if body["health"]["status"] == "ok" else 1
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    import urllib.error
+
+    base, token = _api(args)
+    try:
+        code, body = _call(f"{base}/api/reload", token, method="POST", timeout=60.0)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"collector not reachable at {base}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        return 1
+    if code == 200 and isinstance(body, dict):
+        print(f"reloaded: added {', '.join(body['added']) or '-'}; removed {', '.join(body['removed']) or '-'}; "
+              f"changed {', '.join(body['changed']) or '-'}; {len(body['unchanged'])} unchanged")
+        if body.get("restart_needed"):
+            print(f"not applied until a restart: {', '.join(body['restart_needed'])}")
+        return 0
+    if code == 422 and isinstance(body, dict):
+        print("reload rejected; the collector keeps running the previous config:", file=sys.stderr)
+        for line in body.get("errors", []):
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    print(f"{base}/api/reload: HTTP {code}: {body}", file=sys.stderr)
+    return 1
 
 
 # ----------------------------------------------------------------------------------------------- simulate
@@ -149,6 +271,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plain", action="store_true", help="plain text instead of the live view")
     s.add_argument("--log-level", help="log level (default WARNING)")
     s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("status", help="show the running collector's devices, indicators and outbox (HTTP API)")
+    s.add_argument("-c", "--config", help="config of the running collector (for http.listen and the token)")
+    s.add_argument("--url", help="base URL instead (default http://127.0.0.1:8321)")
+    s.add_argument("--json", action="store_true", help="print the JSON of /api/status")
+    s.set_defaults(fn=cmd_status)
+
+    s = sub.add_parser("reload", help="make the running collector re-read its config (like SIGHUP)")
+    s.add_argument("-c", "--config", help="config of the running collector (for http.listen and the token)")
+    s.add_argument("--url", help="base URL instead (default http://127.0.0.1:8321)")
+    s.set_defaults(fn=cmd_reload)
+
+    from collector.indicators.commands import add_parsers  # indicators, report, verify, assets import
+
+    add_parsers(sub)
+
+    from adapters.opcua.commands import add_parsers as add_opcua_parsers  # certs, discover
+
+    add_opcua_parsers(sub)
     return p
 
 

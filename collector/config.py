@@ -58,6 +58,21 @@ ENDPOINT_SCHEMES = {"opcua": ("opc.tcp",), "modbus": ("tcp", "rtu+tcp", "serial"
 DEFAULT_PORTS = {"opc.tcp": 4840, "tcp": 502, "rtu+tcp": 502, "mqtt": 1883, "mqtts": 8883}
 
 
+SERIAL_PARAMS = {"baudrate": None, "parity": ("N", "E", "O"), "stopbits": ("1", "2"), "bytesize": ("7", "8")}
+
+
+def _check_serial_params(url: str, params: dict[str, str]) -> None:
+    """`serial://` query keys (Modbus RTU): baudrate (a number), parity N|E|O, stopbits 1|2, bytesize 7|8."""
+    for key, value in params.items():
+        if key not in SERIAL_PARAMS:
+            raise ValueError(f"'{url}': unknown serial parameter '{key}'; use baudrate, parity, stopbits, bytesize")
+        allowed = SERIAL_PARAMS[key]
+        ok = value.isdigit() and int(value) > 0 if allowed is None else value.upper() in allowed
+        if not ok:
+            raise ValueError(f"'{url}': {key}={value} is not valid"
+                             + (f" (one of {', '.join(allowed)})" if allowed else " (a number, e.g. 9600)"))
+
+
 def parse_endpoint(url: str) -> Endpoint:
     """Parse an endpoint URL; raises ValueError with the accepted forms."""
     parts = urlsplit(url)
@@ -66,6 +81,7 @@ def parse_endpoint(url: str) -> Endpoint:
     if scheme == "serial":
         if not parts.path:
             raise ValueError("a serial endpoint needs a device path, e.g. serial:///dev/ttyUSB0?baudrate=9600")
+        _check_serial_params(url, params)
         return Endpoint(scheme, "", 0, parts.path, params)
     if scheme not in DEFAULT_PORTS or not parts.hostname:
         raise ValueError(
@@ -348,7 +364,7 @@ class ModbusDevice(DeviceBase):
 class OpcUaSecurity(Strict):
     mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
     policy: Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"] = "None"
-    pki_dir: Path | None = None
+    pki_dir: Path | None = Field(default=None, description="own/, trusted/, rejected/; default <state_dir>/pki")
     application_uri: str = "urn:shopfloor-collector:client"
 
     @model_validator(mode="after")
@@ -361,7 +377,7 @@ class OpcUaSecurity(Strict):
 
 class OpcUaDevice(DeviceBase):
     protocol: Literal["opcua"] = "opcua"
-    mode: Literal["poll", "subscribe"] = "poll"
+    mode: Literal["poll", "subscribe"] = "subscribe"
     timeout: float = Field(default=4.0, gt=0)
     sampling_interval: float | None = Field(default=None, ge=0, description="ms; default: interval")
     queue_size: int = Field(default=10, ge=1)
@@ -423,6 +439,8 @@ class MqttConfig(Strict):
     key_file: Path | None = None
     keepalive: int = Field(default=30, ge=5)
     max_inflight: int = Field(default=100, ge=1, le=65535)
+    reconnect_max_delay: int = Field(default=10, ge=1, le=300, description="seconds; reconnects back off "
+                                     "from 1 s up to this")
 
     @field_validator("url")
     @classmethod
@@ -447,13 +465,120 @@ class MqttConfig(Strict):
 
 
 class HttpConfig(Strict):
+    """The status page, /healthz, /metrics and the JSON API (docs/operations.md).
+
+    On by default: a gateway runs unattended and this is how its keepers see it works. The token (env
+    `COLLECTOR_HTTP_TOKEN` or `token_file`) is required when `listen` is not a loopback address.
+    """
+
     listen: str = "127.0.0.1:8321"
-    enabled: bool = False
+    enabled: bool = True
+    token_file: Path | None = None
+    stall_after: float = Field(default=120.0, gt=0, description="/healthz fails when a non-empty outbox has "
+                               "delivered nothing for this many seconds")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"'{v}' is not host:port (e.g. 127.0.0.1:8321, 0.0.0.0:8321, [::1]:8321)")
+        return v
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def loopback(self) -> bool:
+        import ipaddress
+
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+class OutboxConfig(Strict):
+    """Durable store-and-forward per sink (docs/outbox.md)."""
+
+    max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024, description="payload bytes per sink")
+    max_age: float = Field(default=7 * 86400.0, gt=0, description="seconds")
+    fsync: bool = Field(default=False, description="fsync every commit (power-loss safe, slower)")
+    commit_interval: float = Field(default=0.05, gt=0, le=5)
+    live_share: float = Field(default=0.5, gt=0, le=1, description="share of the link live data gets while a "
+                              "backlog drains")
+
+
+class InfluxConfig(Strict):
+    """An InfluxDB 2.x (or any `/api/v2/write` server) sink; the token comes from env or a file."""
+
+    url: str
+    org: str = "shopfloor"
+    bucket: str = "shopfloor"
+    token_env: str = "COLLECTOR_INFLUX_TOKEN"
+    token_file: Path | None = None
+    measurement: str | None = Field(default=None, description="default: the device's template name, else "
+                                    "'device'")
+    batch_rows: int = Field(default=500, ge=1, description="outbox rows (device cycles) per HTTP write")
+    gzip: bool = True
+    timeout: float = Field(default=10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"'{v}' is not an HTTP URL; use http://host:8086")
+        return v
 
 
 class IndicatorTargets(Strict):
     cnc_rate: float = Field(default=0.70, ge=0, le=1)
     networking_rate: float = Field(default=0.55, ge=0, le=1)
+
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_SHIFT = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)-([01]?\d|2[0-4]):([0-5]\d)$")
+
+
+class CalendarConfig(Strict):
+    """Shift calendar (expected time of the 联网率 evidence rule): working days, shifts, holidays, 调休 days.
+
+    A shift is `"HH:MM-HH:MM"`; one that ends at or before its start runs past midnight and belongs to the day
+    it starts on. `workdays` are extra working days (调休补班) that override `working_days` and `holidays`.
+    """
+
+    working_days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS[:5]))
+    shifts: list[str] = Field(min_length=1)
+    holidays: list[dt.date] = Field(default_factory=list)
+    workdays: list[dt.date] = Field(default_factory=list)
+
+    @field_validator("shifts")
+    @classmethod
+    def _shift_form(cls, v: list[str]) -> list[str]:
+        for s in v:
+            if not _SHIFT.match(str(s).strip()):
+                raise ValueError(f"shift '{s}' is not HH:MM-HH:MM (quote it in YAML, e.g. \"08:00-20:00\")")
+        return [str(s).strip() for s in v]
+
+    def shift_minutes(self) -> list[tuple[int, int]]:
+        """Each shift as (start, end) minutes after the midnight of its day; end may exceed 1440."""
+        out = []
+        for s in self.shifts:
+            m = _SHIFT.match(s)
+            assert m is not None
+            a = int(m[1]) * 60 + int(m[2])
+            b = int(m[3]) * 60 + int(m[4])
+            out.append((a, b if b > a else b + 1440))
+        return out
 
 
 class IndicatorConfig(Strict):
@@ -467,6 +592,7 @@ class IndicatorConfig(Strict):
     live_window: float | None = Field(default=None, gt=0, description="default 2 x bucket")
     scope: Literal["all", "key_process"] = "all"
     targets: IndicatorTargets = Field(default_factory=IndicatorTargets)
+    calendar: CalendarConfig | None = None
 
     @property
     def live_window_s(self) -> float:
@@ -480,9 +606,12 @@ class CollectorConfig(Strict):
     http: HttpConfig = Field(default_factory=HttpConfig)
     state_dir: Path = Path("state")
     indicators: IndicatorConfig = Field(default_factory=IndicatorConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    influx: InfluxConfig | None = None
     templates: dict[str, TemplateConfig] = Field(default_factory=dict)
     devices: list[Device] = Field(default_factory=list)
     assets: list[AssetEntry] = Field(default_factory=list)
+    assets_csv: Path | None = Field(default=None, description="a 设备台账 CSV read at start (docs/indicators.md)")
 
     @model_validator(mode="before")
     @classmethod
@@ -511,6 +640,14 @@ class CollectorConfig(Strict):
             expanded.append(merged)
         return {**data, "devices": expanded}
 
+    @model_validator(mode="after")
+    def _default_pki_dirs(self) -> CollectorConfig:
+        """OPC UA devices without `security.pki_dir` use `<state_dir>/pki` (docs/opcua.md)."""
+        for dev in self.devices:
+            if isinstance(dev, OpcUaDevice) and dev.security.pki_dir is None:
+                dev.security.pki_dir = self.state_dir / "pki"
+        return self
+
     @property
     def topic_root(self) -> str:
         return self.mqtt.topic_root.format(enterprise=self.site.enterprise_id, workshop=self.site.workshop)
@@ -530,6 +667,7 @@ class Settings(BaseSettings):
     state_dir: Path | None = None
     log_level: str = "INFO"
     log_format: Literal["kv", "json"] = "kv"
+    http_token: SecretStr | None = None
 
 
 def read_secret(env_name: str | None, file: Path | None) -> str | None:
@@ -619,12 +757,38 @@ def reference_errors(cfg: CollectorConfig) -> list[str]:
     return lines
 
 
+def http_token(cfg: CollectorConfig, env: dict[str, str] | None = None) -> str | None:
+    """The HTTP API token: env `COLLECTOR_HTTP_TOKEN`, else the first line of `http.token_file`; never YAML."""
+    env_value = (os.environ if env is None else env).get("COLLECTOR_HTTP_TOKEN")
+    if env_value:
+        return env_value.strip()
+    if cfg.http.token_file is not None:
+        try:
+            return read_secret(None, cfg.http.token_file) or None
+        except (OSError, IndexError):
+            return None
+    return None
+
+
+def http_errors(cfg: CollectorConfig) -> list[str]:
+    """An HTTP endpoint reachable from the network must have a token (the status page shows the plant)."""
+    h = cfg.http
+    if not h.enabled or h.loopback:
+        return []
+    if h.token_file is not None and http_token(cfg, {}) is None and not os.environ.get("COLLECTOR_HTTP_TOKEN"):
+        return [f"http.token_file: cannot read a token from '{h.token_file}'"]
+    if http_token(cfg) is None:
+        return [f"http.listen: '{h.listen}' is not a loopback address, so a token is required: set "
+                "COLLECTOR_HTTP_TOKEN or http.token_file"]
+    return []
+
+
 def parse_config(data: Any, source: str = "<config>") -> CollectorConfig:
     try:
         cfg = CollectorConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(source, format_errors(exc)) from None
-    lines = reference_errors(cfg)
+    lines = reference_errors(cfg) + http_errors(cfg)
     if lines:
         raise ConfigError(source, lines)
     return cfg

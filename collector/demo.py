@@ -36,6 +36,13 @@ async def run_demo(cfg: CollectorConfig, duration: float | None, plain: bool = F
     console.print(f"simulators: {len(workshop.by_device)} devices up in {time.monotonic() - t0:.1f} s")
     collector = Collector(cfg, Settings())
     await collector.start()
+    from collector.http import start_http
+
+    http = await start_http(collector)
+    if http is not None:
+        console.print(f"status page: {http.url}  (also /metrics, /healthz, /api/status)")
+    elif cfg.http.enabled:
+        console.print(f"status page: not available, {cfg.http.listen} is taken (see the log)")
     header = (f"{cfg.site.enterprise_name or cfg.site.enterprise_id} · {cfg.site.workshop} · "
               f"MQTT {cfg.topic_root}/#")
     deadline = None if duration is None else loop.time() + duration
@@ -54,6 +61,8 @@ async def run_demo(cfg: CollectorConfig, duration: float | None, plain: bool = F
                         await asyncio.wait_for(stop.wait(), 1.0)
                     live.update(render(collector.device_rows(), collector.indicators(), header))
     finally:
+        if http is not None:
+            await http.stop()
         await collector.stop()
         await workshop.stop()
         await broker.stop()

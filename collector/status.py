@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS device_status (
     device TEXT PRIMARY KEY, state TEXT NOT NULL, since REAL NOT NULL, reason TEXT,
     last_good REAL, last_delivered REAL, first_delivered REAL);
-CREATE TABLE IF NOT EXISTS good_buckets (device TEXT NOT NULL, bucket INTEGER NOT NULL,
+CREATE TABLE IF NOT EXISTS good_buckets (device TEXT NOT NULL, bucket INTEGER NOT NULL, acked_at REAL,
     PRIMARY KEY (device, bucket)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS uptime_buckets (bucket INTEGER PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state_log (device TEXT NOT NULL, ts REAL NOT NULL, state TEXT NOT NULL, reason TEXT);
@@ -67,6 +67,14 @@ class StatusStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring an older file up to date. `acked_at` (when the sink acknowledged the bucket's first good
+        sample) came later: rows written before it stay NULL and count as acknowledged in their own bucket."""
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(good_buckets)").fetchall()}
+        if "acked_at" not in cols:
+            self.db.execute("ALTER TABLE good_buckets ADD COLUMN acked_at REAL")
 
     def bucket_of(self, ts: float) -> int:
         """Bucket start (POSIX seconds) of a time; buckets are aligned to the epoch."""
@@ -81,8 +89,14 @@ class StatusStore:
         return dict(self.db.execute("SELECT device, last FROM seq").fetchall())
 
     def write(self, statuses: list[DeviceStatus], log_rows: list[tuple[str, float, str, str | None]],
-              good: set[tuple[str, int]], uptime: set[int], seqs: dict[str, int]) -> None:
-        """One transaction for everything gathered since the last flush."""
+              good: Mapping[tuple[str, int], float] | Iterable[tuple[str, int]], uptime: set[int],
+              seqs: dict[str, int]) -> None:
+        """One transaction for everything gathered since the last flush.
+
+        `good` maps (device, bucket) to the time the sink acknowledged it (a plain set means "now"); the first
+        acknowledgement of a bucket is kept, so data delivered late never moves a bucket earlier.
+        """
+        acked = good if isinstance(good, Mapping) else dict.fromkeys(good, time.time())
         cur = self.db.cursor()
         cur.execute("BEGIN")
         try:
@@ -91,7 +105,8 @@ class StatusStore:
                 [(s.device, str(s.state), s.since, s.reason, s.last_good, s.last_delivered, s.first_delivered)
                  for s in statuses])
             cur.executemany("INSERT INTO state_log VALUES (?, ?, ?, ?)", log_rows)
-            cur.executemany("INSERT OR IGNORE INTO good_buckets VALUES (?, ?)", sorted(good))
+            cur.executemany("INSERT OR IGNORE INTO good_buckets (device, bucket, acked_at) VALUES (?, ?, ?)",
+                            sorted((d, b, t) for (d, b), t in acked.items()))
             cur.executemany("INSERT OR IGNORE INTO uptime_buckets VALUES (?)", [(b,) for b in sorted(uptime)])
             cur.executemany("INSERT OR REPLACE INTO seq VALUES (?, ?)", list(seqs.items()))
             cur.execute("COMMIT")
@@ -99,10 +114,32 @@ class StatusStore:
             cur.execute("ROLLBACK")
             raise
 
-    def good_buckets(self, device: str, start: float, end: float) -> list[int]:
-        rows = self.db.execute("SELECT bucket FROM good_buckets WHERE device = ? AND bucket >= ? AND bucket < ? "
-                               "ORDER BY bucket", (device, int(start), int(end))).fetchall()
-        return [r[0] for r in rows]
+    def good_buckets(self, device: str, start: float, end: float, acked_by: float | None = None) -> list[int]:
+        """Good buckets of a device starting in [start, end); with `acked_by`, only those acknowledged by then
+        (a closed month ignores data delivered after its close; rows without an ack time count)."""
+        sql = "SELECT bucket FROM good_buckets WHERE device = ? AND bucket >= ? AND bucket < ?"
+        args: tuple[Any, ...] = (device, int(start), int(end))
+        if acked_by is not None:
+            sql += " AND (acked_at IS NULL OR acked_at <= ?)"
+            args += (acked_by,)
+        return [r[0] for r in self.db.execute(sql + " ORDER BY bucket", args).fetchall()]
+
+    def good_bucket_rows(self, start: float, end: float) -> list[tuple[str, int, float | None]]:
+        """Every (device, bucket, acked_at) with the bucket starting in [start, end): one query for a report."""
+        return self.db.execute("SELECT device, bucket, acked_at FROM good_buckets WHERE bucket >= ? AND bucket < ?",
+                               (int(start), int(end))).fetchall()
+
+    def first_uptime(self) -> int | None:
+        """The first bucket the collector ever ran in (months before it are never summarised)."""
+        row = self.db.execute("SELECT MIN(bucket) FROM uptime_buckets").fetchone()
+        return None if row is None else row[0]
+
+    def meta_get(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def meta_set(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def uptime_buckets(self, start: float, end: float) -> list[int]:
         rows = self.db.execute("SELECT bucket FROM uptime_buckets WHERE bucket >= ? AND bucket < ? ORDER BY bucket",
@@ -134,11 +171,14 @@ class StatusTracker:
             self.devices[dev] = st
         self.seqs: dict[str, int] = store.load_seqs()
         self.listeners: list[StatusListener] = []
+        # Told (device, good_ts) on every acknowledged good batch: /metrics measures the sink latency from it.
+        self.delivery_listeners: list[Callable[[str, float], None]] = []
         self._dirty: set[str] = set(devices)
         self._log: list[tuple[str, float, str, str | None]] = []
-        self._good: set[tuple[str, int]] = set()
+        self._good: dict[tuple[str, int], float] = {}
         self._good_done: set[tuple[str, int]] = set()
         self._uptime: set[int] = set()
+        self._last_flush: float | None = None
 
     # -- fed by the engine
 
@@ -173,10 +213,31 @@ class StatusTracker:
         self.seqs[device] = seq
         return seq
 
+    # -- fed by a config reload (Collector.reload)
+
+    def add_device(self, device: str) -> None:
+        """A device added by a reload: its saved evidence and sequence number, if it was configured before."""
+        if device in self.devices:
+            return
+        now = self.clock()
+        st = self.store.load_statuses().get(device, DeviceStatus(device, since=now))
+        if st.state != DeviceState.NEVER_SEEN:
+            st.state, st.since, st.reason = DeviceState.OFFLINE, now, "added by reload"
+        self.devices[device] = st
+        self.seqs.setdefault(device, self.store.load_seqs().get(device, 0))
+        self._dirty.add(device)
+
+    def remove_device(self, device: str) -> None:
+        """A device removed by a reload; its rows stay in the store (evidence, and its seq if it comes back)."""
+        self.devices.pop(device, None)
+        self._dirty.discard(device)
+
     # -- fed by the sinks
 
     def delivered(self, device: str, good_ts: float) -> None:
         """A batch holding a good sample taken at `good_ts` was acknowledged by the sink."""
+        for hook in self.delivery_listeners:
+            hook(device, good_ts)
         st = self.devices.get(device)
         if st is None:
             return
@@ -186,20 +247,33 @@ class StatusTracker:
             st.first_delivered = good_ts
         key = (device, self.store.bucket_of(good_ts))
         if key not in self._good_done:
-            self._good.add(key)
+            self._good[key] = self.clock()  # the ack time: a closed month counts only buckets acked by its close
             self._good_done.add(key)
         self._dirty.add(device)
 
     # -- persistence
 
     def flush(self) -> None:
-        """Write what changed since the last flush, and mark the collector up in the current bucket."""
-        self._uptime.add(self.store.bucket_of(self.clock()))
+        """Write what changed since the last flush, and mark the collector up in the current bucket.
+
+        Buckets between two flushes of this process a few seconds apart are marked too (with a bucket as short
+        as the flush period a late timer must not punch a hole); a longer gap (suspended host) is not filled.
+        """
+        now = self.clock()
+        bucket = self.store.bucket_of(now)
+        if self._last_flush is not None and 0 <= now - self._last_flush <= 10.0:
+            b = self.store.bucket_of(self._last_flush)
+            while b < bucket:
+                self._uptime.add(b)
+                nxt = self.store.bucket_of(b + self.store.bucket_s)
+                b = nxt if nxt > b else bucket
+        self._uptime.add(bucket)
+        self._last_flush = now
         statuses = [self.devices[d] for d in self._dirty if d in self.devices]
         self.store.write(statuses, self._log, self._good, self._uptime, self.seqs)
         self._dirty.clear()
         self._log = []
-        self._good = set()
+        self._good = {}
         self._uptime = set()
         if len(self._good_done) > 100_000:  # bound memory; a re-insert is ignored by the primary key
             self._good_done.clear()

@@ -1,4 +1,4 @@
-"""Terminal views of the running collector: the demo's live screen, and later `collector status`."""
+"""Terminal views of the running collector: the demo's live screen and `collector status`."""
 
 from __future__ import annotations
 
@@ -63,3 +63,28 @@ def render_plain(rows: list[dict[str, Any]], indicators: dict[str, Any]) -> str:
         f = indicators["figures"][key]
         lines.append(f"{f['name_zh']} {key}: {fmt_rate(f)}")
     return "\n".join(lines)
+
+
+def render_outbox(outbox: dict[str, Any], sink: dict[str, Any], health: dict[str, Any]) -> Table:
+    """`collector status`: the outbox (per sink when it reports per sink), the MQTT link, the health verdict."""
+    table = Table(title="outbox & health", expand=True, show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    sections = outbox if outbox and all(isinstance(v, dict) for v in outbox.values()) else (
+        {"outbox": outbox} if outbox else {})
+    for name, s in sections.items():
+        age = s.get("oldest_age_s")
+        rate = s.get("delivery_rate")
+        depth = s.get("depth", s.get("depth_batches", "—"))
+        dropped = s.get("dropped", s.get("dropped_batches", "—"))
+        table.add_row(name, f"depth {depth}  oldest {'—' if age is None else f'{age:.0f} s'}  "
+                            f"dropped {dropped}  rate {'—' if rate is None else f'{rate:.1f}/s'}")
+    if not sections:
+        table.add_row("outbox", "not in use")
+    table.add_row("MQTT", Text(("connected" if sink.get("connected") else "disconnected") +
+                               f"  unacked {sink.get('in_flight', sink.get('pending', 0))}  published {sink.get('published', 0)}  "
+                               f"errors {sink.get('errors', 0)}", style="" if sink.get("connected") else "red"))
+    ok = health.get("status") == "ok"
+    table.add_row("health", Text(health.get("status", "?") + ("" if ok else ": " + "; ".join(health.get("reasons", []))),
+                                 style="green" if ok else "red"))
+    return table

@@ -1,0 +1,361 @@
+"""The HTTP endpoint against the running demo workshop: /healthz, /metrics, the JSON API, the page, auth.
+
+Simulators and the collector run in the test's event loop on free ports; a private mosquitto takes the data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+import collector.http as http_mod
+from collector.app import Collector
+from collector.broker import MosquittoProcess, free_port
+from collector.config import CollectorConfig, ConfigError, Settings, parse_config
+from collector.http import HttpServer
+from simulators.workshop import Workshop
+
+ROOT = Path(__file__).resolve().parents[1]
+INTERVAL = 0.3
+CONNECTED = ["cnc-01", "cnc-02", "imm-01", "knit-01", "comp-01", "meter-01"]
+
+
+def workshop_config(state_dir: Path, broker_port: int, http_port: int | None = None) -> dict[str, Any]:
+    """config/demo.yaml on free ports, polling fast, live figures reacting within ~1.5 s."""
+    data = copy.deepcopy(yaml.safe_load((ROOT / "config/demo.yaml").read_text(encoding="utf-8")))
+    data["mqtt"]["url"] = f"mqtt://127.0.0.1:{broker_port}"
+    data["state_dir"] = str(state_dir)
+    data["indicators"] = {"publish_interval": 0.5, "bucket": 1.0, "live_window": 1.5}
+    data["http"] = {"listen": f"127.0.0.1:{http_port or free_port()}", "stall_after": 1.0}
+    for dev in data["devices"]:
+        scheme = dev["endpoint"].split("://")[0]
+        dev["endpoint"] = f"{scheme}://127.0.0.1:{free_port()}"
+        dev["interval"] = INTERVAL
+    return data
+
+
+class Site:
+    """A running workshop + collector + HTTP server, with a client session."""
+
+    def __init__(self, cfg: CollectorConfig, workshop: Workshop, collector: Collector, http: HttpServer,
+                 session: aiohttp.ClientSession) -> None:
+        self.cfg, self.workshop, self.collector, self.http, self.session = cfg, workshop, collector, http, session
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.http.port}"
+
+    async def get(self, path: str, **kw: Any) -> tuple[int, Any]:
+        async with self.session.get(self.base + path, **kw) as r:
+            body = await (r.json() if r.content_type == "application/json" else r.text())
+            return r.status, body
+
+    async def until(self, cond: Any, timeout: float = 15.0, what: str = "condition") -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = await cond()
+            if result:
+                return result
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+async def site(broker: MosquittoProcess, state_dir: Path) -> AsyncIterator[Site]:
+    cfg = parse_config(workshop_config(state_dir, broker.port))
+    workshop = Workshop(cfg)
+    await workshop.start()
+    collector = Collector(cfg, Settings())
+    await collector.start()
+    http = HttpServer(collector, config_path=None)
+    await http.start()
+    session = aiohttp.ClientSession()
+    s = Site(cfg, workshop, collector, http, session)
+    try:
+        await s.until(lambda: _all_online(s), 20, "every device online")
+        yield s
+    finally:
+        await session.close()
+        await http.stop()
+        await collector.stop()
+        await workshop.stop()
+
+
+async def _all_online(s: Site) -> bool:
+    _, body = await s.get("/api/devices")
+    return all(d["state"] == "online" for d in body["devices"])
+
+
+def metrics_of(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample as {(name, sorted labels): value}."""
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+# --------------------------------------------------------------------------------------------- /healthz
+
+
+async def test_healthz_is_ok_with_loop_alive_and_nothing_waiting(site: Site) -> None:
+    status, body = await site.get("/healthz")
+    assert status == 200, body
+    assert body["status"] == "ok" and body["reasons"] == []
+    assert body["loop"]["ok"] is True and body["loop"]["lag_s"] < 1.0
+    assert body["outbox"]["ok"] is True and body["outbox"]["depth"] == 0.0
+    assert body["outbox"]["source"] == ("outbox" if site.collector.outbox_stats() else "sink")
+    assert body["sink_connected"] is True
+
+
+async def test_healthz_fails_while_the_outbox_is_stuck_and_recovers_when_it_drains(
+        site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the outbox's stats per sink (collector/outbox.py): batches and readings
+    stats: dict[str, Any] = {"depth_batches": 40, "depth_readings": 1200, "oldest_age_s": 300.0,
+                             "dropped_batches": 0, "delivered_readings": 10, "delivery_rate": 0.0}
+    monkeypatch.setattr(site.collector, "outbox_stats", lambda: {"mqtt": dict(stats)})
+    status, body = await site.get("/healthz")  # first look: progress is "now"
+    assert status == 200 and body["outbox"]["source"] == "outbox"
+    await asyncio.sleep(site.cfg.http.stall_after + 0.3)
+    status, body = await site.get("/healthz")
+    assert status == 503, body
+    assert body["status"] == "failing" and body["outbox"]["ok"] is False and body["outbox"]["depth"] == 40
+    assert "outbox holds 40 messages and delivered none" in body["reasons"][0]
+    stats["delivered_readings"] = 25  # draining again
+    status, body = await site.get("/healthz")
+    assert status == 200 and body["outbox"]["ok"] is True
+    stats.update(depth_batches=0, depth_readings=0, oldest_age_s=0.0)  # empty: healthy however long it idles
+    await asyncio.sleep(site.cfg.http.stall_after + 0.3)
+    status, _ = await site.get("/healthz")
+    assert status == 200
+
+
+async def test_healthz_fails_after_the_loop_was_blocked(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_mod, "LOOP_STALE", 0.5)
+    time.sleep(1.0)  # noqa: ASYNC251 - blocking the loop on purpose
+    status, body = await site.get("/healthz")
+    assert status == 503, body
+    assert body["loop"]["ok"] is False and body["loop"]["lag_s"] >= 0.5
+    assert body["reasons"][0].startswith("event loop lagging")
+    await asyncio.sleep(1.2)  # a couple of heartbeats on time
+    status, body = await site.get("/healthz")
+    assert status == 200 and body["loop"]["lag_s"] < 0.5
+
+
+# --------------------------------------------------------------------------------------------- /metrics
+
+
+async def test_metrics_report_devices_sink_indicators_and_outbox(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    await site.until(lambda: _d2_is(site, 5, 6), 10, "live 联网率 5/6")
+
+    polled = [d.id for d in site.cfg.devices if getattr(d, "mode", "poll") == "poll"]  # not OPC UA subscriptions
+    assert len(polled) >= 5
+
+    async def polled_twice() -> bool:
+        return all(site.collector.engine.tasks[d].polls >= 2 for d in polled)
+
+    await site.until(polled_twice, 10, "two polls of every polled device")
+    monkeypatch.setattr(site.collector, "outbox_stats", lambda: {"mqtt": {
+        "depth_batches": 3, "depth_readings": 90, "bytes": 5000, "oldest_age_s": 12.5, "dropped_batches": 2,
+        "dropped_readings": 60, "delivered_readings": 400, "delivery_rate": 1.5}})
+    async with site.session.get(site.base + "/metrics") as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        m = metrics_of(await r.text())
+    for dev in CONNECTED:
+        assert m[("shopfloor_device_state", (("device", dev), ("state", "online")))] == 1.0
+        assert m[("shopfloor_device_state", (("device", dev), ("state", "offline")))] == 0.0
+        assert m[("shopfloor_device_up", (("device", dev),))] == 1.0
+        task = site.collector.engine.tasks[dev]
+        polls = m[("shopfloor_device_poll_duration_seconds_count", (("device", dev),))]
+        if dev in polled:
+            assert 2 <= polls <= task.polls
+            assert 0 < m[("shopfloor_device_poll_duration_seconds_sum", (("device", dev),))] < polls * INTERVAL
+        else:
+            assert polls == 0  # a subscription has no polls; its readings still count
+        n_tags = len(next(d for d in site.cfg.devices if d.id == dev).tags)
+        assert m[("shopfloor_device_readings_total", (("device", dev),))] >= 2 * n_tags
+        assert m[("shopfloor_device_errors_total", (("device", dev),))] == 0
+        assert m[("shopfloor_device_sequence", (("device", dev),))] >= 2
+    assert m[("shopfloor_sink_connected", (("sink", "mqtt"),))] == 1.0
+    assert m[("shopfloor_sink_published_total", (("sink", "mqtt"),))] >= 12
+    assert m[("shopfloor_sink_latency_seconds_count", (("sink", "mqtt"),))] >= 6
+    assert m[("shopfloor_sink_latency_seconds_bucket", (("le", "+Inf"), ("sink", "mqtt")))] >= 6
+    ent = (("indicator", "D2"), ("scope", "enterprise"))
+    assert m[("shopfloor_indicator_value", ent)] == pytest.approx(5 / 6)
+    assert m[("shopfloor_indicator_numerator", ent)] == 5 and m[("shopfloor_indicator_denominator", ent)] == 6
+    assert m[("shopfloor_indicator_target", ent)] == pytest.approx(0.55)
+    assert m[("shopfloor_indicator_passed", ent)] == 1.0
+    d1 = (("indicator", "D1"), ("scope", "enterprise"))
+    assert m[("shopfloor_indicator_value", d1)] == pytest.approx(5 / 7)
+    assert m[("shopfloor_indicator_value", (("indicator", "D2"), ("scope", "workshop:ws-machining")))] == \
+        pytest.approx(5 / 6)
+    mq = (("sink", "mqtt"),)
+    assert m[("shopfloor_outbox_depth_batches", mq)] == 3 and m[("shopfloor_outbox_depth_readings", mq)] == 90
+    assert m[("shopfloor_outbox_bytes", mq)] == 5000
+    assert m[("shopfloor_outbox_oldest_age_seconds", mq)] == 12.5
+    assert m[("shopfloor_outbox_dropped_batches_total", mq)] == 2
+    assert m[("shopfloor_outbox_dropped_readings_total", mq)] == 60
+    assert m[("shopfloor_outbox_delivered_readings_total", mq)] == 400
+    assert m[("shopfloor_outbox_delivery_rate", mq)] == 1.5
+    assert m[("shopfloor_collector_devices", (("enabled", "true"),))] == 6
+
+
+async def _d2_is(site: Site, num: int, den: int) -> bool:
+    _, ind = await site.get("/api/indicators")
+    f = ind["figures"]["D2"]
+    return bool((f["numerator"], f["denominator"]) == (num, den))
+
+
+# --------------------------------------------------------------------------------------------- JSON API
+
+
+async def test_api_lists_devices_with_tags_and_indicators(site: Site) -> None:
+    status, body = await site.get("/api/devices")
+    assert status == 200
+    assert [d["id"] for d in body["devices"]] == CONNECTED
+    imm = next(d for d in body["devices"] if d["id"] == "imm-01")
+    assert imm["protocol"] == "modbus" and imm["name"] == "注塑机 HTF-250" and imm["state"] == "online"
+    assert imm["endpoint"] == next(d.endpoint for d in site.cfg.devices if d.id == "imm-01")
+    tags = {t["name"]: t for t in imm["tags"]}
+    assert list(tags) == ["machine_state", "barrel_temp", "mould_temp", "shot_count", "cycle_time",
+                          "injection_pressure"]
+    assert all(t["quality"] == "good" for t in tags.values())
+    assert tags["barrel_temp"]["unit"] == "°C" and 150 <= tags["barrel_temp"]["value"] <= 250
+    assert tags["machine_state"]["value"] in (0, 1, 2, 3)
+    assert imm["values"]["barrel_temp"] == [tags["barrel_temp"]["value"], "°C", "good"]
+    assert imm["seq"] >= 1 and imm["polls"] >= 1 and imm["errors"] == 0
+
+    status, one = await site.get("/api/devices/cnc-01")
+    assert status == 200 and one["protocol"] == "opcua"
+    assert {t["name"]: t["unit"] for t in one["tags"]}["spindle_speed"] == "rpm"
+    status, missing = await site.get("/api/devices/nope")
+    assert status == 404 and missing == {"error": "no such device"}
+
+    await site.until(lambda: _d2_is(site, 5, 6), 10, "live 联网率 5/6")
+    status, ind = await site.get("/api/indicators")
+    assert status == 200 and ind["defset"] == "v1" and ind["enterprise"] == "jx-hengda"
+    assert ind["figures"]["D1"]["numerator"] == 5 and ind["figures"]["D1"]["denominator"] == 7
+    assert ind["figures"]["D2"]["target"] == pytest.approx(0.55) and ind["figures"]["D2"]["passed"] is True
+
+    status, full = await site.get("/api/status")
+    assert status == 200
+    assert full["gateway"]["workshop"] == "ws-machining" and full["gateway"]["uptime_s"] > 0
+    assert full["gateway"]["topic_root"] == site.cfg.topic_root
+    assert full["sink"]["connected"] is True and full["health"]["status"] == "ok"
+    assert set(full["outbox"]) == set(site.collector.outbox_stats())  # per sink: {"mqtt": {...}}
+    assert len(full["devices"]) == 6 and full["indicators"]["figures"]["D2"]["numerator"] == 5
+
+
+async def test_a_device_that_goes_offline_shows_offline_in_api_and_metrics(site: Site) -> None:
+    await site.workshop.stop_device("imm-01")
+
+    async def offline() -> bool:
+        _, d = await site.get("/api/devices/imm-01")
+        return bool(d["state"] == "offline")
+
+    await site.until(offline, 10, "imm-01 offline")
+    _, d = await site.get("/api/devices/imm-01")
+    assert d["online"] is False and d["reason"]
+    async with site.session.get(site.base + "/metrics") as r:
+        m = metrics_of(await r.text())
+    assert m[("shopfloor_device_up", (("device", "imm-01"),))] == 0.0
+    assert m[("shopfloor_device_state", (("device", "imm-01"), ("state", "offline")))] == 1.0
+    assert m[("shopfloor_device_errors_total", (("device", "imm-01"),))] >= 1
+    await site.until(lambda: _d2_is(site, 4, 6), 10, "live 联网率 4/6")
+
+
+# --------------------------------------------------------------------------------------------- page, CLI
+
+
+async def test_status_page_is_self_contained(site: Site) -> None:
+    async with site.session.get(site.base + "/") as r:
+        assert r.status == 200 and r.content_type == "text/html"
+        html = await r.text()
+    assert "数字化设备联网率" in html and "装备数控化率" in html and "api/status" in html
+    for external in ('src="http', "src='http", 'href="http', "@import", "//cdn", "fonts.googleapis"):
+        assert external not in html, external
+
+
+async def test_collector_status_prints_the_same_picture(site: Site) -> None:
+    await site.until(lambda: _d2_is(site, 5, 6), 10, "live 联网率 5/6")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "collector.cli", "status", "--url", site.base,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={"COLUMNS": "160", "PATH": "/usr/bin"})
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    text = out.decode()
+    assert proc.returncode == 0, err.decode()
+    for dev in CONNECTED:
+        assert dev in text
+    assert "数字化设备联网率" in text and "83.3 %" in text and "[5/6]" in text
+    assert "connected" in text and "health" in text and "ok" in text
+
+
+# --------------------------------------------------------------------------------------------- auth
+
+
+async def test_token_guards_everything_but_healthz_and_is_never_logged(
+        site: Site, caplog: pytest.LogCaptureFixture) -> None:
+    token = "s3cret-t0ken-value"
+    caplog.set_level(logging.DEBUG)
+    cfg = site.cfg.http.model_copy(update={"listen": f"127.0.0.1:{free_port()}"})
+    guarded = HttpServer(site.collector, cfg, token=token)
+    await guarded.start()
+    base = f"http://127.0.0.1:{guarded.port}"
+    basic = "Basic " + base64.b64encode(f"operator:{token}".encode()).decode()
+    try:
+        for path in ("/", "/metrics", "/api/status", "/api/devices"):
+            async with site.session.get(base + path) as r:
+                assert r.status == 401, path
+                assert r.headers["WWW-Authenticate"].startswith("Basic")
+            async with site.session.get(base + path, headers={"Authorization": "Bearer wrong"}) as r:
+                assert r.status == 401, path
+            async with site.session.get(base + path, headers={"Authorization": f"Bearer {token}"}) as r:
+                assert r.status == 200, path
+            async with site.session.get(base + path, headers={"Authorization": basic}) as r:
+                assert r.status == 200, path
+        async with site.session.get(base + "/healthz") as r:
+            assert r.status == 200 and (await r.json())["status"] == "ok"
+        async with site.session.post(base + "/api/reload") as r:
+            assert r.status == 401
+    finally:
+        await guarded.stop()
+    assert "event=http_listening" in caplog.text and "auth=token" in caplog.text
+    assert token not in caplog.text
+
+
+def test_public_listen_needs_a_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COLLECTOR_HTTP_TOKEN", raising=False)
+    base = {"site": {"enterprise_id": "e1"}, "http": {"listen": "0.0.0.0:8321"}}
+    with pytest.raises(ConfigError) as exc:
+        parse_config(copy.deepcopy(base))
+    assert any(line.startswith("http.listen: '0.0.0.0:8321' is not a loopback address") for line in exc.value.lines)
+    with pytest.raises(ConfigError) as exc:
+        parse_config({**base, "http": {"listen": "0.0.0.0:8321", "token_file": str(tmp_path / "missing")}})
+    assert exc.value.lines[0].startswith("http.token_file: cannot read a token")
+    (tmp_path / "token").write_text("from-file\n")
+    cfg = parse_config({**base, "http": {"listen": "0.0.0.0:8321", "token_file": str(tmp_path / "token")}})
+    from collector.config import http_token
+    assert http_token(cfg) == "from-file"
+    monkeypatch.setenv("COLLECTOR_HTTP_TOKEN", "from-env")
+    assert http_token(parse_config(copy.deepcopy(base))) == "from-env"
+    # loopback, or disabled, needs none; a malformed address is named
+    monkeypatch.delenv("COLLECTOR_HTTP_TOKEN")
+    assert parse_config({**base, "http": {"listen": "[::1]:9000"}}).http.loopback
+    assert parse_config({**base, "http": {"listen": "0.0.0.0:1", "enabled": False}}).http.enabled is False
+    with pytest.raises(ConfigError) as exc:
+        parse_config({**base, "http": {"listen": "8321"}})
+    assert exc.value.lines[0].startswith("http.listen: '8321' is not host:port")
+    assert parse_config({"site": {"enterprise_id": "e1"}}).http.enabled is True  # on by default

@@ -1,0 +1,69 @@
+"""The status page in a real headless browser (Debian's chromium driven by Playwright) against the demo workshop.
+
+The page is loaded once and never reloaded: a machine taken off the network must turn `offline` on it, and the
+live 联网率 must drop, by the page's own refresh. Skipped (with the reason) where chromium or Playwright is
+missing; .ci/run installs both.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from tests.test_http import Site, site  # noqa: F401 - the fixture
+
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)"),
+]
+
+
+@pytest.fixture
+def playwright_api() -> object:
+    return pytest.importorskip("playwright.async_api", reason="playwright (pip, dev extra) is not installed")
+
+
+async def test_page_shows_every_device_and_an_offline_one_turns_offline(
+        site: Site, playwright_api: object) -> None:  # noqa: F811
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = await browser.new_page()
+            requests: list[str] = []
+            page.on("request", lambda req: requests.append(req.url))
+            await page.goto(site.base + "/")
+            await page.wait_for_selector("body[data-loaded='1']", timeout=10_000)
+            for dev in ("cnc-01", "cnc-02", "imm-01", "knit-01", "comp-01", "meter-01"):
+                await page.wait_for_selector(f"tr[data-device='{dev}'][data-state='online']", timeout=10_000)
+            # last values are on the page
+            temp = await page.text_content("tr[data-device='imm-01'] [data-tag='barrel_temp']")
+            assert temp is not None and temp.startswith("barrel_temp=") and temp.endswith("°C")
+            await page.wait_for_function(
+                "document.querySelector('#card-D2 [data-field=detail]').textContent.startsWith('5 / 6')",
+                timeout=10_000)
+            assert await page.text_content("#card-D2 [data-field=value]") == "83.3 %"
+            d1 = await page.text_content("#card-D1 [data-field=detail]")
+            assert d1 is not None and d1.startswith("5 / 7") and "target ≥ 70 %" in d1 and "pass" in d1
+            assert await page.text_content("#outbox [data-key=MQTT]") == "connected"
+            assert await page.text_content("#health") == "ok"
+
+            await site.workshop.stop_device("imm-01")
+            row = await page.wait_for_selector("tr[data-device='imm-01'][data-state='offline']", timeout=10_000)
+            assert row is not None
+            assert await page.text_content("tr[data-device='imm-01'] .state") == "offline"
+            await page.wait_for_function(
+                "document.querySelector('#card-D2 [data-field=detail]').textContent.startsWith('4 / 6')",
+                timeout=10_000)
+            assert await page.text_content("#card-D2 [data-field=value]") == "66.7 %"
+            # the other machines stayed online on the same page
+            assert await page.get_attribute("tr[data-device='cnc-01']", "data-state") == "online"
+            # everything the page loaded came from the collector itself (no CDN)
+            assert requests and all(u.startswith(site.base) for u in requests), requests
+        finally:
+            await browser.close()

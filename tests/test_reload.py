@@ -1,0 +1,236 @@
+"""Reload without restart: unchanged devices keep running without a gap, changed ones restart, removed ones stop,
+added ones start; an invalid config is rejected and the old one keeps running. In process (Collector.reload) and
+end to end (`collector run` with SIGHUP, `collector reload`, sd_notify to a fake socket)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from collector.app import Collector
+from collector.broker import MosquittoProcess, free_port
+from collector.config import Settings, parse_config
+from simulators.workshop import Workshop
+from tests.conftest import Recorder
+from tests.test_http import INTERVAL, workshop_config
+from tests.test_watchdog import FakeNotifySocket
+
+pytestmark = pytest.mark.integration
+
+
+def only(data: dict[str, Any], ids: list[str]) -> dict[str, Any]:
+    out = copy.deepcopy(data)
+    out["devices"] = [d for d in out["devices"] if d["id"] in ids]
+    return out
+
+
+def seqs(rec: Recorder, device: str) -> list[int]:
+    return [m.json()["seq"] for m in rec.on(f"/devices/{device}/data")]
+
+
+def write(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
+async def test_reload_adds_removes_restarts_and_leaves_unchanged_devices_alone(
+        broker: MosquittoProcess, state_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    full = workshop_config(state_dir, broker.port)
+    workshop = Workshop(parse_config(full))  # every machine is on the network; the config picks
+    await workshop.start()
+    first = only(full, ["cnc-01", "cnc-02", "imm-01", "knit-01", "comp-01"])
+    cfg = parse_config(first)
+    rec = Recorder(broker.host, broker.port, f"{cfg.topic_root}/#")
+    collector = Collector(cfg, Settings())
+    await collector.start()
+    try:
+        unchanged = ["cnc-01", "cnc-02", "imm-01"]
+        await rec.wait_for(lambda: all(len(seqs(rec, d)) >= 3 for d in first_ids(first)), 20, "data from all five")
+        tasks_before = {d: collector.engine.tasks[d] for d in unchanged}
+        knit_before = collector.engine.tasks["knit-01"]
+        assert collector.indicators()["figures"]["D1"]["denominator"] == 7
+
+        second = only(full, ["cnc-01", "cnc-02", "imm-01", "knit-01", "meter-01"])  # comp-01 out, meter-01 in
+        next(d for d in second["devices"] if d["id"] == "knit-01")["interval"] = INTERVAL + 0.1  # changed
+        second["mqtt"]["keepalive"] = 45  # needs a restart: logged, not applied
+        reload_at = time.time()
+        result = await collector.reload_file(write(tmp_path / "second.yaml", second))
+        done_at = time.time()
+
+        assert result == {"ok": True, "added": ["meter-01"], "removed": ["comp-01"], "changed": ["knit-01"],
+                          "unchanged": unchanged, "restart_needed": ["mqtt"]}
+        assert "event=reload_needs_restart sections=mqtt" in caplog.text
+        assert "event=reloaded added=meter-01 removed=comp-01 changed=knit-01 unchanged=3" in caplog.text
+        assert collector.cfg.mqtt.keepalive == 30  # the running sink settings stay
+        # unchanged devices: the very same task, never stopped
+        for dev in unchanged:
+            assert collector.engine.tasks[dev] is tasks_before[dev]
+        assert collector.engine.tasks["knit-01"] is not knit_before
+        assert "comp-01" not in collector.engine.tasks and "comp-01" not in collector.status.devices
+        assert [r["id"] for r in collector.device_rows()] == ["cnc-01", "cnc-02", "imm-01", "knit-01", "meter-01"]
+
+        await rec.wait_for(lambda: len(seqs(rec, "meter-01")) >= 3, 15, "the added device's data")
+        await rec.wait_for(lambda: all(len([m for m in rec.on(f"/devices/{d}/data") if m.received > done_at]) >= 4
+                                       for d in unchanged + ["knit-01"]), 15, "data after the reload")
+        for dev in unchanged + ["knit-01"]:
+            s = seqs(rec, dev)
+            assert s == list(range(s[0], s[0] + len(s))), f"{dev}: sequence gap across the reload: {s}"
+        for dev in unchanged:  # ... and no pause in time either
+            times = [m.received for m in rec.on(f"/devices/{dev}/data")]
+            around = [b - a for a, b in zip(times, times[1:], strict=False) if b > reload_at - 1]
+            assert max(around) < 3 * INTERVAL, f"{dev} paused {max(around):.2f} s across the reload"
+        assert seqs(rec, "meter-01")[0] == 1
+        # the removed device: published offline with the reason, then silent
+        st = rec.last("/devices/comp-01/status")
+        assert st is not None and st.json()["state"] == "offline" and st.json()["reason"] == "removed from config"
+        assert [m for m in rec.on("/devices/comp-01/data") if m.received > done_at + 0.5] == []
+        # the register follows the config: comp-01 (auxiliary, in the universe) left; meter-01 is non-production
+        assert collector.indicators()["figures"]["D1"]["denominator"] == 6
+        assert collector.reload_counts == {"applied": 1, "rejected": 0}
+
+        # the removed device comes back later: its sequence continues where it stopped
+        last_comp = seqs(rec, "comp-01")[-1]
+        back = await collector.reload(parse_config(only(full, [*unchanged, "knit-01", "meter-01", "comp-01"])))
+        assert back["added"] == ["comp-01"] and back["changed"] == ["knit-01"]  # knit-01's interval reverts
+        await rec.wait_for(lambda: seqs(rec, "comp-01")[-1] > last_comp + 1, 15, "comp-01 back")
+        after = [s for s in seqs(rec, "comp-01") if s > last_comp]
+        assert after[0] == last_comp + 1
+    finally:
+        await collector.stop()
+        await workshop.stop()
+        rec.close()
+
+
+def first_ids(data: dict[str, Any]) -> list[str]:
+    return [d["id"] for d in data["devices"]]
+
+
+async def test_an_invalid_config_is_rejected_and_the_old_one_keeps_running(
+        broker: MosquittoProcess, state_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    data = only(workshop_config(state_dir, broker.port), ["knit-01", "comp-01"])
+    cfg = parse_config(data)
+    workshop = Workshop(cfg)
+    await workshop.start()
+    collector = Collector(cfg, Settings())
+    await collector.start()
+    rec = Recorder(broker.host, broker.port, f"{cfg.topic_root}/#")
+    try:
+        await rec.wait_for(lambda: len(seqs(rec, "knit-01")) >= 2, 20, "knit-01 data")
+        tasks = dict(collector.engine.tasks)
+        bad = copy.deepcopy(data)
+        bad["devices"][0]["interval"] = -1
+        bad["devices"].append({"id": "knit-01", "protocol": "modbus", "endpoint": "tcp://127.0.0.1:1",
+                               "tags": [{"name": "x", "register": 40001}]})
+        result = await collector.reload_file(write(tmp_path / "bad.yaml", bad))
+        assert result["ok"] is False
+        assert any(line.startswith("devices[0].interval:") for line in result["errors"]), result
+        assert "event=reload_rejected" in caplog.text and "devices[0].interval" in caplog.text
+        # nothing changed: same config, same tasks, data still flowing
+        assert collector.cfg is cfg and collector.engine.tasks == tasks
+        assert collector.reload_counts == {"applied": 0, "rejected": 1}
+        n = len(seqs(rec, "knit-01"))
+        await rec.wait_for(lambda: len(seqs(rec, "knit-01")) >= n + 3, 10, "knit-01 still flowing")
+        not_yaml = tmp_path / "broken.yaml"
+        not_yaml.write_text("devices: [\n", encoding="utf-8")
+        result = await collector.reload_file(not_yaml)
+        assert result["ok"] is False and "not valid YAML" in result["errors"][0]
+    finally:
+        await collector.stop()
+        await workshop.stop()
+        rec.close()
+
+
+async def _cli(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "collector.cli", *args,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_collector_run_under_systemd_reloads_on_sighup_and_collector_reload(
+        broker: MosquittoProcess, state_dir: Path, tmp_path: Path) -> None:
+    full = workshop_config(state_dir, broker.port, http_port=free_port())
+    workshop = Workshop(parse_config(only(full, ["knit-01", "comp-01", "meter-01"])))
+    await workshop.start()
+    path = write(tmp_path / "workshop.yaml", only(full, ["knit-01", "comp-01"]))
+    base = f"http://{full['http']['listen']}"
+    notify = FakeNotifySocket(str(tmp_path / "notify.sock"))
+    log_file = (tmp_path / "run.log").open("w")
+    env = {**os.environ, "NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "1000000", "COLLECTOR_LOG_LEVEL": "INFO"}
+    env.pop("WATCHDOG_PID", None)
+    run = await asyncio.create_subprocess_exec(sys.executable, "-m", "collector.cli", "run", "-c", str(path),
+                                               env=env, stderr=log_file)
+
+    async def wait_msg(prefix: str, after: int = 0, timeout: float = 20) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for i, m in enumerate(notify.texts()):
+                if i >= after and m.startswith(prefix):
+                    return i
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no {prefix!r} after message {after}: {notify.texts()}")
+
+    async def device_ids(session: aiohttp.ClientSession) -> list[str]:
+        async with session.get(base + "/api/devices") as r:
+            return [d["id"] for d in (await r.json())["devices"]]
+
+    try:
+        ready = await wait_msg("READY=1")
+        assert f"STATUS=collecting from 2 devices; status page {base}/" in notify.texts()[ready]
+        async with aiohttp.ClientSession() as session:
+            assert await device_ids(session) == ["knit-01", "comp-01"]
+
+            write(path, only(full, ["knit-01", "comp-01", "meter-01"]))
+            run.send_signal(signal.SIGHUP)
+            reloading = await wait_msg("RELOADING=1", ready + 1)
+            again = await wait_msg("READY=1", reloading + 1)
+            assert notify.texts()[again] == "READY=1\nSTATUS=reloaded"
+            assert await device_ids(session) == ["knit-01", "comp-01", "meter-01"]
+
+            write(path, only(full, ["knit-01", "meter-01"]))
+            code, out, err = await _cli("reload", "--url", base)
+            assert code == 0, err
+            assert out.startswith("reloaded: added -; removed comp-01; changed -; 2 unchanged")
+            assert await device_ids(session) == ["knit-01", "meter-01"]
+
+            bad = only(full, ["knit-01", "meter-01"])
+            bad["devices"][1]["endpoint"] = "http://nope"
+            write(path, bad)
+            code, out, err = await _cli("reload", "--url", base)
+            assert code == 2
+            assert "reload rejected" in err and "devices[1].endpoint:" in err
+            assert await device_ids(session) == ["knit-01", "meter-01"]  # still the previous config
+            async with session.get(base + "/healthz") as r:
+                assert r.status == 200
+        deadline = time.monotonic() + 5
+        while len([m for m in notify.texts() if m == "WATCHDOG=1"]) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert len([m for m in notify.texts() if m == "WATCHDOG=1"]) >= 3, "WatchdogSec=1 s: a ping every 0.5 s"
+        run.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(run.wait(), 20) == 0
+        assert notify.texts()[-1] == "STOPPING=1" or "STOPPING=1" in notify.texts()
+    finally:
+        if run.returncode is None:
+            run.kill()
+            await run.wait()
+        log_file.close()
+        notify.close()
+        await workshop.stop()
+    log = (tmp_path / "run.log").read_text()
+    assert "event=reloaded added=meter-01 removed=- changed=- unchanged=2" in log
+    assert "event=reload_rejected" in log and "devices[1].endpoint" in log
+    assert "event=watchdog_enabled interval=0.5" in log
