@@ -190,7 +190,9 @@ async def test_metrics_report_devices_sink_indicators_and_outbox(site: Site, mon
         assert m[("shopfloor_device_errors_total", (("device", dev),))] == 0
         assert m[("shopfloor_device_sequence", (("device", dev),))] >= 2
     assert m[("shopfloor_sink_connected", (("sink", "mqtt"),))] == 1.0
-    assert m[("shopfloor_sink_published_total", (("sink", "mqtt"),))] >= 12
+    published = m[("shopfloor_sink_published_total", (("sink", "mqtt"),))]
+    assert published >= 1 and m[("shopfloor_sink_acked_total", (("sink", "mqtt"),))] <= published
+    assert m[("shopfloor_sink_errors_total", (("sink", "mqtt"),))] == 0
     assert m[("shopfloor_sink_latency_seconds_count", (("sink", "mqtt"),))] >= 6
     assert m[("shopfloor_sink_latency_seconds_bucket", (("le", "+Inf"), ("sink", "mqtt")))] >= 6
     ent = (("indicator", "D2"), ("scope", "enterprise"))
