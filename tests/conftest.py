@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -103,10 +102,6 @@ def state_dir(tmp_path: Any) -> Any:
     d = tmp_path / "state"
     d.mkdir()
     return d
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    os.environ.setdefault("PYTHONASYNCIODEBUG", "0")
 
 
 class VictoriaMetrics:

@@ -141,17 +141,13 @@ def test_kill_9_while_the_broker_is_down_loses_nothing(tmp_path: Path, state_dir
         time.sleep(3)  # the outbox fills
         collector.send_signal(signal.SIGKILL)
         collector.wait(10)
+        restarted_at = time.time()
         collector = subprocess.Popen(run, env=env)
         time.sleep(3)
         broker.start()
         up_at = time.time()
-        try:
-            asyncio.run(rec.wait_for(lambda: all(contiguous(v) and v[-1]["ts"] / 1000 > up_at + 1
-                                                 for v in by_device(rec).values()), 60, "the backlog to drain"))
-        except AssertionError:
-            print({k: (len(v), sorted(set(range(1, max(m["seq"] for m in v) + 1)) - {m["seq"] for m in v})[:20],
-                       v[-1]["ts"] / 1000 - up_at) for k, v in by_device(rec).items()})
-            raise
+        asyncio.run(rec.wait_for(lambda: all(contiguous(v) and v[-1]["ts"] / 1000 > up_at + 1
+                                             for v in by_device(rec).values()), 60, "the backlog to drain"))
     finally:
         if collector is not None:
             collector.send_signal(signal.SIGTERM)
@@ -164,7 +160,9 @@ def test_kill_9_while_the_broker_is_down_loses_nothing(tmp_path: Path, state_dir
     for device, lst in msgs.items():
         seqs = {m["seq"] for m in lst}
         assert seqs == set(range(1, max(seqs) + 1)), f"{device}: gap after kill -9"
-        assert max(seqs) > 60, f"{device}: too few batches ({max(seqs)}) to have crossed the crash"
+        # both processes' data is there: read before the kill, and read by the restarted collector
+        assert any(m["ts"] / 1000 < restarted_at - 1 and m["historical"] for m in lst), f"{device}: no backlog"
+        assert any(m["ts"] / 1000 > restarted_at for m in lst), f"{device}: nothing from the restarted collector"
         assert any(m["historical"] for m in lst), f"{device}: no backlog flagged historical"
 
 
