@@ -72,7 +72,7 @@ class Collector:
             log.warning("event=register_warning %s", w)
         self._reader: StatusStore | None = None  # a second connection for period figures, used off the loop
         self._periods: dict[str, Any] | None = None
-        self.sink = MqttSink(mqtt_settings(cfg, self.settings), on_ack=self._mqtt_acked)
+        self.sink = self._make_mqtt_sink()
         self.influx: InfluxSink | None = None
         if cfg.influx is not None:
             self.influx = InfluxSink(influx_settings(cfg), on_ack=self._influx_acked)
@@ -90,6 +90,9 @@ class Collector:
         self.pipeline.add_sink(self._to_outbox)
         self.sink.gateway_info = self.gateway_info
         self.status.listeners.append(self._status_changed)
+        if hasattr(self.sink, "status_changed"):  # Sparkplug: DBIRTH/DDEATH follow the device states
+            self.sink.latest = lambda device: self.pipeline.latest.get(device, {})  # type: ignore[attr-defined]
+            self.status.listeners.append(self.sink.status_changed)
         self.sink.on_connect_hooks.append(self._republish)
         self.engine = Engine(self._on_readings, self.status.set_state)
         self._tasks: list[asyncio.Task[None]] = []
@@ -98,6 +101,19 @@ class Collector:
         self._reload_lock = asyncio.Lock()
 
     # -- wiring
+
+    def _make_mqtt_sink(self) -> MqttSink:
+        """`mqtt.format`: JSON (docs/mqtt.md) or a Sparkplug B edge node (docs/sparkplug.md)."""
+        ms = mqtt_settings(self.cfg, self.settings)
+        if self.cfg.mqtt.format != "sparkplug":
+            return MqttSink(ms, on_ack=self._mqtt_acked)
+        from collector.sinks.sparkplug import SparkplugSettings, SparkplugSink
+
+        sp = self.cfg.mqtt.sparkplug
+        return SparkplugSink(ms, SparkplugSettings(group_id=sp.group_id or self.cfg.site.enterprise_id,
+                                                   edge_node_id=sp.edge_node_id or self.cfg.site.workshop,
+                                                   state_file=self.state_dir / "sparkplug.json"),
+                             on_ack=self._mqtt_acked)
 
     def _to_outbox(self, batch: Batch) -> None:
         """Encode once per sink and queue durably; the senders deliver it."""

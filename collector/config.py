@@ -426,10 +426,25 @@ class SiteConfig(Strict):
         return v
 
 
+class SparkplugConfig(Strict):
+    """Sparkplug B ids (docs/sparkplug.md); empty means the site's enterprise id and workshop."""
+
+    group_id: str | None = None
+    edge_node_id: str | None = None
+
+    @field_validator("group_id", "edge_node_id")
+    @classmethod
+    def _id(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c in v for c in "/+#")):
+            raise ValueError(f"'{v}' is not a Sparkplug id: it must be non-empty without '/', '+' or '#'")
+        return v
+
+
 class MqttConfig(Strict):
     url: str = "mqtt://127.0.0.1:1883"
     topic_root: str = "factory/{enterprise}/{workshop}"
-    format: Literal["json"] = "json"
+    format: Literal["json", "sparkplug"] = "json"
+    sparkplug: SparkplugConfig = Field(default_factory=SparkplugConfig)
     qos: Literal[0, 1] = 1
     client_id: str | None = None
     username: str | None = None

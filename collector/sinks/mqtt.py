@@ -92,6 +92,10 @@ class MqttSink:
         self._since = 0.0
         self._generation = 0
         self.on_connect_hooks: list[Callable[[], None]] = []
+        # (topic filter, qos) subscribed at every connect; messages go to every hook as (topic, payload)
+        self.subscriptions: list[tuple[str, int]] = []
+        self.on_message_hooks: list[Callable[[str, bytes], None]] = []
+        self.data_qos = settings.qos
         self.gateway_info: Callable[[], dict[str, Any]] | None = None
         self._pending: dict[int, Row] = {}
         self.published = 0
@@ -110,12 +114,22 @@ class MqttSink:
                       cert_reqs=ssl.CERT_REQUIRED)
         c.max_inflight_messages_set(self.s.max_inflight)
         c.reconnect_delay_set(min_delay=1, max_delay=self.s.reconnect_max_delay)
-        c.will_set(self.gateway_topic, orjson.dumps({"state": "offline", "reason": "connection lost"}),
-                   qos=1, retain=True)
+        topic, payload, qos, retain = self.will()
+        c.will_set(topic, payload, qos=qos, retain=retain)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
+        c.on_message = self._on_message
         return c
+
+    def will(self) -> tuple[str, bytes, int, bool]:
+        """The will (topic, payload, qos, retain): the gateway's offline status; a subclass may send another."""
+        return self.gateway_topic, orjson.dumps({"state": "offline", "reason": "connection lost"}), 1, True
+
+    def row_message(self, row: Row, historical: bool) -> tuple[str, bytes] | None:
+        """The (topic, payload) an outbox row is published as; None acknowledges it without publishing."""
+        payload = row.payload.replace(HISTORICAL_FALSE, HISTORICAL_TRUE, 1) if historical else row.payload
+        return self.device_topic(row.device, "data"), payload
 
     @property
     def gateway_topic(self) -> str:
@@ -168,6 +182,9 @@ class MqttSink:
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any = None) -> None:
         self._hand_over(self._ack, mid)
 
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self._hand_over(self._message, msg.topic, bytes(msg.payload))
+
     # -- loop thread
 
     def _connected(self) -> None:
@@ -176,6 +193,8 @@ class MqttSink:
         self._since = time.time()
         self._generation += 1
         self.connected_event.set()
+        for topic, qos in self.subscriptions:
+            self.client.subscribe(topic, qos=qos)
         self.publish_gateway()
         for hook in self.on_connect_hooks:
             hook()
@@ -185,6 +204,13 @@ class MqttSink:
             log.warning("sink=mqtt event=disconnected reason=%s", reason)
         self.connected_flag = False
         self.connected_event.clear()
+
+    def _message(self, topic: str, payload: bytes) -> None:
+        for hook in self.on_message_hooks:
+            try:
+                hook(topic, payload)
+            except Exception:
+                log.exception("sink=mqtt event=message_hook_failed topic=%s", topic)
 
     def _ack(self, mid: int) -> None:
         row = self._pending.pop(mid, None)
@@ -219,8 +245,12 @@ class MqttSink:
 
     async def send(self, rows: list[Row], historical: list[bool]) -> None:
         for row, hist in zip(rows, historical, strict=True):
-            payload = row.payload.replace(HISTORICAL_FALSE, HISTORICAL_TRUE, 1) if hist else row.payload
-            info = self.client.publish(self.device_topic(row.device, "data"), payload, qos=self.s.qos)
+            msg = self.row_message(row, hist)
+            if msg is None:
+                if self.on_ack is not None:
+                    self.on_ack(row)  # nothing to publish (e.g. Sparkplug: no value changed)
+                continue
+            info = self.client.publish(msg[0], msg[1], qos=self.data_qos)
             self.published += 1
             if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
                 # paho refused it (e.g. its queue is full): start again from the oldest row not in flight
@@ -228,7 +258,7 @@ class MqttSink:
                 log.warning("sink=mqtt event=publish_refused device=%s rc=%s", row.device, info.rc)
                 self._generation += 1
                 return
-            if self.s.qos == 0:
+            if self.data_qos == 0:
                 if self.on_ack is not None:
                     self.on_ack(row)  # QoS 0 has no acknowledgement: handed to a live link
                 continue

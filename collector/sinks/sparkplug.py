@@ -1,0 +1,346 @@
+"""Sparkplug B edge node (Sparkplug 3.0): `mqtt.format: sparkplug`. Topics, rules and examples: docs/sparkplug.md.
+
+It is an `MqttSink`: the paho thread, reconnects, the outbox sender's transport contract and the JSON status and
+indicator topics are the same; what differs is the will (NDEATH), the topics and the payloads (the protobuf
+schema of the specification, `sparkplug_b.proto`).
+
+The outbox keeps the format-neutral JSON batch (`encode_data`) and the Sparkplug payload is built in `send`,
+because `seq` counts the messages actually published on the current session and "only what changed" depends on
+what this session already sent; a backlog from a JSON run is delivered after a switch as well.
+
+Session rules (loop thread only):
+- bdSeq: the will of every connection is an NDEATH carrying only bdSeq; the next value (0..255, wrapping) is
+  persisted at each connect so it rises across restarts; NBIRTH repeats the bdSeq of its connection's will.
+- seq: 0 on NBIRTH, then +1 (mod 256) on every DBIRTH, DDATA and DDEATH.
+- births name every metric with alias and datatype; DDATA carries aliases only, and live rows only the metrics
+  whose value or quality changed since the last message of this session; backlog rows carry all their metrics
+  with `is_historical`.
+- DBIRTH when a device is online or degraded, DDEATH when it goes offline; a backlog row of an offline device
+  is sent between a DBIRTH and a DDEATH so the host never sees data of a dead device.
+- NCMD `Node Control/Rebirth` = true republishes NBIRTH and the DBIRTHs with the same bdSeq.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from collector.model import DeviceState, Reading, Row
+from collector.sinks import sparkplug_b_pb2 as pb
+from collector.sinks.mqtt import AckCallback, MqttSettings, MqttSink
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "spBv1.0"
+BDSEQ = "bdSeq"
+REBIRTH = "Node Control/Rebirth"
+BDSEQ_ALIAS = 0
+REBIRTH_ALIAS = 1
+FIRST_DEVICE_ALIAS = 2
+
+# Sparkplug datatypes used here (specification, "Datatypes"; the numbers are listed in sparkplug_b.proto)
+INT64, UINT64, DOUBLE, BOOLEAN, STRING = 4, 8, 10, 11, 12
+ONLINE_STATES = (DeviceState.ONLINE, DeviceState.DEGRADED)
+
+
+@dataclass
+class SparkplugSettings:
+    group_id: str
+    edge_node_id: str
+    state_file: Path  # where the next bdSeq is kept across restarts
+
+
+class _Status(Protocol):
+    """What a status listener is told (collector.status.DeviceStatus); sinks import only collector.model."""
+
+    device: str
+    state: DeviceState
+
+
+@dataclass
+class _Value:
+    value: Any
+    unit: str | None
+    quality: str
+    ts: int | None  # ms
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def datatype_of(value: Any) -> int:
+    """The Sparkplug datatype a Python value is declared with in a birth."""
+    if isinstance(value, bool):
+        return BOOLEAN
+    if isinstance(value, int):
+        return INT64 if -(2**63) <= value < 2**63 else UINT64
+    if isinstance(value, float) or value is None:
+        return DOUBLE  # None: nothing known yet; a later value of another kind triggers a new DBIRTH
+    return STRING
+
+
+def fits(datatype: int, value: Any) -> bool:
+    """Can `value` travel as `datatype` without changing its meaning?"""
+    if value is None:
+        return True
+    natural = datatype_of(value)
+    return natural == datatype or (datatype == DOUBLE and natural in (INT64, UINT64))
+
+
+def set_value(metric: Any, datatype: int, value: Any) -> None:
+    """Fill the value oneof for `datatype` (Int64 goes two's complement into the uint64 `long_value`)."""
+    if value is None:
+        metric.is_null = True
+        return
+    try:
+        if datatype == BOOLEAN:
+            metric.boolean_value = bool(value)
+        elif datatype == INT64:
+            metric.long_value = int(value) & 0xFFFF_FFFF_FFFF_FFFF
+        elif datatype == UINT64:
+            metric.long_value = int(value)
+        elif datatype == DOUBLE:
+            metric.double_value = float(value)
+        else:
+            metric.string_value = value if isinstance(value, str) else orjson.dumps(value).decode()
+    except (TypeError, ValueError, OverflowError):
+        metric.is_null = True
+
+
+def _property(metric: Any, key: str, value: str) -> None:
+    metric.properties.keys.append(key)
+    metric.properties.values.add(type=STRING, string_value=value)
+
+
+class BdSeqStore:
+    """The next bdSeq, in a small JSON file in the state directory (written atomically)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> int:
+        try:
+            return int(json.loads(self.path.read_text())["next_bdseq"]) % 256
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
+    def save(self, value: int) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"next_bdseq": value}))
+        os.replace(tmp, self.path)
+
+
+class SparkplugSink(MqttSink):
+    """A Sparkplug B edge node publishing the outbox rows as DDATA, births and deaths from the device states."""
+
+    def __init__(self, settings: MqttSettings, sp: SparkplugSettings, on_ack: AckCallback | None = None) -> None:
+        self.sp = sp
+        self.bdseq_store = BdSeqStore(sp.state_file)
+        self.will_bdseq = self.bdseq_store.load()  # the bdSeq in the will paho connects with next
+        self.session_bdseq = self.will_bdseq
+        self.seq = 0  # the next seq to publish
+        self.latest: Callable[[str], Mapping[str, Reading]] = lambda device: {}
+        self.online: dict[str, bool] = {}
+        self.born: dict[str, dict[str, int]] = {}  # device -> metric -> datatype, for this session's births
+        self.sent: dict[str, dict[str, tuple[Any, str]]] = {}  # device -> metric -> (value, quality) last sent
+        self.aliases: dict[tuple[str, str], int] = {}  # stable for the process: aliases are node-wide
+        self.datatypes: dict[tuple[str, str], int] = {}
+        self._dangling: set[str] = set()  # offline devices born only to carry backlog: DDEATH after the send
+        self.counts: Counter[str] = Counter()
+        super().__init__(settings, on_ack)
+        self.data_qos = 0  # the specification: NBIRTH, DBIRTH, DDATA, DDEATH with QoS 0, not retained
+        self.subscriptions += [(self.topic("NCMD"), 1), (self.topic("DCMD", "+"), 1)]
+        self.on_message_hooks.append(self._command)
+
+    # -- topics and payloads
+
+    def topic(self, kind: str, device: str | None = None) -> str:
+        base = f"{NAMESPACE}/{self.sp.group_id}/{kind}/{self.sp.edge_node_id}"
+        return base if device is None else f"{base}/{device}"
+
+    def _ndeath(self, bdseq: int) -> bytes:
+        p = pb.Payload(timestamp=now_ms())
+        p.metrics.add(name=BDSEQ, datatype=INT64, long_value=bdseq)
+        return p.SerializeToString()
+
+    def will(self) -> tuple[str, bytes, int, bool]:
+        return self.topic("NDEATH"), self._ndeath(self.will_bdseq), 1, False
+
+    def _publish(self, kind: str, payload: Any, device: str | None = None) -> None:
+        """Publish a birth or death with the next seq (QoS 0, not retained)."""
+        payload.seq = self._next_seq()
+        payload.timestamp = now_ms()
+        self.client.publish(self.topic(kind, device), payload.SerializeToString(), qos=0)
+        self.counts[kind] += 1
+
+    def _next_seq(self) -> int:
+        seq, self.seq = self.seq, (self.seq + 1) % 256
+        return seq
+
+    def _alias(self, device: str, metric: str) -> int:
+        key = (device, metric)
+        if key not in self.aliases:
+            self.aliases[key] = FIRST_DEVICE_ALIAS + len(self.aliases)
+        return self.aliases[key]
+
+    # -- session
+
+    def _connected(self) -> None:
+        """A new session: its bdSeq is the one in the will it connected with; the next connection's is saved."""
+        self.session_bdseq = self.will_bdseq
+        self.will_bdseq = (self.session_bdseq + 1) % 256
+        try:
+            self.bdseq_store.save(self.will_bdseq)
+        except OSError:
+            log.exception("sink=sparkplug event=bdseq_not_saved path=%s", self.bdseq_store.path)
+        topic, payload, qos, retain = self.will()
+        self.client.will_set(topic, payload, qos=qos, retain=retain)
+        self.births()
+        super()._connected()
+
+    def births(self) -> None:
+        """NBIRTH (seq 0, this session's bdSeq, Rebirth) and a DBIRTH for every online device."""
+        self.seq = 0
+        self.born.clear()
+        self.sent.clear()
+        self._dangling.clear()
+        p = pb.Payload()
+        p.metrics.add(name=BDSEQ, alias=BDSEQ_ALIAS, datatype=INT64, long_value=self.session_bdseq)
+        p.metrics.add(name=REBIRTH, alias=REBIRTH_ALIAS, datatype=BOOLEAN, boolean_value=False)
+        self._publish("NBIRTH", p)
+        for device, online in self.online.items():
+            if online and self.latest(device):
+                self._dbirth(device)
+        log.info("sink=sparkplug event=births bdseq=%d devices=%d", self.session_bdseq, len(self.born))
+
+    def _dbirth(self, device: str, extra: Mapping[str, _Value] | None = None) -> None:
+        """Every metric of the device with name, alias, datatype and its current value (`extra` fills gaps)."""
+        values = {tag: _Value(r.value, r.unit, r.quality, int(r.source_ts * 1000))
+                  for tag, r in self.latest(device).items()}
+        for tag, v in (extra or {}).items():
+            values.setdefault(tag, v)
+        p = pb.Payload()
+        types: dict[str, int] = {}
+        sent: dict[str, tuple[Any, str]] = {}
+        for tag, v in values.items():
+            key = (device, tag)
+            dtype = self.datatypes.get(key)
+            if dtype is None or not fits(dtype, v.value):
+                dtype = self.datatypes[key] = datatype_of(v.value)
+            m = p.metrics.add(name=tag, alias=self._alias(device, tag), datatype=dtype)
+            if v.ts is not None:
+                m.timestamp = v.ts
+            set_value(m, dtype, v.value)
+            if v.unit:
+                _property(m, "engUnit", v.unit)
+            if v.quality != "good":
+                _property(m, "Quality", v.quality)
+            types[tag] = dtype
+            sent[tag] = (v.value, v.quality)
+        self._publish("DBIRTH", p, device)
+        self.born[device], self.sent[device] = types, sent
+
+    def _ddeath(self, device: str) -> None:
+        if self.born.pop(device, None) is not None:
+            self.sent.pop(device, None)
+            self._publish("DDEATH", pb.Payload(), device)
+
+    def status_changed(self, st: _Status) -> None:
+        """A status listener: the host sees the same device states as the indicators."""
+        online = st.state in ONLINE_STATES
+        self.online[st.device] = online
+        if not self.connected_flag:
+            return  # the births at the next connect tell it
+        if online and st.device not in self.born and self.latest(st.device):
+            self._dbirth(st.device)
+        elif not online:
+            self._ddeath(st.device)
+
+    def rebirth(self) -> None:
+        """NBIRTH and DBIRTHs again, same bdSeq (a host asked with Node Control/Rebirth)."""
+        if self.connected_flag:
+            self.births()
+
+    def _command(self, topic: str, payload: bytes) -> None:
+        if topic == self.topic("NCMD"):
+            p = pb.Payload.FromString(payload)
+            for m in p.metrics:
+                is_rebirth = m.name == REBIRTH or (not m.name and m.HasField("alias") and m.alias == REBIRTH_ALIAS)
+                if is_rebirth and m.WhichOneof("value") == "boolean_value" and m.boolean_value:
+                    log.info("sink=sparkplug event=rebirth_requested")
+                    self.counts["NCMD"] += 1
+                    self.rebirth()
+        else:
+            self.counts["DCMD"] += 1
+            log.warning("sink=sparkplug event=dcmd_ignored topic=%s (device writes are not supported)", topic)
+
+    # -- the outbox sender's transport
+
+    def row_message(self, row: Row, historical: bool) -> tuple[str, bytes] | None:
+        """DDATA for one stored batch; None when nothing changed (the row is acknowledged as delivered)."""
+        body = orjson.loads(row.payload)
+        device = row.device
+        values = {tag: _Value(t.get("value"), t.get("unit"), t.get("quality", "good"), t.get("ts"))
+                  for tag, t in body.get("tags", {}).items()}
+        types = self.born.get(device)
+        if types is None or any(tag not in types or not fits(types[tag], v.value) for tag, v in values.items()):
+            # not born in this session, a new metric, or a value the birth's datatype cannot carry
+            self._dbirth(device, values)
+            if not self.online.get(device, False):
+                self._dangling.add(device)
+            types = self.born[device]
+        sent = self.sent.setdefault(device, {})
+        p = pb.Payload()
+        for tag, v in values.items():
+            if not historical:
+                if sent.get(tag) == (v.value, v.quality):
+                    continue
+                sent[tag] = (v.value, v.quality)
+            m = p.metrics.add(alias=self._alias(device, tag))
+            if v.ts is not None:
+                m.timestamp = v.ts
+            set_value(m, types.get(tag, DOUBLE), v.value)
+            if v.quality != "good":
+                _property(m, "Quality", v.quality)
+            if historical:
+                m.is_historical = True
+        if not p.metrics:
+            return None
+        p.seq = self._next_seq()
+        p.timestamp = body.get("ts") or now_ms()
+        self.counts["DDATA"] += 1
+        return self.topic("DDATA", device), p.SerializeToString()
+
+    async def send(self, rows: list[Row], historical: list[bool]) -> None:
+        await super().send(rows, historical)
+        for device in list(self._dangling):
+            if not self.online.get(device, False):
+                self._ddeath(device)
+        self._dangling.clear()
+
+    # -- JSON topics that do not fit Sparkplug
+
+    def publish_gateway(self) -> None:
+        """No retained JSON `online`: without the will (now NDEATH) it would outlive a crash. NBIRTH says it."""
+
+    async def stop(self, gateway_payload: dict[str, Any] | None = None, wait: float = 3.0) -> None:
+        """An intentional disconnect sends no will: publish NDEATH with this session's bdSeq first."""
+        if self.connected_flag:
+            self.client.publish(self.topic("NDEATH"), self._ndeath(self.session_bdseq), qos=1)
+            self.counts["NDEATH"] += 1
+        await super().stop(gateway_payload, wait)
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), "sparkplug": {"bdseq": self.session_bdseq, "seq": self.seq,
+                                                 "born": len(self.born), "messages": dict(self.counts)}}
+
