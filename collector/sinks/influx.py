@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collector.model import Batch, Row
+from collector.sinks.link import LinkState
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def _field_value(value: Any) -> str | None:
     return f'"{text}"'
 
 
-class InfluxSink:
+class InfluxSink(LinkState):
     """The outbox sender's transport for one InfluxDB: one HTTP write per group of rows, acked on 2xx."""
 
     def __init__(self, settings: InfluxSettings, on_ack: AckCallback | None = None) -> None:
@@ -74,9 +75,7 @@ class InfluxSink:
                                      enable_gzip=settings.gzip, timeout=int(settings.timeout * 1000), retries=False)
         self.write_api = self.client.write_api(write_options=SYNCHRONOUS)
         self._prefix: dict[str, str] = {}
-        self._connected = False
-        self._since = 0.0
-        self._generation = 0
+        LinkState.__init__(self)
         self._busy = False
         self.written_rows = 0
         self.errors = 0
@@ -105,27 +104,13 @@ class InfluxSink:
 
     # -- transport
 
-    @property
-    def connected(self) -> bool:
-        return self._connected
-
-    @property
-    def connected_since(self) -> float:
-        return self._since
-
-    @property
-    def generation(self) -> int:
-        return self._generation
-
     async def wait_connected(self) -> None:
         """Probe `/ping` with capped backoff until the server answers."""
         delay = 0.5
-        while not self._connected:
+        while not self.connected:
             ok = await asyncio.to_thread(self._ping)
             if ok:
-                self._connected = True
-                self._since = time.time()
-                self._generation += 1
+                self.link_up()
                 log.info("sink=influx event=connected url=%s", self.s.url)
                 return
             await asyncio.sleep(delay)
@@ -152,10 +137,10 @@ class InfluxSink:
         except Exception as exc:
             self.errors += 1
             self.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
-            if self._connected:
+            if self.connected:
                 log.warning("sink=influx event=write_failed error=%s (kept in the outbox)",
                             self.last_error.replace(" ", "_"))
-            self._connected = False
+            self.link_down()
             return
         finally:
             self._busy = False
@@ -176,5 +161,5 @@ class InfluxSink:
         await asyncio.to_thread(self.client.close)
 
     def stats(self) -> dict[str, Any]:
-        return {"connected": self._connected, "written_rows": self.written_rows, "errors": self.errors,
+        return {"connected": self.connected, "written_rows": self.written_rows, "errors": self.errors,
                 "last_error": self.last_error, "last_latency_s": round(self.last_latency, 4)}

@@ -23,6 +23,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.model import Batch, Row
+from collector.sinks.link import LinkState
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
 
 
-class MqttSink:
+class MqttSink(LinkState):
     """Publishes outbox rows (the data) and statuses; calls `on_ack(row)` when the broker acknowledged a row.
 
     It is the outbox sender's transport (collector/delivery.py): it publishes only while connected, keeps its
@@ -87,10 +88,8 @@ class MqttSink:
         self.on_ack = on_ack
         self.loop: asyncio.AbstractEventLoop | None = None
         self.connected_event = asyncio.Event()
-        self.connected_flag = False
+        LinkState.__init__(self)
         self.stopping = False
-        self._since = 0.0
-        self._generation = 0
         self.on_connect_hooks: list[Callable[[], None]] = []
         # (topic filter, qos) subscribed at every connect; messages go to every hook as (topic, payload)
         self.subscriptions: list[tuple[str, int]] = []
@@ -150,7 +149,7 @@ class MqttSink:
 
     async def stop(self, gateway_payload: dict[str, Any] | None = None, wait: float = 3.0) -> None:
         """Publish the gateway's offline status (retained), wait for outstanding acks, disconnect."""
-        if self.connected_flag:
+        if self.connected:
             payload = gateway_payload or {"state": "offline", "reason": "shutdown", "ts": iso(time.time())}
             info = self.client.publish(self.gateway_topic, orjson.dumps(payload), qos=1, retain=True)
             deadline = time.monotonic() + wait
@@ -189,9 +188,7 @@ class MqttSink:
 
     def _connected(self) -> None:
         log.info("sink=mqtt event=connected host=%s port=%s", self.s.host, self.s.port)
-        self.connected_flag = True
-        self._since = time.time()
-        self._generation += 1
+        self.link_up()
         self.connected_event.set()
         for topic, qos in self.subscriptions:
             self.client.subscribe(topic, qos=qos)
@@ -200,9 +197,9 @@ class MqttSink:
             hook()
 
     def _disconnected(self, reason: str) -> None:
-        if self.connected_flag and not self.stopping:
+        if self.connected and not self.stopping:
             log.warning("sink=mqtt event=disconnected reason=%s", reason)
-        self.connected_flag = False
+        self.link_down()
         self.connected_event.clear()
 
     def _message(self, topic: str, payload: bytes) -> None:
@@ -221,18 +218,6 @@ class MqttSink:
             self.on_ack(row)
 
     # -- the outbox sender's transport (loop thread)
-
-    @property
-    def connected(self) -> bool:
-        return self.connected_flag
-
-    @property
-    def connected_since(self) -> float:
-        return self._since
-
-    @property
-    def generation(self) -> int:
-        return self._generation
 
     async def wait_connected(self) -> None:
         await self.connected_event.wait()
@@ -256,7 +241,7 @@ class MqttSink:
                 # paho refused it (e.g. its queue is full): start again from the oldest row not in flight
                 self.errors += 1
                 log.warning("sink=mqtt event=publish_refused device=%s rc=%s", row.device, info.rc)
-                self._generation += 1
+                self.resync()
                 return
             if self.data_qos == 0:
                 if self.on_ack is not None:
@@ -292,5 +277,5 @@ class MqttSink:
         self.publish_json(f"{self.root}/indicators", snapshot, retain=True)
 
     def stats(self) -> dict[str, Any]:
-        return {"connected": self.connected_flag, "published": self.published, "acked": self.acked,
+        return {"connected": self.connected, "published": self.published, "acked": self.acked,
                 "in_flight": len(self._pending), "errors": self.errors}

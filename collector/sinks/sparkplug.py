@@ -259,7 +259,7 @@ class SparkplugSink(MqttSink):
         """A status listener: the host sees the same device states as the indicators."""
         online = st.state in ONLINE_STATES
         self.online[st.device] = online
-        if not self.connected_flag:
+        if not self.connected:
             return  # the births at the next connect tell it
         if online and st.device not in self.born and self.latest(st.device):
             self._dbirth(st.device)
@@ -268,7 +268,7 @@ class SparkplugSink(MqttSink):
 
     def rebirth(self) -> None:
         """NBIRTH and DBIRTHs again, same bdSeq (a host asked with Node Control/Rebirth)."""
-        if self.connected_flag:
+        if self.connected:
             self.births()
 
     def _command(self, topic: str, payload: bytes) -> None:
@@ -335,7 +335,7 @@ class SparkplugSink(MqttSink):
 
     async def stop(self, gateway_payload: dict[str, Any] | None = None, wait: float = 3.0) -> None:
         """An intentional disconnect sends no will: publish NDEATH with this session's bdSeq first."""
-        if self.connected_flag:
+        if self.connected:
             self.client.publish(self.topic("NDEATH"), self._ndeath(self.session_bdseq), qos=1)
             self.counts["NDEATH"] += 1
         await super().stop(gateway_payload, wait)
