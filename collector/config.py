@@ -73,6 +73,14 @@ def _check_serial_params(url: str, params: dict[str, str]) -> None:
                              + (f" (one of {', '.join(allowed)})" if allowed else " (a number, e.g. 9600)"))
 
 
+def url_with_scheme(v: str, schemes: tuple[str, ...], what: str) -> str:
+    """`v` unchanged when it is a URL with one of `schemes` and a host; else a ValueError saying `what`."""
+    parts = urlsplit(v)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"'{v}' is not {what}")
+    return v
+
+
 def parse_endpoint(url: str) -> Endpoint:
     """Parse an endpoint URL; raises ValueError with the accepted forms."""
     parts = urlsplit(url)
@@ -460,10 +468,7 @@ class MqttConfig(Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"'{v}' is not a broker URL; use mqtt://host:1883 or mqtts://host:8883")
-        return v
+        return url_with_scheme(v, ("mqtt", "mqtts"), "a broker URL; use mqtt://host:1883 or mqtts://host:8883")
 
     @property
     def host(self) -> str:
@@ -548,10 +553,7 @@ class InfluxConfig(Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"'{v}' is not an HTTP URL; use http://host:8086")
-        return v
+        return url_with_scheme(v, ("http", "https"), "an HTTP URL; use http://host:8086")
 
 
 class IndicatorTargets(Strict):
