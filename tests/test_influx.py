@@ -67,9 +67,17 @@ async def test_points_read_back_equal_what_was_read_and_an_outage_loses_nothing(
         await asyncio.sleep(2)
         for dev in ("m00", "m01"):
             await collector.engine.stop_device(dev)
-        await rec.wait_for(lambda: collector.outbox.stats("influx")["depth_batches"] == 0, 30, "influx drain")
+        # both sinks drained: the subscriber (the reference) has everything the database has
+        await rec.wait_for(lambda: collector.outbox.stats("influx")["depth_batches"] == 0
+                           and collector.outbox.stats("mqtt")["depth_batches"] == 0
+                           and collector.sink.stats()["in_flight"] == 0, 30, "both sinks to drain")
         await asyncio.sleep(0.5)
-        series = vm.export('{__name__="device_value"}')
+        wanted = sum(len(m["tags"]) for msgs in by_device(rec).values() for m in msgs)
+        for _ in range(20):  # VictoriaMetrics makes a point searchable shortly after its 204: poll, bounded
+            series = vm.export('{__name__="device_value"}')
+            if sum(len(x["timestamps"]) for x in series) >= wanted:
+                break
+            await asyncio.sleep(0.25)
     finally:
         await collector.stop()
         await workshop.stop()
