@@ -14,7 +14,7 @@ STATE_STYLE = {"online": "green", "degraded": "yellow", "offline": "red", "never
 
 def fmt_value(value: Any, unit: str | None) -> str:
     if isinstance(value, float):
-        text = f"{value:.4g}" if abs(value) < 1e6 else f"{value:.0f}"
+        text = f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"  # 10000.2 -> "10000", not "1e+04"
     else:
         text = str(value)
     return f"{text}{' ' + unit if unit else ''}"
