@@ -30,8 +30,13 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# End to end, side by side with ThingsBoard IoT Gateway (installed into bench/.peer-venv on first use);
+# rewrites docs/BENCHMARKS.md. ARGS=--quick (or `make bench-quick`): under 3 minutes; ARGS=--no-peer skips the peer.
 bench: $(STAMP)
-	@ls bench/*.py >/dev/null 2>&1 && for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	$(BIN)/python bench/e2e.py $(ARGS)
+
+bench-quick: $(STAMP)
+	$(BIN)/python bench/e2e.py --quick $(ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache state

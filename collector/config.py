@@ -819,7 +819,8 @@ def load_config(path: str | Path) -> CollectorConfig:
     except OSError as exc:
         raise ConfigError(str(p), [f"cannot read config: {exc.strerror}"]) from None
     try:
-        data = yaml.safe_load(text)
+        # libyaml's loader when PyYAML has it: a config listing 20 k tags parses in a fraction of the time
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

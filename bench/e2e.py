@@ -1,0 +1,1232 @@
+"""End-to-end benchmark, side by side with a peer: `make bench` (full) and `make bench-quick`.
+
+Every process is separate and on this machine: Modbus simulators (`collector simulate`, devices split over two
+processes), a private mosquitto, the collector (`collector run -c FILE`), a subscriber process that counts what
+arrives on the broker, and the peer (ThingsBoard IoT Gateway, installed into bench/.peer-venv) on the same
+simulators and broker. Figures come from outside the collector:
+
+- readings/s: counted by the subscriber (one reading = one tag value in a data message);
+- CPU: user+sys seconds of the process tree / wall seconds, from the OS (psutil);
+- peak RSS: VmHWM of the process tree from /proc;
+- latency: subscriber receive time minus the per-tag source timestamp (`ts`, ms), p50/p99.
+
+Each figure is the median of 3 runs with its min–max; the runner rewrites docs/BENCHMARKS.md.
+
+    .venv/bin/python bench/e2e.py [--quick] [--no-peer] [--only s1,peer,s2,s3,s4,s5] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from collector.broker import MosquittoProcess, free_port  # noqa: E402
+
+PY = str(ROOT / ".venv" / "bin" / "python")
+COLLECTOR = [PY, "-m", "collector.cli"]
+PEER_VENV = ROOT / "bench" / ".peer-venv"
+PEER_PKGS = ["thingsboard-gateway==3.8.5", "pymodbus==3.9.2"]
+DOC = ROOT / "docs" / "BENCHMARKS.md"
+TOPIC_ROOT = "bench/e2e"
+TYPES = ("uint16", "int16", "float32", "uint32", "int32", "float64")
+SIZES = {"uint16": 1, "int16": 1, "float32": 2, "uint32": 2, "int32": 2, "float64": 4}
+TB_TYPES = {"uint16": "16uint", "int16": "16int", "float32": "32float", "uint32": "32uint", "int32": "32int",
+            "float64": "64float"}
+SATURATED = 0.9  # delivered below this share of offered: the step is saturated, stop stepping down
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------- tag maps, configs
+
+
+def tag_map(kind: str, n_tags: int, seed: int) -> list[dict[str, Any]]:
+    """`n_tags` holding-register tags of mixed types: packed (`contiguous`) or spread over ~2,000 registers
+    (`sparse`: gaps of 0–20 registers, a third of them wider than max_gap 10)."""
+    rng = random.Random(seed)
+    tags: list[dict[str, Any]] = []
+    address = 0
+    for i in range(n_tags):
+        type_ = TYPES[i % len(TYPES)]
+        if kind == "sparse" and i:
+            address += rng.choice((0, 1, 2, 3, 5, 8, 12, 20, 20))
+        tags.append({"name": f"t{i:03d}", "table": "holding_register", "address": address, "type": type_,
+                     "sim": {"kind": "walk", "min": 0, "max": 1000}})
+        address += SIZES[type_]
+    return tags
+
+
+_NEXT_PORT = [random.randrange(20_000, 29_000)]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports below the kernel's ephemeral range (32768+), so that no connection or other
+    test's `free_port()` takes one between our check and the simulator's bind; never the same port twice."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = _NEXT_PORT[0]
+        _NEXT_PORT[0] = port + 1 if port < 32_000 else 20_000
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
+@dataclass
+class Fleet:
+    """The simulated devices of one tag map: ids, ports, tags."""
+
+    kind: str
+    n_devices: int
+    n_tags: int
+    ports: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.ports:
+            self.ports = free_ports(self.n_devices)
+
+    def ids(self) -> list[str]:
+        return [f"{self.kind[:4]}-{d:03d}" for d in range(self.n_devices)]
+
+    def tags(self) -> list[dict[str, Any]]:
+        """Every device of a fleet has the same map (one machine type), so configs can use a template."""
+        return tag_map(self.kind, self.n_tags, seed=1)
+
+    def devices(self, interval: float, n: int | None = None, coalesce: bool = True,
+                template: bool = True) -> list[dict[str, Any]]:
+        """Device entries; with `template`, they refer to `templates()` instead of listing their tags."""
+        tags = self.tags()
+        return [{"id": dev_id, "protocol": "modbus", "endpoint": f"tcp://127.0.0.1:{self.ports[d]}",
+                 "interval": interval, "coalesce": coalesce, "simulate": {"update_interval": 1.0},
+                 **({"template": self.kind} if template else {"tags": tags})}
+                for d, dev_id in enumerate(self.ids()[: n or self.n_devices])]
+
+    def templates(self) -> dict[str, Any]:
+        return {self.kind: {"protocol": "modbus", "tags": self.tags()}}
+
+
+class NoAliasDumper(yaml.SafeDumper):
+    """Writes repeated lists in full (no &id/*id aliases): a flat config as a user would write it."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def collector_config(path: Path, state: Path, broker_port: int, devices: list[dict[str, Any]],
+                     templates: dict[str, Any] | None = None, **mqtt: Any) -> Path:
+    cfg = {"site": {"enterprise_id": "bench", "workshop": "e2e"},
+           "mqtt": {"url": f"mqtt://127.0.0.1:{broker_port}", "topic_root": TOPIC_ROOT, "reconnect_max_delay": 1,
+                    **mqtt},
+           "http": {"enabled": False}, "state_dir": str(state), "indicators": {"publish_interval": 60},
+           "templates": templates or {}, "devices": devices}
+    path.write_text(yaml.dump(cfg, Dumper=NoAliasDumper, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------------------------------- processes
+
+
+class Proc:
+    """A child process with its output in a log file; `tree_*` read CPU and peak RSS from the OS."""
+
+    def __init__(self, name: str, argv: Sequence[str], logdir: Path, cwd: Path | None = None,
+                 env: dict[str, str] | None = None, stdin: int | None = None) -> None:
+        self.name = name
+        self.logfile = logdir / f"{name}.log"
+        self.popen = subprocess.Popen(list(argv), stdout=open(self.logfile, "ab"),  # noqa: SIM115
+                                      stderr=subprocess.STDOUT, stdin=stdin, cwd=cwd or ROOT,
+                                      env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+        self.ps = psutil.Process(self.popen.pid)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def _tree(self) -> list[psutil.Process]:
+        try:
+            return [self.ps, *self.ps.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def cpu(self) -> float:
+        """user+sys seconds of the process and its children so far."""
+        total = 0.0
+        for p in self._tree():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
+    def peak_rss_mb(self) -> float:
+        """VmHWM (peak resident set) summed over the process tree, MB."""
+        total = 0
+        for p in self._tree():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+        return total / 1024
+
+    def tail(self, n: int = 1500) -> str:
+        try:
+            return self.logfile.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        t0 = time.monotonic()
+        try:
+            self._stop(timeout)
+        finally:
+            took = time.monotonic() - t0
+            if took > 2:
+                log(f"  ({self.name} took {took:.1f} s to stop)")
+
+    def _stop(self, timeout: float) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                for p in self._tree()[::-1]:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        p.kill()
+                self.popen.wait()
+
+
+class Simulators:
+    """`collector simulate` over one fleet, the devices split over `procs` processes."""
+
+    def __init__(self, fleet: Fleet, workdir: Path, procs: int = 2) -> None:
+        cfg = {"site": {"enterprise_id": "bench"}, "templates": fleet.templates(), "devices": fleet.devices(1.0)}
+        path = workdir / f"sim-{fleet.kind}.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        ids = fleet.ids()
+        self.procs: list[Proc] = []
+        for i in range(procs):
+            argv = [*COLLECTOR, "simulate", "-c", str(path)]
+            for dev_id in ids[i::procs]:
+                argv += ["--device", dev_id]
+            self.procs.append(Proc(f"sim-{fleet.kind}-{i}", argv, workdir))
+
+    def wait(self) -> Simulators:
+        """Until every process serves its devices."""
+        t0 = time.monotonic()
+        deadline = t0 + 120
+        while not all("simulators ready" in p.tail(200) for p in self.procs):
+            for p in self.procs:
+                if not p.alive():
+                    raise RuntimeError(f"simulator exited: {p.tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("simulators did not start")
+            time.sleep(0.2)
+        log(f"  (simulators ready after {time.monotonic() - t0:.1f} s)")
+        return self
+
+    def cpu(self) -> float:
+        return sum(p.cpu() for p in self.procs)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop()
+
+
+# ------------------------------------------------------------------------------------------- the subscriber
+
+
+class Subscriber:
+    """The counting subscriber as its own process (`e2e.py subscribe ...`), driven over stdin/stdout."""
+
+    def __init__(self, port: int, topic: str, fmt: str, logdir: Path, client_id: str = "",
+                 persistent: bool = False) -> None:
+        argv = [PY, __file__, "subscribe", "--port", str(port), "--topic", topic, "--format", fmt]
+        if client_id:
+            argv += ["--client-id", client_id]
+        if persistent:
+            argv.append("--persistent")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=open(logdir / f"subscriber-{fmt}.log", "ab"),  # noqa: SIM115
+                                     text=True, cwd=ROOT)
+        self.ps = psutil.Process(self.proc.pid)
+        if self._readline() != "ready":
+            raise RuntimeError("subscriber did not start")
+
+    def _readline(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline().strip()
+
+    def ask(self, cmd: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        out: dict[str, Any] = json.loads(self._readline())
+        return out
+
+    def reset(self) -> None:
+        self.ask("reset")
+
+    def report(self) -> dict[str, Any]:
+        return self.ask("report")
+
+    def cpu(self) -> float:
+        t = self.ps.cpu_times()
+        return float(t.user + t.system)
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def subscriber_main(args: argparse.Namespace) -> None:
+    """Child: subscribe (QoS 1), count readings and their latency in 1 ms bins; `reset`/`report` on stdin."""
+    import orjson
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    lock = threading.Lock()
+    bins = [0] * 120_001
+    state: dict[str, Any] = {}
+
+    def reset() -> None:
+        for i in range(len(bins)):
+            bins[i] = 0
+        state.update(readings=0, messages=0, hist_readings=0, first=None, last=None, hist_last=None,
+                     started=time.time(), no_ts=0)
+
+    reset()
+
+    def count(ts_list: list[int], n: int, now: float, historical: bool) -> None:
+        now_ms = now * 1000.0
+        for ts in ts_list:
+            lat = int(now_ms - ts)
+            bins[min(max(lat, 0), 120_000)] += 1
+        state["readings"] += n
+        state["no_ts"] += n - len(ts_list)
+        state["messages"] += 1
+        state["first"] = state["first"] or now
+        state["last"] = now
+        if historical:
+            state["hist_readings"] += n
+            state["hist_last"] = now
+
+    def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        now = time.time()
+        try:
+            body = orjson.loads(msg.payload)
+        except orjson.JSONDecodeError:
+            return
+        with lock:
+            if args.format == "ours":
+                if not msg.topic.endswith("/data"):
+                    return
+                tags = body.get("tags") or {}
+                ts_list = [t["ts"] for t in tags.values() if isinstance(t, dict) and t.get("ts")]
+                count(ts_list, len(tags), now, bool(body.get("historical")))
+            else:  # ThingsBoard gateway API: {"device": [{"ts": ms, "values": {...}}, ...], ...}
+                n, ts_list = 0, []
+                for entries in body.values():
+                    for entry in entries if isinstance(entries, list) else [entries]:
+                        values = entry.get("values", entry) if isinstance(entry, dict) else {}
+                        n += len(values)
+                        if isinstance(entry, dict) and entry.get("ts"):
+                            ts_list += [entry["ts"]] * len(values)
+                count(ts_list, n, now, False)
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=args.client_id or f"e2e-sub-{os.getpid()}",
+                         clean_session=not args.persistent)
+    client.max_queued_messages_set(0)
+    client.reconnect_delay_set(1, 2)
+    ready = threading.Event()
+
+    def on_connect(c: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        c.subscribe(args.topic, qos=1)
+        ready.set()
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    client.connect("127.0.0.1", args.port)
+    client.loop_start()
+    if not ready.wait(20):
+        raise SystemExit("subscriber: no connection")
+    time.sleep(0.2)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        cmd = line.strip()
+        with lock:
+            if cmd == "reset":
+                reset()
+                out: dict[str, Any] = {"ok": True}
+            elif cmd == "report":
+                now = time.time()
+                total = sum(bins)
+                out = {k: v for k, v in state.items()}
+                out["elapsed"] = now - state["started"]
+                out["rate"] = state["readings"] / out["elapsed"] if out["elapsed"] > 0 else 0.0
+                for q in (50, 99):
+                    acc, target, val = 0, total * q / 100, None
+                    for ms, c in enumerate(bins):
+                        acc += c
+                        if c and acc >= target:
+                            val = ms
+                            break
+                    out[f"p{q}"] = val
+            else:
+                out = {"error": cmd}
+        print(json.dumps(out), flush=True)
+    client.loop_stop()
+    client.disconnect()
+
+
+# ------------------------------------------------------------------------------------------- statistics
+
+
+def med(values: Sequence[float | None]) -> tuple[float, float, float] | None:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    return statistics.median(vals), min(vals), max(vals)
+
+
+def fmt(values: Sequence[float | None], digits: int = 0, scale: float = 1.0) -> str:
+    m = med(values)
+    if m is None:
+        return "–"
+    a, lo, hi = (v * scale for v in m)
+    return f"{a:,.{digits}f} ({lo:,.{digits}f}–{hi:,.{digits}f})"
+
+
+@dataclass
+class Run:
+    """One measured window of one process under load."""
+
+    rate: float
+    cpu: float  # cores of the measured process tree
+    rss: float  # MB, peak
+    p50: float | None
+    p99: float | None
+    sim_cpu: float = 0.0
+    broker_cpu: float = 0.0
+    sub_cpu: float = 0.0
+
+
+@dataclass
+class Row:
+    scenario: str
+    who: str
+    map: str
+    interval: float | None
+    offered: float
+    runs: list[Run]
+    note: str = ""
+
+    def median_rate(self) -> float:
+        return statistics.median(r.rate for r in self.runs) if self.runs else 0.0
+
+    def median_cpu(self) -> float:
+        return statistics.median(r.cpu for r in self.runs) if self.runs else 0.0
+
+    def saturated(self) -> bool:
+        return self.median_rate() < SATURATED * self.offered
+
+
+def measure(target: Proc, sub: Subscriber, seconds: float, sims: Simulators | None,
+            broker: MosquittoProcess | None) -> Run:
+    """One window: subscriber counts, CPU deltas of the target, simulators and broker."""
+    bps = psutil.Process(broker.proc.pid) if broker is not None and broker.proc is not None else None
+
+    def bcpu() -> float:
+        if bps is None:
+            return 0.0
+        t = bps.cpu_times()
+        return float(t.user + t.system)
+
+    c0, s0, b0, u0, t0 = target.cpu(), sims.cpu() if sims else 0.0, bcpu(), sub.cpu(), time.monotonic()
+    sub.reset()
+    time.sleep(seconds)
+    rep = sub.report()
+    wall = time.monotonic() - t0
+    return Run(rate=rep["rate"], cpu=(target.cpu() - c0) / wall, rss=target.peak_rss_mb(), p50=rep["p50"],
+               p99=rep["p99"], sim_cpu=((sims.cpu() if sims else 0.0) - s0) / wall, broker_cpu=(bcpu() - b0) / wall,
+               sub_cpu=(sub.cpu() - u0) / wall)
+
+
+def wait_data(sub: Subscriber, proc: Proc, timeout: float = 90.0) -> float:
+    """Until the subscriber sees readings arrive."""
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    sub.reset()
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited: {proc.tail()}")
+        if sub.report()["readings"] > 0:
+            took = time.monotonic() - t0
+            log(f"  ({proc.name}: first data after {took:.1f} s)")
+            return took
+    raise RuntimeError(f"no data from {proc.name} within {timeout:.0f} s: {proc.tail()}")
+
+
+# ------------------------------------------------------------------------------------------- the peer
+
+
+def peer_install(logdir: Path) -> str | None:
+    """Install the peer into bench/.peer-venv once; returns an error text, or None."""
+    py = PEER_VENV / "bin" / "python"
+    ok = py.exists() and subprocess.run([str(py), "-c", "import thingsboard_gateway, pymodbus; "
+                                         "assert pymodbus.__version__ == '3.9.2'"],
+                                        capture_output=True).returncode == 0
+    if ok:
+        return None
+    log("installing the peer into bench/.peer-venv (pip install thingsboard-gateway)")
+    steps = [[sys.executable, "-m", "venv", str(PEER_VENV)],
+             [str(PEER_VENV / "bin" / "pip"), "install", "-q", *PEER_PKGS]]
+    if not shutil.which("python3"):
+        steps[0][0] = sys.executable
+    for argv in steps:
+        res = subprocess.run(argv, capture_output=True, text=True)
+        if res.returncode != 0:
+            return f"`{' '.join(argv)}` exited {res.returncode}: {(res.stderr or res.stdout).strip()[-1500:]}"
+    return None
+
+
+def peer_version() -> str:
+    res = subprocess.run([str(PEER_VENV / "bin" / "pip"), "list", "--format", "json"], capture_output=True,
+                         text=True)
+    try:
+        pkgs = {p["name"].lower(): p["version"] for p in json.loads(res.stdout)}
+    except ValueError:
+        return "?"
+    return f"thingsboard-gateway {pkgs.get('thingsboard-gateway', '?')}, pymodbus {pkgs.get('pymodbus', '?')}"
+
+
+def peer_config(workdir: Path, fleet: Fleet, interval: float, broker_port: int) -> Path:
+    """tb_gateway.json + modbus.json + logs.json in a fresh folder; returns it (TB_GW_CONFIG_DIR)."""
+    conf = workdir / "config"
+    conf.mkdir(parents=True, exist_ok=True)
+    pkg = next((PEER_VENV / "lib").glob("python3*/site-packages/thingsboard_gateway/config"))
+    logs = json.loads((pkg / "logs.json").read_text())
+    for lg in logs.get("loggers", {}).values():
+        lg["level"] = "ERROR"
+    for h in logs.get("handlers", {}).values():
+        if "filename" in h:
+            h["filename"] = str(workdir / "logs" / Path(h["filename"]).name)
+    (workdir / "logs").mkdir(exist_ok=True)
+    (conf / "logs.json").write_text(json.dumps(logs))
+    main = json.loads((pkg / "tb_gateway.json").read_text())
+    tb = main["thingsboard"]
+    tb.update(host="127.0.0.1", port=broker_port, remoteConfiguration=False, remoteShell=False)
+    tb["statistics"]["enable"] = False
+    tb["security"] = {"type": "accessToken", "accessToken": "bench"}
+    main["storage"] = {"type": "memory", "read_records_count": 100, "max_records_count": 1_000_000}
+    main["connectors"] = [{"type": "modbus", "name": "Modbus", "configuration": "modbus.json"}]
+    (conf / "tb_gateway.json").write_text(json.dumps(main, indent=1))
+    slaves = []
+    for d, dev in enumerate(fleet.devices(interval)):
+        slaves.append({
+            "host": "127.0.0.1", "port": fleet.ports[d], "type": "tcp", "method": "socket", "unitId": 1,
+            "deviceName": dev["id"], "deviceType": "bench", "timeout": 35, "byteOrder": "BIG", "wordOrder": "BIG",
+            "retries": 3, "retryOnEmpty": True, "retryOnInvalid": True, "pollPeriod": int(interval * 1000),
+            "connectAttemptTimeMs": 5000, "connectAttemptCount": 5, "waitAfterFailedAttemptsMs": 300000,
+            "sendDataOnlyOnChange": False,
+            "attributes": [], "attributeUpdates": [], "rpc": [],
+            "timeseries": [{"tag": t["name"], "type": TB_TYPES[t["type"]], "functionCode": 3,
+                            "objectsCount": SIZES[t["type"]], "address": t["address"]} for t in fleet.tags()]})
+    (conf / "modbus.json").write_text(json.dumps({"master": {"slaves": slaves}, "slave": None}, indent=1))
+    return conf
+
+
+class SessionLimitsResponder:
+    """Answers the peer's `getSessionLimits` RPC (without an answer it publishes nothing)."""
+
+    LIMITS = {"rateLimits": {"messages": "0:0,", "telemetryMessages": "0:0,", "telemetryDataPoints": "0:0,"},
+              "maxInflightMessages": 100, "maxPayloadSize": 65536}
+
+    def __init__(self, port: int) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.answered = 0
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"e2e-tb-rpc-{os.getpid()}")
+        self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe("v1/devices/me/rpc/request/+", qos=1)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        req_id = msg.topic.rsplit("/", 1)[-1]
+        try:
+            method = json.loads(msg.payload).get("method")
+        except ValueError:
+            method = None
+        if method == "getSessionLimits":
+            client.publish(f"v1/devices/me/rpc/response/{req_id}", json.dumps(self.LIMITS), qos=1)
+            self.answered += 1
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+# ------------------------------------------------------------------------------------------- the bench
+
+
+@dataclass
+class Plan:
+    quick: bool
+    runs: int = 3
+    warm: float = 3.0
+    window: float = 8.0
+    restart: bool = True  # a fresh collector per run (full); quick: 3 windows of one process
+    intervals: tuple[float, ...] = (1.0, 0.2, 0.1, 0.05)
+    peer_intervals: tuple[float, ...] = (1.0, 0.5)
+    devices: int = 100
+    tags: int = 200
+    drain_readings: int = 1_000_000
+    memory_tags: tuple[int, ...] = (1_000, 5_000, 20_000)
+
+    @classmethod
+    def make(cls, quick: bool) -> Plan:
+        if quick:
+            return cls(quick=True, warm=1.0, window=3.0, restart=False, intervals=(1.0, 0.1),
+                       peer_intervals=(1.0,), drain_readings=200_000)
+        return cls(quick=False)
+
+
+class Bench:
+    def __init__(self, plan: Plan, only: set[str], peer: bool) -> None:
+        self.plan = plan
+        self.only = only
+        self.peer = peer
+        self.work = Path(tempfile.mkdtemp(prefix="e2e-bench-"))
+        self.broker = MosquittoProcess(free_port())
+        self.rows: list[Row] = []
+        self.sections: dict[str, str] = {}
+        self.peer_error: str | None = None
+        self.peer_notes: list[str] = []
+        self.started = time.monotonic()
+
+    def want(self, name: str) -> bool:
+        return not self.only or name in self.only
+
+    def fresh(self, name: str) -> Path:
+        d = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.work))
+        return d
+
+    # -- scenario 1: Modbus end to end, stepped intervals, ours (and the peer on the same simulators)
+
+    def _ours_at(self, fleet: Fleet, sims: Simulators, sub: Subscriber, interval: float,
+                 n_devices: int | None = None, coalesce: bool = True) -> list[Run]:
+        p = self.plan
+        runs: list[Run] = []
+        proc: Proc | None = None
+        try:
+            for i in range(p.runs):
+                if proc is None:
+                    d = self.fresh(f"ours-{fleet.kind}-{interval}")
+                    cfg = collector_config(d / "collector.yaml", d / "state", self.broker.port,
+                                           fleet.devices(interval, n_devices, coalesce), fleet.templates())
+                    proc = Proc("collector", [*COLLECTOR, "run", "-c", str(cfg), "--log-level", "WARNING"], d)
+                    wait_data(sub, proc)
+                    time.sleep(p.warm)
+                runs.append(measure(proc, sub, p.window, sims, self.broker))
+                r = runs[-1]
+                log(f"  ours {fleet.kind} {interval * 1000:.0f} ms run {i + 1}: {r.rate:,.0f} readings/s, "
+                    f"CPU {r.cpu:.2f}, RSS {r.rss:.0f} MB, p50/p99 {r.p50}/{r.p99} ms, sims {r.sim_cpu:.2f}, "
+                    f"broker {r.broker_cpu:.2f}, subscriber {r.sub_cpu:.2f}")
+                if p.restart:
+                    proc.stop()
+                    proc = None
+        finally:
+            if proc is not None:
+                proc.stop()
+        return runs
+
+    def _peer_at(self, fleet: Fleet, sims: Simulators, sub: Subscriber, interval: float) -> list[Run]:
+        p = self.plan
+        runs: list[Run] = []
+        proc: Proc | None = None
+        responder = SessionLimitsResponder(self.broker.port)
+        try:
+            for i in range(p.runs):
+                if proc is None:
+                    d = self.fresh(f"peer-{fleet.kind}-{interval}")
+                    conf = peer_config(d, fleet, interval, self.broker.port)
+                    proc = Proc("peer", [str(PEER_VENV / "bin" / "thingsboard-gateway")], d, cwd=d,
+                                env={"TB_GW_CONFIG_DIR": str(conf), "PYTHONPATH": ""})
+                    wait_data(sub, proc, timeout=120)
+                    time.sleep(p.warm)
+                runs.append(measure(proc, sub, p.window, sims, self.broker))
+                r = runs[-1]
+                log(f"  peer {fleet.kind} {interval * 1000:.0f} ms run {i + 1}: {r.rate:,.0f} readings/s, "
+                    f"CPU {r.cpu:.2f}, RSS {r.rss:.0f} MB, p50/p99 {r.p50}/{r.p99} ms, sims {r.sim_cpu:.2f}")
+                if p.restart or i == p.runs - 1:
+                    proc.stop()
+                    proc = None
+        finally:
+            if proc is not None:
+                proc.stop()
+            responder.stop()
+        return runs
+
+    def scenario1(self) -> None:
+        p = self.plan
+        if self.peer and self.want("peer"):
+            self.peer_error = peer_install(self.work)
+        for kind in ("contiguous", "sparse"):
+            fleet, sims = self.fleets[kind], self.sims[kind]
+            log(f"scenario 1 ({kind})")
+            if True:
+                if self.want("s1"):
+                    sub = Subscriber(self.broker.port, f"{TOPIC_ROOT}/devices/+/data", "ours", self.work)
+                    prev = 0.0
+                    try:
+                        for interval in p.intervals:
+                            row = Row("1", "shopfloor-collector", kind, interval,
+                                      p.devices * p.tags / interval, self._ours_at(fleet, sims, sub, interval))
+                            self.rows.append(row)
+                            if row.saturated() and row.median_rate() < 1.1 * prev:
+                                break  # saturated and no longer growing: past the knee
+                            prev = row.median_rate()
+                    finally:
+                        sub.stop()
+                if self.peer and self.want("peer") and self.peer_error is None:
+                    sub = Subscriber(self.broker.port, "v1/gateway/telemetry", "tb", self.work)
+                    prev = 0.0
+                    try:
+                        for interval in p.peer_intervals:
+                            try:
+                                runs = self._peer_at(fleet, sims, sub, interval)
+                            except Exception as exc:  # keep every other row; the error goes into the report
+                                err = f"{type(exc).__name__}: {str(exc)[-600:]}"
+                                log(f"peer failed at {interval * 1000:.0f} ms ({kind}): {err}")
+                                self.peer_notes.append(f"{kind}, {interval * 1000:.0f} ms: {err}")
+                                break
+                            row = Row("6", "ThingsBoard IoT Gateway", kind, interval, p.devices * p.tags / interval,
+                                      runs)
+                            self.rows.append(row)
+                            if row.saturated() and row.median_rate() < 1.1 * prev:
+                                break
+                            prev = row.median_rate()
+                    finally:
+                        sub.stop()
+
+    # -- scenario 2: one request per tag, in process (bench/modbus_poll.py)
+
+    def scenario2(self) -> None:
+        secs = "2" if self.plan.quick else "4"
+        argv = [PY, str(ROOT / "bench" / "modbus_poll.py"), "--devices", "100", "--tags", "200", "--seconds", secs]
+        log("scenario 2: " + " ".join(argv[1:]))
+        res = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+        out = res.stdout.strip() if res.returncode == 0 else f"exit {res.returncode}: {res.stderr.strip()[-800:]}"
+        self.sections["2"] = (f"```\n.venv/bin/python bench/modbus_poll.py --devices 100 --tags 200 --seconds {secs}\n"
+                              f"```\n\n```\n{out}\n```\n")
+
+    # -- scenario 3: OPC UA subscriptions and batched polling, 4 servers x 1,000 nodes at 10 Hz
+
+    def scenario3(self) -> None:
+        p = self.plan
+        nodes, servers = 1000, 4
+        ns = "urn:bench:opcua"
+        ports = free_ports(servers)
+
+        def devices(mode: str) -> list[dict[str, Any]]:
+            tags = [{"name": f"v{i:04d}", "node": f"nsu={ns};s=Bench.V{i:04d}", "type": "double",
+                     "sim": {"kind": "walk", "min": 0, "max": 1000, "step": 0.05}} for i in range(nodes)]
+            return [{"id": f"ua-{s}", "protocol": "opcua", "endpoint": f"opc.tcp://127.0.0.1:{ports[s]}",
+                     "namespace_uri": ns, "mode": mode, "interval": 0.1, "queue_size": 1, "timeout": 10.0,
+                     "simulate": {"initial": "running", "dwell": [86400, 86400], "update_interval": 0.1},
+                     "tags": tags} for s in range(servers)]
+
+        d = self.fresh("opcua-sims")
+        path = d / "sim.yaml"
+        path.write_text(yaml.safe_dump({"site": {"enterprise_id": "bench"}, "devices": devices("subscribe")}))
+        log(f"scenario 3: {servers} OPC UA servers x {nodes} nodes at 10 Hz in 2 processes")
+        sims = [Proc(f"ua-sim-{i}", [*COLLECTOR, "simulate", "-c", str(path), "--device", f"ua-{i}",
+                                     "--device", f"ua-{i + 2}"], d) for i in range(2)]
+        holder = type("S", (), {})()
+        try:
+            deadline = time.monotonic() + 120
+            while not all("simulators ready" in s.tail(300) for s in sims):
+                if time.monotonic() > deadline or not all(s.alive() for s in sims):
+                    raise RuntimeError("OPC UA simulators did not start: " + sims[0].tail())
+                time.sleep(0.3)
+            holder.cpu = lambda: sum(s.cpu() for s in sims)
+            sub = Subscriber(self.broker.port, f"{TOPIC_ROOT}/devices/+/data", "ours", self.work)
+            try:
+                for mode in ("subscribe", "poll"):
+                    runs: list[Run] = []
+                    proc: Proc | None = None
+                    for i in range(p.runs):
+                        if proc is None:
+                            w = self.fresh(f"ua-{mode}")
+                            cfg = collector_config(w / "collector.yaml", w / "state", self.broker.port,
+                                                   devices(mode))
+                            proc = Proc("collector", [*COLLECTOR, "run", "-c", str(cfg), "--log-level", "WARNING"],
+                                        w)
+                            wait_data(sub, proc)
+                            time.sleep(p.warm)
+                        runs.append(measure(proc, sub, p.window, holder, self.broker))
+                        r = runs[-1]
+                        log(f"  opcua {mode} run {i + 1}: {r.rate:,.0f} values/s, CPU {r.cpu:.2f}, "
+                            f"{r.cpu / r.rate * 1e6 if r.rate else 0:.1f} µs/value, sims {r.sim_cpu:.2f}")
+                        if p.restart or i == p.runs - 1:
+                            proc.stop()
+                            proc = None
+                    self.rows.append(Row("3", "shopfloor-collector", f"OPC UA {mode}", 0.1,
+                                         servers * nodes * 10.0, runs))
+            finally:
+                sub.stop()
+        finally:
+            for s in sims:
+                s.stop()
+
+    # -- scenario 4: outbox drain after an outage
+
+    def scenario4(self) -> None:
+        p = self.plan
+        fleet = self.fleets["contiguous"]
+        rates: list[float] = []
+        queued: list[float] = []
+        cpus: list[float] = []
+        log(f"scenario 4: queue ~{p.drain_readings:,} readings while the broker is down, then drain")
+        for i in range(1 if p.quick else p.runs):
+            d = self.fresh("drain")
+            broker = MosquittoProcess(free_port(), persistence_dir=d)
+            broker.start()
+            sub = Subscriber(broker.port, f"{TOPIC_ROOT}/devices/+/data", "ours", d, client_id=f"drain-{i}",
+                             persistent=True)
+            proc: Proc | None = None
+            try:
+                cfg = collector_config(d / "collector.yaml", d / "state", broker.port, fleet.devices(0.2),
+                                       fleet.templates())
+                proc = Proc("collector", [*COLLECTOR, "run", "-c", str(cfg), "--log-level", "WARNING"], d)
+                wait_data(sub, proc)
+                time.sleep(1.0)
+                live = measure(proc, sub, 2.0, None, None).rate
+                broker.stop()
+                outage = min(120.0, p.drain_readings / max(live, 1.0) * 1.1)
+                time.sleep(outage)
+                sub.reset()
+                c0 = proc.cpu()
+                up = time.time()
+                broker.start()
+                last, still = -1, 0
+                deadline = time.monotonic() + 300
+                while still < 3 and time.monotonic() < deadline:
+                    time.sleep(1.0)
+                    rep = sub.report()
+                    still = still + 1 if rep["hist_readings"] == last else 0
+                    last = rep["hist_readings"]
+                rep = sub.report()
+                took = (rep["hist_last"] or up) - up
+                rate = rep["hist_readings"] / took if took > 0 else 0.0
+                rates.append(rate)
+                queued.append(rep["hist_readings"])
+                cpus.append((proc.cpu() - c0) / max(took, 1e-9))
+                log(f"  drain run {i + 1}: {rep['hist_readings']:,} readings in {took:.1f} s = {rate:,.0f}/s "
+                    f"(live before the outage {live:,.0f}/s, outage {outage:.0f} s)")
+            finally:
+                if proc is not None:
+                    proc.stop()
+                sub.stop()
+                broker.stop()
+        self.sections["4"] = (
+            "| queued (historical readings counted by the subscriber) | drain readings/s (broker up → last "
+            "historical reading) | collector CPU while draining (cores) |\n| --- | --- | --- |\n"
+            f"| {fmt(queued)} | {fmt(rates)} | {fmt(cpus, 2)} |\n")
+        self.drain = rates
+
+    # -- scenario 5: memory by configured tags
+
+    def scenario5(self) -> None:
+        p = self.plan
+        fleet = self.fleets["contiguous"]
+        log("scenario 5: peak RSS at " + ", ".join(f"{t:,}" for t in p.memory_tags) + " configured tags")
+        lines = ["| configured tags | devices × tags | config | first data after s | peak RSS MB (VmHWM) | "
+                 "RSS MB after the window (VmRSS) | readings/s at 1 s |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        self.memory: dict[int, list[float]] = {}
+        sub = Subscriber(self.broker.port, f"{TOPIC_ROOT}/devices/+/data", "ours", self.work)
+        try:
+            cases = [(t, True) for t in p.memory_tags] + [(p.memory_tags[-1], False)]
+            for tags, template in cases:
+                n = max(1, tags // p.tags)
+                first: list[float] = []
+                rss: list[float] = []
+                cur: list[float] = []
+                rates: list[float] = []
+                for _ in range(p.runs):
+                    d = self.fresh(f"mem-{tags}")
+                    cfg = collector_config(d / "collector.yaml", d / "state", self.broker.port,
+                                           fleet.devices(1.0, n, template=template), fleet.templates())
+                    proc = Proc("collector", [*COLLECTOR, "run", "-c", str(cfg), "--log-level", "WARNING"], d)
+                    try:
+                        first.append(wait_data(sub, proc))
+                        time.sleep(1.0 if p.quick else 3.0)
+                        r = measure(proc, sub, 2.0 if p.quick else 5.0, None, None)
+                        rss.append(r.rss)
+                        cur.append(psutil.Process(proc.popen.pid).memory_info().rss / 2**20)
+                        rates.append(r.rate)
+                    finally:
+                        proc.stop()
+                    if p.quick:
+                        break
+                kind = "one template" if template else "flat (tags listed per device)"
+                if template:
+                    self.memory[tags] = rss
+                log(f"  {tags:,} tags ({kind}): RSS {fmt(rss)} MB")
+                lines.append(f"| {tags:,} | {n} × {p.tags} | {kind} | {fmt(first, 1)} | {fmt(rss)} | {fmt(cur)} | "
+                             f"{fmt(rates)} |")
+        finally:
+            sub.stop()
+        self.sections["5"] = "\n".join(lines) + "\n"
+
+    # -- all
+
+    def run(self) -> None:
+        self.broker.start()
+        p = self.plan
+        self.fleets = {kind: Fleet(kind, p.devices, p.tags) for kind in ("contiguous", "sparse")}
+        need = {"s1", "peer", "s4", "s5"}
+        self.sims: dict[str, Simulators] = {}
+        try:
+            if not self.only or self.only & need:
+                log(f"starting the Modbus simulators: 2 maps x {p.devices} devices x {p.tags} tags in 4 processes")
+                for k, f in self.fleets.items():
+                    self.sims[k] = Simulators(f, self.fresh(f"sims-{k}"))
+                for sims in self.sims.values():
+                    sims.wait()
+            steps: list[tuple[str, Callable[[], None]]] = [
+                ("s1", self.scenario1), ("s5", self.scenario5), ("s4", self.scenario4), ("s3", self.scenario3),
+                ("s2", self.scenario2)]
+            for name, fn in steps:
+                if name == "s1" and (self.want("s1") or (self.peer and self.want("peer"))):
+                    fn()
+                elif name != "s1" and self.want(name):
+                    try:
+                        fn()
+                    except Exception as exc:
+                        log(f"{name} failed: {type(exc).__name__}: {exc}")
+                        self.sections[name[1]] = f"Failed in this run: `{type(exc).__name__}: {exc}`\n"
+        finally:
+            for sims in self.sims.values():
+                sims.stop()
+            self.broker.stop()
+        self.elapsed = time.monotonic() - self.started
+
+
+# ------------------------------------------------------------------------------------------- the report
+
+
+def machine() -> str:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = psutil.virtual_memory().total / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GB RAM, {platform.system()} {platform.release()}"
+
+
+def versions() -> str:
+    from importlib.metadata import version
+
+    vs = [f"Python {platform.python_version()}"]
+    for pkg in ("pymodbus", "asyncua", "paho-mqtt", "orjson"):
+        with contextlib.suppress(Exception):
+            vs.append(f"{pkg} {version(pkg)}")
+    res = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True)
+    first = (res.stdout or res.stderr).splitlines()[0] if (res.stdout or res.stderr) else "mosquitto ?"
+    vs.append(first.replace("mosquitto version", "mosquitto").strip())
+    with contextlib.suppress(Exception):
+        vs.append(f"collector {version('shopfloor-collector')}")
+    return ", ".join(vs)
+
+
+def table(rows: list[Row]) -> str:
+    head = ("| # | collector | map / mode | interval | offered/s | delivered readings/s | collector CPU (cores) | "
+            "CPU s per 1 k readings/s | peak RSS MB | p50 ms | p99 ms | simulators CPU | broker CPU | "
+            "subscriber CPU |")
+    lines = [head, "|" + " --- |" * 14]
+    for r in rows:
+        per_k = [x.cpu / (x.rate / 1000) if x.rate else None for x in r.runs]
+        sat = " (saturated)" if r.saturated() else ""
+        lines.append(
+            f"| {r.scenario} | {r.who} | {r.map} | {(r.interval or 0) * 1000:.0f} ms | {r.offered:,.0f} | "
+            f"{fmt([x.rate for x in r.runs])}{sat} | {fmt([x.cpu for x in r.runs], 2)} | {fmt(per_k, 3)} | "
+            f"{fmt([x.rss for x in r.runs])} | {fmt([x.p50 for x in r.runs])} | {fmt([x.p99 for x in r.runs])} | "
+            f"{fmt([x.sim_cpu for x in r.runs], 2)} | {fmt([x.broker_cpu for x in r.runs], 2)} | "
+            f"{fmt([x.sub_cpu for x in r.runs], 2)} |")
+    return "\n".join(lines) + "\n"
+
+
+def best(rows: list[Row], who: str, kind: str) -> Row | None:
+    cand = [r for r in rows if r.who == who and r.map == kind and r.scenario in ("1", "6")]
+    return max(cand, key=lambda r: r.median_rate()) if cand else None
+
+
+def comparison(rows: list[Row]) -> str:
+    lines = ["| map | ours at saturation (readings/s, cores) | peer at saturation (readings/s, cores) | "
+             "throughput ours/peer | readings/s per core ours/peer | CPU per 1 k readings/s peer/ours |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for kind in ("contiguous", "sparse"):
+        o, pr = best(rows, "shopfloor-collector", kind), best(rows, "ThingsBoard IoT Gateway", kind)
+        if o is None or pr is None or not pr.median_rate() or not o.median_cpu() or not pr.median_cpu():
+            continue
+        opc = o.median_rate() / o.median_cpu()
+        ppc = pr.median_rate() / pr.median_cpu()
+        lines.append(f"| {kind} | {o.median_rate():,.0f} at {o.median_cpu():.2f} | {pr.median_rate():,.0f} at "
+                     f"{pr.median_cpu():.2f} | {o.median_rate() / pr.median_rate():.1f}× | {opc / ppc:.1f}× | "
+                     f"{opc / ppc:.1f}× |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else "No peer rows in this run.\n"
+
+
+def targets(b: Bench) -> str:
+    out = ["| target | measured | verdict |", "| --- | --- | --- |"]
+
+    def add(name: str, measured: str, ok: bool | None) -> None:
+        out.append(f"| {name} | {measured} | {'met' if ok else ('missed' if ok is not None else 'not measured')} |")
+
+    o = best(b.rows, "shopfloor-collector", "contiguous")
+    if o is not None:
+        add("Modbus end to end ≥ 100,000 readings/s at ≤ 1 core",
+            f"{o.median_rate():,.0f}/s at {o.median_cpu():.2f} cores ({o.interval * 1000:.0f} ms, contiguous)"
+            if o.interval else "", o.median_rate() >= 100_000 and o.median_cpu() <= 1.0)
+    for kind in ("contiguous", "sparse"):
+        o, pr = best(b.rows, "shopfloor-collector", kind), best(b.rows, "ThingsBoard IoT Gateway", kind)
+        if o and pr and pr.median_rate() and pr.median_cpu() and o.median_cpu():
+            ratio = (o.median_rate() / o.median_cpu()) / (pr.median_rate() / pr.median_cpu())
+            add(f"≥ 20× the peer's throughput per core ({kind})", f"{ratio:.1f}×", ratio >= 20)
+    mem = getattr(b, "memory", {})
+    if mem.get(20_000):
+        m = statistics.median(mem[20_000])
+        add("RSS ≤ 150 MB with 20 k tags", f"{m:.0f} MB", m <= 150)
+    ua = [r for r in b.rows if r.map == "OPC UA subscribe"]
+    if ua and ua[0].median_rate():
+        us = statistics.median(x.cpu / x.rate * 1e6 for x in ua[0].runs if x.rate)
+        add("OPC UA subscription ingest ≤ 33 µs CPU per value", f"{us:.1f} µs/value at "
+            f"{ua[0].median_rate():,.0f} values/s", us <= 33)
+    drain = getattr(b, "drain", [])
+    if drain:
+        add("Outbox drain ≥ 50,000 readings/s", f"{statistics.median(drain):,.0f}/s",
+            statistics.median(drain) >= 50_000)
+    below = [r for r in b.rows if r.who == "shopfloor-collector" and r.scenario == "1" and not r.saturated()]
+    if below:
+        worst = max(below, key=lambda r: statistics.median(x.p99 or 0 for x in r.runs))
+        p99 = statistics.median(x.p99 or 0 for x in worst.runs)
+        add("p99 read-to-publish ≤ 250 ms below saturation",
+            f"worst {p99:.0f} ms ({worst.map}, {(worst.interval or 0) * 1000:.0f} ms)", p99 <= 250)
+    return "\n".join(out) + "\n"
+
+
+def render(b: Bench, command: str) -> str:
+    p = b.plan
+    peer = (peer_version() if b.peer_error is None and (PEER_VENV / "bin" / "pip").exists() else "not run")
+    runs = (f"{p.runs} runs per figure, each a fresh process: {p.warm:.0f} s warm-up after the first data, "
+            f"{p.window:.0f} s measured" if p.restart else
+            f"quick mode: {p.runs} consecutive {p.window:.0f} s windows of one process after {p.warm:.0f} s warm-up")
+    parts = [
+        "# Benchmarks\n",
+        "Written by `make bench` (bench/e2e.py); do not edit by hand, edit bench/e2e.py. Numbers move by ±30 % "
+        "from run to run on a small shared machine; the ratios within one run are the point, which is why the "
+        "peer is measured in the same run, on the same simulators and broker.\n",
+        f"- Command: `{command}` ({'quick' if p.quick else 'full'}, took {b.elapsed / 60:.1f} min)",
+        f"- Machine: {machine()}",
+        f"- Versions: {versions()}; peer: {peer}",
+        f"- Method: {runs}; figures are median (min–max). Readings/s and latency are counted by a separate "
+        "subscriber process on the broker (QoS 1), never by the collector; CPU is user+sys of the process tree / "
+        "wall time from the OS; peak RSS is VmHWM. Simulators: `collector simulate` in 2 processes, one TCP port "
+        f"per device, {p.devices} devices × {p.tags} tags (mixed uint16…float64, holding registers); contiguous "
+        "map = tags packed (~400 registers), sparse = the same tags over ~2,000 registers with gaps of 0–20.",
+        f"- Run at: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n",
+        "## Targets\n", targets(b), ANALYSIS,
+        "## Modbus end to end (scenario 1) and the peer (scenario 6)\n",
+        "Intervals are stepped down until a step is saturated (delivered < 90 % of offered) and delivers less "
+        "than 1.1× the step before (past the knee); throughput at saturation = the best step. The collector and peer both "
+        "publish QoS 1 to the same private mosquitto; the peer is ThingsBoard IoT Gateway (its Modbus connector, "
+        "one request per key, `v1/gateway/telemetry`), answered on `getSessionLimits` with no rate limits.\n",
+        table([r for r in b.rows if r.scenario in ("1", "6")]),
+        "\n### Ours vs the peer at saturation\n", comparison(b.rows)]
+    if b.peer_error:
+        parts += ["\n**The peer could not be measured in this run:**\n", f"```\n{b.peer_error}\n```\n"]
+    if b.peer_notes:
+        parts += ["\n**Peer steps that failed in this run** (the tail of its log):\n",
+                  "".join(f"```\n{n}\n```\n" for n in b.peer_notes)]
+    if "5" in b.sections:
+        parts += ["## Memory by configured tags (scenario 5)\n",
+                  "Collector polling contiguous-map devices at 1 s; peak RSS of the process.\n", b.sections["5"]]
+    if "4" in b.sections:
+        parts += ["## Outbox drain (scenario 4)\n",
+                  f"100 devices × 200 tags at 200 ms while the broker is down until ~{p.drain_readings:,} readings are "
+                  "queued; then the broker (persistence on, so the subscriber's persistent session survives) comes "
+                  "back while live polling goes on, and the subscriber counts the readings flagged historical: "
+                  "drain rate = historical readings / (last historical arrival − broker start). Live data shares "
+                  f"the link (outbox.live_share 0.5). {'One run (quick mode).' if p.quick else ''}\n",
+                  b.sections["4"]]
+    if "3" in b.sections or any(r.scenario == "3" for r in b.rows):
+        parts += ["## OPC UA (scenario 3)\n",
+                  "4 asyncua servers × 1,000 Double nodes, every node changing each 100 ms (40,000 changes/s "
+                  "offered), in 2 simulator processes; the collector subscribes (publishing interval 100 ms) or "
+                  "polls with batched Reads every 100 ms.\n",
+                  table([r for r in b.rows if r.scenario == "3"]) if any(r.scenario == "3" for r in b.rows)
+                  else "", b.sections.get("3", "")]
+    if "2" in b.sections:
+        parts += ["## One request per tag vs coalesced, in process (scenario 2)\n",
+                  "bench/modbus_poll.py: our adapter alone (no MQTT), polled back to back, both plans in one run.\n",
+                  b.sections["2"]]
+    parts.append(LEGACY)
+    return "\n".join(parts)
+
+
+ANALYSIS = """## What limits us now
+
+Read from the full run of 2026-11-27 on the 2-core container (static text in bench/e2e.py: re-check it against
+the tables after a run; nothing here was profiled yet, the causes named as "likely" are hypotheses to confirm
+with py-spy).
+
+- **Modbus, contiguous map: the collector's one event loop.** Delivered readings/s grow with the poll rate up
+  to ~160–175 k/s at 50 ms, where the collector uses ~0.9 of a core (one asyncio loop, so ~1 core is its
+  ceiling) while simulators, broker and subscriber together use ~0.4: the machine has room, the collector
+  process has not. Past that, a second collector process (one per line, DESIGN "Scaling") is the lever; inside
+  the process, the per-device work per cycle (decode, JSON encode, outbox append, publish) is what to profile.
+- **Modbus, sparse map: requests per second.** 200 tags over ~2,000 registers need ~40–60 requests per device
+  cycle with `max_gap: 10` (a third of the gaps are 12–20 registers), and each request costs ~90 µs of
+  pymodbus client CPU plus the simulator's turn (the simulators reach ~0.75 core here). The knee is ~50–55 k
+  readings/s. A wider `max_gap` for such maps (reading over holes is nearly free) is the user-side lever; it is
+  not tuned here.
+- **Latency p99 (target ≤ 250 ms): missed.** p50 is 60–100 ms contiguous, 150–190 ms sparse, but p99 is ~300–
+  390 ms contiguous even at 1 s where the collector is nearly idle (0.12 core), and 480–680 ms sparse. Part is
+  by design: a tag's `ts` is the moment its request was answered and a device publishes once per cycle, so a
+  sparse device's first tags wait for the rest of its ~50 requests. The contiguous tail at low load is likely
+  the burst of all 100 devices polled in phase (same start, same interval) going through one loop, the outbox
+  commit every 50 ms and the QoS 1 window (100 in flight): to profile.
+- **Memory: 20 k tags ≈ 155–162 MB peak (target ≤ 150 MB): missed narrowly.** The libraries alone import to
+  ~74 MB (LIBRARY-FACTS); 1 k tags run at ~62 MB. A flat config (every device listing its 200 tags) is worse:
+  `yaml.safe_load` is PyYAML's pure-Python loader: 10 s to first data and 288 MB peak for 20 k tags (8.5 s of
+  it in the YAML parse alone); libyaml is installed, so `yaml.CSafeLoader` in `collector/config.py:load_config`
+  is a one-line fix (not made here).
+- **Outbox drain** (target ≥ 50 k/s: met, ~0.5 M readings/s): the collector uses ~1.5 cores while draining
+  (threads beside the loop), so a drain after an outage competes with live polling on a 2-core gateway.
+- **The peer** issues one Modbus request per key and saturates below the offered 20 k readings/s at a 1 s poll
+  period at ~0.8–0.9 core; at 500 ms it delivers *less* (5–7.5 k/s) while its RSS grows (it queues). Our lead
+  per core is ~10× on the contiguous map and ~4× on the sparse one, short of the 20× target; coalescing is
+  what the lead is made of, so maps that cannot be coalesced shrink it.
+- **OPC UA**: the collector spends ~10 µs of CPU per subscribed value (target ≤ 33 µs: met); the four asyncua
+  servers (~1.2 cores) limit what is offered, as LIBRARY-FACTS predicts.
+- **Shutdown**: under load the collector sometimes did not exit within 10 s of SIGTERM (the bench then kills
+  it); worth a look by whoever owns collector/app.py.
+"""
+
+
+LEGACY = """## Earlier component benchmarks
+
+These scripts measure one component each and print their own tables; run them by hand:
+
+```
+.venv/bin/python bench/modbus_poll.py   # coalesced vs one request per tag, in process (scenario 2 above)
+.venv/bin/python bench/opcua_poll.py    # OPC UA poll vs subscribe on 1,000 nodes; simulator start-up
+.venv/bin/python bench/outbox.py        # outbox append/drain, with and without fsync
+```
+
+Their results when they were written (2 cores, loopback): coalesced contiguous reads 188 k–379 k tags/s against
+12.8 k–22 k for one request per tag (11.8×–21.9×), client CPU 2.6–3.8 µs per tag coalesced vs 43–45 µs one per
+tag; OPC UA batched Read of 1,000 nodes 37–41 k values/s per session, subscriptions delivering 9.3–9.8 k
+values/s with the asyncua server saturating first at 20 k changes/s offered; OPC UA simulator start-up ~1 s for
+two machines.
+"""
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+@contextlib.contextmanager
+def timer(name: str) -> Iterator[None]:
+    t0 = time.monotonic()
+    yield
+    log(f"{name} took {time.monotonic() - t0:.0f} s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd")
+    s = sub.add_parser("subscribe", help=argparse.SUPPRESS)
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--topic", required=True)
+    s.add_argument("--format", choices=("ours", "tb"), default="ours")
+    s.add_argument("--client-id", default="")
+    s.add_argument("--persistent", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="fewer steps, short windows: under 3 minutes")
+    ap.add_argument("--no-peer", action="store_true", help="skip ThingsBoard IoT Gateway")
+    ap.add_argument("--only", default="", help="comma list of s1,peer,s2,s3,s4,s5 (default: all)")
+    ap.add_argument("--no-write", action="store_true", help="print, do not rewrite docs/BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    if args.cmd == "subscribe":
+        subscriber_main(args)
+        return 0
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # unwind: every child process is stopped in a finally block
+
+    signal.signal(signal.SIGTERM, on_term)
+    if not MosquittoProcess.available():
+        print("bench/e2e.py needs mosquitto (apt-get install mosquitto)", file=sys.stderr)
+        return 1
+    plan = Plan.make(args.quick)
+    only = {x for x in args.only.split(",") if x}
+    if args.quick and not only:
+        only = {"s1", "peer", "s4", "s5"}  # OPC UA (s3) and the in-process baseline (s2): full run only
+    bench = Bench(plan, only, peer=not args.no_peer)
+    with timer("bench"):
+        try:
+            bench.run()
+        finally:
+            shutil.rmtree(bench.work, ignore_errors=True)
+    command = "make bench" + (" ARGS=--quick" if args.quick else "")
+    if args.only or args.no_peer:
+        command = "python bench/e2e.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = render(bench, command)
+    print(table(bench.rows))
+    print(comparison(bench.rows))
+    print(targets(bench))
+    if bench.peer_error:
+        print("peer error:", bench.peer_error)
+    if not args.no_write:
+        DOC.write_text(text)
+        log(f"wrote {DOC.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
