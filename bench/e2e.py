@@ -43,6 +43,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "bench"))
+import modbus_poll  # noqa: E402  (the register maps are shared with the in-process bench)
+
 from collector.broker import MosquittoProcess, free_port  # noqa: E402
 
 PY = str(ROOT / ".venv" / "bin" / "python")
@@ -51,8 +54,8 @@ PEER_VENV = ROOT / "bench" / ".peer-venv"
 PEER_PKGS = ["thingsboard-gateway==3.8.5", "pymodbus==3.9.2"]
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 TOPIC_ROOT = "bench/e2e"
-TYPES = ("uint16", "int16", "float32", "uint32", "int32", "float64")
-SIZES = {"uint16": 1, "int16": 1, "float32": 2, "uint32": 2, "int32": 2, "float64": 4}
+TYPES = modbus_poll.TYPES
+SIZES = modbus_poll.SIZES
 TB_TYPES = {"uint16": "16uint", "int16": "16int", "float32": "32float", "uint32": "32uint", "int32": "32int",
             "float64": "64float"}
 SATURATED = 0.9  # delivered below this share of offered: the step is saturated, stop stepping down
@@ -68,17 +71,7 @@ def log(msg: str) -> None:
 def tag_map(kind: str, n_tags: int, seed: int) -> list[dict[str, Any]]:
     """`n_tags` holding-register tags of mixed types: packed (`contiguous`) or spread over ~2,000 registers
     (`sparse`: gaps of 0–20 registers, a third of them wider than max_gap 10)."""
-    rng = random.Random(seed)
-    tags: list[dict[str, Any]] = []
-    address = 0
-    for i in range(n_tags):
-        type_ = TYPES[i % len(TYPES)]
-        if kind == "sparse" and i:
-            address += rng.choice((0, 1, 2, 3, 5, 8, 12, 20, 20))
-        tags.append({"name": f"t{i:03d}", "table": "holding_register", "address": address, "type": type_,
-                     "sim": {"kind": "walk", "min": 0, "max": 1000}})
-        address += SIZES[type_]
-    return tags
+    return modbus_poll.tag_map(kind, n_tags, seed, gaps=(0, 1, 2, 3, 5, 8, 12, 20, 20))
 
 
 _NEXT_PORT = [random.randrange(20_000, 29_000)]

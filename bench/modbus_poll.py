@@ -31,19 +31,23 @@ from collector.config import ModbusDevice, parse_config  # noqa: E402
 TYPES = ("uint16", "int16", "float32", "uint32", "int32", "float64")
 
 
-def tag_map(kind: str, n_tags: int, seed: int) -> list[dict[str, Any]]:
-    """`n_tags` holding-register tags of mixed types, packed (`contiguous`) or with random holes (`sparse`)."""
+SIZES = {"uint16": 1, "int16": 1, "float32": 2, "uint32": 2, "int32": 2, "float64": 4}
+SPARSE_GAPS = (0, 1, 2, 3, 5, 8, 12, 20, 40)
+
+
+def tag_map(kind: str, n_tags: int, seed: int, gaps: tuple[int, ...] = SPARSE_GAPS) -> list[dict[str, Any]]:
+    """`n_tags` holding-register tags of mixed types, packed (`contiguous`) or with random holes drawn from
+    `gaps` (`sparse`). bench/e2e.py builds its maps with this too."""
     rng = random.Random(seed)
     tags: list[dict[str, Any]] = []
     address = 0
-    sizes = {"uint16": 1, "int16": 1, "float32": 2, "uint32": 2, "int32": 2, "float64": 4}
     for i in range(n_tags):
         type_ = TYPES[i % len(TYPES)]
         if kind == "sparse" and i:
-            address += rng.choice((0, 1, 2, 3, 5, 8, 12, 20, 40))
+            address += rng.choice(gaps)
         tags.append({"name": f"t{i:03d}", "table": "holding_register", "address": address, "type": type_,
                      "sim": {"kind": "walk", "min": 0, "max": 1000}})
-        address += sizes[type_]
+        address += SIZES[type_]
     return tags
 
 
