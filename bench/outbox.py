@@ -56,7 +56,6 @@ class AckAtOnce:
         self.done = 0
 
     connected = True
-    connected_since = 0.0
     generation = 1
 
     async def wait_connected(self) -> None:

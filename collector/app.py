@@ -7,7 +7,6 @@ what a gateway runs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from collector.pipeline import Pipeline
 from collector.sinks.influx import InfluxSettings, InfluxSink
 from collector.sinks.mqtt import MqttSettings, MqttSink, encode_data, iso
 from collector.status import StatusStore, StatusTracker
+from collector.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -233,11 +233,7 @@ class Collector:
 
     async def stop(self) -> None:
         """Close device sessions, publish the gateway's offline status, write the state store."""
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await asyncio.gather(*(cancel_and_wait(t, t.get_name()) for t in self._tasks))
         await self.engine.stop()
         self.outbox.flush()
         self.status.flush()

@@ -1,7 +1,7 @@
 """Moves one sink's rows from the outbox to the sink, in order, sharing the link between live and backlog.
 
-The sharing rule (docs/outbox.md): at each (re)connection the rows already stored are the *backlog* and are
-marked historical; rows stored afterwards are *live*. While both exist, every send takes up to `live_share`
+The sharing rule (docs/outbox.md): at each (re)connection the rows already committed are the *backlog* and are
+marked historical; rows committed afterwards are *live*. While both exist, every send takes up to `live_share`
 (default 50 %) of the sink's free capacity from the live rows, oldest first, and the rest from the backlog,
 oldest first; whichever side has less leaves its share to the other. So live data keeps flowing at its own rate
 while an outage drains at the full remaining rate of the link, and each side stays in order per device.
@@ -29,9 +29,6 @@ class Transport(Protocol):
 
     @property
     def connected(self) -> bool: ...
-
-    @property
-    def connected_since(self) -> float: ...
 
     @property
     def generation(self) -> int:
@@ -88,7 +85,6 @@ class Sender:
         boundary = self.outbox.queues[self.sink].max_id
         backlog_after = self.outbox.first_id(self.sink) - 1
         live_after = boundary
-        since = self.t.connected_since
         while self.t.connected and self.t.generation == gen:
             free = self.t.capacity()
             if free <= 0:
@@ -116,7 +112,9 @@ class Sender:
                 live_after = picked_live[-1].id
             rows = picked_backlog + picked_live
             self.backlog_left = max(0, boundary - backlog_after)
-            await self.t.send(rows, [r.created < since for r in rows])
+            # historical = taken from the backlog side (stored before this connection), whatever its timestamp:
+            # a batch read just before the reconnect but committed just after goes out live, in order
+            await self.t.send(rows, [True] * len(picked_backlog) + [False] * len(picked_live))
             self.sent += len(rows)
             await asyncio.sleep(0)  # a drain must not starve the device tasks when the transport never waits
 

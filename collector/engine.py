@@ -11,10 +11,12 @@ import asyncio
 import logging
 import random
 import time
+import zlib
 from collections.abc import Callable
 
 from adapters.base import Adapter, AdapterError, DeviceConfig, DeviceSkipped, create_adapter
 from collector.model import DeviceState, Reading
+from collector.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -68,19 +70,14 @@ class DeviceTask:
     async def stop(self) -> None:
         """Cancel the task and wait until it has really ended.
 
-        One `cancel()` is not enough: on Python 3.11, `asyncio.wait_for` (pymodbus awaits every answer with it)
-        returns the result and drops the cancellation when the answer and the cancel arrive together, and the
-        task would poll on for ever. So the loops also check `stopping`, and the cancel is repeated.
+        One `cancel()` is not enough (collector/tasks.py): the loops also check `stopping`, and the cancel is
+        repeated until the task has ended.
         """
         task = self.task
         if task is None:
             return
         self.stopping = True
-        while not task.done():
-            task.cancel()
-            await asyncio.wait({task}, timeout=0.5)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("device=%s event=task_failed error=%r", self.device.id, task.exception())
+        await cancel_and_wait(task, f"device:{self.device.id}")
         self.task = None
 
     async def _run(self) -> None:
@@ -125,11 +122,19 @@ class DeviceTask:
         except Exception:
             log.exception("device=%s event=pipeline_error", self.device.id)
 
+    @property
+    def phase(self) -> float:
+        """This device's offset in its poll interval, from its id: devices spread over the interval instead of
+        all polling at once (a burst of a hundred polls makes the last one wait for all the others), and a
+        device keeps its phase across restarts."""
+        return (zlib.crc32(self.device.id.encode()) % 10_000) / 10_000 * self.device.interval
+
     async def _poll_loop(self, adapter: Adapter) -> None:
-        """Poll on a fixed grid (no drift); a poll that overruns skips the missed slots."""
+        """Poll once at once, then on a fixed grid at this device's phase (no drift); a poll that overruns
+        skips the missed slots."""
         interval = self.device.interval
         loop = asyncio.get_running_loop()
-        next_at = loop.time()
+        phase = self.phase
         while not self.stopping:
             started = time.perf_counter()
             readings = await adapter.read()
@@ -137,10 +142,8 @@ class DeviceTask:
             self.poll_seconds += self.last_poll_duration
             self.polls += 1
             self._deliver(readings)
-            next_at += interval
             now = loop.time()
-            if next_at < now:
-                next_at = now + interval - ((now - next_at) % interval)
+            next_at = now + interval - ((now - phase) % interval)  # the next slot k × interval + phase
             await asyncio.sleep(next_at - now)
 
 

@@ -255,7 +255,8 @@ class Outbox:
     async def wait_new(self, sink: str, timeout: float) -> None:
         q = self.queues[sink]
         try:
-            await asyncio.wait_for(q.new_rows.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: it can drop a cancellation (collector/tasks.py)
+                await q.new_rows.wait()
         except TimeoutError:
             pass
 

@@ -115,7 +115,8 @@ async def test_healthz_is_ok_with_loop_alive_and_nothing_waiting(site: Site) -> 
     assert status == 200, body
     assert body["status"] == "ok" and body["reasons"] == []
     assert body["loop"]["ok"] is True and body["loop"]["lag_s"] < 1.0
-    assert body["outbox"]["ok"] is True and body["outbox"]["depth"] == 0.0
+    # devices poll at their own phases: a live workshop may have a batch or two inside the 50 ms commit window
+    assert body["outbox"]["ok"] is True and body["outbox"]["depth"] <= len(CONNECTED)
     assert body["outbox"]["source"] == ("outbox" if site.collector.outbox_stats() else "sink")
     assert body["sink_connected"] is True
 
@@ -163,10 +164,14 @@ async def test_metrics_report_devices_sink_indicators_and_outbox(site: Site, mon
     polled = [d.id for d in site.cfg.devices if getattr(d, "mode", "poll") == "poll"]  # not OPC UA subscriptions
     assert len(polled) >= 5
 
-    async def polled_twice() -> bool:
-        return all(site.collector.engine.tasks[d].polls >= 2 for d in polled)
+    n_tags_of = {d.id: len(d.tags) for d in site.cfg.devices}
 
-    await site.until(polled_twice, 10, "two polls of every polled device")
+    async def polled_twice() -> bool:
+        tasks = site.collector.engine.tasks
+        return all(tasks[d].polls >= 2 for d in polled) and all(
+            tasks[d].readings >= 2 * n_tags_of[d] for d in CONNECTED)  # subscriptions too
+
+    await site.until(polled_twice, 10, "two polls of every polled device, two rounds of readings from all")
     monkeypatch.setattr(site.collector, "outbox_stats", lambda: {"mqtt": {
         "depth_batches": 3, "depth_readings": 90, "bytes": 5000, "oldest_age_s": 12.5, "dropped_batches": 2,
         "dropped_readings": 60, "delivered_readings": 400, "delivery_rate": 1.5}})

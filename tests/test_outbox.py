@@ -123,16 +123,12 @@ def test_sharing_rule(free: int, live: int, backlog: int, share_: float, expecte
 class FakeLink:
     """A transport that acknowledges at once and records what it was given."""
 
-    def __init__(self, ob: Outbox, since: float, capacity: int = 4) -> None:
-        self.ob, self._since, self.cap = ob, since, capacity
+    def __init__(self, ob: Outbox, capacity: int = 4) -> None:
+        self.ob, self.cap = ob, capacity
         self.sent: list[tuple[str, int, bool]] = []
 
     connected = True
     generation = 1
-
-    @property
-    def connected_since(self) -> float:
-        return self._since
 
     async def wait_connected(self) -> None:
         return None
@@ -154,7 +150,7 @@ async def test_sender_interleaves_live_data_with_the_backlog_and_marks_the_backl
     clock = Clock(100.0)
     ob = Outbox(tmp_path / "o.db", ["mqtt"], clock=clock)
     fill(ob, "a", 12, clock=clock)  # backlog, created 100..111
-    link = FakeLink(ob, since=500.0, capacity=4)
+    link = FakeLink(ob, capacity=4)
     sender = Sender(ob, "mqtt", link, live_share=0.5, idle_wait=0.05)
     task = asyncio.create_task(sender.run())
     await asyncio.sleep(0)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 
 class LinkState:
-    """Up or down, since when, and a generation that rises at every (re)connection or forced resync, so the
-    sender knows to recompute its cursors."""
+    """Up or down, and a generation that rises at every (re)connection or forced resync, so the sender knows
+    to recompute its cursors."""
 
     def __init__(self) -> None:
         self._up = False
-        self._since = 0.0
         self._generation = 0
 
     @property
@@ -19,16 +16,11 @@ class LinkState:
         return self._up
 
     @property
-    def connected_since(self) -> float:
-        return self._since
-
-    @property
     def generation(self) -> int:
         return self._generation
 
     def link_up(self) -> None:
         self._up = True
-        self._since = time.time()
         self._generation += 1
 
     def link_down(self) -> None:

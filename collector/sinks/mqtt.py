@@ -143,7 +143,8 @@ class MqttSink(LinkState):
         self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive)
         self.client.loop_start()
         try:
-            await asyncio.wait_for(self.connected_event.wait(), wait)
+            async with asyncio.timeout(wait):
+                await self.connected_event.wait()
         except TimeoutError:
             log.warning("sink=mqtt event=not_connected host=%s port=%s (will keep trying)", self.s.host, self.s.port)
 
