@@ -1105,9 +1105,9 @@ def render(b: Bench, command: str) -> str:
 
 ANALYSIS = """## What limits us now
 
-Read from the full run of 2026-11-27 on the 2-core container (static text in bench/e2e.py: re-check it against
-the tables after a run; nothing here was profiled yet, the causes named as "likely" are hypotheses to confirm
-with py-spy).
+Read from the full runs of 2026-11-27 on the 2-core container (static text in bench/e2e.py: re-check it against
+the tables after a run; nothing here was profiled with py-spy yet: the causes named are hypotheses, except the
+polling burst, which a before/after measurement confirmed).
 
 - **Modbus, contiguous map: the collector's one event loop.** Delivered readings/s grow with the poll rate up
   to ~160–175 k/s at 50 ms, where the collector uses ~0.9 of a core (one asyncio loop, so ~1 core is its
@@ -1119,17 +1119,19 @@ with py-spy).
   pymodbus client CPU plus the simulator's turn (the simulators reach ~0.75 core here). The knee is ~50–55 k
   readings/s. A wider `max_gap` for such maps (reading over holes is nearly free) is the user-side lever; it is
   not tuned here.
-- **Latency p99 (target ≤ 250 ms): missed.** p50 is 60–100 ms contiguous, 150–190 ms sparse, but p99 is ~300–
-  390 ms contiguous even at 1 s where the collector is nearly idle (0.12 core), and 480–680 ms sparse. Part is
+- **Latency p99 (target ≤ 250 ms below saturation).** It was missed (~300 ms contiguous even at 1 s, 480–680 ms
+  sparse) while all 100 devices polled in phase: every interval was one burst through one event loop, and the
+  last device of the burst waited for the decoding and encoding of all the others. The engine now polls each
+  device at its own phase of the interval (from its id; the first poll still happens at once). Quick-mode
+  before/after on the same machine, 1 s interval: p50/p99 75/132 → 28/52 ms contiguous, 152/302 → 37/79 ms
+  sparse; at 100 ms contiguous 297 → ~240 ms and +15 % readings/s. The price: the sparse map at 1 s costs more
+  collector CPU (0.30 → 0.45 core), as spread-out polls no longer share event-loop wake-ups. What remains is
   by design: a tag's `ts` is the moment its request was answered and a device publishes once per cycle, so a
-  sparse device's first tags wait for the rest of its ~50 requests. The contiguous tail at low load is likely
-  the burst of all 100 devices polled in phase (same start, same interval) going through one loop, the outbox
-  commit every 50 ms and the QoS 1 window (100 in flight): to profile.
+  sparse device's first tags wait for the rest of its ~50 requests.
 - **Memory: 20 k tags ≈ 155–162 MB peak (target ≤ 150 MB): missed narrowly.** The libraries alone import to
-  ~74 MB (LIBRARY-FACTS); 1 k tags run at ~62 MB. A flat config (every device listing its 200 tags) is worse:
-  `yaml.safe_load` is PyYAML's pure-Python loader: 10 s to first data and 288 MB peak for 20 k tags (8.5 s of
-  it in the YAML parse alone); libyaml is installed, so `yaml.CSafeLoader` in `collector/config.py:load_config`
-  is a one-line fix (not made here).
+  ~74 MB (LIBRARY-FACTS); 1 k tags run at ~62 MB. Configs are now parsed with libyaml (`yaml.CSafeLoader`),
+  which removes most of the 10 s / 288 MB that PyYAML's pure-Python loader cost for a flat config listing
+  every one of 20 k tags; the per-tag config and codec objects are what to profile next.
 - **Outbox drain** (target ≥ 50 k/s: met, ~0.5 M readings/s): the collector uses ~1.5 cores while draining
   (threads beside the loop), so a drain after an outage competes with live polling on a 2-core gateway.
 - **The peer** issues one Modbus request per key and saturates below the offered 20 k readings/s at a 1 s poll
@@ -1138,8 +1140,9 @@ with py-spy).
   what the lead is made of, so maps that cannot be coalesced shrink it.
 - **OPC UA**: the collector spends ~10 µs of CPU per subscribed value (target ≤ 33 µs: met); the four asyncua
   servers (~1.2 cores) limit what is offered, as LIBRARY-FACTS predicts.
-- **Shutdown**: under load the collector sometimes did not exit within 10 s of SIGTERM (the bench then kills
-  it); worth a look by whoever owns collector/app.py.
+- **Shutdown**: under load the collector sometimes did not exit within 10 s of SIGTERM. One cause was found and
+  fixed (Python 3.11's `asyncio.wait_for` can drop a cancellation, so a task could run on after `cancel()`;
+  collector/tasks.py now re-cancels until it ends); whether the bench still sees slow exits is in the run log.
 """
 
 
