@@ -32,9 +32,8 @@ from tests.conftest import Recorder
 ROOT = Path(__file__).resolve().parents[1]
 TZ = "Asia/Shanghai"
 # The protocols whose devices run; the others' devices stay on the register as not connected (same U and D1,
-# lower D2). With {"modbus", "opcua"} the whole demo runs (D2 4/6); the OPC UA simulator was being reworked
-# while this was written, so the default runs the Modbus machines (D2 2/6).
-PROTOCOLS = {"modbus"}
+# lower D2). With both protocols the whole demo runs (D2 4/6); {"modbus"} alone gives D2 2/6.
+PROTOCOLS = {"modbus", "opcua"}
 COVERAGE = 0.6
 DIGITAL_IN_U = {"cnc-01", "cnc-02", "imm-01", "knit-01", "comp-01", "grd-01"}  # meter-01: non-production
 
