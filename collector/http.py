@@ -33,7 +33,7 @@ import orjson
 from aiohttp import web
 
 from collector.config import HttpConfig, http_token
-from collector.metrics import Metrics, last_seq, outbox_figure, outbox_sections, sink_pending
+from collector.metrics import Metrics, last_seq
 
 if TYPE_CHECKING:
     from collector.app import Collector
@@ -169,17 +169,16 @@ class HttpServer:
         now = time.monotonic()
         since_beat = now - self._beat_at
         loop_ok = since_beat < LOOP_STALE and self.loop_lag < LOOP_STALE
-        sections = outbox_sections(self.collector.outbox_stats())
+        sections = self.collector.outbox_stats()
         sink = self.collector.sink.stats()
         if sections:
-            depth = sum(outbox_figure(s, "depth", "depth_batches") for s in sections.values())
-            delivered = sum(outbox_figure(s, "delivered", "delivered_batches", "delivered_readings")
-                            for s in sections.values())
-            rate = sum(outbox_figure(s, "delivery_rate") for s in sections.values())
+            depth = float(sum(st["depth_batches"] for st in sections.values()))
+            delivered = float(sum(st["delivered_readings"] for st in sections.values()))
+            rate = float(sum(st["delivery_rate"] for st in sections.values()))
             ages = [float(s["oldest_age_s"]) for s in sections.values() if s.get("oldest_age_s") is not None]
             source = "outbox"
         else:
-            depth, delivered, rate, ages, source = sink_pending(sink), float(sink.get("acked", 0)), 0.0, [], "sink"
+            depth, delivered, rate, ages, source = float(sink["in_flight"]), float(sink.get("acked", 0)), 0.0, [], "sink"
         if self._delivered is None or delivered != self._delivered or rate > 0:
             self._delivered = delivered
             self._progress_at = now

@@ -27,20 +27,16 @@ if TYPE_CHECKING:
 PREFIX = "shopfloor"
 STATES = [str(s) for s in DeviceState]
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
-# outbox stats keys (collector.outbox_stats()) → (metric suffix, kind, help)
+# outbox stats keys (Outbox.stats, per sink) → (metric suffix, kind, help)
 OUTBOX_KEYS: dict[str, tuple[str, str, str]] = {
-    "depth": ("depth", "gauge", "messages waiting in the outbox"),
     "depth_batches": ("depth_batches", "gauge", "batches waiting in the outbox"),
     "depth_readings": ("depth_readings", "gauge", "readings waiting in the outbox"),
+    "bytes": ("bytes", "gauge", "payload bytes held by the outbox"),
+    "oldest_age_s": ("oldest_age_seconds", "gauge", "age of the oldest batch waiting"),
     "dropped_batches": ("dropped_batches", "counter", "batches dropped by the outbox bounds (bytes/age)"),
     "dropped_readings": ("dropped_readings", "counter", "readings dropped by the outbox bounds (bytes/age)"),
-    "delivered_batches": ("delivered_batches", "counter", "batches delivered from the outbox"),
     "delivered_readings": ("delivered_readings", "counter", "readings delivered from the outbox"),
-    "bytes": ("bytes", "gauge", "bytes held by the outbox"),
-    "oldest_age_s": ("oldest_age_seconds", "gauge", "age of the oldest message waiting"),
-    "dropped": ("dropped", "counter", "messages dropped by the outbox bounds (bytes/age)"),
-    "delivered": ("delivered", "counter", "messages delivered from the outbox"),
-    "delivery_rate": ("delivery_rate", "gauge", "messages delivered per second, recently"),
+    "delivery_rate": ("delivery_rate", "gauge", "readings delivered per second over the last 10 s"),
 }
 
 
@@ -53,36 +49,8 @@ def _num(v: Any) -> float | None:
 
 
 def last_seq(collector: Collector, device: str) -> int:
-    """The last sequence number given to a device: the outbox numbers batches (it persists them with the
-    data); a collector without one numbers them in the status tracker."""
-    outbox = getattr(collector, "outbox", None)
-    seqs = getattr(outbox, "seqs", None)
-    if not isinstance(seqs, dict):
-        seqs = collector.status.seqs
-    return int(seqs.get(device, 0))
-
-
-def sink_pending(stats: dict[str, Any]) -> float:
-    """Messages sent and not yet acknowledged (`in_flight`, formerly `pending`)."""
-    return float(stats.get("in_flight", stats.get("pending", 0)) or 0)
-
-
-def outbox_figure(stats: dict[str, Any], *keys: str) -> float:
-    """The first of `keys` present in one sink's outbox stats (the outbox counts batches and readings)."""
-    for key in keys:
-        v = _num(stats.get(key))
-        if v is not None:
-            return v
-    return 0.0
-
-
-def outbox_sections(stats: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Outbox stats either flat (`{"depth": ..}`) or per sink (`{"mqtt": {"depth": ..}}`) → per sink."""
-    if not stats:
-        return {}
-    if all(isinstance(v, dict) for v in stats.values()):
-        return {str(k): v for k, v in stats.items()}
-    return {"all": stats}
+    """The last sequence number given to a device (the outbox numbers batches and persists them)."""
+    return int(collector.outbox.seqs.get(device, 0))
 
 
 class _Snapshot(RegistryCollector):
@@ -159,7 +127,7 @@ class _Snapshot(RegistryCollector):
         g.add_metric(["mqtt"], 1.0 if s.get("connected") else 0.0)
         yield g
         g = GaugeMetricFamily(f"{PREFIX}_sink_pending", "messages sent and not yet acknowledged", labels=["sink"])
-        g.add_metric(["mqtt"], sink_pending(s))
+        g.add_metric(["mqtt"], float(s["in_flight"]))
         yield g
         for key, doc in (("published", "messages handed to the sink"), ("acked", "messages acknowledged"),
                          ("errors", "publish errors")):
@@ -168,9 +136,8 @@ class _Snapshot(RegistryCollector):
             yield m
 
     def _outbox(self) -> Iterator[Metric]:
-        sections = outbox_sections(self.c.outbox_stats())
         families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
-        for sink, stats in sections.items():
+        for sink, stats in self.c.outbox_stats().items():
             for key, value in stats.items():
                 v = _num(value)
                 if v is None:

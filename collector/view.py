@@ -75,14 +75,14 @@ def render_outbox(outbox: dict[str, Any], sink: dict[str, Any], health: dict[str
     for name, s in sections.items():
         age = s.get("oldest_age_s")
         rate = s.get("delivery_rate")
-        depth = s.get("depth", s.get("depth_batches", "—"))
-        dropped = s.get("dropped", s.get("dropped_batches", "—"))
+        depth = s.get("depth_batches", "—")
+        dropped = s.get("dropped_batches", "—")
         table.add_row(name, f"depth {depth}  oldest {'—' if age is None else f'{age:.0f} s'}  "
                             f"dropped {dropped}  rate {'—' if rate is None else f'{rate:.1f}/s'}")
     if not sections:
         table.add_row("outbox", "not in use")
     table.add_row("MQTT", Text(("connected" if sink.get("connected") else "disconnected") +
-                               f"  unacked {sink.get('in_flight', sink.get('pending', 0))}  published {sink.get('published', 0)}  "
+                               f"  unacked {sink.get('in_flight', 0)}  published {sink.get('published', 0)}  "
                                f"errors {sink.get('errors', 0)}", style="" if sink.get("connected") else "red"))
     ok = health.get("status") == "ok"
     table.add_row("health", Text(health.get("status", "?") + ("" if ok else ": " + "; ".join(health.get("reasons", []))),
