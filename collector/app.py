@@ -80,8 +80,6 @@ class Collector:
         o = cfg.outbox
         self.outbox = Outbox(self.state_dir / "outbox.db", sinks, max_bytes=o.max_bytes, max_age=o.max_age,
                              fsync=o.fsync)
-        for device, seq in self.status.seqs.items():  # state written before the outbox kept the sequences
-            self.outbox.raise_seq(device, seq)
         self.outbox.held["mqtt"] = self.sink.in_flight
         self.senders = [Sender(self.outbox, "mqtt", self.sink, o.live_share)]
         if self.influx is not None:

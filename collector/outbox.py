@@ -105,12 +105,6 @@ class Outbox:
         self._seq_dirty[device] = seq
         return seq
 
-    def raise_seq(self, device: str, seq: int) -> None:
-        """Never hand out a number at or below `seq` (sequences kept elsewhere by an older version)."""
-        if self.seqs.get(device, 0) < seq:
-            self.seqs[device] = seq
-            self._seq_dirty[device] = seq
-
     def append(self, device: str, seq: int, created: float, good_ts: float | None, n: int,
                payloads: dict[str, bytes]) -> None:
         """Queue one batch for each sink (written at the next `flush()`)."""

@@ -17,10 +17,10 @@ BatchSink = Callable[[Batch], None]
 
 
 class Pipeline:
-    def __init__(self, status: StatusTracker, stale_after: float, clock: Callable[[], float] = time.time,
-                 next_seq: Callable[[str], int] | None = None) -> None:
+    def __init__(self, status: StatusTracker, stale_after: float, next_seq: Callable[[str], int],
+                 clock: Callable[[], float] = time.time) -> None:
         self.status = status
-        self.next_seq = next_seq or status.next_seq
+        self.next_seq = next_seq  # the outbox's: numbers are persisted with the data they number
         self.stale_after = stale_after
         self.clock = clock
         self.sinks: list[BatchSink] = []

@@ -30,7 +30,6 @@ CREATE TABLE IF NOT EXISTS good_buckets (device TEXT NOT NULL, bucket INTEGER NO
     PRIMARY KEY (device, bucket)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS uptime_buckets (bucket INTEGER PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state_log (device TEXT NOT NULL, ts REAL NOT NULL, state TEXT NOT NULL, reason TEXT);
-CREATE TABLE IF NOT EXISTS seq (device TEXT PRIMARY KEY, last INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
 """
 
@@ -57,7 +56,8 @@ StatusListener = Callable[[DeviceStatus], None]
 
 
 class StatusStore:
-    """SQLite (WAL) file under the state directory holding states, buckets, sequence numbers."""
+    """SQLite (WAL) file under the state directory holding states and evidence buckets (the outbox keeps the
+    sequence numbers, with the data they number)."""
 
     def __init__(self, path: Path, bucket_s: float) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,12 +85,8 @@ class StatusStore:
                                "FROM device_status").fetchall()
         return {r[0]: DeviceStatus(r[0], DeviceState(r[1]), r[2], r[3], r[4], r[5], r[6]) for r in rows}
 
-    def load_seqs(self) -> dict[str, int]:
-        return dict(self.db.execute("SELECT device, last FROM seq").fetchall())
-
     def write(self, statuses: list[DeviceStatus], log_rows: list[tuple[str, float, str, str | None]],
-              good: Mapping[tuple[str, int], float] | Iterable[tuple[str, int]], uptime: set[int],
-              seqs: dict[str, int]) -> None:
+              good: Mapping[tuple[str, int], float] | Iterable[tuple[str, int]], uptime: set[int]) -> None:
         """One transaction for everything gathered since the last flush.
 
         `good` maps (device, bucket) to the time the sink acknowledged it (a plain set means "now"); the first
@@ -108,7 +104,6 @@ class StatusStore:
             cur.executemany("INSERT OR IGNORE INTO good_buckets (device, bucket, acked_at) VALUES (?, ?, ?)",
                             sorted((d, b, t) for (d, b), t in acked.items()))
             cur.executemany("INSERT OR IGNORE INTO uptime_buckets VALUES (?)", [(b,) for b in sorted(uptime)])
-            cur.executemany("INSERT OR REPLACE INTO seq VALUES (?, ?)", list(seqs.items()))
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
@@ -169,7 +164,6 @@ class StatusTracker:
             if st.state != DeviceState.NEVER_SEEN:
                 st.state, st.since, st.reason = DeviceState.OFFLINE, now, "collector restarted"
             self.devices[dev] = st
-        self.seqs: dict[str, int] = store.load_seqs()
         self.listeners: list[StatusListener] = []
         # Told (device, good_ts) on every acknowledged good batch: /metrics measures the sink latency from it.
         self.delivery_listeners: list[Callable[[str, float], None]] = []
@@ -208,15 +202,11 @@ class StatusTracker:
         else:
             self.set_state(device, DeviceState.DEGRADED, f"all {total} tags bad")
 
-    def next_seq(self, device: str) -> int:
-        seq = self.seqs.get(device, 0) + 1
-        self.seqs[device] = seq
-        return seq
 
     # -- fed by a config reload (Collector.reload)
 
     def add_device(self, device: str) -> None:
-        """A device added by a reload: its saved evidence and sequence number, if it was configured before."""
+        """A device added by a reload: its saved evidence, if it was configured before."""
         if device in self.devices:
             return
         now = self.clock()
@@ -224,11 +214,10 @@ class StatusTracker:
         if st.state != DeviceState.NEVER_SEEN:
             st.state, st.since, st.reason = DeviceState.OFFLINE, now, "added by reload"
         self.devices[device] = st
-        self.seqs.setdefault(device, self.store.load_seqs().get(device, 0))
         self._dirty.add(device)
 
     def remove_device(self, device: str) -> None:
-        """A device removed by a reload; its rows stay in the store (evidence, and its seq if it comes back)."""
+        """A device removed by a reload; its rows stay in the store (evidence, if it comes back)."""
         self.devices.pop(device, None)
         self._dirty.discard(device)
 
@@ -270,7 +259,7 @@ class StatusTracker:
         self._uptime.add(bucket)
         self._last_flush = now
         statuses = [self.devices[d] for d in self._dirty if d in self.devices]
-        self.store.write(statuses, self._log, self._good, self._uptime, self.seqs)
+        self.store.write(statuses, self._log, self._good, self._uptime)
         self._dirty.clear()
         self._log = []
         self._good = {}

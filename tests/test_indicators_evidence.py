@@ -140,13 +140,13 @@ def fill_state(state: Path) -> None:
     start = dt.datetime(2025, 11, 1, tzinfo=SH).timestamp()
     end = dt.datetime(2025, 12, 1, tzinfo=SH).timestamp()
     buckets = range(int(start), int(end), 300)
-    store.write([], [], {}, set(buckets), {})
+    store.write([], [], {}, set(buckets))
     good: dict[tuple[str, int], float] = {}
     for dev in ("cnc-01", "cnc-02", "knit-01", "comp-01", "meter-01"):
         good.update({(dev, b): b + 30.0 for b in buckets})
     # imm-01 was networked until Nov 12 only: 11 of 30 days
     good.update({("imm-01", b): b + 30.0 for b in buckets if b < start + 11 * 86400})
-    store.write([], [], good, set(), {})
+    store.write([], [], good, set())
     store.close()
 
 

@@ -54,13 +54,13 @@ class History:
         self.store = StatusStore(path / "status.db", H)
 
     def up(self, start: float, end: float) -> None:
-        self.store.write([], [], {}, set(range(int(start), int(end), H)), {})
+        self.store.write([], [], {}, set(range(int(start), int(end), H)))
 
     def good(self, device: str, start: float, end: float, acked_at: float | None = None,
              every: int = 1) -> None:
         buckets = list(range(int(start), int(end), H))[::every]
         self.store.write([], [], {(device, b): (acked_at if acked_at is not None else b + 10) for b in buckets},
-                         set(), {})
+                         set())
 
     def month(self, cfg: CollectorConfig, assets: list[Asset], now: float = AFTER_CLOSE,
               period: periods.Period = NOV) -> PeriodResult:
@@ -178,7 +178,8 @@ def test_stale_values_make_no_good_bucket(tmp_path: Path) -> None:
     clock = [t(1)]
     store = StatusStore(tmp_path / "s.db", H)
     tracker = StatusTracker(store, ["d0"], clock=lambda: clock[0])
-    pipe = Pipeline(tracker, stale_after=900, clock=lambda: clock[0])
+    seqs = iter(range(1, 1_000_000))
+    pipe = Pipeline(tracker, stale_after=900, next_seq=lambda _dev: next(seqs), clock=lambda: clock[0])
     acked: list[Batch] = []
 
     def sink(b: Batch) -> None:  # the broker acknowledges at once

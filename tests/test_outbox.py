@@ -95,13 +95,6 @@ def test_committed_rows_and_sequences_survive_a_crash(tmp_path: Path) -> None:
     assert again.next_seq("b") == 1
 
 
-def test_raise_seq_never_goes_down(tmp_path: Path) -> None:
-    ob = Outbox(tmp_path / "o.db", ["mqtt"])
-    ob.raise_seq("a", 41)
-    ob.raise_seq("a", 7)
-    assert ob.next_seq("a") == 42
-
-
 def test_the_database_is_in_wal_mode(tmp_path: Path) -> None:
     Outbox(tmp_path / "o.db", ["mqtt"]).flush()
     assert sqlite3.connect(tmp_path / "o.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
