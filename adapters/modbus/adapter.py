@@ -18,17 +18,15 @@ What the device says decides who pays:
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.pdu import ModbusPDU
 
 from adapters.base import Adapter, AdapterError, DeviceSkipped, register
 from adapters.modbus.codec import Converter, TagCodec, compile_tag
-from adapters.modbus.line import Line, acquire_line
+from adapters.modbus.line import Line, ModbusClient, acquire_line
 from adapters.modbus.planner import ReadRequest, plan_device, span_request
 from collector.config import ModbusDevice, ModbusTag
 from collector.model import Quality, Reading
@@ -40,7 +38,21 @@ ILLEGAL_RECHECK_S = 300.0
 
 # One entry per tag of a request: (index in device.tags, name, unit, converter, offset in the answer)
 _Entry = tuple[int, str, str | None, Converter, int]
-_ReadFn = Callable[..., Awaitable[ModbusPDU]]
+
+
+class Response(Protocol):
+    """What the adapter reads of an answer: pymodbus's `ModbusPDU` or `adapters.modbus.tcp.Answer`."""
+
+    @property
+    def registers(self) -> Sequence[int]: ...
+    @property
+    def bits(self) -> Sequence[bool]: ...
+    @property
+    def exception_code(self) -> int: ...
+    def isError(self) -> bool: ...
+
+
+_ReadFn = Callable[..., Awaitable[Response]]
 _Span = tuple[str, int, int]
 ILLEGAL_ADDRESS = 2
 
@@ -140,7 +152,7 @@ class ModbusAdapter(Adapter):
         self.line = line
         self._counters["connects"] += 1
 
-    def _bind(self, client: AsyncModbusTcpClient | AsyncModbusSerialClient) -> None:
+    def _bind(self, client: ModbusClient) -> None:
         self._read_fns = {"coil": client.read_coils, "discrete_input": client.read_discrete_inputs,
                           "input_register": client.read_input_registers,
                           "holding_register": client.read_holding_registers}
@@ -216,7 +228,7 @@ class ModbusAdapter(Adapter):
             self._replan(replaced)
         return out  # type: ignore[return-value]  # every index is filled: the plan covers every tag
 
-    def _decode(self, req: ReadRequest, entries: list[_Entry], resp: ModbusPDU, out: list[Reading | None]) -> None:
+    def _decode(self, req: ReadRequest, entries: list[_Entry], resp: Response, out: list[Reading | None]) -> None:
         """Fill `out` for the tags of one answered request."""
         device_id = self.device.id
         now = time.time()
@@ -241,7 +253,7 @@ class ModbusAdapter(Adapter):
                 value, quality = None, Quality.BAD_DECODE
             out[i] = Reading(device_id, name, value, unit_name, quality, now, now)
 
-    async def _split(self, line: Line, req: ReadRequest, resp: ModbusPDU) -> list[tuple[ReadRequest, ModbusPDU]]:
+    async def _split(self, line: Line, req: ReadRequest, resp: Response) -> list[tuple[ReadRequest, Response]]:
         """Exception 02 on a range: bisect it by tags until each part is answered or is one address that the
         device refuses, then join neighbouring good parts again where the device accepts the union.
 
@@ -252,7 +264,7 @@ class ModbusAdapter(Adapter):
         self._counters["splits"] += 1
         failing: list[tuple[int, int]] = [(req.start, req.end)]
 
-        async def bisect(group: list[ModbusTag]) -> list[tuple[ReadRequest, ModbusPDU]]:
+        async def bisect(group: list[ModbusTag]) -> list[tuple[ReadRequest, Response]]:
             part = span_request(group)
             answer = await self._request(line, part)
             if not (answer.isError() and answer.exception_code == ILLEGAL_ADDRESS):
@@ -267,7 +279,7 @@ class ModbusAdapter(Adapter):
         pieces = await bisect(left) + await bisect(right)
 
         # join neighbouring good parts unless their union covers a range already known to fail
-        merged: list[tuple[ReadRequest, ModbusPDU]] = []
+        merged: list[tuple[ReadRequest, Response]] = []
         for part, answer in pieces:
             if merged and not answer.isError() and not merged[-1][1].isError():
                 prev = merged[-1][0]
@@ -290,8 +302,8 @@ class ModbusAdapter(Adapter):
         self._steps = [(r, self._entries(r)) for r in plan]
         self._memory.plan = [[t.name for t, _ in r.tags] for r in plan]
 
-    async def _request(self, line: Line, req: ReadRequest) -> ModbusPDU:
-        """One request with pymodbus's retries; every way of getting no usable answer becomes `_Failure`."""
+    async def _request(self, line: Line, req: ReadRequest) -> Response:
+        """One request with the client's retries; every way of getting no usable answer becomes `_Failure`."""
         fn = self._read_fns.get(req.table)
         if fn is None:
             raise _Failure("not connected", timeout=False)

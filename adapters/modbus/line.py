@@ -1,13 +1,14 @@
 """Shared Modbus lines: one connection per endpoint, used by every device (unit id) behind it.
 
 A TCP gateway with several unit ids, an RS-485 line (`serial://`) or a serial server (`rtu+tcp://`) carries one
-request at a time. Every adapter whose device names the same endpoint gets the same `Line`: one pymodbus
-client, one lock held for a whole poll cycle (so units are polled one after another), and one place that
-remembers what must outlive an adapter instance (the engine builds a new adapter after each failure):
-per-unit timeout streaks (to skip a dead unit, see `ModbusDevice.degrade_after`).
+request at a time. Every adapter whose device names the same endpoint gets the same `Line`: one client (our
+lean `MbapClient` for `tcp://`, see adapters/modbus/tcp.py; pymodbus for `rtu+tcp://` and `serial://`), one
+lock held for a whole poll cycle (so units are polled one after another), and one place that remembers what
+must outlive an adapter instance (the engine builds a new adapter after each failure): per-unit timeout
+streaks (to skip a dead unit, see `ModbusDevice.degrade_after`).
 
-A timeout of one unit does not close a shared connection: pymodbus drops answers whose transaction id (TCP)
-or unit id (RTU) does not match the request, so a late answer cannot be taken for a neighbour's.
+A timeout of one unit does not close a shared connection: both clients drop answers whose transaction id
+(TCP) or unit id (RTU) does not match the request, so a late answer cannot be taken for a neighbour's.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from pymodbus.exceptions import ConnectionException
 from pymodbus.framer import FramerType
 
 from adapters.base import AdapterError
+from adapters.modbus.tcp import MbapClient
 from collector.config import Endpoint, ModbusDevice
 
 __all__ = ["Line", "LineKey", "acquire_line", "line_key", "open_lines", "serial_settings"]
 
 LineKey = tuple[str, str, int | str]
-ModbusClient = AsyncModbusTcpClient | AsyncModbusSerialClient
+ModbusClient = MbapClient | AsyncModbusTcpClient | AsyncModbusSerialClient
 
 # Timeout streaks by (line key, unit id): they must survive the adapter and even the line (a single-device
 # TCP line closes when its adapter gives up). Bounded by the number of configured units.
@@ -93,13 +95,14 @@ class Line:
 
     def _build(self, device: ModbusDevice) -> ModbusClient:
         ep = self.endpoint
+        if ep.scheme == "tcp":
+            return MbapClient(ep.host, ep.port, timeout=device.timeout, retries=device.retries)
         common: dict[str, Any] = {"name": f"line:{self.describe()}", "timeout": device.timeout,
                                   "retries": device.retries, "reconnect_delay": 0,
                                   "trace_connect": self._on_connection_change}
         if ep.scheme == "serial":
             return AsyncModbusSerialClient(ep.path, framer=FramerType.RTU, **serial_settings(ep), **common)
-        framer = FramerType.RTU if ep.scheme == "rtu+tcp" else FramerType.SOCKET
-        return AsyncModbusTcpClient(ep.host, port=ep.port, framer=framer, **common)
+        return AsyncModbusTcpClient(ep.host, port=ep.port, framer=FramerType.RTU, **common)  # rtu+tcp
 
     async def open(self, device: ModbusDevice) -> None:
         """Connect unless already connected (the first device to arrive opens the line for all)."""
@@ -108,9 +111,10 @@ class Line:
                 return
             self._close_client()
             client = self._build(device)
-            # pymodbus would close the connection after retries+3 unanswered requests in a row: on a shared
-            # line that would cut off the live neighbours of one dead unit. Giving up is our decision.
-            client.set_max_no_responses(1_000_000)
+            if not isinstance(client, MbapClient):
+                # pymodbus would close the connection after retries+3 unanswered requests in a row: on a
+                # shared line that would cut off the live neighbours of one dead unit. Giving up is our decision.
+                client.set_max_no_responses(1_000_000)
             try:
                 ok = await client.connect()
             except Exception as exc:  # pyserial and termios errors are not OSErrors
@@ -131,8 +135,8 @@ class Line:
 
     def _on_connection_change(self, connected: bool) -> None:
         """pymodbus's trace_connect hook: when the peer drops the connection during a request, fail that
-        request now instead of waiting out the timeout and its retries."""
-        if connected or not self.in_flight or self.client is None:
+        request now instead of waiting out the timeout and its retries (`MbapClient` does this itself)."""
+        if connected or not self.in_flight or isinstance(self.client, MbapClient | None):
             return
         future = getattr(self.client.ctx, "response_future", None)
         if isinstance(future, asyncio.Future) and not future.done():
@@ -152,9 +156,12 @@ class Line:
         """Apply one device's timeout and retries to the shared client (call while holding `lock`).
 
         pymodbus 3.16 keeps them in `comm_params.timeout_connect` and the transaction manager's `retries`,
-        read at every request."""
+        read at every request; `MbapClient` has plain attributes."""
         client = self.client
-        if client is not None:
+        if isinstance(client, MbapClient):
+            client.timeout = device.timeout
+            client.retries = device.retries
+        elif client is not None:
             client.comm_params.timeout_connect = device.timeout
             client.ctx.retries = device.retries
 
