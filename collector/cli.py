@@ -65,6 +65,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 async def _run(cfg: CollectorConfig, path: str | None = None) -> int:
     """The service: collector, HTTP endpoint, sd_notify READY/WATCHDOG/STOPPING, SIGHUP = reload `path`."""
     from collector.app import Collector
+    from collector.gc_tuning import tune_for_service
     from collector.http import start_http
     from collector.notify import Notifier, start_watchdog
 
@@ -72,6 +73,7 @@ async def _run(cfg: CollectorConfig, path: str | None = None) -> int:
     notifier = Notifier.from_env()
     collector = Collector(cfg, Settings())
     await collector.start()
+    tune_for_service()
     http = await start_http(collector, path)
     watchdog = start_watchdog(notifier)
     notifier.ready(f"collecting from {len(cfg.devices)} devices" + (f"; status page {http.url}" if http else ""))

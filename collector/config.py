@@ -658,6 +658,20 @@ class CollectorConfig(Strict):
         return {**data, "devices": expanded}
 
     @model_validator(mode="after")
+    def _share_equal_tags(self) -> CollectorConfig:
+        """Keep one instance of equal tags: the devices of one template (or copies of one machine's list)
+        then cost the memory of one device's tags, not one per device (docs/BENCHMARKS.md, memory).
+        Tags are never changed after validation, so sharing them is safe."""
+        seen: dict[tuple[Any, ...], Any] = {}
+        for dev in self.devices:
+            tags: list[Any] = dev.tags
+            for i, tag in enumerate(tags):
+                key = (type(tag), *(v if getattr(v, "__hash__", None) is not None else repr(v)
+                                    for v in tag.__dict__.values()))
+                tags[i] = seen.setdefault(key, tag)
+        return self
+
+    @model_validator(mode="after")
     def _default_pki_dirs(self) -> CollectorConfig:
         """OPC UA devices without `security.pki_dir` use `<state_dir>/pki` (docs/opcua.md)."""
         for dev in self.devices:

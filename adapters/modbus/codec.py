@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import struct
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -224,12 +225,11 @@ class TagCodec:
     """A tag compiled for the hot path: where it lives, and how to turn its registers into a value."""
 
     __slots__ = ("convert", "decode", "encode_raw", "is_bits", "name", "scale", "offset", "size", "table",
-                 "tag", "type", "unit", "address", "bit", "byte_order")
+                 "type", "unit", "address", "bit", "byte_order", "__weakref__")
 
     def __init__(self, tag: ModbusTag, default_byte_order: str = "ABCD") -> None:
         if tag.table is None or tag.address is None:
             raise ValueError(f"tag '{tag.name}' has no resolved table/address (validate it in a ModbusDevice)")
-        self.tag = tag
         self.name = tag.name
         self.unit = tag.unit
         self.type = tag.type
@@ -261,6 +261,17 @@ class TagCodec:
         return f"TagCodec({self.name!r}, {self.table}@{self.address}, {self.type}/{self.byte_order})"
 
 
+_COMPILED: weakref.WeakValueDictionary[tuple[Any, ...], TagCodec] = weakref.WeakValueDictionary()
+
+
 def compile_tag(tag: ModbusTag, default_byte_order: str = "ABCD") -> TagCodec:
-    """Compile one tag; `default_byte_order` is the device's, used when the tag does not set its own."""
-    return TagCodec(tag, default_byte_order)
+    """Compile one tag; `default_byte_order` is the device's, used when the tag does not set its own.
+
+    Equal tag definitions share one codec (a codec is immutable): a hundred devices of one template cost
+    the memory of one, which is most of a gateway's per-tag memory (docs/BENCHMARKS.md, memory)."""
+    key = (tag.name, tag.unit, tag.type, tag.table, tag.address, tag.count, tag.bit,
+           tag.byte_order or default_byte_order, tag.scale, tag.offset, tag.range)
+    codec = _COMPILED.get(key)
+    if codec is None:
+        codec = _COMPILED[key] = TagCodec(tag, default_byte_order)
+    return codec
