@@ -1012,7 +1012,10 @@ def targets(b: Bench) -> str:
     def add(name: str, measured: str, ok: bool | None) -> None:
         out.append(f"| {name} | {measured} | {'met' if ok else ('missed' if ok is not None else 'not measured')} |")
 
-    o = best(b.rows, "shopfloor-collector", "contiguous")
+    # the most delivered within one core (a faster step may pass 1 core while past the knee)
+    within = [r for r in b.rows if r.who == "shopfloor-collector" and r.map == "contiguous"
+              and r.scenario == "1" and r.median_cpu() <= 1.0]
+    o = max(within, key=lambda r: r.median_rate()) if within else best(b.rows, "shopfloor-collector", "contiguous")
     if o is not None:
         add("Modbus end to end ≥ 100,000 readings/s at ≤ 1 core",
             f"{o.median_rate():,.0f}/s at {o.median_cpu():.2f} cores ({o.interval * 1000:.0f} ms, contiguous)"

@@ -314,7 +314,9 @@ class Collector:
             self.register = load_register(new_cfg, self.state_dir, self.register_warnings)
             for dev_id in removed:
                 self.status.remove_device(dev_id)
-            for dev_id in removed + changed:
+            for dev_id in removed:
+                self.pipeline.forget(dev_id)
+            for dev_id in changed:
                 self.pipeline.latest.pop(dev_id, None)
             for dev_id in changed + added:
                 self.engine.start_device(after[dev_id])

@@ -25,33 +25,44 @@ class Pipeline:
         self.clock = clock
         self.sinks: list[BatchSink] = []
         self.latest: dict[str, dict[str, Reading]] = {}
-        # (device, tag) -> (last source_ts, receive time when it last advanced)
-        self._advance: dict[tuple[str, str], tuple[float, float]] = {}
+        # device -> tag -> (last source_ts, receive time when it last advanced)
+        self._advance: dict[str, dict[str, tuple[float, float]]] = {}
 
     def add_sink(self, sink: BatchSink) -> None:
         self.sinks.append(sink)
+
+    def forget(self, device: str) -> None:
+        """A device removed by a reload: drop its latest values and staleness state."""
+        self.latest.pop(device, None)
+        self._advance.pop(device, None)
 
     def submit(self, device: str, readings: list[Reading]) -> Batch | None:
         """Take one cycle of a device; returns the batch handed to the sinks (None when empty)."""
         if not readings:
             return None
         now = self.clock()
-        latest = self.latest.setdefault(device, {})
-        advance = self._advance
+        latest = self.latest.get(device)
+        if latest is None:
+            latest = self.latest[device] = {}
+        advance = self._advance.get(device)
+        if advance is None:
+            advance = self._advance[device] = {}
+        stale_after = self.stale_after
         fresh_good = 0
         good = 0
         for r in readings:
-            latest[r.tag] = r
-            key = (device, r.tag)
-            prev = advance.get(key)
-            if prev is None or r.source_ts != prev[0]:
-                advance[key] = (r.source_ts, r.receive_ts)
-                last_advance = r.receive_ts
-            else:
-                last_advance = prev[1]
-            if r.quality == "good":
+            tag = r.tag
+            latest[tag] = r
+            ts = r.source_ts
+            prev = advance.get(tag)
+            if prev is None or ts != prev[0]:
+                advance[tag] = (ts, r.receive_ts)
+                if r.quality == "good":
+                    good += 1
+                    fresh_good += 1  # its source time just advanced
+            elif r.quality == "good":
                 good += 1
-                if r.receive_ts - last_advance <= self.stale_after:
+                if r.receive_ts - prev[1] <= stale_after:
                     fresh_good += 1
         batch = Batch(device=device, seq=self.next_seq(device), ts=now, readings=readings,
                       good_ts=now if fresh_good else None)
