@@ -19,6 +19,7 @@ from collector.indicators.register import Asset, load_register
 from collector.model import Batch, DeviceState, Row
 from collector.outbox import Outbox
 from collector.pipeline import Pipeline
+from collector.runtime import loop_name
 from collector.sinks.influx import InfluxSettings, InfluxSink
 from collector.sinks.mqtt import MqttSettings, MqttSink, encode_data, iso
 from collector.status import StatusStore, StatusTracker
@@ -203,8 +204,8 @@ class Collector:
             self.close_months()
         except Exception:
             log.exception("event=month_close_failed")
-        log.info("event=started devices=%d assets=%d broker=%s:%d", len(self.cfg.devices), len(self.register),
-                 self.sink.s.host, self.sink.s.port)
+        log.info("event=started devices=%d assets=%d broker=%s:%d loop=%s", len(self.cfg.devices),
+                 len(self.register), self.sink.s.host, self.sink.s.port, loop_name())
 
     def _publish_gateway(self) -> None:
         if self.sink.connected:

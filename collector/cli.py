@@ -65,15 +65,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 async def _run(cfg: CollectorConfig, path: str | None = None) -> int:
     """The service: collector, HTTP endpoint, sd_notify READY/WATCHDOG/STOPPING, SIGHUP = reload `path`."""
     from collector.app import Collector
-    from collector.gc_tuning import tune_for_service
     from collector.http import start_http
     from collector.notify import Notifier, start_watchdog
+    from collector.runtime import tune_gc
 
     stop = _stop_event()
     notifier = Notifier.from_env()
     collector = Collector(cfg, Settings())
     await collector.start()
-    tune_for_service()
+    tune_gc()
     http = await start_http(collector, path)
     watchdog = start_watchdog(notifier)
     notifier.ready(f"collecting from {len(cfg.devices)} devices" + (f"; status page {http.url}" if http else ""))
@@ -110,7 +110,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     settings = Settings()
     setup_logging(args.log_level or settings.log_level, settings.log_format)
-    return asyncio.run(_run(cfg, args.config))
+    from collector.runtime import run
+
+    return run(_run(cfg, args.config), settings.event_loop)
 
 
 # ----------------------------------------------------------------------------------------------- status, reload

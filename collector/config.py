@@ -699,6 +699,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["kv", "json"] = "kv"
     http_token: SecretStr | None = None
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"  # auto: uvloop when installed (collector/runtime.py)
 
 
 def read_secret(env_name: str | None, file: Path | None) -> str | None:

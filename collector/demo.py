@@ -14,7 +14,7 @@ from rich.live import Live
 from collector.app import Collector
 from collector.broker import DemoBroker
 from collector.config import CollectorConfig, Settings
-from collector.gc_tuning import tune_for_service
+from collector.runtime import tune_gc
 from collector.view import render, render_plain
 
 
@@ -37,7 +37,7 @@ async def run_demo(cfg: CollectorConfig, duration: float | None, plain: bool = F
     console.print(f"simulators: {len(workshop.by_device)} devices up in {time.monotonic() - t0:.1f} s")
     collector = Collector(cfg, Settings())
     await collector.start()
-    tune_for_service()
+    tune_gc()
     from collector.http import start_http
 
     http = await start_http(collector)

@@ -196,7 +196,9 @@ def test_run_command_shuts_down_cleanly_on_sigterm(broker: MosquittoProcess, sta
         assert run.wait(15) == 0
         gw = rec.last("/gateway/status")
         assert gw is not None and gw.json()["state"] == "offline" and gw.json()["reason"] == "shutdown"
-        assert "event=stopped" in (run.stderr.read() if run.stderr else "")
+        logs = run.stderr.read() if run.stderr else ""
+        assert "event=stopped" in logs
+        assert "loop=uvloop" in logs  # the service runs on uvloop where it is installed (collector/runtime.py)
     finally:
         rec.close()
         sim.send_signal(signal.SIGINT)

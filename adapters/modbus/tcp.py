@@ -27,7 +27,7 @@ import asyncio
 import logging
 import struct
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import Any, cast
 
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
@@ -141,11 +141,10 @@ class MbapClient(asyncio.Protocol):
         self._fail(ConnectionException("connection closed"))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         if not self._connecting:  # connect() gave up already
             transport.close()
             return
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         self._buffer = b""
 
     def connection_lost(self, exc: Exception | None) -> None:
