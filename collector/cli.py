@@ -230,7 +230,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     setup_logging(args.log_level or "WARNING")
-    return asyncio.run(_simulate(cfg, args.device or None))
+    from collector.runtime import run
+
+    return run(_simulate(cfg, args.device or None), Settings().event_loop)
 
 
 # ----------------------------------------------------------------------------------------------- demo
