@@ -1117,44 +1117,79 @@ def render(b: Bench, command: str) -> str:
 
 ANALYSIS = """## What limits us now
 
-Read from the full runs of 2026-11-27 on the 2-core container (static text in bench/e2e.py: re-check it against
-the tables after a run; nothing here was profiled with py-spy yet: the causes named are hypotheses, except the
-polling burst, which a before/after measurement confirmed).
+Read from the full run of 2026-11-27 03:06 UTC on the 2-core container, and from `bench/profile.py` (py-spy
+on the running collector at saturation, plus the CPU of each of its threads from the OS). This is static text in
+bench/e2e.py: re-check it against the tables after a run.
 
-- **Modbus, contiguous map: the collector's one event loop.** Delivered readings/s grow with the poll rate up
-  to ~160–175 k/s at 50 ms, where the collector uses ~0.9 of a core (one asyncio loop, so ~1 core is its
-  ceiling) while simulators, broker and subscriber together use ~0.4: the machine has room, the collector
-  process has not. Past that, a second collector process (one per line, DESIGN "Scaling") is the lever; inside
-  the process, the per-device work per cycle (decode, JSON encode, outbox append, publish) is what to profile.
-- **Modbus, sparse map: requests per second.** 200 tags over ~2,000 registers need ~40–60 requests per device
-  cycle with `max_gap: 10` (a third of the gaps are 12–20 registers), and each request costs ~90 µs of
-  pymodbus client CPU plus the simulator's turn (the simulators reach ~0.75 core here). The knee is ~50–55 k
-  readings/s. A wider `max_gap` for such maps (reading over holes is nearly free) is the user-side lever; it is
-  not tuned here.
-- **Latency p99 (target ≤ 250 ms below saturation).** It was missed (~300 ms contiguous even at 1 s, 480–680 ms
-  sparse) while all 100 devices polled in phase: every interval was one burst through one event loop, and the
-  last device of the burst waited for the decoding and encoding of all the others. The engine now polls each
-  device at its own phase of the interval (from its id; the first poll still happens at once). Quick-mode
-  before/after on the same machine, 1 s interval: p50/p99 75/132 → 28/52 ms contiguous, 152/302 → 37/79 ms
-  sparse; at 100 ms contiguous 297 → ~240 ms and +15 % readings/s. The price: the sparse map at 1 s costs more
-  collector CPU (0.30 → 0.45 core), as spread-out polls no longer share event-loop wake-ups. What remains is
-  by design: a tag's `ts` is the moment its request was answered and a device publishes once per cycle, so a
-  sparse device's first tags wait for the rest of its ~50 requests.
-- **Memory: 20 k tags ≈ 155–162 MB peak (target ≤ 150 MB): missed narrowly.** The libraries alone import to
-  ~74 MB (LIBRARY-FACTS); 1 k tags run at ~62 MB. Configs are now parsed with libyaml (`yaml.CSafeLoader`),
-  which removes most of the 10 s / 288 MB that PyYAML's pure-Python loader cost for a flat config listing
-  every one of 20 k tags; the per-tag config and codec objects are what to profile next.
-- **Outbox drain** (target ≥ 50 k/s: met, ~0.5 M readings/s): the collector uses ~1.5 cores while draining
-  (threads beside the loop), so a drain after an outage competes with live polling on a 2-core gateway.
-- **The peer** issues one Modbus request per key and saturates below the offered 20 k readings/s at a 1 s poll
-  period at ~0.8–0.9 core; at 500 ms it delivers *less* (5–7.5 k/s) while its RSS grows (it queues). Our lead
-  per core is ~10× on the contiguous map and ~4× on the sparse one, short of the 20× target; coalescing is
-  what the lead is made of, so maps that cannot be coalesced shrink it.
-- **OPC UA**: the collector spends ~10 µs of CPU per subscribed value (target ≤ 33 µs: met); the four asyncua
-  servers (~1.2 cores) limit what is offered, as LIBRARY-FACTS predicts.
-- **Shutdown**: under load the collector sometimes did not exit within 10 s of SIGTERM. One cause was found and
-  fixed (Python 3.11's `asyncio.wait_for` can drop a cancellation, so a task could run on after `cancel()`;
-  collector/tasks.py now re-cancels until it ends); whether the bench still sees slow exits is in the run log.
+**What the profile found, and what changed.** Before this round the collector needed 4.75 µs of CPU per
+reading on the contiguous map and 15–17 µs on the sparse one. Now it needs 2.3 µs and 8.7 µs, and 20 k
+tags take 99 MB instead of 151 MB.
+- **Garbage collection took 18 % of a core at 200 k readings/s.** The hot path allocates about one tracked
+  object per reading. With CPython's gen-0 threshold of 700 that meant ~120 collections per second, and the
+  older generations walked the whole start-up heap. `collector run` now freezes the start-up heap and runs
+  gen 0 every 50 k allocations (collector/runtime.py). GC time is now under 1 %.
+- **pymodbus's client took ~40–90 µs of CPU per request** (more, the fewer connections run at once): transaction manager, `wait_for`, framer, PDU
+  objects, even its log formatting. `tcp://` endpoints now use a lean asyncio MBAP client
+  (adapters/modbus/tcp.py): 23–28 µs per request under load, of which ~22 µs is the bare event loop and the
+  kernel. `rtu+tcp://` and `serial://` stay on pymodbus.
+- **uvloop** (collector/runtime.py; `COLLECTOR_EVENT_LOOP=asyncio` opts out) took another 8 % off the
+  contiguous map and 12 % off the sparse one.
+- **JSON encoding**: orjson with `OPT_NON_STR_KEYS`/`OPT_SERIALIZE_NUMPY` was a third slower than without, and
+  every reading converted its own timestamp. It went from 0.38 to 0.22 µs per reading.
+- **Memory: every device held its own copy of each tag.** 100 devices of one template kept 20 k pydantic tag
+  models (38 MB) and 20 k compiled codecs, with their closures and struct objects (40 MB). Equal tags now share
+  one model and one codec.
+
+**What limits us now.**
+- **Contiguous map: the one event-loop thread.** At 50 ms the collector delivers ~360 k readings/s. Its
+  event-loop thread uses ~0.73 core and the MQTT network thread (paho) ~0.07. Where the loop's time goes:
+
+  | share | what |
+  | --- | --- |
+  | 15 % | Modbus requests: the socket send and wake-up of each |
+  | 19 % | decoding |
+  | 14 % | the pipeline, mostly freeing the previous cycle's readings |
+  | 14 % | the outbox's SQLite commit |
+  | 12 % | JSON encoding |
+  | 5 % | publishing |
+
+  No single item is left to remove. The levers left are structural:
+  - columnar batches instead of one `Reading` object per value;
+  - the outbox commit in a worker thread;
+  - a second collector process per group of lines.
+
+  Against the peer this is 22.8× the readings per core (target 20×: met).
+- **Sparse map: requests, on both sides of the socket.** 200 tags over ~2,000 registers with `max_gap: 10`
+  (issue 3's default) need ~67 requests per device cycle.
+  - The collector spends ~70 % of its loop in socket work: ~20 µs per request in the loop and kernel, plus
+    ~2.3 µs per tag.
+  - The two pymodbus simulator processes reach ~0.9 core between them, so the 2-core machine is full at
+    ~70 k readings/s. By the collector's CPU alone it would carry ~105–115 k per core.
+  - The ratio to the peer is bounded by the request count. The peer sends 200 requests per cycle (one per key)
+    at ~50–85 µs of CPU per key; we send 67.
+  - 9.7× per core is the result (target 20×: **missed**), near what this map allows with default settings.
+  - The informative row `sparse, max_gap 20` is one setting that reads over the holes (~17 requests per
+    cycle): 181 k readings/s at 0.71 core. That is ~21× the peer per core, and the simulators are no longer
+    the wall. Reading over holes is nearly free on TCP; on a slow RS-485 line each extra register costs ~2 ms
+    at 9,600 baud, so the default stays.
+- **Latency p99 (target ≤ 250 ms below saturation: met).**
+  - Worst below saturation: 144 ms, on the `max_gap 20` row at 180 k readings/s. On the standard maps at 1 s
+    it is 54–62 ms.
+  - Saturated rows show 260–320 ms on the sparse map. A tag's `ts` is the moment its request was answered, and
+    a device publishes once per cycle, so the first tags of a 67-request cycle wait for the rest.
+- **Memory (target ≤ 150 MB at 20 k tags: met, 99 MB).**
+  - 1 k tags run at 62 MB, most of it the libraries.
+  - A flat config that lists all 20 k tags on every device still peaks at 216 MB. Its tags end up shared, but
+    pydantic first builds every copy while it validates. Templates avoid that.
+- **Outbox drain (target ≥ 50 k/s: met, 0.35–0.72 M readings/s).** The collector uses ~1.4 cores while
+  draining (paho's thread and SQLite beside the loop), so a drain after an outage competes with live polling on
+  a 2-core gateway. `outbox.live_share` keeps half of the link for live data.
+- **The peer** sends one Modbus request per key. It saturates below the offered 20 k readings/s at a 1 s
+  period (11–17.5 k/s at ~0.9 core). At 500 ms it delivers *less* (3.7–5 k/s) while its RSS grows, because it
+  queues. Its figures move a lot from run to run (its sparse row was 19.6 k/s in a quick run ten minutes earlier),
+  and the ratio moves with them.
+- **OPC UA (target ≤ 33 µs per value: met, 7.3 µs).** The four asyncua servers (~1.4 cores) limit what is
+  offered, as LIBRARY-FACTS predicts. Batched polling costs ~11.7 µs per value.
 """
 
 
@@ -1166,9 +1201,10 @@ These scripts measure one component each and print their own tables; run them by
 .venv/bin/python bench/modbus_poll.py   # coalesced vs one request per tag, in process (scenario 2 above)
 .venv/bin/python bench/opcua_poll.py    # OPC UA poll vs subscribe on 1,000 nodes; simulator start-up
 .venv/bin/python bench/outbox.py        # outbox append/drain, with and without fsync
+.venv/bin/python bench/profile.py       # py-spy on the collector at saturation, CPU per thread ("What limits us now")
 ```
 
-Their results when they were written (2 cores, loopback): coalesced contiguous reads 188 k–379 k tags/s against
+Their results when they were written (2 cores, loopback, still with pymodbus's client for Modbus TCP): coalesced contiguous reads 188 k–379 k tags/s against
 12.8 k–22 k for one request per tag (11.8×–21.9×), client CPU 2.6–3.8 µs per tag coalesced vs 43–45 µs one per
 tag; OPC UA batched Read of 1,000 nodes 37–41 k values/s per session, subscriptions delivering 9.3–9.8 k
 values/s with the asyncua server saturating first at 20 k changes/s offered; OPC UA simulator start-up ~1 s for
