@@ -209,6 +209,7 @@ class Proc:
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
+                log(f"  {self.name} did not exit within {timeout:.0f} s of SIGTERM: killed (see {self.logfile})")
                 for p in self._tree()[::-1]:
                     with contextlib.suppress(psutil.NoSuchProcess):
                         p.kill()

@@ -17,13 +17,35 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+class KvFormatter(logging.Formatter):
+    """`level=INFO logger=x key=value ...` on one line, also with a traceback: journald and grep see one
+    event per line. The traceback goes into `exc="..."` with its newlines and quotes escaped."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        exc_info, exc_text, stack_info = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            line = super().format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = exc_info, exc_text, stack_info
+        if exc_info:
+            line += " exc=" + _quote(self.formatException(exc_info))
+        if stack_info:
+            line += " stack=" + _quote(stack_info)
+        return line
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
 def setup_logging(level: str = "INFO", fmt: str = "kv", stream: object = None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
-        handler.setFormatter(logging.Formatter(stamp + "level=%(levelname)s logger=%(name)s %(message)s"))
+        handler.setFormatter(KvFormatter(stamp + "level=%(levelname)s logger=%(name)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
