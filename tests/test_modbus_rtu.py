@@ -109,3 +109,48 @@ async def test_a_missing_serial_port_is_a_readable_connect_error(tmp_path: Path)
     with pytest.raises(AdapterError, match=rf"cannot open serial port {tmp_path}/ttyNOPE: missing"):
         await adapter.connect()
     await adapter.close()
+
+
+@pytest.mark.parametrize("scheme", ["serial", "rtu+tcp"])
+async def test_a_late_answer_after_a_retry_is_never_taken_for_the_next_request(scheme: str, tmp_path: Path) -> None:
+    """RTU frames carry no transaction id. A unit answering slower than `timeout` gets its request sent twice
+    (retries: 1); the answer to the second try still comes after the first try's answer was taken. It must
+    not be taken for the next request: two requests of equal size in two tables with different values."""
+    endpoint = (f"serial://{tmp_path}/ttyRS485?baudrate=115200" if scheme == "serial"
+                else f"rtu+tcp://127.0.0.1:{free_port()}")
+    holding = [{"name": f"h{i}", "register": 40001 + i, "sim": const(100 + i)} for i in range(8)]
+    inputs = [{"name": f"i{i}", "register": 30001 + i, "sim": const(200 + i)} for i in range(8)]
+    (dev,) = devices(endpoint, [{"id": "slow", "unit_id": 3, "timeout": 0.2, "retries": 1,
+                                 "simulate": {"delay": 0.3}, "tags": holding + inputs}])
+    async with ModbusServerSim(endpoint, [dev]):
+        adapter = ModbusAdapter(dev)
+        await adapter.connect()
+        try:
+            cycles = []
+            for _ in range(3):
+                try:
+                    cycles.append(by_tag(await adapter.read()))
+                except AdapterError as exc:  # a cycle may fail; it must never deliver wrong values
+                    cycles.append({"error": exc.reason})  # type: ignore[dict-item]
+        finally:
+            await adapter.close()
+    good = [c for c in cycles if "error" not in c]
+    assert good, cycles
+    for c in good:
+        for i in range(8):
+            assert (c[f"h{i}"].value, c[f"i{i}"].value) == (100 + i, 200 + i), (i, c[f"h{i}"], c[f"i{i}"])
+
+
+def test_an_answer_of_another_function_or_size_is_refused() -> None:
+    from adapters.modbus.adapter import _mismatch
+    from adapters.modbus.planner import ReadRequest
+    from adapters.modbus.tcp import Answer
+
+    regs = ReadRequest("holding_register", 0, 4)
+    bits = ReadRequest("coil", 0, 10)
+    assert _mismatch(regs, Answer(3, (1, 2, 3, 4), (), 0)) is None
+    assert _mismatch(regs, Answer(0x83, (), (), 2)) is None  # an exception answer to this request
+    assert _mismatch(regs, Answer(4, (1, 2, 3, 4), (), 0)) == "function code 4, expected 3"
+    assert _mismatch(regs, Answer(3, (1, 2, 3), (), 0)) == "3 registers for 4"
+    assert _mismatch(bits, Answer(1, (), [False] * 16, 0)) is None  # padded to whole bytes
+    assert _mismatch(bits, Answer(1, (), [False] * 8, 0)) == "8 bits for 10"

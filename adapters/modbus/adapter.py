@@ -57,6 +57,27 @@ _Span = tuple[str, int, int]
 ILLEGAL_ADDRESS = 2
 
 
+FUNCTION_CODES = {"coil": 1, "discrete_input": 2, "holding_register": 3, "input_register": 4}
+
+
+def _mismatch(req: ReadRequest, resp: Response) -> str | None:
+    """Why an answer cannot be the answer to `req` (None if it can): another function code, or another size.
+
+    Modbus RTU has no transaction id, so a late answer to an earlier request of the same unit would otherwise
+    be decoded into the wrong tags. Bits come padded to whole bytes."""
+    fc = FUNCTION_CODES[req.table]
+    got = getattr(resp, "function_code", fc)
+    if got not in (fc, fc | 0x80):
+        return f"function code {got}, expected {fc}"
+    if resp.isError():
+        return None
+    if req.is_bits:
+        n = len(resp.bits)
+        return None if req.count <= n < req.count + 8 else f"{n} bits for {req.count}"
+    n = len(resp.registers)
+    return None if n == req.count else f"{n} registers for {req.count}"
+
+
 def exception_quality(code: int) -> str:
     """Modbus exception code -> tag quality: 02 means the tag's address does not exist on the device."""
     return Quality.BAD_ILLEGAL_ADDRESS if code == ILLEGAL_ADDRESS else Quality.BAD_DEVICE_EXCEPTION
@@ -308,10 +329,24 @@ class ModbusAdapter(Adapter):
         if fn is None:
             raise _Failure("not connected", timeout=False)
         unit = self.device.unit_id
+        if line.settle_until:
+            await line.settle()
         line.in_flight = True
         self._counters["requests"] += 1
         try:
-            return await fn(req.start, count=req.count, device_id=unit)
+            sent = time.monotonic()
+            resp = await fn(req.start, count=req.count, device_id=unit)
+            later_tries = getattr(resp, "retries", 0)
+            if later_tries and line.unframed:
+                # RTU: an earlier try was answered; the answers to the later tries are still on their way and,
+                # with no transaction id, would be taken for the next request. Let them land unheard: a unit
+                # that works one request after the other answers each try as late as it answered this one.
+                line.settle_for(min(5.0, later_tries * (time.monotonic() - sent) * 1.2 + 0.05))
+            mismatch = _mismatch(req, resp)
+            if mismatch:
+                raise _Failure(f"answer does not match the request ({mismatch}): a late answer to an earlier "
+                               f"request? the line is reset", timeout=False)
+            return resp
         except ConnectionException as exc:
             raise _Failure(f"connection lost: {exc}", timeout=False) from None
         except ModbusIOException as exc:

@@ -78,6 +78,7 @@ class Line:
         self.in_flight = False
         self.connects = 0
         self.last_answer = 0.0  # monotonic time the line last went quiet (for inter_request_delay)
+        self.settle_until = 0.0  # monotonic time before which no request is sent (late answers, RTU)
 
     @property
     def connected(self) -> bool:
@@ -164,6 +165,20 @@ class Line:
         elif client is not None:
             client.comm_params.timeout_connect = device.timeout
             client.ctx.retries = device.retries
+
+    @property
+    def unframed(self) -> bool:
+        """RTU framing (serial or `rtu+tcp`): answers carry no transaction id to match them by."""
+        return self.endpoint.scheme != "tcp"
+
+    def settle_for(self, seconds: float) -> None:
+        """Send nothing for `seconds`: a late answer then arrives while no request waits and is dropped."""
+        self.settle_until = max(self.settle_until, time.monotonic() + seconds)
+
+    async def settle(self) -> None:
+        wait = self.settle_until - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     async def quiet(self, delay: float) -> None:
         """Wait until the line has been quiet `delay` seconds (slow devices need a pause between requests,
