@@ -334,10 +334,12 @@ class ModbusAdapter(Adapter):
         line.in_flight = True
         self._counters["requests"] += 1
         try:
+            if not line.unframed:  # Modbus TCP: the client matched the answer by transaction id, fc and size
+                return await fn(req.start, count=req.count, device_id=unit)
             sent = time.monotonic()
             resp = await fn(req.start, count=req.count, device_id=unit)
             later_tries = getattr(resp, "retries", 0)
-            if later_tries and line.unframed:
+            if later_tries:
                 # RTU: an earlier try was answered; the answers to the later tries are still on their way and,
                 # with no transaction id, would be taken for the next request. Let them land unheard: a unit
                 # that works one request after the other answers each try as late as it answered this one.

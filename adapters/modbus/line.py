@@ -79,6 +79,8 @@ class Line:
         self.connects = 0
         self.last_answer = 0.0  # monotonic time the line last went quiet (for inter_request_delay)
         self.settle_until = 0.0  # monotonic time before which no request is sent (late answers, RTU)
+        # RTU framing (serial or `rtu+tcp`): answers carry no transaction id to match them by
+        self.unframed = endpoint.scheme != "tcp"
 
     @property
     def connected(self) -> bool:
@@ -165,11 +167,6 @@ class Line:
         elif client is not None:
             client.comm_params.timeout_connect = device.timeout
             client.ctx.retries = device.retries
-
-    @property
-    def unframed(self) -> bool:
-        """RTU framing (serial or `rtu+tcp`): answers carry no transaction id to match them by."""
-        return self.endpoint.scheme != "tcp"
 
     def settle_for(self, seconds: float) -> None:
         """Send nothing for `seconds`: a late answer then arrives while no request waits and is dropped."""
