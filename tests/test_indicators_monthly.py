@@ -16,7 +16,8 @@ from collector.config import CalendarConfig, CollectorConfig, IndicatorConfig, S
 from collector.indicators import periods
 from collector.indicators.evidence import ShiftCalendar
 from collector.indicators.figures import PeriodResult, compute
-from collector.indicators.rates import Figure, pool, pool_enterprises
+from collector.indicators.pooling import Submission, pool_submissions
+from collector.indicators.rates import Figure, pool
 from collector.indicators.register import Asset
 from collector.indicators.report import pct
 from collector.model import Batch, Reading
@@ -247,11 +248,13 @@ def test_workshop_roll_up_pools_and_year_pools_device_months(hist: History) -> N
 
 
 def test_county_roll_up_pools_and_counts_passing_enterprises() -> None:
-    a = {"figures": {"D2": Figure("D2", 11, 20, 0.55).to_dict()}}
-    b = {"figures": {"D2": Figure("D2", 1, 10, 0.55).to_dict()}}
-    out = pool_enterprises([a, b])["D2"]
-    assert (out["numerator"], out["denominator"], out["enterprises"], out["passing"]) == (12, 30, 2, 1)
-    assert out["passed"] is False  # 40 %, not the 32.5 % average of 55 % and 10 %
+    def sub(enterprise: str, n: int, d: int) -> Submission:
+        return Submission(enterprise, None, "c", None, "ws1", {"D2": Figure("D2", n, d, 0.55)}, "x", True)
+
+    out = pool_submissions("2026-11", [sub("a", 11, 20), sub("b", 1, 10)])
+    d2 = out.figures["D2"]
+    assert (d2.numerator, d2.denominator, len(out.enterprises), out.passing["D2"]) == (12, 30, 2, 1)
+    assert d2.passed is False  # 40 %, not the 32.5 % average of 55 % and 10 %
 
 
 def test_daily_series_and_shown_values_never_round_up_past_a_target(hist: History) -> None:

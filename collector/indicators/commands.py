@@ -1,4 +1,5 @@
-"""Bodies of `collector indicators`, `collector report`, `collector verify` and `collector assets import`.
+"""Bodies of `collector indicators`, `collector report`, `collector pool`, `collector verify` and
+`collector assets import`.
 
 They read the collector's state (SQLite, WAL: safe while the collector runs) and never change the evidence,
 except that a report of a closed month appends its summary to the chain when the collector has not yet.
@@ -13,25 +14,22 @@ import time
 import unicodedata
 from pathlib import Path
 
-from collector.config import CollectorConfig, Settings
+from collector.config import CollectorConfig, effective_state_dir, load_config_or_exit
 from collector.indicators import chain, periods
 from collector.indicators.csv_import import CsvImportError, check_against_config, install, read_register_csv
 from collector.indicators.figures import FIGURE_ORDER, PeriodResult, compute
 from collector.indicators.monthly import chain_path, ensure_chained, find_record
+from collector.indicators.pooling import PoolInputError, PoolResult, pool_submissions, read_submissions
 from collector.indicators.rates import NAMES
 from collector.indicators.register import IMPORTED_REGISTER, load_register
 from collector.indicators.report import pct, write_package
 from collector.status import StatusStore
 
-
-def _load(path: str) -> CollectorConfig:
-    from collector.cli import _load as load  # the CLI's loader prints config errors and exits 2
-
-    return load(path)
+_load = load_config_or_exit  # prints every config error and exits 2
 
 
 def state_dir_of(cfg: CollectorConfig) -> Path:
-    return Settings().state_dir or cfg.state_dir
+    return effective_state_dir(cfg)
 
 
 def open_store(cfg: CollectorConfig, state_dir: Path) -> StatusStore:
@@ -57,6 +55,13 @@ def _pad(s: str, w: int, right: bool = False) -> str:
     return fill + s if right else s + fill
 
 
+def _grid(head: list[str], rows: list[list[str]], numeric: set[int]) -> list[str]:
+    widths = [max(_width(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(_pad(c, widths[i], i in numeric) for i, c in enumerate(r)).rstrip() for r in [head, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
 def format_table(result: PeriodResult, lang: str = "zh") -> str:
     """A plain-text table of every figure, enterprise first, then each workshop."""
     head = ["scope", "figure", "name", "numerator", "denominator", "value", "target", "pass"]
@@ -68,10 +73,7 @@ def format_table(result: PeriodResult, lang: str = "zh") -> str:
             rows.append([scope, f.id, zh if lang == "zh" else en, _num(f.numerator), _num(f.denominator),
                          pct(f.numerator, f.denominator), "" if f.target is None else f"≥ {f.target * 100:g} %",
                          "" if f.passed is None else ("PASS" if f.passed else "FAIL")])
-    widths = [max(_width(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    numeric = {3, 4, 5}
-    lines = ["  ".join(_pad(c, widths[i], i in numeric) for i, c in enumerate(r)).rstrip() for r in [head, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = _grid(head, rows, {3, 4, 5})
     d = result.to_dict(devices=False)
     title = (f"{result.cfg.site.enterprise_name or result.cfg.site.enterprise_id} · period {result.period.label} "
              f"({d['status']}) · defset v1")
@@ -159,6 +161,65 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def format_pool(result: PoolResult, lang: str = "zh") -> str:
+    """The pooled figures (Σ numerators / Σ denominators), then one line per enterprise."""
+    n = len(result.enterprises)
+    head = ["figure", "name", "numerator", "denominator", "value", "target", "pass", "enterprises passing"]
+    rows = []
+    for fid in sorted(result.figures, key=FIGURE_ORDER.index):
+        f = result.figures[fid]
+        zh, en = NAMES[fid]
+        rows.append([fid, zh if lang == "zh" else en, _num(f.numerator), _num(f.denominator),
+                     pct(f.numerator, f.denominator), "" if f.target is None else f"≥ {f.target * 100:g} %",
+                     "" if f.passed is None else ("PASS" if f.passed else "FAIL"),
+                     "" if f.target is None else f"{result.passing[fid]} of {n}"])
+    lines = [f"pooled · period {result.period} · {n} enterprise(s), "
+             f"{sum(len(e.submissions) for e in result.enterprises)} collector(s) · defset v1",
+             *_grid(head, rows, {2, 3, 4}), ""]
+    shown = [fid for fid in ("D2", "D1") if fid in result.figures]
+    ehead = ["enterprise", "county", "collectors", *(f"{fid} ({NAMES[fid][0 if lang == 'zh' else 1]})"
+                                                     for fid in shown), "evidence"]
+    erows = []
+    for e in result.enterprises:
+        cells = []
+        for fid in shown:
+            ef = e.figures.get(fid)
+            cells.append("—" if ef is None else f"{_num(ef.numerator)}/{_num(ef.denominator)} "
+                         f"{pct(ef.numerator, ef.denominator)} {'PASS' if ef.passed else 'FAIL'}")
+        verified = all(s.verified for s in e.submissions)
+        erows.append([e.id, e.county or "", str(len(e.submissions)), *cells,
+                      "chain verified" if verified else "report JSON (not verifiable)"])
+    return "\n".join([*lines, *_grid(ehead, erows, set())])
+
+
+def cmd_pool(args: argparse.Namespace) -> int:
+    try:
+        periods.parse(args.period, time.time(), "UTC")
+    except ValueError as exc:
+        print(f"--period: {exc}", file=sys.stderr)
+        return 2
+    subs = []
+    for name in args.files:
+        try:
+            found = read_submissions(Path(name), args.period)
+        except PoolInputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        if not found:
+            print(f"warning: {name}: no closed {args.period} in it", file=sys.stderr)
+        subs.extend(found)
+    result = pool_submissions(args.period, subs, args.county)
+    if not result.enterprises:
+        print(f"no enterprise has a closed {args.period}" + (f" in county {args.county}" if args.county else ""),
+              file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        print(format_pool(result, args.lang))
+    return 0
+
+
 def cmd_assets_import(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     source = Path(args.file)
@@ -202,6 +263,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--lang", choices=("zh", "en"), default="zh", help="language of the report (default zh)")
     s.add_argument("--out", default=".", help="folder for report-<period>.<format> (default .)")
     s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("pool", help="county/city figures: pool enterprises' evidence chains or report JSONs")
+    s.add_argument("files", nargs="+", help="evidence-chain.jsonl files (verified) or report-<period>.json files")
+    s.add_argument("--period", required=True, help="the month to pool, YYYY-MM")
+    s.add_argument("--county", help="only enterprises whose site.county is this")
+    s.add_argument("--lang", choices=("zh", "en"), default="zh", help="names of the figures (default zh)")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.set_defaults(fn=cmd_pool)
 
     s = sub.add_parser("verify", help="check an evidence chain file (exit 0 intact, 1 broken)")
     s.add_argument("file", help="e.g. state/evidence-chain.jsonl")

@@ -92,21 +92,3 @@ def pool(figures: Iterable[Figure], id_: str | None = None, params: dict[str, An
     return Figure(id_ or (first.id if first else ""), sum(f.numerator for f in figs),
                   sum(f.denominator for f in figs), first.target if first else None,
                   {**(params or {}), "pooled_from": len(figs)})
-
-
-def pool_enterprises(summaries: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """County/city roll-up of monthly summaries (their `figures`): pooled rate, and how many enterprises pass."""
-    out: dict[str, dict[str, Any]] = {}
-    for s in summaries:
-        for fid, f in s["figures"].items():
-            o = out.setdefault(fid, {"numerator": 0, "denominator": 0, "enterprises": 0, "passing": 0,
-                                     "target": f.get("target")})
-            o["numerator"] += f["numerator"]
-            o["denominator"] += f["denominator"]
-            o["enterprises"] += 1
-            o["passing"] += 1 if f.get("passed") else 0
-    for o in out.values():
-        o["value"] = o["numerator"] / o["denominator"] if o["denominator"] else None
-        o["passing_share"] = o["passing"] / o["enterprises"] if o["enterprises"] else None
-        o["passed"] = Figure("D2", o["numerator"], o["denominator"], o["target"]).passed
-    return out
