@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from collector.config import CollectorConfig, MqttConfig, Settings, read_secret
+from collector.config import CollectorConfig, MqttConfig, Settings, effective_state_dir, read_secret
 from collector.delivery import Sender
 from collector.indicators.live import live_snapshot
 from collector.indicators.register import Asset, load_register
@@ -64,7 +64,7 @@ class Collector:
 
         self.cfg = cfg
         self.settings = settings or Settings()
-        self.state_dir: Path = self.settings.state_dir or cfg.state_dir
+        self.state_dir: Path = effective_state_dir(cfg, self.settings)
         self.store = StatusStore(self.state_dir / "status.db", cfg.indicators.bucket)
         self.status = StatusTracker(self.store, [d.id for d in cfg.devices])
         self.register_warnings: list[str] = []

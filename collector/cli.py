@@ -11,19 +11,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from collector.config import CollectorConfig, ConfigError, ModbusDevice, Settings, load_config
+from collector.config import (
+    EXIT_BAD_CONFIG,
+    CollectorConfig,
+    ModbusDevice,
+    Settings,
+    load_config_or_exit,
+)
 
-EXIT_BAD_CONFIG = 2
-
-
-def _load(path: str) -> CollectorConfig:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        print(f"{exc.source}: {len(exc.lines)} error(s)", file=sys.stderr)
-        for line in exc.lines:
-            print(f"  {line}", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_CONFIG) from None
+_load = load_config_or_exit
 
 
 def _stop_event() -> asyncio.Event:

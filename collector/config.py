@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -673,10 +674,12 @@ class CollectorConfig(Strict):
 
     @model_validator(mode="after")
     def _default_pki_dirs(self) -> CollectorConfig:
-        """OPC UA devices without `security.pki_dir` use `<state_dir>/pki` (docs/opcua.md)."""
+        """OPC UA devices without `security.pki_dir` use `<state dir>/pki` (docs/opcua.md), where the state dir
+        is the one the collector really uses: COLLECTOR_STATE_DIR (the systemd unit sets it) over `state_dir`."""
+        state = effective_state_dir(self)
         for dev in self.devices:
             if isinstance(dev, OpcUaDevice) and dev.security.pki_dir is None:
-                dev.security.pki_dir = self.state_dir / "pki"
+                dev.security.pki_dir = state / "pki"
         return self
 
     @property
@@ -700,6 +703,11 @@ class Settings(BaseSettings):
     log_format: Literal["kv", "json"] = "kv"
     http_token: SecretStr | None = None
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"  # auto: uvloop when installed (collector/runtime.py)
+
+
+def effective_state_dir(cfg: CollectorConfig, settings: Settings | None = None) -> Path:
+    """Where the collector keeps its state: env COLLECTOR_STATE_DIR, else the config's `state_dir`."""
+    return (settings or Settings()).state_dir or cfg.state_dir
 
 
 def read_secret(env_name: str | None, file: Path | None) -> str | None:
@@ -813,6 +821,20 @@ def http_errors(cfg: CollectorConfig) -> list[str]:
         return [f"http.listen: '{h.listen}' is not a loopback address, so a token is required: set "
                 "COLLECTOR_HTTP_TOKEN or http.token_file"]
     return []
+
+
+EXIT_BAD_CONFIG = 2
+
+
+def load_config_or_exit(path: str) -> CollectorConfig:
+    """For commands: the config, or every error on stderr (each names its field and the fix) and exit 2."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{exc.source}: {len(exc.lines)} error(s)", file=sys.stderr)
+        for line in exc.lines:
+            print(f"  {line}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_CONFIG) from None
 
 
 def parse_config(data: Any, source: str = "<config>") -> CollectorConfig:

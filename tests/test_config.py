@@ -128,3 +128,19 @@ def test_secrets_are_not_accepted_in_yaml() -> None:
         parse_config(data)
     assert exc.value.lines == ["mqtt.password: unknown key (check the spelling; see docs/config.md for the "
                                "allowed keys)"]
+
+
+def test_opcua_certificates_follow_the_state_dir_the_collector_uses(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    """Under systemd the state dir comes from COLLECTOR_STATE_DIR, not the YAML: the PKI must live there too."""
+    data = {"site": {"enterprise_id": "e"}, "state_dir": "yaml-state", "devices": [
+        {"id": "c1", "protocol": "opcua", "endpoint": "opc.tcp://127.0.0.1:4840",
+         "tags": [{"name": "x", "node": "ns=2;s=X"}]},
+        {"id": "c2", "protocol": "opcua", "endpoint": "opc.tcp://127.0.0.1:4841", "security": {"pki_dir": "own"},
+         "tags": [{"name": "x", "node": "ns=2;s=X"}]}]}
+    monkeypatch.delenv("COLLECTOR_STATE_DIR", raising=False)
+    assert parse_config(data).devices[0].security.pki_dir == Path("yaml-state/pki")  # type: ignore[union-attr]
+    monkeypatch.setenv("COLLECTOR_STATE_DIR", str(tmp_path / "var-lib"))
+    cfg = parse_config(data)
+    assert cfg.devices[0].security.pki_dir == tmp_path / "var-lib" / "pki"  # type: ignore[union-attr]
+    assert cfg.devices[1].security.pki_dir == Path("own")  # type: ignore[union-attr]

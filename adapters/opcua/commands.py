@@ -38,10 +38,9 @@ def _certs_targets(args: argparse.Namespace) -> list[tuple[Path, str]]:
     from adapters.opcua.security import DEFAULT_APPLICATION_URI
 
     if args.config:
-        from collector.cli import _load
-        from collector.config import OpcUaDevice
+        from collector.config import OpcUaDevice, load_config_or_exit
 
-        cfg = _load(args.config)
+        cfg = load_config_or_exit(args.config)
         targets: dict[tuple[Path, str], None] = {}
         for dev in cfg.devices:
             if isinstance(dev, OpcUaDevice):
