@@ -1118,21 +1118,22 @@ def render(b: Bench, command: str) -> str:
 
 ANALYSIS = """## What limits us now
 
-Read from the full run of 2026-11-27 03:06 UTC on the 2-core container, and from `bench/profile.py` (py-spy
-on the running collector at saturation, plus the CPU of each of its threads from the OS). This is static text in
-bench/e2e.py: re-check it against the tables after a run.
+Read from the two full runs of 2026-11-27 (03:06 and 03:36 UTC; the tables below are the later one) on the
+2-core container, and from `bench/profile.py` (py-spy on the running collector at saturation, plus the CPU of
+each of its threads from the OS). This is static text in bench/e2e.py: re-check it against the tables after a
+run.
 
 **What the profile found, and what changed.** Before this round the collector needed 4.75 µs of CPU per
-reading on the contiguous map and 15–17 µs on the sparse one. Now it needs 2.3 µs and 8.7 µs, and 20 k
-tags take 99 MB instead of 151 MB.
+reading on the contiguous map and 15–17 µs on the sparse one. Now it needs 2.3–2.5 µs and 8.7–9.5 µs,
+and 20 k tags take 98–99 MB instead of 151 MB.
 - **Garbage collection took 18 % of a core at 200 k readings/s.** The hot path allocates about one tracked
   object per reading. With CPython's gen-0 threshold of 700 that meant ~120 collections per second, and the
   older generations walked the whole start-up heap. `collector run` now freezes the start-up heap and runs
   gen 0 every 50 k allocations (collector/runtime.py). GC time is now under 1 %.
-- **pymodbus's client took ~40–90 µs of CPU per request** (more, the fewer connections run at once): transaction manager, `wait_for`, framer, PDU
-  objects, even its log formatting. `tcp://` endpoints now use a lean asyncio MBAP client
-  (adapters/modbus/tcp.py): 23–28 µs per request under load, of which ~22 µs is the bare event loop and the
-  kernel. `rtu+tcp://` and `serial://` stay on pymodbus.
+- **pymodbus's client took ~40–90 µs of CPU per request**, more the fewer connections run at once:
+  transaction manager, `wait_for`, framer, PDU objects, even its log formatting. `tcp://` endpoints now use
+  a lean asyncio MBAP client (adapters/modbus/tcp.py): 23–28 µs per request under load, of which ~22 µs is
+  the bare event loop and the kernel. `rtu+tcp://` and `serial://` stay on pymodbus.
 - **uvloop** (collector/runtime.py; `COLLECTOR_EVENT_LOOP=asyncio` opts out) took another 8 % off the
   contiguous map and 12 % off the sparse one.
 - **JSON encoding**: orjson with `OPT_NON_STR_KEYS`/`OPT_SERIALIZE_NUMPY` was a third slower than without, and
@@ -1142,7 +1143,7 @@ tags take 99 MB instead of 151 MB.
   one model and one codec.
 
 **What limits us now.**
-- **Contiguous map: the one event-loop thread.** At 50 ms the collector delivers ~360 k readings/s. Its
+- **Contiguous map: the one event-loop thread.** At 50 ms the collector delivers 330–360 k readings/s. Its
   event-loop thread uses ~0.73 core and the MQTT network thread (paho) ~0.07. Where the loop's time goes:
 
   | share | what |
@@ -1159,7 +1160,8 @@ tags take 99 MB instead of 151 MB.
   - the outbox commit in a worker thread;
   - a second collector process per group of lines.
 
-  Against the peer this is 22.8× the readings per core (target 20×: met).
+  Against the peer this is 22.8× and 31.0× the readings per core in the two runs (target 20×: met). The
+  spread comes from the peer's own figure.
 - **Sparse map: requests, on both sides of the socket.** 200 tags over ~2,000 registers with `max_gap: 10`
   (issue 3's default) need ~67 requests per device cycle.
   - The collector spends ~70 % of its loop in socket work: ~20 µs per request in the loop and kernel, plus
@@ -1167,30 +1169,31 @@ tags take 99 MB instead of 151 MB.
   - The two pymodbus simulator processes reach ~0.9 core between them, so the 2-core machine is full at
     ~70 k readings/s. By the collector's CPU alone it would carry ~105–115 k per core.
   - The ratio to the peer is bounded by the request count. The peer sends 200 requests per cycle (one per key)
-    at ~50–85 µs of CPU per key; we send 67.
-  - 9.7× per core is the result (target 20×: **missed**), near what this map allows with default settings.
+    at ~50–95 µs of CPU per key; we send 67.
+  - 9.7–9.8× per core is the result (target 20×: **missed**), near what this map allows with default
+    settings.
   - The informative row `sparse, max_gap 20` is one setting that reads over the holes (~17 requests per
-    cycle): 181 k readings/s at 0.71 core. That is ~21× the peer per core, and the simulators are no longer
+    cycle): 181–193 k readings/s at ~0.7 core. That is 21–24× the peer per core, and the simulators are no longer
     the wall. Reading over holes is nearly free on TCP; on a slow RS-485 line each extra register costs ~2 ms
     at 9,600 baud, so the default stays.
 - **Latency p99 (target ≤ 250 ms below saturation: met).**
-  - Worst below saturation: 144 ms, on the `max_gap 20` row at 180 k readings/s. On the standard maps at 1 s
-    it is 54–62 ms.
+  - Worst below saturation: 131–144 ms, on the `max_gap 20` row at 180–190 k readings/s. On the standard maps
+    at 1 s it is 53–65 ms.
   - Saturated rows show 260–320 ms on the sparse map. A tag's `ts` is the moment its request was answered, and
     a device publishes once per cycle, so the first tags of a 67-request cycle wait for the rest.
-- **Memory (target ≤ 150 MB at 20 k tags: met, 99 MB).**
-  - 1 k tags run at 62 MB, most of it the libraries.
+- **Memory (target ≤ 150 MB at 20 k tags: met, 98–99 MB).**
+  - 1 k tags run at 61–62 MB, most of it the libraries.
   - A flat config that lists all 20 k tags on every device still peaks at 216 MB. Its tags end up shared, but
     pydantic first builds every copy while it validates. Templates avoid that.
-- **Outbox drain (target ≥ 50 k/s: met, 0.35–0.72 M readings/s).** The collector uses ~1.4 cores while
+- **Outbox drain (target ≥ 50 k/s: met, 0.35–0.74 M readings/s).** The collector uses ~1.4 cores while
   draining (paho's thread and SQLite beside the loop), so a drain after an outage competes with live polling on
   a 2-core gateway. `outbox.live_share` keeps half of the link for live data.
 - **The peer** sends one Modbus request per key. It saturates below the offered 20 k readings/s at a 1 s
-  period (11–17.5 k/s at ~0.9 core). At 500 ms it delivers *less* (3.7–5 k/s) while its RSS grows, because it
+  period (10–17.5 k/s at 0.9–0.96 core). At 500 ms it delivers *less* (3.7–5 k/s) while its RSS grows, because it
   queues. Its figures move a lot from run to run (its sparse row was 19.6 k/s in a quick run ten minutes earlier),
   and the ratio moves with them.
 - **OPC UA (target ≤ 33 µs per value: met, 7.3 µs).** The four asyncua servers (~1.4 cores) limit what is
-  offered, as LIBRARY-FACTS predicts. Batched polling costs ~11.7 µs per value.
+  offered, as LIBRARY-FACTS predicts. Batched polling costs 11.4–11.7 µs per value.
 """
 
 
