@@ -111,7 +111,8 @@ class Collector:
         sp = self.cfg.mqtt.sparkplug
         return SparkplugSink(ms, SparkplugSettings(group_id=sp.group_id or self.cfg.site.enterprise_id,
                                                    edge_node_id=sp.edge_node_id or self.cfg.site.workshop,
-                                                   state_file=self.state_dir / "sparkplug.json"),
+                                                   state_file=self.state_dir / "sparkplug.json",
+                                                   primary_host_id=sp.primary_host_id),
                              on_ack=self._mqtt_acked)
 
     def _to_outbox(self, batch: Batch) -> None:

@@ -440,8 +440,11 @@ class SparkplugConfig(Strict):
 
     group_id: str | None = None
     edge_node_id: str | None = None
+    primary_host_id: str | None = Field(
+        default=None, description="wait for this Primary Host Application's STATE (online) before NBIRTH, and "
+        "end the session when it goes offline; data waits in the outbox (docs/sparkplug.md)")
 
-    @field_validator("group_id", "edge_node_id")
+    @field_validator("group_id", "edge_node_id", "primary_host_id")
     @classmethod
     def _id(cls, v: str | None) -> str | None:
         if v is not None and (not v or any(c in v for c in "/+#")):

@@ -246,3 +246,65 @@ def check_with_tahu(msgs: list[Message]) -> None:
         for x in theirs[k]["metrics"]:
             assert "name" not in x and x["alias"] in aliases, x
             assert x.get("isHistorical", False) is (k == "DDATA historical"), x
+
+
+async def test_primary_host_state_gates_the_births(broker: MosquittoProcess, state_dir: Path) -> None:
+    """Sparkplug 3.0 with `primary_host_id`: no NBIRTH until the host's STATE says online; when it goes offline
+    the node sends NDEATH and starts a new session that waits again; a STATE older than one seen is ignored;
+    what was read meanwhile arrives afterwards as historical data."""
+    data = load_config(state_dir, broker.port, devices=1, interval=0.1)
+    data["mqtt"]["format"] = "sparkplug"
+    data["mqtt"]["sparkplug"] = {"group_id": GROUP, "edge_node_id": NODE, "primary_host_id": "scada"}
+    cfg = parse_config(data)
+    rec = Recorder(broker.host, broker.port, topic="spBv1.0/#")
+    host = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="scada")
+    host.connect(broker.host, broker.port)
+    host.loop_start()
+
+    def state(online: bool, ts: int) -> None:
+        host.publish("spBv1.0/STATE/scada", json.dumps({"online": online, "timestamp": ts}), qos=1,
+                     retain=True).wait_for_publish(5)
+
+    def of(k: str) -> list[Message]:
+        return [m for m in spb(rec) if kind(m) == k]
+
+    workshop = Workshop(cfg)
+    await workshop.start()
+    collector = Collector(cfg, Settings())
+    await collector.start()
+    try:
+        await asyncio.sleep(2.0)
+        assert spb(rec) == [], "born before the primary host was online"
+        assert collector.outbox.queues["mqtt"].readings > 0  # polled meanwhile, kept
+
+        state(True, 1000)
+        await rec.wait_for(lambda: any(kind(m) == "DDATA" and any(x.is_historical for x in decode(m).metrics)
+                                       for m in spb(rec)), 15, "historical DDATA after the host came online")
+        first_bdseq = value(metric(decode(of("NBIRTH")[0]), "bdSeq"))
+
+        state(False, 2000)
+        await rec.wait_for(lambda: len(of("NDEATH")) == 1, 10, "NDEATH when the host went offline")
+        death = of("NDEATH")[0]
+        assert value(metric(decode(death), "bdSeq")) == first_bdseq  # the session that was born ends
+        await asyncio.sleep(1.5)
+        state(True, 1500)  # stale: older than the offline STATE
+        await asyncio.sleep(1.5)
+        assert len(of("NBIRTH")) == 1, "born on a stale STATE"
+        after_death = spb(rec)[spb(rec).index(death) + 1:]
+        assert [kind(m) for m in after_death] == [], "published while the host was offline"
+
+        state(True, 3000)
+        await rec.wait_for(lambda: len(of("NBIRTH")) == 2 and any(
+            kind(m) == "DDATA" and any(x.is_historical for x in decode(m).metrics)
+            for m in sessions(spb(rec))[1]), 15, "a new session with the data read while the host was away")
+        second = sessions(spb(rec))[1]
+        assert value(metric(decode(second[0]), "bdSeq")) == (first_bdseq + 1) % 256
+        check_session(second)
+        assert collector.sink.stats()["sparkplug"]["messages"]["STATE stale"] == 1
+    finally:
+        await collector.stop()
+        await workshop.stop()
+        host.publish("spBv1.0/STATE/scada", b"", qos=1, retain=True).wait_for_publish(5)  # clear the retained
+        host.loop_stop()
+        host.disconnect()
+        rec.close()

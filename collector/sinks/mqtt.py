@@ -152,7 +152,11 @@ class MqttSink(LinkState):
             async with asyncio.timeout(wait):
                 await self.connected_event.wait()
         except TimeoutError:
-            log.warning("sink=mqtt event=not_connected host=%s port=%s (will keep trying)", self.s.host, self.s.port)
+            if self.client.is_connected():  # e.g. a Sparkplug node waiting for its primary host
+                log.info("sink=mqtt event=connected_not_ready host=%s port=%s", self.s.host, self.s.port)
+            else:
+                log.warning("sink=mqtt event=not_connected host=%s port=%s (will keep trying)", self.s.host,
+                            self.s.port)
 
     async def stop(self, gateway_payload: dict[str, Any] | None = None, wait: float = 3.0) -> None:
         """Publish the gateway's offline status (retained), wait for outstanding acks, disconnect."""

@@ -22,6 +22,8 @@ Session rules (loop thread only):
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
+import paho.mqtt.client as mqtt
 
 from collector.model import DeviceState, Reading, Row
 from collector.sinks import sparkplug_b_pb2 as pb
@@ -57,6 +60,7 @@ class SparkplugSettings:
     group_id: str
     edge_node_id: str
     state_file: Path  # where the next bdSeq is kept across restarts
+    primary_host_id: str | None = None  # wait for its STATE online before NBIRTH (Sparkplug 3.0)
 
 
 class _Status(Protocol):
@@ -160,6 +164,15 @@ class SparkplugSink(MqttSink):
         super().__init__(settings, on_ack)
         self.data_qos = 0  # the specification: NBIRTH, DBIRTH, DDATA, DDEATH with QoS 0, not retained
         self.subscriptions += [(self.topic("NCMD"), 1), (self.topic("DCMD", "+"), 1)]
+        # Primary Host Application awareness: its retained STATE decides when this node may be born
+        self.state_topic = f"{NAMESPACE}/STATE/{sp.primary_host_id}" if sp.primary_host_id else None
+        self.host_online = False
+        self.host_ts = -1  # the newest STATE timestamp seen: an older STATE is stale and ignored
+        self.awaiting_host = False
+        self._session_tasks: set[asyncio.Task[None]] = set()
+        self._session_ended = asyncio.Event()
+        if self.state_topic:
+            self.subscriptions.append((self.state_topic, 1))
         self.on_message_hooks.append(self._command)
 
     # -- topics and payloads
@@ -205,8 +218,82 @@ class SparkplugSink(MqttSink):
             log.exception("sink=sparkplug event=bdseq_not_saved path=%s", self.bdseq_store.path)
         topic, payload, qos, retain = self.will()
         self.client.will_set(topic, payload, qos=qos, retain=retain)
+        if self.state_topic:
+            # Sparkplug 3.0: no NBIRTH before the primary host's STATE says online, on every new session
+            self.host_online = False
+            self.awaiting_host = True
+            self.client.subscribe(self.state_topic, qos=1)  # the rest at the births (MqttSink._connected)
+            log.info("sink=sparkplug event=awaiting_primary_host host=%s", self.sp.primary_host_id)
+            return
+        self._born_session()
+
+    def _born_session(self) -> None:
+        """NBIRTH and DBIRTHs, then the link is up: the outbox sender starts (backlog as historical)."""
+        self.awaiting_host = False
         self.births()
         super()._connected()
+
+    def _host_state(self, payload: bytes) -> None:
+        """The primary host's STATE: `{"online": bool, "timestamp": ms}`; a STATE older than one seen is stale."""
+        try:
+            state = json.loads(payload)
+            online, ts = bool(state["online"]), int(state.get("timestamp", 0))
+        except (ValueError, KeyError, TypeError):
+            log.warning("sink=sparkplug event=bad_state topic=%s payload=%r", self.state_topic, payload[:200])
+            return
+        if ts < self.host_ts:
+            self.counts["STATE stale"] += 1
+            log.info("sink=sparkplug event=stale_state_ignored online=%s timestamp=%d newest=%d", online, ts,
+                     self.host_ts)
+            return
+        self.host_ts = ts
+        was_online, self.host_online = self.host_online, online
+        self.counts["STATE"] += 1
+        if online and self.awaiting_host and self.client.is_connected():
+            log.info("sink=sparkplug event=primary_host_online host=%s", self.sp.primary_host_id)
+            self._born_session()
+        elif not online and was_online and not self.awaiting_host:
+            self._host_offline()
+
+    def _host_offline(self) -> None:
+        """The primary host went offline: NDEATH, end the session, connect again and wait for it (3.0: the
+        node must not stay born without its host). Data waits in the outbox meanwhile."""
+        log.warning("sink=sparkplug event=primary_host_offline host=%s (session ended; data waits in the outbox)",
+                    self.sp.primary_host_id)
+        ndeath = None
+        if self.connected:
+            ndeath = self.client.publish(self.topic("NDEATH"), self._ndeath(self.session_bdseq), qos=1)
+            self.counts["NDEATH"] += 1
+        self.awaiting_host = True
+        self.link_down()
+        self.connected_event.clear()
+        self.born.clear()
+        self.sent.clear()
+        if self.loop is not None and not self.stopping:
+            task = self.loop.create_task(self._new_session(ndeath), name="sparkplug-new-session")
+            self._session_tasks.add(task)
+            task.add_done_callback(self._session_tasks.discard)
+
+    async def _new_session(self, ndeath: mqtt.MQTTMessageInfo | None) -> None:
+        """NDEATH acknowledged, DISCONNECT sent (so the broker drops the will, which names the next bdSeq),
+        then connect again. Each step is bounded: a dead broker must not stall this."""
+        deadline = time.monotonic() + 3.0
+        while ndeath is not None and not ndeath.is_published() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        self._session_ended.clear()
+        self.client.disconnect()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3.0):
+                await self._session_ended.wait()
+        await asyncio.to_thread(self.client.loop_stop)
+        if self.stopping:
+            return
+        self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive)
+        self.client.loop_start()
+
+    def _disconnected(self, reason: str) -> None:
+        super()._disconnected(reason)
+        self._session_ended.set()
 
     def births(self) -> None:
         """NBIRTH (seq 0, this session's bdSeq, Rebirth) and a DBIRTH for every online device."""
@@ -272,7 +359,9 @@ class SparkplugSink(MqttSink):
             self.births()
 
     def _command(self, topic: str, payload: bytes) -> None:
-        if topic == self.topic("NCMD"):
+        if topic == self.state_topic:
+            self._host_state(payload)
+        elif topic == self.topic("NCMD"):
             p = pb.Payload.FromString(payload)
             for m in p.metrics:
                 is_rebirth = m.name == REBIRTH or (not m.name and m.HasField("alias") and m.alias == REBIRTH_ALIAS)
