@@ -8,6 +8,7 @@ pydantic's errors into one line per problem that names the path the user wrote, 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import sys
@@ -620,6 +621,40 @@ class IndicatorConfig(Strict):
         return self.live_window if self.live_window is not None else 2 * self.bucket
 
 
+def _validate_repeated_tags(devices: list[Any]) -> list[Any]:
+    """Many configs list the same tags on many devices (one machine type, a template, an exported tag list).
+    Validate each distinct tag once and give every device listing it that one instance (pydantic keeps model
+    instances as they are): a hundred copies then cost the time and memory of one. A tag that does not
+    validate stays a plain dict, so pydantic reports it with its full path (`devices[3].tags[2].type`). Tags
+    given by a classic `register` are left to each device: its `address_base` resolves them."""
+    models: dict[str, type[BaseModel]] = {"modbus": ModbusTag, "opcua": OpcUaTag}
+    seen: dict[tuple[Any, ...], Any] = {}
+    out: list[Any] = []
+    for dev in devices:
+        model = models.get(str(dev.get("protocol"))) if isinstance(dev, dict) else None
+        if model is None or not isinstance(dev.get("tags"), list):
+            out.append(dev)
+            continue
+        tags: list[Any] = []
+        for raw in dev["tags"]:
+            if not isinstance(raw, dict) or "register" in raw:
+                tags.append(raw)  # a classic register is resolved per device (`_resolve_registers` sets it)
+                continue
+            try:
+                key = (model, json.dumps(raw, sort_keys=True))
+            except (TypeError, ValueError):
+                tags.append(raw)
+                continue
+            if key not in seen:
+                try:
+                    seen[key] = model.model_validate(raw)
+                except ValidationError:
+                    seen[key] = raw
+            tags.append(seen[key])
+        out.append({**dev, "tags": tags})
+    return out
+
+
 class CollectorConfig(Strict):
     version: Literal[1] = 1
     site: SiteConfig
@@ -637,13 +672,14 @@ class CollectorConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _apply_templates(cls, data: Any) -> Any:
-        """Expand `template:` on devices: the template's defaults and tags, then the device's own on top."""
-        if not isinstance(data, dict) or not isinstance(data.get("templates"), dict):
+        """Expand `template:` on devices: the template's defaults and tags, then the device's own on top.
+        Then validate each distinct tag once (`_validate_repeated_tags`)."""
+        if not isinstance(data, dict) or not isinstance(data.get("devices"), list):
             return data
+        if not isinstance(data.get("templates"), dict):
+            return {**data, "devices": _validate_repeated_tags(data["devices"])}
         templates = data["templates"]
-        devices = data.get("devices")
-        if not isinstance(devices, list):
-            return data
+        devices = data["devices"]
         expanded = []
         for dev in devices:
             name = dev.get("template") if isinstance(dev, dict) else None
@@ -659,13 +695,13 @@ class CollectorConfig(Strict):
                     tags[t.get("name")] = {**tags.get(t.get("name"), {}), **t}
             merged["tags"] = list(tags.values())
             expanded.append(merged)
-        return {**data, "devices": expanded}
+        return {**data, "devices": _validate_repeated_tags(expanded)}
 
     @model_validator(mode="after")
     def _share_equal_tags(self) -> CollectorConfig:
-        """Keep one instance of equal tags: the devices of one template (or copies of one machine's list)
-        then cost the memory of one device's tags, not one per device (docs/BENCHMARKS.md, memory).
-        Tags are never changed after validation, so sharing them is safe."""
+        """Keep one instance of equal tags, also of those `_validate_repeated_tags` left to each device
+        (classic registers, resolved by the device's `address_base`): copies of one machine's list then cost
+        the memory of one (docs/BENCHMARKS.md, memory). Tags are never changed after validation."""
         seen: dict[tuple[Any, ...], Any] = {}
         for dev in self.devices:
             tags: list[Any] = dev.tags

@@ -144,3 +144,23 @@ def test_opcua_certificates_follow_the_state_dir_the_collector_uses(monkeypatch:
     cfg = parse_config(data)
     assert cfg.devices[0].security.pki_dir == tmp_path / "var-lib" / "pki"  # type: ignore[union-attr]
     assert cfg.devices[1].security.pki_dir == Path("own")  # type: ignore[union-attr]
+
+
+def test_repeated_tags_are_validated_once_and_shared_but_errors_keep_their_path() -> None:
+    tag = {"name": "speed", "table": "holding_register", "address": 0, "type": "uint16"}
+    classic = {"name": "temp", "register": 40011, "type": "int16"}
+
+    def dev(i: int, **extra: object) -> dict[str, object]:
+        return {"id": f"m{i}", "protocol": "modbus", "endpoint": f"tcp://127.0.0.1:{1500 + i}",
+                "tags": [dict(tag), dict(classic)], **extra}
+
+    cfg = parse_config({"site": {"enterprise_id": "e"}, "devices": [dev(0), dev(1), dev(2, address_base=0)]})
+    d0, d1, d2 = cfg.devices
+    assert d0.tags[0] is d1.tags[0] is d2.tags[0]  # one object for three devices
+    assert d0.tags[1] is d1.tags[1] and d0.tags[1].address == 10  # type: ignore[union-attr]
+    assert d2.tags[1] is not d0.tags[1] and d2.tags[1].address == 11  # type: ignore[union-attr]  # its base
+    bad = dev(1)
+    bad["tags"] = [dict(tag, type="uint17"), dict(classic)]
+    with pytest.raises(ConfigError) as err:
+        parse_config({"site": {"enterprise_id": "e"}, "devices": [dev(0), bad]})
+    assert any(line.startswith("devices[1].tags[0].type") for line in err.value.lines), err.value.lines
