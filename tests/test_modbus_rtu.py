@@ -154,3 +154,21 @@ def test_an_answer_of_another_function_or_size_is_refused() -> None:
     assert _mismatch(regs, Answer(3, (1, 2, 3), (), 0)) == "3 registers for 4"
     assert _mismatch(bits, Answer(1, (), [False] * 16, 0)) is None  # padded to whole bytes
     assert _mismatch(bits, Answer(1, (), [False] * 8, 0)) == "8 bits for 10"
+
+
+async def test_an_exception_answer_on_rtu_marks_only_its_tags(tmp_path: Path) -> None:
+    """Exception answers pass the RTU answer check (function code | 0x80) and split as over TCP."""
+    endpoint = f"rtu+tcp://127.0.0.1:{free_port()}"
+    tags = [{"name": f"r{i}", "register": 40001 + i, "sim": const(10 + i)} for i in range(6)]
+    (dev,) = devices(endpoint, [{"id": "plc", "unit_id": 5, "simulate": {"exception_addresses": [3]},
+                                 "tags": tags}])
+    async with ModbusServerSim(endpoint, [dev]):
+        adapter = ModbusAdapter(dev)
+        await adapter.connect()
+        try:
+            got = by_tag(await adapter.read())
+        finally:
+            await adapter.close()
+    assert got["r3"].quality == Quality.BAD_ILLEGAL_ADDRESS
+    assert [(got[f"r{i}"].value, got[f"r{i}"].quality) for i in (0, 1, 2, 4, 5)] == \
+        [(10 + i, Quality.GOOD) for i in (0, 1, 2, 4, 5)]
