@@ -58,6 +58,31 @@ def influx_settings(cfg: CollectorConfig) -> InfluxSettings:
                           batch_rows=ic.batch_rows, gzip=ic.gzip, timeout=ic.timeout)
 
 
+class _Failures:
+    """Logs a periodic job's failures without flooding the journal: the first with its traceback, then one
+    line a minute with the count (a full disk fails the status flush every second), and the recovery."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.count = 0
+        self.logged_at = 0.0
+
+    def failed(self) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if self.count == 1:
+            log.exception("event=periodic_failed fn=%s", self.name)
+            self.logged_at = now
+        elif now - self.logged_at >= 60:
+            log.error("event=periodic_failing fn=%s failures=%d", self.name, self.count, exc_info=True)
+            self.logged_at = now
+
+    def ok(self) -> None:
+        if self.count:
+            log.warning("event=periodic_recovered fn=%s after_failures=%d", self.name, self.count)
+            self.count = 0
+
+
 class Collector:
     def __init__(self, cfg: CollectorConfig, settings: Settings | None = None) -> None:
         from collector.engine import Engine  # imports adapters.base: keep `collector check` light
@@ -216,19 +241,25 @@ class Collector:
         self.sink.publish_indicators(self.indicators())
 
     async def _every(self, seconds: float, fn: Any) -> None:
+        failures = _Failures(getattr(fn, "__name__", str(fn)))
         while True:
             await asyncio.sleep(seconds)
             try:
                 fn()
             except Exception:
-                log.exception("event=periodic_failed fn=%s", getattr(fn, "__name__", fn))
+                failures.failed()
+            else:
+                failures.ok()
 
     async def _every_async(self, seconds: float, fn: Any) -> None:
+        failures = _Failures(getattr(fn, "__name__", str(fn)))
         while True:
             try:
                 await fn()
             except Exception:
-                log.exception("event=periodic_failed fn=%s", getattr(fn, "__name__", fn))
+                failures.failed()
+            else:
+                failures.ok()
             await asyncio.sleep(seconds)
 
     async def stop(self) -> None:

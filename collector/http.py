@@ -185,14 +185,21 @@ class HttpServer:
         stalled_for = now - self._progress_at
         young = bool(ages) and max(ages) <= self.cfg.stall_after
         draining = depth == 0 or stalled_for <= self.cfg.stall_after or young
-        ok = loop_ok and draining
+        outbox = self.collector.outbox
+        write_error = outbox.write_error
+        ok = loop_ok and draining and write_error is None
         reasons = []
+        if write_error is not None:
+            since = outbox.clock() - (outbox.write_error_since or outbox.clock())
+            reasons.append(f"the outbox cannot write {outbox.path} for {since:.0f} s ({write_error}); new data "
+                           f"waits in memory, the oldest beyond {outbox.pending_max_bytes // 2**20} MB is dropped")
         if not loop_ok:
             reasons.append(f"event loop lagging {max(since_beat, self.loop_lag):.1f} s")
         if not draining:
             reasons.append(f"{source} holds {depth:g} messages and delivered none for {stalled_for:.0f} s")
         return {"status": "ok" if ok else "failing", "loop": {"ok": loop_ok, "lag_s": round(self.loop_lag, 3)},
-                "outbox": {"ok": draining, "source": source, "depth": depth, "stalled_s": round(stalled_for, 1)},
+                "outbox": {"ok": draining and write_error is None, "source": source, "depth": depth,
+                           "stalled_s": round(stalled_for, 1), "write_error": write_error},
                 "sink_connected": bool(sink.get("connected")), "reasons": reasons}
 
     async def healthz(self, request: web.Request) -> web.Response:

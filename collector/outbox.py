@@ -19,6 +19,7 @@ minute, not per batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import time
@@ -57,6 +58,7 @@ class QueueState:
     delivered_batches: int = 0
     delivered_readings: int = 0
     pending: list[tuple[str, int, float, float | None, int, bytes]] = field(default_factory=list)
+    pending_bytes: int = 0
     acked: list[int] = field(default_factory=list)
     new_rows: asyncio.Event = field(default_factory=asyncio.Event)
     rate_window: deque[tuple[float, int]] = field(default_factory=deque)
@@ -68,7 +70,8 @@ Encoder = Callable[[Any], bytes]
 
 class Outbox:
     def __init__(self, path: Path, sinks: list[str], *, max_bytes: int = 512 * 1024 * 1024,
-                 max_age: float = 7 * 86400, fsync: bool = False, clock: Callable[[], float] = time.time) -> None:
+                 max_age: float = 7 * 86400, fsync: bool = False, clock: Callable[[], float] = time.time,
+                 pending_max_bytes: int = 64 * 1024 * 1024) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.max_bytes = max_bytes
@@ -95,6 +98,13 @@ class Outbox:
         self.held: dict[str, Callable[[], set[int]]] = {}  # sink -> ids its transport holds (never dropped)
         self._seq_dirty: dict[str, int] = {}
         self._last_drop_log = 0.0
+        # failing writes (disk full, read-only storage): see flush()
+        self.pending_max_bytes = pending_max_bytes
+        self.write_error: str | None = None
+        self.write_error_since: float | None = None
+        self.write_failures = 0
+        self._counters_dirty = False
+        self._last_write_error_log = -1e18
 
     # ----------------------------------------------------------------------------------------- appending
 
@@ -109,14 +119,74 @@ class Outbox:
                payloads: dict[str, bytes]) -> None:
         """Queue one batch for each sink (written at the next `flush()`)."""
         for sink, payload in payloads.items():
-            self.queues[sink].pending.append((device, seq, created, good_ts, n, payload))
+            q = self.queues[sink]
+            q.pending.append((device, seq, created, good_ts, n, payload))
+            q.pending_bytes += len(payload)
 
     def flush(self) -> None:
-        """Commit pending batches and acks, enforce the bounds; wake the senders."""
+        """Commit pending batches and acks, enforce the bounds; wake the senders.
+
+        A write that fails (disk full, read-only or failing storage) is not an exception for the caller: the
+        batches stay in memory and the next flush tries again; `write_error` says why, for /healthz, and the
+        log says it once a minute. While it lasts, at most `pending_max_bytes` per sink are kept in memory: the
+        oldest beyond that are dropped and counted like the bounds' drops."""
         queues = list(self.queues.values())
-        busy = any(q.pending or q.acked for q in queues) or self._seq_dirty
-        if not busy and not self._over_bounds():
+        busy = any(q.pending or q.acked for q in queues) or self._seq_dirty or self._counters_dirty
+        try:
+            if not busy and not self._over_bounds():
+                return
+            self._commit(queues)
+        except sqlite3.Error as exc:
+            self._write_failed(exc)
             return
+        if self.write_error is not None:
+            log.warning("outbox event=write_recovered after_failures=%d error_was=%s", self.write_failures,
+                        self.write_error.replace(" ", "_"))
+            self.write_error = None
+            self.write_error_since = None
+        self._seq_dirty = {}
+        self._counters_dirty = False
+        for q in queues:
+            if q.pending:
+                q.pending = []
+                q.pending_bytes = 0
+                q.new_rows.set()
+            q.acked = []
+        self._log_drops()
+
+    def _write_failed(self, exc: sqlite3.Error) -> None:
+        now = self.clock()
+        self.write_failures += 1
+        if self.write_error is None:
+            self.write_error_since = now
+        self.write_error = f"{type(exc).__name__}: {exc}"
+        for q in self.queues.values():
+            self._cap_pending(q)
+        if now - self._last_write_error_log >= 60:
+            self._last_write_error_log = now
+            log.error("outbox event=write_failed error=%s path=%s failures=%d pending_batches=%d (kept in memory "
+                      "up to %d bytes per sink and retried; free the disk)", self.write_error.replace(" ", "_"),
+                      self.path, self.write_failures, sum(len(q.pending) for q in self.queues.values()),
+                      self.pending_max_bytes)
+
+    def _cap_pending(self, q: QueueState) -> None:
+        """While writes fail: drop the oldest pending batches beyond `pending_max_bytes`, counted exactly."""
+        if q.pending_bytes <= self.pending_max_bytes:
+            return
+        cut = 0
+        excess = q.pending_bytes - self.pending_max_bytes
+        while cut < len(q.pending) and excess > 0:
+            excess -= len(q.pending[cut][5])
+            cut += 1
+        gone, q.pending = q.pending[:cut], q.pending[cut:]
+        q.pending_bytes -= sum(len(p[5]) for p in gone)
+        dropped_n = sum(p[4] for p in gone)
+        q.dropped_batches += len(gone)
+        q.dropped_readings += dropped_n
+        q.drops_since_log += dropped_n
+        self._counters_dirty = True  # persisted by the first flush that works again
+
+    def _commit(self, queues: list[QueueState]) -> None:
         cur = self.db.cursor()
         cur.execute("BEGIN")
         try:
@@ -138,18 +208,16 @@ class Outbox:
                     q.max_id = cur.execute(f"SELECT MAX(id) FROM {table}").fetchone()[0]
             if self._seq_dirty:
                 cur.executemany("INSERT OR REPLACE INTO seq_hw VALUES (?, ?)", list(self._seq_dirty.items()))
+            if self._counters_dirty:
+                cur.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
+                                [(q.sink, name, getattr(q, name)) for q in queues
+                                 for name in ("dropped_batches", "dropped_readings")])
             self._enforce_bounds(cur)
             cur.execute("COMMIT")
         except BaseException:
-            cur.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):  # a failed write may have ended the transaction already
+                cur.execute("ROLLBACK")
             raise
-        self._seq_dirty = {}
-        for q in queues:
-            if q.pending:
-                q.pending = []
-                q.new_rows.set()
-            q.acked = []
-        self._log_drops()
 
     def _over_bounds(self) -> bool:
         if any(q.size > self.max_bytes for q in self.queues.values()):

@@ -143,6 +143,33 @@ async def test_healthz_fails_while_the_outbox_is_stuck_and_recovers_when_it_drai
     assert status == 200
 
 
+async def test_healthz_fails_while_the_outbox_cannot_write_and_recovers(site: Site) -> None:
+    """Storage gone read-only (as an SD card remounted read-only after errors), played by SQLite's query_only
+    on the running collector's outbox: /healthz says so, the data waits in memory, and once the outbox can
+    write again it is written and delivered."""
+    ob = site.collector.outbox
+    ob.db.execute("PRAGMA query_only = 1")
+    try:
+        status, body = await site.until(lambda: _failing(site), 10, "/healthz failing on a read-only outbox")
+        assert body["outbox"]["ok"] is False and "readonly" in body["outbox"]["write_error"]
+        assert any("cannot write" in r and "outbox.db" in r for r in body["reasons"]), body["reasons"]
+        assert ob.queues["mqtt"].pending  # kept in memory meanwhile
+    finally:
+        ob.db.execute("PRAGMA query_only = 0")
+    await site.until(lambda: _ok(site), 10, "/healthz ok once the outbox writes again")
+    assert ob.write_error is None and ob.queues["mqtt"].dropped_batches == 0
+
+
+async def _failing(site: Site) -> tuple[int, Any] | None:
+    status, body = await site.get("/healthz")
+    return (status, body) if status == 503 else None
+
+
+async def _ok(site: Site) -> bool:
+    status, _ = await site.get("/healthz")
+    return status == 200
+
+
 async def test_healthz_fails_after_the_loop_was_blocked(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(http_mod, "LOOP_STALE", 0.5)
     time.sleep(1.0)  # noqa: ASYNC251 - blocking the loop on purpose

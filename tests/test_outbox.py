@@ -171,3 +171,37 @@ def test_rows_a_transport_holds_are_never_dropped(tmp_path: Path) -> None:
     seqs = [r.seq for r in ob.fetch("mqtt", 0, 100)]
     assert seqs[:2] == [1, 2] and 3 not in seqs
     assert ob.stats("mqtt")["dropped_batches"] == 10 and ob.stats("mqtt")["bytes"] <= 1050
+
+
+def test_a_full_disk_keeps_batches_in_memory_drops_the_oldest_past_the_cap_and_recovers(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """SQLite's max_page_count makes the database "full" exactly as a full disk does (SQLITE_FULL)."""
+    clock = Clock()
+    ob = Outbox(tmp_path / "outbox.db", ["mqtt"], clock=clock, pending_max_bytes=10 * 1000)
+    fill(ob, "d1", 3, size=1000, clock=clock)
+    ob.flush()
+    pages = ob.db.execute("PRAGMA page_count").fetchone()[0]
+    ob.db.execute(f"PRAGMA max_page_count = {pages}")  # no room for another row
+    caplog.set_level("ERROR", logger="collector.outbox")
+    for _ in range(4):  # 4 × 5 batches of 1,000 bytes while writes fail; the cap keeps the newest 10
+        fill(ob, "d1", 5, size=1000, clock=clock)  # flushes
+        ob.flush()  # never raises
+        clock.t += 1
+    assert ob.write_error is not None and "full" in ob.write_error
+    assert ob.write_failures == 8
+    assert len([r for r in caplog.records if "write_failed" in r.getMessage()]) == 1  # once a minute, not 20/s
+    q = ob.queues["mqtt"]
+    assert len(q.pending) == 10 and q.pending_bytes == 10 * 1000
+    assert (q.dropped_batches, q.dropped_readings) == (10, 50)  # 10 of 5 readings each, the oldest
+    kept = [p[1] for p in q.pending]
+    assert kept == list(range(14, 24))  # seqs 4..13 dropped, the newest kept in order
+
+    ob.db.execute("PRAGMA max_page_count = 1000000")  # room again
+    ob.flush()
+    assert ob.write_error is None and q.pending == []
+    assert [r.seq for r in ob.fetch("mqtt", 0, 100)] == [1, 2, 3, *range(14, 24)]
+    ob.close()
+    again = Outbox(tmp_path / "outbox.db", ["mqtt"], clock=clock)
+    assert (again.queues["mqtt"].dropped_batches, again.queues["mqtt"].dropped_readings) == (10, 50)  # persisted
+    assert again.next_seq("d1") == 24  # no number reused
+    again.close()
