@@ -29,10 +29,19 @@ def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on now, never the same one twice in this process: the kernel may hand a just
+    closed ephemeral port out again, and two simulators asked for in a row must not get the same one."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 class MosquittoProcess:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 import struct
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +18,7 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from adapters.base import AdapterError, create_adapter
 from adapters.modbus.adapter import ModbusAdapter
+from collector.broker import free_port as broker_free_port
 from collector.config import ModbusDevice, parse_config
 from collector.model import Quality, Reading
 from simulators.modbus import ModbusServerSim
@@ -34,9 +34,7 @@ VALUES: dict[str, Any] = {"int16": -12345, "uint16": 54321, "int32": -123456789,
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return broker_free_port()
 
 
 def wire_words(value: Any, type_: str, order: str) -> list[int]:

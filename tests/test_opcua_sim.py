@@ -8,7 +8,6 @@ not the receive time) proves it came from the server.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 from adapters.base import AdapterError, create_adapter
 from adapters.opcua.adapter import OpcUaAdapter, make_converter, to_plain
 from adapters.opcua.nodeids import Unresolved, parse_node, resolve_node_id
+from collector.broker import free_port as broker_free_port
 from collector.config import CollectorConfig, OpcUaDevice, OpcUaTag, parse_config
 from collector.model import Quality, Reading
 from simulators.opcua import MACHINE_TOOL_NS, OpcUaMachineSim
@@ -29,9 +29,7 @@ SKEW = 3600.0  # the sim's clock is this far behind the collector's
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return broker_free_port()
 
 
 def skewed_clock() -> float:
