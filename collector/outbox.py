@@ -67,6 +67,9 @@ class QueueState:
 
 Encoder = Callable[[Any], bytes]
 
+# QueueState fields that a commit changes together with the table: restored when the commit fails
+_MIRRORED = ("batches", "readings", "size", "max_id", "dropped_batches", "dropped_readings", "drops_since_log")
+
 
 class Outbox:
     def __init__(self, path: Path, sinks: list[str], *, max_bytes: int = 512 * 1024 * 1024,
@@ -187,6 +190,8 @@ class Outbox:
         self._counters_dirty = True  # persisted by the first flush that works again
 
     def _commit(self, queues: list[QueueState]) -> None:
+        """One transaction; the in-memory view of the tables (`_MIRRORED`) rolls back with it."""
+        saved = [tuple(getattr(q, name) for name in _MIRRORED) for q in queues]
         cur = self.db.cursor()
         cur.execute("BEGIN")
         try:
@@ -217,6 +222,9 @@ class Outbox:
         except BaseException:
             with contextlib.suppress(sqlite3.Error):  # a failed write may have ended the transaction already
                 cur.execute("ROLLBACK")
+            for q, values in zip(queues, saved, strict=True):
+                for name, value in zip(_MIRRORED, values, strict=True):
+                    setattr(q, name, value)
             raise
 
     def _over_bounds(self) -> bool:
