@@ -19,8 +19,6 @@ from collector.config import (
     load_config_or_exit,
 )
 
-_load = load_config_or_exit
-
 
 def _stop_event() -> asyncio.Event:
     """An event set by SIGINT or SIGTERM."""
@@ -36,7 +34,7 @@ def _stop_event() -> asyncio.Event:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
+    cfg = load_config_or_exit(args.config)
     tags = sum(len(d.tags) for d in cfg.devices)
     print(f"{args.config}: OK: {len(cfg.devices)} devices, {tags} tags, {len(cfg.assets)} unconnected assets; "
           f"topic root {cfg.topic_root}")
@@ -103,7 +101,7 @@ async def _run(cfg: CollectorConfig, path: str | None = None) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from collector.logs import setup_logging
 
-    cfg = _load(args.config)
+    cfg = load_config_or_exit(args.config)
     settings = Settings()
     setup_logging(args.log_level or settings.log_level, settings.log_format)
     from collector.runtime import run
@@ -121,7 +119,7 @@ def _api(args: argparse.Namespace) -> tuple[str, str | None]:
 
     token = os.environ.get("COLLECTOR_HTTP_TOKEN") or None
     if args.config:
-        cfg = _load(args.config)
+        cfg = load_config_or_exit(args.config)
         token = http_token(cfg)
         host = cfg.http.host
         host = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
@@ -224,7 +222,7 @@ async def _simulate(cfg: CollectorConfig, devices: list[str] | None) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from collector.logs import setup_logging
 
-    cfg = _load(args.config)
+    cfg = load_config_or_exit(args.config)
     setup_logging(args.log_level or "WARNING")
     from collector.runtime import run
 
@@ -238,7 +236,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from collector.demo import run_demo
     from collector.logs import setup_logging
 
-    cfg = _load(args.config)
+    cfg = load_config_or_exit(args.config)
     setup_logging(args.log_level or "WARNING")
     return asyncio.run(run_demo(cfg, args.duration, plain=args.plain))
 

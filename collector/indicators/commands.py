@@ -25,12 +25,6 @@ from collector.indicators.register import IMPORTED_REGISTER, load_register
 from collector.indicators.report import pct, write_package
 from collector.status import StatusStore
 
-_load = load_config_or_exit  # prints every config error and exits 2
-
-
-def state_dir_of(cfg: CollectorConfig) -> Path:
-    return effective_state_dir(cfg)
-
 
 def open_store(cfg: CollectorConfig, state_dir: Path) -> StatusStore:
     """The collector's store, or an empty in-memory one when it never ran here (figures then show no evidence)."""
@@ -81,8 +75,8 @@ def format_table(result: PeriodResult, lang: str = "zh") -> str:
 
 
 def cmd_indicators(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
-    state = state_dir_of(cfg)
+    cfg = load_config_or_exit(args.config)
+    state = effective_state_dir(cfg)
     warnings: list[str] = []
     assets = load_register(cfg, state, warnings)
     store = open_store(cfg, state)
@@ -112,8 +106,8 @@ def cmd_indicators(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
-    state = state_dir_of(cfg)
+    cfg = load_config_or_exit(args.config)
+    state = effective_state_dir(cfg)
     warnings: list[str] = []
     assets = load_register(cfg, state, warnings)
     now = time.time()
@@ -221,7 +215,7 @@ def cmd_pool(args: argparse.Namespace) -> int:
 
 
 def cmd_assets_import(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
+    cfg = load_config_or_exit(args.config)
     source = Path(args.file)
     try:
         reg = read_register_csv(source)
@@ -236,7 +230,7 @@ def cmd_assets_import(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         print(f"{source}: {len(clashes)} clash(es) with the config; nothing imported", file=sys.stderr)
         return 1
-    target = state_dir_of(cfg) / IMPORTED_REGISTER
+    target = effective_state_dir(cfg) / IMPORTED_REGISTER
     if not args.dry_run:
         install(reg, source, target)
     cnc = sum(1 for e in reg.entries if e.is_cnc)
