@@ -260,10 +260,7 @@ class SparkplugSink(MqttSink):
         node must not stay born without its host). Data waits in the outbox meanwhile."""
         log.warning("sink=sparkplug event=primary_host_offline host=%s (session ended; data waits in the outbox)",
                     self.sp.primary_host_id)
-        ndeath = None
-        if self.connected:
-            ndeath = self.client.publish(self.topic("NDEATH"), self._ndeath(self.session_bdseq), qos=1)
-            self.counts["NDEATH"] += 1
+        ndeath = self._end_session()
         self.awaiting_host = True
         self.link_down()
         self.connected_event.clear()
@@ -424,10 +421,15 @@ class SparkplugSink(MqttSink):
 
     async def stop(self, gateway_payload: dict[str, Any] | None = None, wait: float = 3.0) -> None:
         """An intentional disconnect sends no will: publish NDEATH with this session's bdSeq first."""
-        if self.connected:
-            self.client.publish(self.topic("NDEATH"), self._ndeath(self.session_bdseq), qos=1)
-            self.counts["NDEATH"] += 1
+        self._end_session()
         await super().stop(gateway_payload, wait)
+
+    def _end_session(self) -> mqtt.MQTTMessageInfo | None:
+        """NDEATH with this session's bdSeq, when the node is born (a DISCONNECT will follow: no will then)."""
+        if not self.connected:
+            return None
+        self.counts["NDEATH"] += 1
+        return self.client.publish(self.topic("NDEATH"), self._ndeath(self.session_bdseq), qos=1)
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "sparkplug": {"bdseq": self.session_bdseq, "seq": self.seq,
