@@ -38,13 +38,15 @@ async def run_demo(cfg: CollectorConfig, duration: float | None, plain: bool = F
     collector = Collector(cfg, Settings())
     await collector.start()
     tune_gc()
-    from collector.http import start_http
+    from collector.http import HttpUnavailable, start_http
 
-    http = await start_http(collector)
+    try:
+        http = await start_http(collector)
+    except HttpUnavailable as exc:  # the demo shows the terminal view all the same
+        http = None
+        console.print(f"status page: not available: {exc}")
     if http is not None:
         console.print(f"status page: {http.url}  (also /metrics, /healthz, /api/status)")
-    elif cfg.http.enabled:
-        console.print(f"status page: not available, {cfg.http.listen} is taken (see the log)")
     header = (f"{cfg.site.enterprise_name or cfg.site.enterprise_id} · {cfg.site.workshop} · "
               f"MQTT {cfg.topic_root}/#")
     deadline = None if duration is None else loop.time() + duration
