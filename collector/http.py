@@ -393,7 +393,11 @@ class HttpServer:
             "enabled": dev.enabled, "interval": dev.interval, "state": str(st.state), "since": st.since,
             "reason": st.reason, "last_good": st.last_good, "last_delivered": st.last_delivered,
             "online": str(st.state) in ("online", "degraded"), "seq": last_seq(c, dev_id),
-            "polls": task.polls if task else 0, "errors": task.errors if task else 0,
+            # a subscribing device is never polled: it counts the publishes it delivered instead
+            "mode": task.mode if task else None,
+            "polls": (None if task.subscribing else task.polls) if task else 0,
+            "publishes": (task.publishes if task.subscribing else None) if task else None,
+            "reconnects": task.reconnects if task else 0, "errors": task.errors if task else 0,
             "last_poll_duration": task.last_poll_duration if task else None,
             # `values` in the shape collector/view.py renders: tag -> [value, unit, quality]
             "values": {t["name"]: [t["value"], t["unit"], t["quality"]] for t in tags if t["quality"] is not None},

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import json
 import logging
 import sys
 import time
@@ -309,6 +310,58 @@ async def test_a_device_that_goes_offline_shows_offline_in_api_and_metrics(site:
     assert m[("shopfloor_device_state", (("device", "imm-01"), ("state", "offline")))] == 1.0
     assert m[("shopfloor_device_errors_total", (("device", "imm-01"),))] >= 1
     await site.until(lambda: _d2_is(site, 4, 6), 10, "live 联网率 4/6")
+
+
+async def test_reconnects_are_counted_and_subscribers_show_publishes(site: Site) -> None:
+    """imm-01 (Modbus, polled) and cnc-01 (OPC UA, subscribed) lose their simulator and get it back: each counts
+    one reconnect, in the API, `collector status --json` and /metrics; the others none. cnc-01 shows the
+    publishes its subscription delivered, not 0 polls."""
+    async def device(dev: str) -> dict[str, Any]:
+        return (await site.get(f"/api/devices/{dev}"))[1]  # type: ignore[no-any-return]
+
+    before = {d: await device(d) for d in ("imm-01", "cnc-01")}
+    assert before["imm-01"]["reconnects"] == 0 and before["cnc-01"]["reconnects"] == 0
+    assert before["cnc-01"]["mode"] == "subscribe" and before["cnc-01"]["polls"] is None
+    assert before["cnc-01"]["publishes"] >= 1
+    assert before["imm-01"]["mode"] == "poll" and before["imm-01"]["polls"] >= 1
+    assert before["imm-01"]["publishes"] is None
+    for dev in ("imm-01", "cnc-01"):
+        await site.workshop.stop_device(dev)
+    for dev in ("imm-01", "cnc-01"):
+        await site.until(lambda d=dev: _state_is(site, d, "offline"), 20, f"{dev} offline")
+    for dev in ("imm-01", "cnc-01"):
+        await site.workshop.start_device(dev)
+    for dev in ("imm-01", "cnc-01"):
+        await site.until(lambda d=dev: _state_is(site, d, "online"), 40, f"{dev} online again")
+    after = {d: await device(d) for d in ("imm-01", "cnc-01")}
+    assert after["imm-01"]["reconnects"] == 1 and after["cnc-01"]["reconnects"] == 1, after
+    assert after["cnc-01"]["publishes"] > before["cnc-01"]["publishes"]
+
+    async with site.session.get(site.base + "/metrics") as r:
+        m = metrics_of(await r.text())
+    for dev in CONNECTED:
+        assert m[("shopfloor_device_reconnects_total", (("device", dev),))] == (1 if dev in after else 0), dev
+    assert m[("shopfloor_device_publishes_total", (("device", "cnc-01"),))] >= after["cnc-01"]["publishes"]
+    assert ("shopfloor_device_publishes_total", (("device", "imm-01"),)) not in m
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "collector.cli", "status", "--url", site.base, "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    rows = {d["id"]: d for d in json.loads(out)["devices"]}
+    assert rows["imm-01"]["reconnects"] == 1 and rows["cnc-01"]["reconnects"] == 1
+    assert rows["knit-01"]["reconnects"] == 0 and rows["cnc-02"]["mode"] == "poll" and rows["cnc-02"]["polls"] >= 1
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "collector.cli", "status", "--url", site.base,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={"COLUMNS": "200", "PATH": "/usr/bin"})
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    text = out.decode()
+    assert "publishes" in text and "polls" in text and "1 reconnects" in text, text
+
+
+async def _state_is(s: Site, dev: str, state: str) -> bool:
+    _, d = await s.get(f"/api/devices/{dev}")
+    return bool(d["state"] == state)
 
 
 # --------------------------------------------------------------------------------------------- page, CLI
