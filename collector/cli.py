@@ -183,7 +183,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from collector.view import render, render_outbox
+    from collector.view import fmt_duration, render, render_outbox
 
     base, token, cfg = _api(args)
     try:
@@ -203,7 +203,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         g = body["gateway"]
         header = (f"{g.get('enterprise_name') or g['enterprise']} · {g['workshop']} · MQTT {g['topic_root']}/# · "
-                  f"up {g['uptime_s'] / 3600:.1f} h")
+                  f"up {fmt_duration(g['uptime_s'])}")
         console = Console()
         console.print(render(body["devices"], body["indicators"], header))
         console.print(render_outbox(body["outbox"], body["sink"], body["health"]))

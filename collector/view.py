@@ -20,6 +20,17 @@ def fmt_value(value: Any, unit: str | None) -> str:
     return f"{text}{' ' + unit if unit else ''}"
 
 
+def fmt_duration(seconds: float) -> str:
+    """`42 s`, `12 min`, `5.2 h`, `3 d 4 h` (the status page's `duration()`): an uptime of minutes is not `0.0 h`."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{int(seconds // 86400)} d {int(seconds % 86400 // 3600)} h"
+
+
 def fmt_rate(fig: dict[str, Any]) -> str:
     value = fig.get("value")
     pct = "—" if value is None else f"{value * 100:.1f} %"

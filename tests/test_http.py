@@ -10,6 +10,7 @@ import base64
 import copy
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -388,6 +389,9 @@ async def test_collector_status_prints_the_same_picture(site: Site) -> None:
         assert dev in text
     assert "数字化设备联网率" in text and "83.3 %" in text and "[5/6]" in text
     assert "connected" in text and "health" in text and "ok" in text
+    assert re.search(r"up \d+ s", text) and "0.0 h" not in text, text  # a young collector's uptime
+    from collector.view import fmt_duration
+    assert [fmt_duration(s) for s in (4.2, 600, 7200, 3 * 86400 + 4 * 3600)] == ["4 s", "10 min", "2.0 h", "3 d 4 h"]
 
 
 # --------------------------------------------------------------------------------------------- auth
