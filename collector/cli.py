@@ -277,7 +277,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     cfg = load_config_or_exit(args.config)
     setup_logging(args.log_level or "WARNING")
-    return asyncio.run(run_demo(cfg, args.duration, plain=args.plain))
+    return asyncio.run(run_demo(cfg, args.duration, plain=args.plain, keep_retained=args.keep_retained))
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -309,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-c", "--config", default=str(Path("config") / "demo.yaml"), help="default config/demo.yaml")
     s.add_argument("--duration", type=float, default=None, help="exit with code 0 after this many seconds")
     s.add_argument("--plain", action="store_true", help="plain text instead of the live view")
+    s.add_argument("--keep-retained", action="store_true", help="on a broker the demo did not start, keep its "
+                   "retained topics at exit (default: cleared)")
     s.add_argument("--log-level", help="log level (default WARNING)")
     s.set_defaults(fn=cmd_demo)
 

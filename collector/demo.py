@@ -12,13 +12,16 @@ from rich.console import Console
 from rich.live import Live
 
 from collector.app import Collector
-from collector.broker import DemoBroker
+from collector.broker import DemoBroker, clear_retained
 from collector.config import CollectorConfig, Settings
 from collector.runtime import tune_gc
 from collector.view import render, render_plain
 
 
-async def run_demo(cfg: CollectorConfig, duration: float | None, plain: bool = False) -> int:
+async def run_demo(cfg: CollectorConfig, duration: float | None, plain: bool = False,
+                   keep_retained: bool = False) -> int:
+    """On a broker it did not start (`external`), the demo clears its retained topics (`{root}/#`) on exit,
+    unless `keep_retained`: a plant's or a developer's broker must not keep showing a demo workshop."""
     from simulators.workshop import Workshop
 
     stop = asyncio.Event()
@@ -69,5 +72,21 @@ async def run_demo(cfg: CollectorConfig, duration: float | None, plain: bool = F
             await http.stop()
         await collector.stop()
         await workshop.stop()
+        if broker.kind == "external" and not keep_retained:
+            await _clear_demo_topics(collector, console)
         await broker.stop()
     return 0
+
+
+async def _clear_demo_topics(collector: Collector, console: Console) -> None:
+    s = collector.sink.s  # the broker settings the collector used (host, port, user, password)
+    root = collector.cfg.topic_root
+    try:
+        if s.tls:
+            raise OSError("TLS brokers are not cleared by the demo")
+        cleared = await asyncio.to_thread(clear_retained, s.host, s.port, f"{root}/#", username=s.username,
+                                          password=s.password)
+    except (OSError, TimeoutError) as exc:
+        console.print(f"broker: could not clear the demo's retained topics under {root}/#: {exc}")
+        return
+    console.print(f"broker: cleared {len(cleared)} retained topics under {root}/# (--keep-retained keeps them)")
