@@ -136,3 +136,46 @@ def test_idle_and_incomplete_connections_neither_starve_healthz_nor_stay_open(
     _, err = proc.communicate(timeout=15)
     assert "Too many open files" not in err, err[-2000:]
     assert proc.returncode == 0, err[-2000:]
+
+
+async def test_at_the_cap_the_oldest_idle_connection_makes_room(broker: MosquittoProcess, tmp_path: Path) -> None:
+    """In-process, with http.max_connections 8: twenty idle sockets never hold more than 8 (+ the one being
+    accepted) open, the oldest are closed first, the newest stay, and a request still gets through."""
+    import asyncio
+
+    from collector.app import Collector
+    from collector.config import Settings, parse_config
+    from collector.http import HttpServer
+
+    cfg = parse_config({"site": {"enterprise_id": "jx-limits"}, "devices": [], "state_dir": str(tmp_path),
+                        "mqtt": {"url": f"mqtt://127.0.0.1:{broker.port}"},
+                        "http": {"listen": f"127.0.0.1:{free_port()}", "max_connections": 8}})
+    collector = Collector(cfg, Settings())
+    await collector.start()
+    server = HttpServer(collector)
+    await server.start()
+    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        assert server.max_connections == 8
+        for _ in range(20):
+            conns.append(await asyncio.open_connection("127.0.0.1", server.port))
+            await asyncio.sleep(0.02)  # accepted one by one: the order of arrival is the order of eviction
+        await asyncio.sleep(0.2)
+        assert server.runner is not None and server.runner.server is not None
+        assert len(server.runner.server.connections) <= 9
+        assert server.closed_idle == 12
+        for reader, _ in conns[:12]:  # the oldest twelve: closed by the server
+            assert await asyncio.wait_for(reader.read(), 2) == b""
+        for reader, _ in conns[-7:]:  # the newest: still open
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(reader.read(1), 0.05)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        head = await asyncio.wait_for(reader.readline(), 5)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        writer.close()
+    finally:
+        for _, w in conns:
+            w.close()
+        await server.stop()
+        await collector.stop()
