@@ -44,6 +44,52 @@ def free_port(host: str = "127.0.0.1") -> int:
             return port
 
 
+def clear_retained(host: str, port: int, topic_filter: str, quiet: float = 0.5, timeout: float = 10.0,
+                   username: str | None = None, password: str | None = None) -> list[str]:
+    """Remove every retained message under `topic_filter` (a zero-length retained publish each) and return the
+    topics cleared. The broker sends retained messages right after the SUBACK: once none has come for `quiet`
+    seconds, they are all in. `make demo` uses it so that a broker it did not start keeps none of its topics."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    retained: dict[str, None] = {}
+    last = [time.monotonic()]
+    subscribed = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"collector-demo-clear-{time.time_ns()}")
+    if username:
+        client.username_pw_set(username, password)
+    client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(topic_filter, qos=1)
+    def on_subscribe(c: mqtt.Client, u: Any, mid: int, codes: Any, props: Any = None) -> None:
+        last[0] = time.monotonic()
+        subscribed.set()
+
+    client.on_subscribe = on_subscribe
+
+    def on_message(c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
+        last[0] = time.monotonic()
+        if msg.retain and msg.payload:
+            retained[msg.topic] = None
+
+    client.on_message = on_message
+    client.connect(host, port)
+    client.loop_start()
+    try:
+        deadline = time.monotonic() + timeout
+        if not subscribed.wait(timeout):
+            raise TimeoutError(f"no SUBACK from {host}:{port} for {topic_filter}")
+        while time.monotonic() - last[0] < quiet and time.monotonic() < deadline:
+            time.sleep(0.05)
+        infos = [client.publish(topic, b"", qos=1, retain=True) for topic in retained]
+        for info in infos:
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return list(retained)
+
+
 class MosquittoProcess:
     """A private mosquitto on host:port with a throw-away config; can be stopped and started again."""
 

@@ -20,6 +20,16 @@ from collector.config import (
 )
 
 
+def package_version() -> str:
+    """The installed distribution's version (what a wheel install or `pip show shopfloor-collector` says)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("shopfloor-collector")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def _stop_event() -> asyncio.Event:
     """An event set by SIGINT or SIGTERM."""
     event = asyncio.Event()
@@ -59,16 +69,20 @@ def cmd_check(args: argparse.Namespace) -> int:
 async def _run(cfg: CollectorConfig, path: str | None = None) -> int:
     """The service: collector, HTTP endpoint, sd_notify READY/WATCHDOG/STOPPING, SIGHUP = reload `path`."""
     from collector.app import Collector
-    from collector.http import start_http
+    from collector.http import HttpUnavailable, start_http
     from collector.notify import Notifier, start_watchdog
     from collector.runtime import tune_gc
 
     stop = _stop_event()
     notifier = Notifier.from_env()
     collector = Collector(cfg, Settings())
+    try:  # before the devices start: a collector whose port answers for another one must not run
+        http = await start_http(collector, path)
+    except HttpUnavailable as exc:
+        print(f"collector run: {exc}", file=sys.stderr)
+        return 1
     await collector.start()
     tune_gc()
-    http = await start_http(collector, path)
     watchdog = start_watchdog(notifier)
     notifier.ready(f"collecting from {len(cfg.devices)} devices" + (f"; status page {http.url}" if http else ""))
     reloads: set[asyncio.Task[object]] = set()
@@ -112,21 +126,36 @@ def cmd_run(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------- status, reload
 
 
-def _api(args: argparse.Namespace) -> tuple[str, str | None]:
+def _api(args: argparse.Namespace) -> tuple[str, str | None, CollectorConfig | None]:
     """Base URL and token of the running collector: `--url`, else the config's http.listen; the token from
-    env COLLECTOR_HTTP_TOKEN or the config's http.token_file."""
+    env COLLECTOR_HTTP_TOKEN or the config's http.token_file; and the config, when one was given."""
     from collector.config import http_token
 
     token = os.environ.get("COLLECTOR_HTTP_TOKEN") or None
+    cfg = None
     if args.config:
         cfg = load_config_or_exit(args.config)
         token = http_token(cfg)
         host = cfg.http.host
-        host = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else (f"[{host}]" if ":" in host else host)
         base = f"http://{host}:{cfg.http.port}"
     else:
         base = "http://127.0.0.1:8321"
-    return (args.url or base).rstrip("/"), token
+    return (args.url or base).rstrip("/"), token, cfg
+
+
+def _not_this_collector(cfg: CollectorConfig | None, gateway: object, base: str) -> str | None:
+    """The refusal when the collector answering at `base` is not the one of the config (another collector
+    holds its port), naming both identities; None when it is, or when no config was given."""
+    if cfg is None or not isinstance(gateway, dict):
+        return None
+    want = (cfg.site.enterprise_id, cfg.site.workshop)
+    got = (gateway.get("enterprise"), gateway.get("workshop"))
+    if got == want:
+        return None
+    return (f"{base} answers as enterprise {got[0]!r} workshop {got[1]!r}, but the config is enterprise "
+            f"{want[0]!r} workshop {want[1]!r}: another collector holds http.listen {cfg.http.listen} "
+            "(is this one running? see its log for event=http_failed)")
 
 
 def _call(url: str, token: str | None, method: str = "GET", timeout: float = 10.0) -> tuple[int, object]:
@@ -154,9 +183,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from collector.view import render, render_outbox
+    from collector.view import fmt_duration, render, render_outbox
 
-    base, token = _api(args)
+    base, token, cfg = _api(args)
     try:
         code, body = _call(f"{base}/api/status", token)
     except (urllib.error.URLError, OSError) as exc:
@@ -165,12 +194,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     if code != 200 or not isinstance(body, dict):
         print(f"{base}/api/status: HTTP {code}: {body}", file=sys.stderr)
         return 1
+    refusal = _not_this_collector(cfg, body.get("gateway"), base)
+    if refusal is not None:
+        print(f"collector status: {refusal}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(body, ensure_ascii=False, indent=2))
     else:
         g = body["gateway"]
         header = (f"{g.get('enterprise_name') or g['enterprise']} · {g['workshop']} · MQTT {g['topic_root']}/# · "
-                  f"up {g['uptime_s'] / 3600:.1f} h")
+                  f"up {fmt_duration(g['uptime_s'])}")
         console = Console()
         console.print(render(body["devices"], body["indicators"], header))
         console.print(render_outbox(body["outbox"], body["sink"], body["health"]))
@@ -180,8 +213,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_reload(args: argparse.Namespace) -> int:
     import urllib.error
 
-    base, token = _api(args)
+    base, token, cfg = _api(args)
     try:
+        if cfg is not None:  # never make another collector (one holding this one's port) reload
+            code, status = _call(f"{base}/api/status", token)
+            refusal = _not_this_collector(cfg, status.get("gateway") if isinstance(status, dict) else None, base)
+            if code == 200 and refusal is not None:
+                print(f"collector reload: {refusal}", file=sys.stderr)
+                return 1
         code, body = _call(f"{base}/api/reload", token, method="POST", timeout=60.0)
     except (urllib.error.URLError, OSError) as exc:
         print(f"collector not reachable at {base}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
@@ -238,7 +277,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     cfg = load_config_or_exit(args.config)
     setup_logging(args.log_level or "WARNING")
-    return asyncio.run(run_demo(cfg, args.duration, plain=args.plain))
+    return asyncio.run(run_demo(cfg, args.duration, plain=args.plain, keep_retained=args.keep_retained))
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -247,6 +286,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="collector", description="Shop-floor data collector (OPC UA, Modbus → MQTT) "
                                 "with the 数字化设备联网率 and 装备数控化率 indicators.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("run", help="run a config until SIGINT/SIGTERM")
@@ -269,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-c", "--config", default=str(Path("config") / "demo.yaml"), help="default config/demo.yaml")
     s.add_argument("--duration", type=float, default=None, help="exit with code 0 after this many seconds")
     s.add_argument("--plain", action="store_true", help="plain text instead of the live view")
+    s.add_argument("--keep-retained", action="store_true", help="on a broker the demo did not start, keep its "
+                   "retained topics at exit (default: cleared)")
     s.add_argument("--log-level", help="log level (default WARNING)")
     s.set_defaults(fn=cmd_demo)
 

@@ -501,6 +501,28 @@ class HttpConfig(Strict):
     token_file: Path | None = None
     stall_after: float = Field(default=120.0, gt=0, description="/healthz fails when a non-empty outbox has "
                                "delivered nothing for this many seconds")
+    allowed_hosts: list[str] = Field(default_factory=list, description="host names (no port) a request's Host "
+                                     "may carry besides the listen host, localhost, 127.0.0.1 and [::1]")
+    header_timeout: float = Field(default=10.0, gt=0, le=300, description="seconds a new connection has to "
+                                  "send a complete request head")
+    idle_timeout: float = Field(default=30.0, gt=0, le=3600, description="seconds a kept-alive connection may "
+                                "wait for its next request")
+    max_connections: int = Field(default=256, ge=4, le=65536, description="open connections at most (also "
+                                 "bounded by the file-descriptor limit); the oldest idle one makes room")
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, v: list[str]) -> list[str]:
+        out = []
+        for name in v:
+            host = name.strip().lower()
+            if host.startswith("[") and host.endswith("]"):
+                host = host[1:-1]
+            if not host or any(c in host for c in "/ @") or (":" in host and host.count(":") < 2):
+                raise ValueError(f"'{name}' is not a host name: give the name or address alone, without scheme "
+                                 "or port (e.g. gateway-07.plant.local, 192.168.10.7)")
+            out.append(host)
+        return out
 
     @field_validator("listen")
     @classmethod

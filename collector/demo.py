@@ -12,13 +12,16 @@ from rich.console import Console
 from rich.live import Live
 
 from collector.app import Collector
-from collector.broker import DemoBroker
+from collector.broker import DemoBroker, clear_retained
 from collector.config import CollectorConfig, Settings
 from collector.runtime import tune_gc
 from collector.view import render, render_plain
 
 
-async def run_demo(cfg: CollectorConfig, duration: float | None, plain: bool = False) -> int:
+async def run_demo(cfg: CollectorConfig, duration: float | None, plain: bool = False,
+                   keep_retained: bool = False) -> int:
+    """On a broker it did not start (`external`), the demo clears its retained topics (`{root}/#`) on exit,
+    unless `keep_retained`: a plant's or a developer's broker must not keep showing a demo workshop."""
     from simulators.workshop import Workshop
 
     stop = asyncio.Event()
@@ -38,13 +41,15 @@ async def run_demo(cfg: CollectorConfig, duration: float | None, plain: bool = F
     collector = Collector(cfg, Settings())
     await collector.start()
     tune_gc()
-    from collector.http import start_http
+    from collector.http import HttpUnavailable, start_http
 
-    http = await start_http(collector)
+    try:
+        http = await start_http(collector)
+    except HttpUnavailable as exc:  # the demo shows the terminal view all the same
+        http = None
+        console.print(f"status page: not available: {exc}")
     if http is not None:
         console.print(f"status page: {http.url}  (also /metrics, /healthz, /api/status)")
-    elif cfg.http.enabled:
-        console.print(f"status page: not available, {cfg.http.listen} is taken (see the log)")
     header = (f"{cfg.site.enterprise_name or cfg.site.enterprise_id} · {cfg.site.workshop} · "
               f"MQTT {cfg.topic_root}/#")
     deadline = None if duration is None else loop.time() + duration
@@ -67,5 +72,21 @@ async def run_demo(cfg: CollectorConfig, duration: float | None, plain: bool = F
             await http.stop()
         await collector.stop()
         await workshop.stop()
+        if broker.kind == "external" and not keep_retained:
+            await _clear_demo_topics(collector, console)
         await broker.stop()
     return 0
+
+
+async def _clear_demo_topics(collector: Collector, console: Console) -> None:
+    s = collector.sink.s  # the broker settings the collector used (host, port, user, password)
+    root = collector.cfg.topic_root
+    try:
+        if s.tls:
+            raise OSError("TLS brokers are not cleared by the demo")
+        cleared = await asyncio.to_thread(clear_retained, s.host, s.port, f"{root}/#", username=s.username,
+                                          password=s.password)
+    except (OSError, TimeoutError) as exc:
+        console.print(f"broker: could not clear the demo's retained topics under {root}/#: {exc}")
+        return
+    console.print(f"broker: cleared {len(cleared)} retained topics under {root}/# (--keep-retained keeps them)")

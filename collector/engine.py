@@ -63,6 +63,18 @@ class DeviceTask:
         self.readings = 0
         self.bad_readings = 0
         self.errors = 0
+        self.sessions = 0  # successful connects; every one after the first is a reconnect
+        self.publishes = 0  # subscription notifications delivered (a subscribing device is never polled)
+        self.subscribing = False
+
+    @property
+    def reconnects(self) -> int:
+        """Sessions opened again after the first one ended (a lost connection, a skip, a dead subscription)."""
+        return max(0, self.sessions - 1)
+
+    @property
+    def mode(self) -> str:
+        return "subscribe" if self.subscribing else "poll"
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"device:{self.device.id}")
@@ -85,11 +97,15 @@ class DeviceTask:
         while not self.stopping:
             adapter = self.adapter_factory(dev)
             self.adapter = adapter
+            self.subscribing = adapter.wants_subscribe
             try:
                 await adapter.connect()
+                self.sessions += 1
+                if self.sessions > 1:
+                    log.info("device=%s event=reconnected reconnects=%d", dev.id, self.reconnects)
                 self.backoff.reset()
                 if adapter.wants_subscribe:
-                    await adapter.subscribe(lambda readings: self._deliver(readings))
+                    await adapter.subscribe(self._published)
                     raise AdapterError("subscription ended")
                 await self._poll_loop(adapter)
             except asyncio.CancelledError:
@@ -113,6 +129,10 @@ class DeviceTask:
             delay = self.backoff.next_delay()
             log.info("device=%s event=retry delay=%.2f", dev.id, delay)
             await asyncio.sleep(delay)
+
+    def _published(self, readings: list[Reading]) -> None:
+        self.publishes += 1
+        self._deliver(readings)
 
     def _deliver(self, readings: list[Reading]) -> None:
         self.readings += len(readings)

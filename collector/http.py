@@ -13,6 +13,14 @@
 Auth: when a token is set (env `COLLECTOR_HTTP_TOKEN` or `http.token_file`), every path except `/healthz` needs
 `Authorization: Bearer <token>` or HTTP Basic with the token as password (so a browser can open the page).
 A listen address other than loopback without a token is refused. The token is never logged.
+
+Host names: every request (`/healthz` too) must name this collector in its `Host` (and `Origin`, when sent): the
+listen host, `localhost`, `127.0.0.1`, `[::1]` or one of `http.allowed_hosts`; anything else is 421 (403 for a
+foreign Origin). Without it, a web page the operator opens could read the API through DNS rebinding.
+
+Connections: a new connection must send its request head within `http.header_timeout`, a kept-alive one its next
+request within `http.idle_timeout`; at most `http.max_connections` are open (fewer when the file-descriptor
+limit is low), the oldest idle one closed to make room, so idle sockets cannot starve `/healthz` or the process.
 """
 
 from __future__ import annotations
@@ -23,11 +31,16 @@ import binascii
 import contextlib
 import hmac
 import importlib.resources
+import ipaddress
 import logging
+import resource
+import socket
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
@@ -43,6 +56,9 @@ log = logging.getLogger(__name__)
 HEARTBEAT = 0.5  # s between loop heartbeats
 LOOP_STALE = 5.0  # s: a loop that missed its heartbeat by this much is not alive
 PUBLIC_PATHS = ("/healthz",)
+LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
+WILDCARDS = ("", "0.0.0.0", "::")
+BACKLOG = 64  # pending connections the kernel holds for us; accepted ones can overshoot the cap by this much
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -72,6 +88,43 @@ def token_matches(header: str | None, token: str) -> bool:
     return hmac.compare_digest(value.encode(), token.encode())
 
 
+def host_name(value: str) -> str:
+    """The host of a `Host` header (`name`, `name:port`, `[v6]:port`), lower case, without a trailing dot."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        value = value[1:].partition("]")[0]
+    elif value.count(":") == 1:
+        value = value.partition(":")[0]
+    return value.rstrip(".")
+
+
+def is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def connection_cap(configured: int, backlog: int = BACKLOG) -> int:
+    """`http.max_connections`, lowered so that open connections plus an accept burst stay within half of the
+    soft RLIMIT_NOFILE (the other half is the collector's: devices, databases, the broker)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return configured
+    return max(4, min(configured, soft // 2 - backlog))
+
+
+@dataclass
+class _Conn:
+    """What the guard knows of one open connection: since when it waits, and whether a handler runs for it."""
+
+    since: float
+    served: int = 0
+    busy: bool = False
+    seen: bool = False  # aiohttp has counted it as connected
+
+
 class HttpServer:
     """Serves one collector. `config_path` is what `/api/reload` re-reads (None: reload is not offered)."""
 
@@ -90,12 +143,18 @@ class HttpServer:
         # outbox progress, for "draining": last delivered count seen and when it changed
         self._delivered: float | None = None
         self._progress_at = time.monotonic()
+        self.allowed_hosts = self._allowed_hosts()
+        self.max_connections = connection_cap(self.cfg.max_connections)
+        self.conns: dict[web.RequestHandler, _Conn] = {}
+        self.closed_idle = 0  # connections the guard closed (timeouts and evictions), for tests and the log
+        self._server: asyncio.Server | None = None
+        self._guard_task: asyncio.Task[None] | None = None
         self.app = self._make_app()
 
     # -- life cycle
 
     def _make_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth])
+        app = web.Application(middlewares=[self._track, self._hosts, self._auth])
         app.router.add_get("/", self.page)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics_handler)
@@ -113,33 +172,130 @@ class HttpServer:
         return f"http://{shown}:{self.port}/"
 
     async def start(self) -> None:
-        """Bind and serve; raises OSError when the address is taken, RuntimeError on a tokenless public bind."""
+        """Bind and serve; raises OSError when the address is taken, RuntimeError on a tokenless public bind.
+
+        The listening socket is ours (not an aiohttp site) so that every new connection passes `_protocol`,
+        which counts it and makes room when the cap is reached."""
         if not self.cfg.loopback and not self.token:
             raise RuntimeError(f"http.listen {self.cfg.listen} is not loopback: a token is required")
-        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                                    keepalive_timeout=self.cfg.idle_timeout)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.cfg.host, self.cfg.port, reuse_address=True)
+        loop = asyncio.get_running_loop()
         try:
-            await site.start()
+            self._server = await loop.create_server(self._protocol, self.cfg.host or None, self.cfg.port,
+                                                    reuse_address=True, backlog=BACKLOG)
         except BaseException:
             await self.runner.cleanup()
             self.runner = None
             raise
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            self.port = server.sockets[0].getsockname()[1]
+        if self._server.sockets:
+            self.port = self._server.sockets[0].getsockname()[1]
         self._beat_at = time.monotonic()
         self._beat_task = asyncio.create_task(self._heartbeat(), name="http-heartbeat")
-        log.info("event=http_listening url=%s auth=%s", self.url, "token" if self.token else "none")
+        self._guard_task = asyncio.create_task(self._guard(), name="http-guard")
+        log.info("event=http_listening url=%s auth=%s max_connections=%d", self.url,
+                 "token" if self.token else "none", self.max_connections)
 
     async def stop(self) -> None:
-        if self._beat_task is not None:
-            self._beat_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._beat_task
+        for task in (self._beat_task, self._guard_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._server is not None:
+            self._server.close()
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    # -- connections
+
+    def _protocol(self) -> web.RequestHandler:
+        """A handler for a new connection; at the cap the oldest idle connection is closed to make room (or,
+        when every one is busy, this new one)."""
+        assert self.runner is not None and self.runner.server is not None
+        handler = self.runner.server()
+        self._forget_closed()
+        if len(self.conns) >= self.max_connections:
+            idle = [(c.since, id(h), h) for h, c in self.conns.items() if not c.busy]
+            if idle:
+                self._close(min(idle)[2])
+            else:
+                handler.force_close()  # it closes itself once connected
+        self.conns[handler] = _Conn(since=time.monotonic())
+        return handler
+
+    def _forget_closed(self) -> None:
+        """Drop connections that have ended (a handler not yet connected is kept, for a while)."""
+        assert self.runner is not None and self.runner.server is not None
+        open_now = set(self.runner.server.connections)
+        now = time.monotonic()
+        for handler, conn in list(self.conns.items()):
+            if handler in open_now:
+                conn.seen = True
+            elif conn.seen or now - conn.since > 5.0:
+                del self.conns[handler]
+
+    def _close(self, handler: web.RequestHandler) -> None:
+        self.conns.pop(handler, None)
+        self.closed_idle += 1
+        if handler.transport is not None:
+            handler.transport.close()
+        handler.force_close()
+
+    async def _guard(self) -> None:
+        """Closes connections that sent no complete request within `header_timeout` (a new one) or
+        `idle_timeout` (after a response): aiohttp's own keep-alive timer is not armed for a connection that
+        never sends a byte in every version we support."""
+        tick = min(self.cfg.header_timeout, self.cfg.idle_timeout, 1.0) / 4
+        while True:
+            await asyncio.sleep(tick)
+            if self.runner is None or self.runner.server is None:
+                continue
+            self._forget_closed()
+            now = time.monotonic()
+            for handler, conn in list(self.conns.items()):
+                limit = self.cfg.idle_timeout if conn.served else self.cfg.header_timeout
+                if not conn.busy and now - conn.since > limit:
+                    self._close(handler)
+
+    @web.middleware
+    async def _track(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        conn = self.conns.get(request.protocol)
+        if conn is None:
+            return await handler(request)
+        conn.busy = True
+        try:
+            return await handler(request)
+        finally:
+            conn.busy, conn.served, conn.since = False, conn.served + 1, time.monotonic()
+
+    # -- host names
+
+    def _allowed_hosts(self) -> frozenset[str]:
+        names = {*LOCAL_NAMES, self.cfg.host.lower(), *self.cfg.allowed_hosts}
+        if self.cfg.host in WILDCARDS:
+            names.add(socket.gethostname().lower())
+        return frozenset(names - set(WILDCARDS))
+
+    def host_allowed(self, name: str) -> bool:
+        """A configured name; on a wildcard listen address also any IP literal (DNS rebinding needs a name)."""
+        return name in self.allowed_hosts or (self.cfg.host in WILDCARDS and is_ip_literal(name))
+
+    @web.middleware
+    async def _hosts(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        host = request.headers.get("Host")
+        if host is not None and not self.host_allowed(host_name(host)):
+            return web.Response(status=421, text=f"this collector does not answer to the host name {host!r}: add it "
+                                "to http.allowed_hosts\n")
+        origin = request.headers.get("Origin")
+        if origin is not None and not self.host_allowed((urlsplit(origin).hostname or "").rstrip(".")):
+            return web.Response(status=403, text="cross-origin request refused\n")
+        return await handler(request)
 
     async def _heartbeat(self) -> None:
         """Measures how late the loop wakes us: a blocked loop shows as lag, and /healthz turns 503."""
@@ -237,7 +393,11 @@ class HttpServer:
             "enabled": dev.enabled, "interval": dev.interval, "state": str(st.state), "since": st.since,
             "reason": st.reason, "last_good": st.last_good, "last_delivered": st.last_delivered,
             "online": str(st.state) in ("online", "degraded"), "seq": last_seq(c, dev_id),
-            "polls": task.polls if task else 0, "errors": task.errors if task else 0,
+            # a subscribing device is never polled: it counts the publishes it delivered instead
+            "mode": task.mode if task else None,
+            "polls": (None if task.subscribing else task.polls) if task else 0,
+            "publishes": (task.publishes if task.subscribing else None) if task else None,
+            "reconnects": task.reconnects if task else 0, "errors": task.errors if task else 0,
             "last_poll_duration": task.last_poll_duration if task else None,
             # `values` in the shape collector/view.py renders: tag -> [value, unit, quality]
             "values": {t["name"]: [t["value"], t["unit"], t["quality"]] for t in tags if t["quality"] is not None},
@@ -287,16 +447,25 @@ class HttpServer:
         return json_response(result, 200 if result.get("ok") else 422)
 
 
+class HttpUnavailable(RuntimeError):
+    """The configured HTTP endpoint cannot listen; the message names the address and what to do."""
+
+
 async def start_http(collector: Collector, config_path: str | Path | None = None) -> HttpServer | None:
-    """Start the HTTP server when `http.enabled`; a port already taken is logged, not fatal (collecting data
-    matters more than showing it)."""
+    """Start the HTTP server when `http.enabled` (else None). An address already taken raises HttpUnavailable:
+    `collector run` refuses to start then, because a collector nobody can see is a collector whose port
+    answers for another one (`collector status` would show the other's devices)."""
     if not collector.cfg.http.enabled:
         return None
     server = HttpServer(collector, config_path=config_path)
     try:
         await server.start()
     except (OSError, RuntimeError) as exc:
-        log.error("event=http_failed listen=%s error=%r", collector.cfg.http.listen, str(exc))
         await server.stop()
-        return None
+        listen = collector.cfg.http.listen
+        log.error("event=http_failed listen=%s error=%r", listen, str(exc))
+        detail = getattr(exc, "strerror", None) or str(exc)
+        raise HttpUnavailable(f"http.listen {listen}: cannot listen ({detail}); another collector or program "
+                              "holds the port: give this collector its own http.listen port, or set "
+                              "http.enabled: false") from exc
     return server

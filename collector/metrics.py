@@ -100,6 +100,10 @@ class _Snapshot(RegistryCollector):
                                   "good", labels=["device"])
         errors = CounterMetricFamily(f"{PREFIX}_device_errors", "connection/session failures (each one backs off)",
                                      labels=["device"])
+        reconnects = CounterMetricFamily(f"{PREFIX}_device_reconnects", "sessions opened again after the first "
+                                         "one ended", labels=["device"])
+        publishes = CounterMetricFamily(f"{PREFIX}_device_publishes", "subscription notifications delivered "
+                                        "(subscribing devices)", labels=["device"])
         for dev in c.cfg.devices:
             st = c.status.devices.get(dev.id)
             if st is None:
@@ -119,7 +123,10 @@ class _Snapshot(RegistryCollector):
             readings.add_metric([dev.id], task.readings)
             bad.add_metric([dev.id], task.bad_readings)
             errors.add_metric([dev.id], task.errors)
-        yield from (state, up, since, last_good, seq, polls, last_poll, readings, bad, errors)
+            reconnects.add_metric([dev.id], task.reconnects)
+            if task.subscribing:
+                publishes.add_metric([dev.id], task.publishes)
+        yield from (state, up, since, last_good, seq, polls, last_poll, readings, bad, errors, reconnects, publishes)
 
     def _sink(self) -> Iterator[Metric]:
         s = self.c.sink.stats()

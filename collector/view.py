@@ -20,6 +20,17 @@ def fmt_value(value: Any, unit: str | None) -> str:
     return f"{text}{' ' + unit if unit else ''}"
 
 
+def fmt_duration(seconds: float) -> str:
+    """`42 s`, `12 min`, `5.2 h`, `3 d 4 h` (the status page's `duration()`): an uptime of minutes is not `0.0 h`."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{int(seconds // 86400)} d {int(seconds % 86400 // 3600)} h"
+
+
 def fmt_rate(fig: dict[str, Any]) -> str:
     value = fig.get("value")
     pct = "—" if value is None else f"{value * 100:.1f} %"
@@ -29,12 +40,24 @@ def fmt_rate(fig: dict[str, Any]) -> str:
     return f"{pct}  [{fig['numerator']:g}/{fig['denominator']:g}]{goal}{mark}"
 
 
+def fmt_activity(row: dict[str, Any]) -> str:
+    """`123 polls` or, for a subscribing device (never polled), `45 publishes`; then its reconnects."""
+    if row.get("mode") == "subscribe":
+        count, what = row.get("publishes"), "publishes"
+    else:
+        count, what = row.get("polls"), "polls"
+    return f"{count or 0} {what}\n{row.get('reconnects') or 0} reconnects"
+
+
 def render(rows: list[dict[str, Any]], indicators: dict[str, Any], header: str, max_values: int = 4) -> Group:
     table = Table(title=header, expand=True)
     table.add_column("device")
     table.add_column("name")
     table.add_column("proto")
     table.add_column("state")
+    counted = any("mode" in row for row in rows)  # the HTTP API's rows carry the task counters
+    if counted:
+        table.add_column("activity")
     table.add_column("last values")
     for row in rows:
         vals = [f"{tag}={fmt_value(v, u)}" + ("" if q == "good" else f" [{q}]")
@@ -42,7 +65,10 @@ def render(rows: list[dict[str, Any]], indicators: dict[str, Any], header: str, 
         state = Text(row["state"], style=STATE_STYLE.get(row["state"], ""))
         if row["reason"] and row["state"] != "online":
             state.append(f"\n{row['reason'][:40]}", style="dim")
-        table.add_row(row["id"], row["name"], row["protocol"], state, "  ".join(vals))
+        # an offline device's values are its last ones, not current: dimmed
+        values = Text("  ".join(vals), style="dim" if row["state"] in ("offline", "never_seen") else "")
+        cells = [row["id"], row["name"], row["protocol"], state] + ([fmt_activity(row)] if counted else [])
+        table.add_row(*cells, values)
     figs = indicators["figures"]
     ind = Table(title=f"indicators (defset {indicators['defset']}, live)", expand=True, show_header=False)
     ind.add_column("figure")

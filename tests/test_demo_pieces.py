@@ -81,3 +81,53 @@ def test_demo_command_exits_zero_after_its_duration(broker: MosquittoProcess, st
     assert "broker: external" in result.stdout
     assert "数字化设备联网率 D2" in result.stdout and "装备数控化率 D1: 71.4 %  [5/7]" in result.stdout
     assert "cnc-01" in result.stdout and "online" in result.stdout
+
+
+def test_demo_clears_its_retained_topics_on_a_broker_it_did_not_start(
+        broker: MosquittoProcess, tmp_path: Path) -> None:
+    """`make demo` on a developer's or plant's broker must not leave a demo workshop's statuses behind; with
+    --keep-retained they stay (and show what was cleared otherwise). Other retained topics are untouched."""
+    import time
+
+    from collector.broker import clear_retained
+
+    other = Recorder(broker.host, broker.port, "nothing/#")
+    other.client.publish("plant/line-1/status", b'{"state": "online"}', qos=1, retain=True).wait_for_publish(5)
+    other.close()
+
+    def retained_under(root: str) -> set[str]:
+        rec = Recorder(broker.host, broker.port, f"{root}/#")
+        time.sleep(1.0)  # retained messages come right after the SUBACK
+        rec.close()
+        return {m.topic for m in rec.messages if m.retain and m.payload}
+
+    roots = []
+    kept = 0
+    for keep in (True, False):
+        state = tmp_path / f"state-{keep}"
+        state.mkdir()
+        data = demo_on_free_ports(state, broker.port)
+        data["site"]["workshop"] = f"ws-keep-{keep}".lower()
+        path = tmp_path / f"demo-{keep}.yaml"
+        path.write_text(yaml.safe_dump(data, allow_unicode=True))
+        result = subprocess.run([sys.executable, "-m", "collector.cli", "demo", "-c", str(path), "--duration", "3",
+                                 "--plain", *(["--keep-retained"] if keep else [])],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr[-2000:]
+        root = parse_config(data).topic_root
+        roots.append(root)
+        left = retained_under(root)
+        if keep:
+            assert "cleared" not in result.stdout
+            # the demo's retained topics: gateway, per-device status and state, indicators
+            assert f"{root}/gateway/status" in left and f"{root}/devices/imm-01/status" in left, left
+            assert f"{root}/indicators" in left, left
+            kept = len(left)
+        else:
+            assert left == set(), left
+            n = int(result.stdout.split("broker: cleared ")[1].split()[0])
+            assert n >= kept - 2, (n, kept, result.stdout[-500:])  # about as many as the kept run left
+    assert retained_under("plant") == {"plant/line-1/status"}  # not the demo's: left alone
+    # the kept run's topics, cleared by the same function the demo uses
+    assert len(clear_retained(broker.host, broker.port, f"{roots[0]}/#")) == kept
+    assert retained_under(roots[0]) == set()

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import json
 import logging
+import re
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -311,6 +313,58 @@ async def test_a_device_that_goes_offline_shows_offline_in_api_and_metrics(site:
     await site.until(lambda: _d2_is(site, 4, 6), 10, "live 联网率 4/6")
 
 
+async def test_reconnects_are_counted_and_subscribers_show_publishes(site: Site) -> None:
+    """imm-01 (Modbus, polled) and cnc-01 (OPC UA, subscribed) lose their simulator and get it back: each counts
+    one reconnect, in the API, `collector status --json` and /metrics; the others none. cnc-01 shows the
+    publishes its subscription delivered, not 0 polls."""
+    async def device(dev: str) -> dict[str, Any]:
+        return (await site.get(f"/api/devices/{dev}"))[1]  # type: ignore[no-any-return]
+
+    before = {d: await device(d) for d in ("imm-01", "cnc-01")}
+    assert before["imm-01"]["reconnects"] == 0 and before["cnc-01"]["reconnects"] == 0
+    assert before["cnc-01"]["mode"] == "subscribe" and before["cnc-01"]["polls"] is None
+    assert before["cnc-01"]["publishes"] >= 1
+    assert before["imm-01"]["mode"] == "poll" and before["imm-01"]["polls"] >= 1
+    assert before["imm-01"]["publishes"] is None
+    for dev in ("imm-01", "cnc-01"):
+        await site.workshop.stop_device(dev)
+    for dev in ("imm-01", "cnc-01"):
+        await site.until(lambda d=dev: _state_is(site, d, "offline"), 20, f"{dev} offline")
+    for dev in ("imm-01", "cnc-01"):
+        await site.workshop.start_device(dev)
+    for dev in ("imm-01", "cnc-01"):
+        await site.until(lambda d=dev: _state_is(site, d, "online"), 40, f"{dev} online again")
+    after = {d: await device(d) for d in ("imm-01", "cnc-01")}
+    assert after["imm-01"]["reconnects"] == 1 and after["cnc-01"]["reconnects"] == 1, after
+    assert after["cnc-01"]["publishes"] > before["cnc-01"]["publishes"]
+
+    async with site.session.get(site.base + "/metrics") as r:
+        m = metrics_of(await r.text())
+    for dev in CONNECTED:
+        assert m[("shopfloor_device_reconnects_total", (("device", dev),))] == (1 if dev in after else 0), dev
+    assert m[("shopfloor_device_publishes_total", (("device", "cnc-01"),))] >= after["cnc-01"]["publishes"]
+    assert ("shopfloor_device_publishes_total", (("device", "imm-01"),)) not in m
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "collector.cli", "status", "--url", site.base, "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    rows = {d["id"]: d for d in json.loads(out)["devices"]}
+    assert rows["imm-01"]["reconnects"] == 1 and rows["cnc-01"]["reconnects"] == 1
+    assert rows["knit-01"]["reconnects"] == 0 and rows["cnc-02"]["mode"] == "poll" and rows["cnc-02"]["polls"] >= 1
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "collector.cli", "status", "--url", site.base,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={"COLUMNS": "200", "PATH": "/usr/bin"})
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    text = out.decode()
+    assert "publishes" in text and "polls" in text and "1 reconnects" in text, text
+
+
+async def _state_is(s: Site, dev: str, state: str) -> bool:
+    _, d = await s.get(f"/api/devices/{dev}")
+    return bool(d["state"] == state)
+
+
 # --------------------------------------------------------------------------------------------- page, CLI
 
 
@@ -335,6 +389,9 @@ async def test_collector_status_prints_the_same_picture(site: Site) -> None:
         assert dev in text
     assert "数字化设备联网率" in text and "83.3 %" in text and "[5/6]" in text
     assert "connected" in text and "health" in text and "ok" in text
+    assert re.search(r"up \d+ s", text) and "0.0 h" not in text, text  # a young collector's uptime
+    from collector.view import fmt_duration
+    assert [fmt_duration(s) for s in (4.2, 600, 7200, 3 * 86400 + 4 * 3600)] == ["4 s", "10 min", "2.0 h", "3 d 4 h"]
 
 
 # --------------------------------------------------------------------------------------------- auth
@@ -393,3 +450,118 @@ def test_public_listen_needs_a_token(tmp_path: Path, monkeypatch: pytest.MonkeyP
         parse_config({**base, "http": {"listen": "8321"}})
     assert exc.value.lines[0].startswith("http.listen: '8321' is not host:port")
     assert parse_config({"site": {"enterprise_id": "e1"}}).http.enabled is True  # on by default
+
+
+# --------------------------------------------------------------------------------------------- host names
+
+
+PATHS = ("/", "/healthz", "/metrics", "/api/status", "/api/devices", "/api/devices/cnc-01", "/api/indicators")
+
+
+async def test_a_foreign_host_or_origin_is_refused_on_every_endpoint(site: Site) -> None:
+    """DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1 sends Host and Origin
+    evil.example; without the Host check it could read the plant and trigger reloads."""
+    port = site.http.port
+    rebinding = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
+    for path in PATHS:
+        async with site.session.get(site.base + path, headers=rebinding) as r:
+            assert r.status == 421, path
+            assert "evil.example" in await r.text()
+        async with site.session.get(site.base + path, headers={"Host": f"evil.example:{port}"}) as r:
+            assert r.status == 421, path
+        async with site.session.get(site.base + path, headers={"Origin": "http://evil.example"}) as r:
+            assert r.status == 403, path
+    for headers in (rebinding, {"Origin": f"http://evil.example:{port}"}, {"Origin": "null"}):
+        async with site.session.post(site.base + "/api/reload", headers=headers) as r:
+            assert r.status in (403, 421), headers
+    reloads = dict(site.collector.reload_counts)
+    assert reloads == {"applied": 0, "rejected": 0}
+
+
+async def test_the_listen_host_loopback_names_and_allowed_hosts_are_accepted(site: Site) -> None:
+    cfg = site.cfg.http.model_copy(update={"listen": f"127.0.0.1:{free_port()}",
+                                           "allowed_hosts": ["gateway-07.plant.local", "192.168.10.7"]})
+    server = HttpServer(site.collector, cfg)
+    await server.start()
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        for host in ("127.0.0.1", "localhost", "[::1]", "LOCALHOST.", "gateway-07.plant.local", "192.168.10.7"):
+            for path in PATHS:
+                async with site.session.get(base + path, headers={"Host": f"{host}:{server.port}"}) as r:
+                    assert r.status == 200, (host, path)
+            async with site.session.get(base + "/api/status", headers={"Host": host,
+                                                                       "Origin": f"http://{host}"}) as r:
+                assert r.status == 200, host
+        for host in ("10.0.0.9", "gateway-08.plant.local", "plant.local"):
+            async with site.session.get(base + "/api/status", headers={"Host": host}) as r:
+                assert r.status == 421, host
+        # same-origin reload passes the check (and is then refused only because no file was given)
+        async with site.session.post(base + "/api/reload", headers={"Origin": base}) as r:
+            assert r.status == 409
+    finally:
+        await server.stop()
+    wildcard = HttpServer(site.collector, site.cfg.http.model_copy(update={"listen": "0.0.0.0:1"}), token="t")
+    assert wildcard.host_allowed("192.168.10.7") and wildcard.host_allowed("localhost")
+    assert not wildcard.host_allowed("evil.example")
+
+
+def test_allowed_hosts_are_names_without_port(tmp_path: Path) -> None:
+    base = {"site": {"enterprise_id": "e1"}}
+    cfg = parse_config({**base, "http": {"allowed_hosts": ["Gateway-07.Plant.Local", "[fd00::7]"]}})
+    assert cfg.http.allowed_hosts == ["gateway-07.plant.local", "fd00::7"]
+    for bad in ("http://gw", "gw:8321", ""):
+        with pytest.raises(ConfigError) as exc:
+            parse_config({**base, "http": {"allowed_hosts": [bad]}})
+        assert exc.value.lines[0].startswith(f"http.allowed_hosts: {bad!r} is not a host name") and "without scheme or port" in \
+            exc.value.lines[0], exc.value.lines
+
+
+# --------------------------------------------------------------------------------------------- the port taken
+
+
+def test_run_refuses_to_start_when_its_http_port_is_taken(tmp_path: Path, state_dir: Path) -> None:
+    import socket
+    import subprocess
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    data = workshop_config(state_dir, free_port(), port)
+    path = tmp_path / "second.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    try:
+        result = subprocess.run([sys.executable, "-m", "collector.cli", "run", "-c", str(path)],
+                                capture_output=True, text=True, timeout=60)
+    finally:
+        holder.close()
+    assert result.returncode == 1, (result.stdout, result.stderr[-2000:])
+    assert f"http.listen 127.0.0.1:{port}: cannot listen" in result.stderr
+    assert "give this collector its own http.listen port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_status_refuses_when_another_collector_answers(site: Site, tmp_path: Path) -> None:
+    data = workshop_config(tmp_path, free_port(), site.http.port)
+    same = tmp_path / "same.yaml"
+    same.write_text(yaml.safe_dump(data, allow_unicode=True))
+    data["site"]["enterprise_id"], data["site"]["workshop"] = "jx-other", "ws-assembly"
+    other = tmp_path / "second.yaml"
+    other.write_text(yaml.safe_dump(data, allow_unicode=True))
+
+    async def cli(*args: str) -> tuple[int | None, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "collector.cli", *args, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env={"COLUMNS": "160", "PATH": "/usr/bin"})
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        return proc.returncode, out.decode(), err.decode()
+
+    code, out, err = await cli("status", "-c", str(other), "--json")
+    assert code == 1 and out == "", (out, err)
+    assert "enterprise 'jx-hengda' workshop 'ws-machining'" in err, err
+    assert "enterprise 'jx-other' workshop 'ws-assembly'" in err, err
+    code, out, err = await cli("reload", "-c", str(other))
+    assert code == 1 and "enterprise 'jx-other'" in err, err
+    code, out, err = await cli("status", "-c", str(same), "--json")
+    assert code == 0, err
+    assert '"enterprise": "jx-hengda"' in out

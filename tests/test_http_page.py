@@ -7,12 +7,15 @@ missing; .ci/run installs both.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import shutil
 
 import pytest
 
-from tests.test_http import Site, site  # noqa: F401 - the fixture
+from collector.broker import MosquittoProcess
+from tests.test_http import CONNECTED, Site, site  # noqa: F401 - the fixture
 
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -67,3 +70,53 @@ async def test_page_shows_every_device_and_an_offline_one_turns_offline(
             assert requests and all(u.startswith(site.base) for u in requests), requests
         finally:
             await browser.close()
+
+
+async def test_page_says_uptime_backlog_stale_values_and_all_offline(
+        site: Site, broker: MosquittoProcess, playwright_api: object) -> None:  # noqa: F811
+    """Field trial: `up 0.0 h`, `draining yes` over an empty outbox, offline devices' last values at full
+    contrast with no age, and `health: ok` with every device offline and nothing else said."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = await browser.new_page()
+            await page.goto(site.base + "/")
+            await page.wait_for_selector("body[data-loaded='1']", timeout=10_000)
+            meta = await page.text_content("#meta") or ""
+            assert re.search(r" · up \d+ s · 6 devices$", meta), meta  # a young collector: seconds, not "0.0 h"
+            assert await page.query_selector("#outbox [data-key=draining]") is None  # nothing waits
+            assert not await page.is_visible("#all-offline")
+            cell = "tr[data-device='imm-01'] .vals"
+            assert "stale" not in (await page.get_attribute(cell, "class") or "")
+            live_color = await page.eval_on_selector(cell + " [data-tag=barrel_temp]", "e => getComputedStyle(e).color")
+
+            # a real backlog: the broker goes away, the outbox fills and ages; "draining" appears, then goes
+            await asyncio.to_thread(broker.stop)
+            try:
+                row = await page.wait_for_selector("#outbox [data-key=draining]", timeout=20_000)
+                assert row is not None
+                assert (await row.text_content() or "").startswith(("yes", "NO — "))
+            finally:
+                await asyncio.to_thread(broker.start)
+            await page.wait_for_selector("#outbox [data-key=draining]", state="detached", timeout=30_000)
+
+            for dev in CONNECTED:
+                await site.workshop.stop_device(dev)
+            await page.wait_for_selector("#all-offline", state="visible", timeout=30_000)
+            notice = await page.text_content("#all-offline") or ""
+            assert "全部设备离线" in notice and "all devices offline" in notice
+            for dev in CONNECTED:
+                await page.wait_for_selector(f"tr[data-device='{dev}'][data-state='offline']", timeout=20_000)
+            assert "stale" in (await page.get_attribute(cell, "class") or "")
+            age = await page.text_content(cell + " .age") or ""
+            assert re.fullmatch(r"last values, \d+ s ago", age), age
+            grey = await page.eval_on_selector(cell + " [data-tag=barrel_temp]", "e => getComputedStyle(e).color")
+            assert grey == "rgb(107, 114, 128)" and grey != live_color, (grey, live_color)
+            temp = await page.text_content(cell + " [data-tag=barrel_temp]") or ""
+            assert temp.startswith("barrel_temp=") and temp.endswith("°C")  # the last value is still there
+        finally:
+            await browser.close()
+            for dev in CONNECTED:
+                await site.workshop.start_device(dev)

@@ -11,6 +11,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -184,3 +185,27 @@ def test_unit_sandbox_rates_ok_or_better_as_documented() -> None:
     assert f"Overall exposure level for shopfloor-collector.service: {m[1]} {rating}" in docs, \
         "docs/operations.md shows a different figure: update it"
     assert level < 4.0
+
+
+def test_unit_allows_arm_uarts_raises_the_fd_limit_and_documents_an_installed_path() -> None:
+    lines = [ln.strip() for ln in UNIT.read_text(encoding="utf-8").splitlines()]
+    allowed = {ln.split("=", 1)[1] for ln in lines if ln.startswith("DeviceAllow=")}
+    for name in ("ttyS", "ttyUSB", "ttyACM", "ttyAMA", "ttymxc", "ttyO"):
+        assert f"char-{name} rw" in allowed, name
+    limit = next(ln for ln in lines if ln.startswith("LimitNOFILE="))
+    assert int(limit.split("=", 1)[1]) >= 4096
+    # Documentation= names a file the install steps of docs/operations.md create (a wheel has no docs/)
+    doc = next(ln for ln in lines if ln.startswith("Documentation=")).split("=", 1)[1]
+    assert doc.startswith("file:///usr/share/doc/shopfloor-collector/")
+    ops = (ROOT / "docs/operations.md").read_text(encoding="utf-8")
+    assert "install -D -m 0644 -t /usr/share/doc/shopfloor-collector docs/*.md" in ops
+    assert (ROOT / "docs" / Path(doc).name).exists()
+
+
+def test_collector_version_prints_the_installed_version() -> None:
+    from importlib.metadata import version
+
+    proc = subprocess.run([sys.executable, "-m", "collector.cli", "--version"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"collector {version('shopfloor-collector')}"
