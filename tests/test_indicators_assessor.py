@@ -281,12 +281,13 @@ def test_first_good_data_is_never_before_the_collectors_first_run(tmp_path: Path
 # ------------------------------------------------------------------------------------------------ the report
 
 
-def assessor_config(tmp_path: Path, **site: Any) -> Path:
-    """The demo workshop with a credit code, a pledge and the 4-row register import (one scrapped lathe)."""
+def assessor_config(tmp_path: Path, pledge: str | None = None) -> Path:
+    """The demo workshop with a credit code, the 4-row register import (one scrapped press) and maybe a pledge."""
     path = demo_config(tmp_path)
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    data["site"].update({"credit_code": "91330402MA2B8XKF98", **site})
-    data["indicators"]["pledge"] = "本企业承诺所填台账真实（测试承诺）。"
+    data["site"]["credit_code"] = "91330402MA2B8XKF98"
+    if pledge is not None:
+        data["indicators"]["pledge"] = pledge
     path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     (tmp_path / "reg.csv").write_text(REGISTER_CSV, encoding="utf-8")
     assert main(["assets", "import", str(tmp_path / "reg.csv"), "-c", str(path)]) == 0
@@ -373,7 +374,7 @@ async def test_zh_report_read_back_from_chromium(tmp_path: Path) -> None:
     assert "is_cnc" not in body and "is_digital" not in body
     # first good data of the demo month, shown as a date, and the footer
     assert "2025年11月1日 00:00" in body and "2025年11月30日 24:00" in body
-    for text in ("企业承诺", "本企业承诺所填台账真实（测试承诺）。", "签名密钥指纹\t未签名 / unsigned", "外部存证回执",
+    for text in ("企业承诺", "本企业承诺：本报告所列设备台账真实、完整", "签名密钥指纹\t未签名 / unsigned", "外部存证回执",
                  "企业盖章"):
         assert text in body, text
     png = shot.read_bytes()
@@ -385,7 +386,7 @@ async def test_zh_report_read_back_from_chromium(tmp_path: Path) -> None:
 @needs_chromium
 async def test_en_report_read_back_from_chromium(tmp_path: Path) -> None:
     pytest.importorskip("playwright.async_api", reason="playwright (pip, dev extra) is not installed")
-    res = simulated_month(tmp_path, assessor_config(tmp_path))
+    res = simulated_month(tmp_path, assessor_config(tmp_path, pledge="We pledge the register is true (test)."))
     [html_file] = write_package(res, tmp_path / "out", ["html"], "en", None,
                                 report_footer_data(res.cfg, tmp_path / "state", res.period))
     got = await page_text(html_file)
@@ -399,7 +400,7 @@ async def test_en_report_read_back_from_chromium(tmp_path: Path) -> None:
                for rid, text in out_rows) and len(out_rows) == 4
     assert got["banner"] == f"{SIMULATED_BANNER_EN} (cnc-01)"
     assert "device identity changed at 10 Nov 2025 08:30; before: application_uri=urn:jx:cnc-02" in body
-    assert "unsigned / 未签名" in body and "Enterprise pledge" in body
+    assert "unsigned / 未签名" in body and re.search(r"Enterprise pledge\s+We pledge the register is true \(test\)\.", body)
     assert "数字化设备联网率" not in body and "不计入" not in body
 
 
