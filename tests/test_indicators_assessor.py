@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import csv
 import datetime as dt
+import io
 import json
 import os
 import re
@@ -482,3 +484,19 @@ def test_footer_data_stub_shows_the_chain_head(tmp_path: Path) -> None:
     # the closed month was chained first, so the footer's head is this month's own record
     assert head == {"seq": 1, "hash": data["chain"]["hash"]} == data["evidence"]["head"]
     assert data["credit_code"] == "91330402MA2B8XKF98"
+
+
+def test_device_csv_says_why_a_row_is_not_counted_and_truncates_coverage(tmp_path: Path) -> None:
+    cfg_path = assessor_config(tmp_path)
+    for lang in ("zh", "en"):
+        out = tmp_path / lang
+        assert main(["report", "-c", str(cfg_path), "--period", "2025-11", "--format", "csv", "--lang", lang,
+                     "--out", str(out)]) == 0
+        rows = list(csv.DictReader(io.StringIO((out / "report-2025-11.csv").read_text(encoding="utf-8-sig"))))
+        by_id = {r["设备编号" if lang == "zh" else "id"]: r for r in rows}
+        excluded, coverage, status = ("不计入原因", "覆盖率", "状态") if lang == "zh" else ("excluded", "coverage", "status")
+        assert by_id["M-003"][excluded] == ("报废" if lang == "zh" else "scrapped")
+        assert by_id["meter-01"][excluded] == ("非生产" if lang == "zh" else "non_production")
+        assert by_id["cnc-01"][excluded] == ""
+        assert by_id["imm-01"][coverage] == "0.3666"  # 11/30, truncated
+        assert by_id["cnc-01"][status] == ("在用" if lang == "zh" else "in_service")  # en keeps the import's keys

@@ -125,12 +125,13 @@ def excluded_text(code: str, lang: Lang) -> str:
     return f"不计入（{zh}）" if lang == "zh" else f"not counted ({en})"
 
 
-def _cell(key: str, value: Any, lang: Lang) -> str:
+def _cell(key: str, value: Any, lang: Lang, machine: bool = False) -> str:
+    """A register value as shown; `machine` (the English CSV) keeps the keys the import reads back."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return ("是" if value else "否") if lang == "zh" else ("yes" if value else "no")
-    table = ZH_VALUES if lang == "zh" else EN_VALUES
+    table = ZH_VALUES if lang == "zh" else ({} if machine else EN_VALUES)
     if key in table:
         return table[key].get(str(value), str(value))
     return str(value)
@@ -239,7 +240,10 @@ def param_rows(result: PeriodResult, lang: Lang) -> list[tuple[str, str]]:
 def report_footer_data(cfg: CollectorConfig, state_dir: Path, period: Period) -> dict[str, Any]:
     """What the footer proves the report with: the signing key's fingerprint, the chain head, where the head
     was anchored, the register version in force. Today: no key, the head of the existing chain, no anchors."""
-    records = chain.read(state_dir / chain.CHAIN_FILE) if (state_dir / chain.CHAIN_FILE).exists() else []
+    try:
+        records = chain.read(state_dir / chain.CHAIN_FILE)
+    except (OSError, ValueError):  # unreadable: no head to show (`collector verify` says what is wrong)
+        records = []
     head = {"seq": records[-1]["seq"], "hash": records[-1]["hash"]} if records else None
     return {"fingerprint": None, "head": head, "anchors": [], "register_version": None}
 
@@ -284,9 +288,9 @@ def render_csv(result: PeriodResult, lang: Lang = "zh") -> str:
             elif key == "original_value" and v is not None:
                 cells.append(f"{v:.2f}")
             elif key == "excluded" and v is not None:
-                cells.append(EXCLUDED.get(v, (v, v))[0 if lang == "zh" else 1])
+                cells.append(EXCLUDED.get(v, (v, v))[0] if lang == "zh" else v)
             else:
-                cells.append(_cell(key, v, lang))
+                cells.append(_cell(key, v, lang, machine=True))
         w.writerow(cells)
     return "\ufeff" + buf.getvalue()
 
