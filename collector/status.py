@@ -164,7 +164,8 @@ class StatusTracker:
         self.devices: dict[str, DeviceStatus] = {}
         now = clock()
         if store.first_run() is None:  # evidence never shows good data from before the collector first ran
-            store.meta_set("first_run", repr(now))
+            earlier = store.first_uptime()  # a store from before first_run was kept: its first bucket, not now
+            store.meta_set("first_run", repr(now if earlier is None else float(earlier)))
         for dev in devices:
             st = saved.get(dev, DeviceStatus(dev, since=now))
             # After a restart nothing is known about the session: keep evidence, restart the state machine.

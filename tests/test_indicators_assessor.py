@@ -278,6 +278,11 @@ def test_first_good_data_is_never_before_the_collectors_first_run(tmp_path: Path
     row = next(r for r in compute(cfg, thirteen(), store, NOV, AFTER_CLOSE).devices if r.asset.id == "a0")
     assert row.evidence is not None and row.evidence.first_good == started  # not the bucket's 00:00
     assert row.to_dict(TZ)["first_good"] == "2026-11-10T00:20:34+08:00"
+    # a store written before first_run was kept: its first uptime bucket stands in (never the upgrade's start)
+    old = StatusStore(tmp_path / "old.db", H)
+    old.write([], [], {}, {int(t(3))})
+    StatusTracker(old, ["m1"], clock=lambda: t(20))
+    assert old.first_run() == t(3)
 
 
 # ------------------------------------------------------------------------------------------------ the report
@@ -370,6 +375,7 @@ async def test_zh_report_read_back_from_chromium(tmp_path: Path) -> None:
     # the simulated device: a banner above everything and on the figures, a mark on its row
     assert got["banner"] == f"{SIMULATED_BANNER}（cnc-01）"
     assert body.count(SIMULATED_BANNER) == 2 and "立式加工中心 VMC-850模拟设备" in body
+    assert "cnc-01 立式加工中心 VMC-850 [模拟设备]</text>" in html_file.read_text(encoding="utf-8")  # coverage chart
     # 提示 in Chinese: the identity change with both identities and the time; no English register warning
     assert ("cnc-02 数控车床 CK6150：设备身份变化（2025年11月10日 08:30）原身份 application_uri=urn:jx:cnc-02; "
             "thumbprint=1f2e3d → 新身份 application_uri=urn:sim:cnc-02; thumbprint=9a8b7c") in body
@@ -389,6 +395,7 @@ async def test_zh_report_read_back_from_chromium(tmp_path: Path) -> None:
 async def test_en_report_read_back_from_chromium(tmp_path: Path) -> None:
     pytest.importorskip("playwright.async_api", reason="playwright (pip, dev extra) is not installed")
     res = simulated_month(tmp_path, assessor_config(tmp_path, pledge="We pledge the register is true (test)."))
+    res.identity_warnings[0]["time"] = "2025-11-10T08:30:00+08:00"  # as a chain record's JSON would hold it
     [html_file] = write_package(res, tmp_path / "out", ["html"], "en", None,
                                 report_footer_data(res.cfg, tmp_path / "state", res.period))
     got = await page_text(html_file)

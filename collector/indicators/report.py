@@ -374,7 +374,8 @@ def coverage_chart(result: PeriodResult, lang: Lang) -> str:
     for i, r in enumerate(rows):
         y = top + i * bar_h
         cov = r.evidence.coverage if r.evidence else None
-        label = html.escape(f"{r.asset.id} {r.asset.name}"[:32])
+        mark = f" [{T['simulated_mark'][lang]}]" if r.simulated else ""
+        label = html.escape(f"{r.asset.id} {r.asset.name}"[:32] + mark)
         out.append(f'<text x="{left - 8}" y="{y + bar_h * 0.68:.1f}" text-anchor="end" fill="#222">{label}</text>')
         networked = bool(r.verdict and r.verdict.networked)
         if cov is None or r.asset.device is None:
@@ -526,6 +527,11 @@ def _identity(value: Any) -> str:
     return "—" if value is None else str(value)
 
 
+def _ts(value: Any) -> float:
+    """POSIX seconds, or an ISO 8601 time as the JSON of a record holds it."""
+    return dt.datetime.fromisoformat(value).timestamp() if isinstance(value, str) else float(value)
+
+
 def warning_lines(result: PeriodResult, lang: Lang) -> list[str]:
     """提示 in the report's language: register/live mismatches, then identity changes with both identities."""
     names = {r.asset.id: r.asset.name for r in result.devices}
@@ -534,7 +540,7 @@ def warning_lines(result: PeriodResult, lang: Lang) -> list[str]:
     for w in result.identity_warnings:
         dev = str(w.get("device", ""))
         who = f"{dev} {names[dev]}" if names.get(dev, dev) != dev else dev
-        when = fmt_time(float(w["time"]), result.period.tz, lang) if w.get("time") is not None else "—"
+        when = fmt_time(_ts(w["time"]), result.period.tz, lang) if w.get("time") is not None else "—"
         sep = "：" if lang == "zh" else ": "
         out.append(f"{who}{sep}{T['identity_change'][lang]}（{when}）{T['before'][lang]} {_identity(w.get('before'))}"
                    f" → {T['after'][lang]} {_identity(w.get('after'))}" if lang == "zh" else
