@@ -1,6 +1,9 @@
-"""The monthly evidence package: one self-contained HTML file (inline CSS and SVG charts), CSV and JSON.
+"""The monthly evidence package: one self-contained HTML file (inline CSS and SVG charts), its PDF, CSV and JSON.
 
-Chinese is the default language. Rates are shown truncated to 0.1 % (54.96 % shows as 54.9 %), so a shown
+Written for the assessor who grades the enterprise: Chinese by default (English with lang "en"), parameters as
+labelled values with units, dates as 2026年11月1日 00:00 – 11月30日 24:00, rows outside U greyed with the
+reason they are not counted, the 统一社会信用代码 in the header and the 企业承诺, signing key, chain head and
+anchors in the footer. Rates are shown truncated to 0.1 % (rates.pct: 54.96 % shows as 54.9 %), so a shown
 value never looks like it meets a target that the exact fraction misses; pass marks come from the exact
 fraction (rates.Figure.passed).
 """
@@ -71,6 +74,39 @@ T: dict[str, dict[str, str]] = {
               "marked networked below. A device is networked when good buckets ≥ coverage × expected buckets and "
               "good days ≥ day share × expected days. `collector verify CHAIN_FILE` checks that no monthly summary "
               "was edited. Definitions: docs/indicators.md (defset v1)."},
+    "credit_code": {"zh": "统一社会信用代码", "en": "Unified social credit code"},
+    "credit_missing": {"zh": "未填写（配置项 site.credit_code）", "en": "not set (config site.credit_code)"},
+    "county": {"zh": "所在区县", "en": "County"},
+    "param": {"zh": "参数", "en": "Parameter"},
+    "setting": {"zh": "取值", "en": "Value"},
+    "pledge": {"zh": "企业承诺", "en": "Enterprise pledge"},
+    "pledge_text": {
+        "zh": "本企业承诺：本报告所列设备台账真实、完整，联网数据由采集器自动采集与计算，未经人工修改；"
+              "如有不实，愿承担相应责任。",
+        "en": "The enterprise declares that the asset register in this report is true and complete and that the "
+              "networking data were collected and computed automatically by the collector without manual "
+              "changes; it accepts responsibility for any misstatement."},
+    "signing_key": {"zh": "签名密钥指纹", "en": "Signing key fingerprint"},
+    "unsigned": {"zh": "未签名 / unsigned", "en": "unsigned / 未签名"},
+    "chain_head": {"zh": "证据链最新记录", "en": "Evidence chain head"},
+    "no_chain": {"zh": "无（尚无证据链记录）", "en": "none (no chain record yet)"},
+    "anchors": {"zh": "外部存证回执", "en": "Anchoring receipts"},
+    "no_anchors": {"zh": "无（尚未向外部存证）", "en": "none (not anchored yet)"},
+    "sent": {"zh": "发送", "en": "sent"},
+    "acked": {"zh": "确认", "en": "acknowledged"},
+    "not_acked": {"zh": "未确认", "en": "not acknowledged"},
+    "register_version": {"zh": "台账版本", "en": "Register version"},
+    "no_register_version": {"zh": "未记录", "en": "not recorded"},
+    "rows": {"zh": "条", "en": "rows"},
+    "imported": {"zh": "导入于", "en": "imported"},
+    "stamp": {"zh": "企业盖章", "en": "Company seal"},
+    "signer": {"zh": "负责人签字", "en": "Signed by"},
+    "date": {"zh": "日期", "en": "Date"},
+    "identity_change": {"zh": "设备身份变化", "en": "device identity changed"},
+    "before": {"zh": "原身份", "en": "before"},
+    "after": {"zh": "新身份", "en": "after"},
+    "simulated_mark": {"zh": "模拟设备", "en": "simulated"},
+    "simulated_banner": {"zh": SIMULATED_BANNER, "en": SIMULATED_BANNER_EN},
 }
 
 # CSV/HTML device columns: key, zh header (the import accepts these), en header
@@ -419,43 +455,6 @@ td.t{white-space:nowrap}tr.out td{color:#9e9e9e;background:#f5f5f5}td.excl{color
 @media print{body{margin:0;font-size:11px}table{font-size:10.5px}h2{break-after:avoid}tr{break-inside:avoid}
  .banner.screen{display:none}footer{break-inside:avoid}}
 """
-
-T.update({
-    "credit_code": {"zh": "统一社会信用代码", "en": "Unified social credit code"},
-    "credit_missing": {"zh": "未填写（配置项 site.credit_code）", "en": "not set (config site.credit_code)"},
-    "county": {"zh": "所在区县", "en": "County"},
-    "param": {"zh": "参数", "en": "Parameter"},
-    "setting": {"zh": "取值", "en": "Value"},
-    "pledge": {"zh": "企业承诺", "en": "Enterprise pledge"},
-    "pledge_text": {
-        "zh": "本企业承诺：本报告所列设备台账真实、完整，联网数据由采集器自动采集与计算，未经人工修改；"
-              "如有不实，愿承担相应责任。",
-        "en": "The enterprise declares that the asset register in this report is true and complete and that the "
-              "networking data were collected and computed automatically by the collector without manual "
-              "changes; it accepts responsibility for any misstatement."},
-    "signing_key": {"zh": "签名密钥指纹", "en": "Signing key fingerprint"},
-    "unsigned": {"zh": "未签名 / unsigned", "en": "unsigned / 未签名"},
-    "chain_head": {"zh": "证据链最新记录", "en": "Evidence chain head"},
-    "no_chain": {"zh": "无（尚无证据链记录）", "en": "none (no chain record yet)"},
-    "anchors": {"zh": "外部存证回执", "en": "Anchoring receipts"},
-    "no_anchors": {"zh": "无（尚未向外部存证）", "en": "none (not anchored yet)"},
-    "sent": {"zh": "发送", "en": "sent"},
-    "acked": {"zh": "确认", "en": "acknowledged"},
-    "not_acked": {"zh": "未确认", "en": "not acknowledged"},
-    "register_version": {"zh": "台账版本", "en": "Register version"},
-    "no_register_version": {"zh": "未记录", "en": "not recorded"},
-    "rows": {"zh": "条", "en": "rows"},
-    "imported": {"zh": "导入于", "en": "imported"},
-    "stamp": {"zh": "企业盖章", "en": "Company seal"},
-    "signer": {"zh": "负责人签字", "en": "Signed by"},
-    "date": {"zh": "日期", "en": "Date"},
-    "identity_change": {"zh": "设备身份变化", "en": "device identity changed"},
-    "before": {"zh": "原身份", "en": "before"},
-    "after": {"zh": "新身份", "en": "after"},
-    "simulated_mark": {"zh": "模拟设备", "en": "simulated"},
-    "simulated_banner": {"zh": SIMULATED_BANNER, "en": SIMULATED_BANNER_EN},
-})
-
 
 def _figure_rows(figs: list[Figure], scope: str, lang: Lang) -> str:
     out = []
