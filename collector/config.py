@@ -31,6 +31,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from collector.credit_code import credit_code_problem
+
 
 class Strict(BaseModel):
     """Base of every config model: unknown keys are errors."""
@@ -419,10 +421,23 @@ class TemplateConfig(Strict):
 class SiteConfig(Strict):
     enterprise_id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_\-]+$")
     enterprise_name: str | None = None
+    credit_code: str | None = Field(default=None, description="统一社会信用代码 (GB 32100-2015, 18 characters, "
+                                    "check character verified): shown in the report header")
     county: str | None = None
     city: str | None = None
     workshop: str = Field(default="main", pattern=r"^[A-Za-z0-9_\-]+$")
     timezone: str = "Asia/Shanghai"
+
+    @field_validator("credit_code")
+    @classmethod
+    def _credit_code(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        code = v.strip().upper()
+        problem = credit_code_problem(code)
+        if problem:
+            raise ValueError(f"'{v}' {problem}; copy it from the business licence (营业执照)")
+        return code
 
     @field_validator("timezone")
     @classmethod
@@ -635,6 +650,8 @@ class IndicatorConfig(Strict):
     stale_after: float = Field(default=900.0, gt=0)
     live_window: float | None = Field(default=None, gt=0, description="default 2 x bucket")
     scope: Literal["all", "key_process"] = "all"
+    pledge: str | None = Field(default=None, description="企业承诺 text in the report footer (default: a standard "
+                               "pledge in the report's language)")
     targets: IndicatorTargets = Field(default_factory=IndicatorTargets)
     calendar: CalendarConfig | None = None
 

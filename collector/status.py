@@ -129,6 +129,11 @@ class StatusStore:
         row = self.db.execute("SELECT MIN(bucket) FROM uptime_buckets").fetchone()
         return None if row is None else row[0]
 
+    def first_run(self) -> float | None:
+        """When the collector first started on this store (its first uptime bucket may begin earlier)."""
+        v = self.meta_get("first_run")
+        return None if v is None else float(v)
+
     def meta_get(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
@@ -158,6 +163,9 @@ class StatusTracker:
         saved = store.load_statuses()
         self.devices: dict[str, DeviceStatus] = {}
         now = clock()
+        if store.first_run() is None:  # evidence never shows good data from before the collector first ran
+            earlier = store.first_uptime()  # a store from before first_run was kept: its first bucket, not now
+            store.meta_set("first_run", repr(now if earlier is None else float(earlier)))
         for dev in devices:
             st = saved.get(dev, DeviceStatus(dev, since=now))
             # After a restart nothing is known about the session: keep evidence, restart the state machine.

@@ -19,10 +19,11 @@ from collector.indicators import chain, periods
 from collector.indicators.csv_import import CsvImportError, check_against_config, install, read_register_csv
 from collector.indicators.figures import FIGURE_ORDER, PeriodResult, compute
 from collector.indicators.monthly import chain_path, ensure_chained, find_record
+from collector.indicators.pdf import PdfUnavailable, require_chromium
 from collector.indicators.pooling import PoolInputError, PoolResult, pool_submissions, read_submissions
-from collector.indicators.rates import NAMES
+from collector.indicators.rates import NAMES, pct
 from collector.indicators.register import IMPORTED_REGISTER, load_register
-from collector.indicators.report import pct, write_package
+from collector.indicators.report import report_footer_data, write_package
 from collector.status import StatusStore
 
 
@@ -120,10 +121,16 @@ def cmd_report(args: argparse.Namespace) -> int:
         print("--period: a report covers a month (YYYY-MM), a year (YYYY) or a day (YYYY-MM-DD)", file=sys.stderr)
         return 2
     formats = [f.strip() for spec in (args.format or ["html"]) for f in spec.split(",") if f.strip()]
-    bad = [f for f in formats if f not in ("html", "csv", "json")]
+    bad = [f for f in formats if f not in ("html", "pdf", "csv", "json")]
     if bad:
-        print(f"--format: {', '.join(bad)}: use html, csv or json", file=sys.stderr)
+        print(f"--format: {', '.join(bad)}: use html, pdf, csv or json", file=sys.stderr)
         return 2
+    if "pdf" in formats:  # before anything is computed or chained
+        try:
+            require_chromium()
+        except PdfUnavailable as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     store = open_store(cfg, state)
     result = compute(cfg, assets, store, period, now, warnings=warnings)
     store.close()
@@ -131,7 +138,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     if period.kind == "month":
         record = ensure_chained(result, state) if result.closed else find_record(chain_path(state), cfg,
                                                                                period.label)
-    written = write_package(result, Path(args.out), formats, args.lang, record)
+    try:
+        written = write_package(result, Path(args.out), formats, args.lang, record,
+                                report_footer_data(cfg, state, period))
+    except PdfUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     for p in written:
         print(p)
     if not result.closed:
@@ -250,10 +262,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(fn=cmd_indicators)
 
-    s = sub.add_parser("report", help="write the evidence package of a period (HTML, CSV, JSON)")
+    s = sub.add_parser("report", help="write the evidence package of a period (HTML, PDF, CSV, JSON)")
     s.add_argument("-c", "--config", required=True, help="YAML config file")
     s.add_argument("--period", required=True, help="YYYY-MM (or YYYY, YYYY-MM-DD)")
-    s.add_argument("--format", action="append", help="html (default), csv, json; repeat or comma-separate")
+    s.add_argument("--format", action="append",
+                   help="html (default), pdf (printed by headless Chromium), csv, json; repeat or comma-separate")
     s.add_argument("--lang", choices=("zh", "en"), default="zh", help="language of the report (default zh)")
     s.add_argument("--out", default=".", help="folder for report-<period>.<format> (default .)")
     s.set_defaults(fn=cmd_report)

@@ -126,13 +126,14 @@ class EvidenceData:
 
     uptime: list[int]
     good: dict[str, list[tuple[int, float | None]]]
+    first_run: float | None = None  # the collector's first start: no good data is shown from before it
 
     @classmethod
     def load(cls, store: StatusStore, start: float, end: float) -> EvidenceData:
         good: dict[str, list[tuple[int, float | None]]] = defaultdict(list)
         for device, bucket, acked in store.good_bucket_rows(start, end):
             good[device].append((bucket, acked))
-        return cls(store.uptime_buckets(start, end), dict(good))
+        return cls(store.uptime_buckets(start, end), dict(good), store.first_run())
 
 
 def expected_mask(uptime: Iterable[int], period: Period, cfg: IndicatorConfig, now: float,
@@ -173,7 +174,8 @@ def collect(assets: Iterable[Asset], data: EvidenceData, period: Period, cfg: In
                 if d_ is None or (since is not None and d_ < since):
                     continue
                 ev.by_day[d_][1] += 1
-                ev.first_good = b if ev.first_good is None else min(ev.first_good, b)
+                shown = b if data.first_run is None else max(b, data.first_run)  # a bucket may start before it
+                ev.first_good = shown if ev.first_good is None else min(ev.first_good, shown)
                 ev.last_good = b + cfg.bucket if ev.last_good is None else max(ev.last_good, b + cfg.bucket)
         out[a.id] = ev
     return out

@@ -26,12 +26,16 @@ from collector.indicators.evidence import (
     rule_params,
 )
 from collector.indicators.live import live_figures
+from collector.indicators.notices import Notice
 from collector.indicators.periods import Period, iso_local
 from collector.indicators.rates import DEFSET, Figure, cnc_figures, networking_figures
 from collector.indicators.register import Asset
 from collector.status import DeviceStatus, StatusStore
 
 FIGURE_ORDER = ("D1", "D1v", "D1k", "D2", "D2a", "D3")
+# Printed on every report page and beside the figures when a simulated device is counted (allow_simulated)
+SIMULATED_BANNER = "含模拟设备，不可用于评价"
+SIMULATED_BANNER_EN = "Contains simulated devices — not valid for assessment"
 # Tag names or OPC UA nodes that show a stored program at work (MachineTool / CNC companion specs, program tags)
 PROGRAM_HINT = re.compile(r"program|nc_?mode|op(erating)?_?mode|machinetool|cnc", re.IGNORECASE)
 
@@ -46,6 +50,8 @@ class DeviceRow:
     verdict: Verdict | None = None
     networked_months: tuple[int, int] | None = None  # year: (networked, counted) months
     last_delivered: float | None = None
+    simulated: bool = False  # its identity evidence says simulator (模拟设备)
+    excluded: str | None = None  # why it is outside U (register.Asset.excluded), None when in U
 
     def to_dict(self, tz: str) -> dict[str, Any]:
         a = self.asset
@@ -57,6 +63,7 @@ class DeviceRow:
             "is_cnc": a.is_cnc, "is_digital": a.is_digital, "digital_basis": a.digital_basis,
             "is_key_process": a.is_key_process, "original_value": a.original_value, "device": a.device,
             "protocol": a.protocol, "endpoint": a.endpoint, "source": a.source, "in_universe": self.in_universe,
+            "excluded": self.excluded,
             "expected_buckets": ev.expected if ev else None, "good_buckets": ev.good if ev else None,
             "coverage": ev.coverage if ev else None,
             "expected_days": ev.expected_days if ev else None, "good_days": ev.good_days if ev else None,
@@ -68,6 +75,7 @@ class DeviceRow:
             "reason_text": self.verdict.reason if self.verdict else None,
             "networked_months": list(self.networked_months) if self.networked_months else None,
             "last_delivered": iso_local(self.last_delivered, tz) if self.last_delivered else None,
+            "simulated": self.simulated,
         }
 
 
@@ -91,6 +99,9 @@ class PeriodResult:
     daily: list[DayFigure] = field(default_factory=list)
     months: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    simulated: list[str] = field(default_factory=list)  # asset ids counted although simulated (allow_simulated)
+    # identity changes within the period: {"device", "time" (POSIX s), "before", "after"} (identities as dicts)
+    identity_warnings: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def closed(self) -> bool:
@@ -113,6 +124,8 @@ class PeriodResult:
             "figures": {f.id: f.to_dict() for f in self.figures},
             "workshops": {ws: {f.id: f.to_dict() for f in figs} for ws, figs in self.workshops.items()},
             "warnings": self.warnings,
+            "simulated": self.simulated,
+            "identity_warnings": self.identity_warnings,
         }
         if self.daily:
             out["daily"] = [{"date": d.date.isoformat(),
@@ -128,23 +141,31 @@ class PeriodResult:
 
 
 def register_warnings(cfg: CollectorConfig, assets: list[Asset]) -> list[str]:
-    """Register flags that live data or the other flags contradict: reported, never applied."""
+    """Register flags that live data or the other flags contradict: reported, never applied.
+
+    Each is a Notice: English for logs and JSON, Chinese for the zh report."""
     out: list[str] = []
     devices = {d.id: d for d in cfg.devices}
     for a in assets:
+        who = f"{a.id} {a.name}" if a.name != a.id else a.id
         if a.is_cnc and not a.is_digital:
-            out.append(f"{a.id}: is_cnc but not is_digital (a stored-program controller is digital)")
+            out.append(Notice(f"{who}: is_cnc but not is_digital (a stored-program controller is digital)",
+                              f"{who}：台账标为数控设备，但未标为数字化设备（存储程序控制的设备属于数字化设备）"))
         if a.is_cnc and a.digital_basis == "retrofit_sensing":
-            out.append(f"{a.id}: is_cnc with digital_basis retrofit_sensing (a monitoring retrofit is not CNC)")
+            out.append(Notice(f"{who}: is_cnc with digital_basis retrofit_sensing (a monitoring retrofit is not CNC)",
+                              f"{who}：台账标为数控设备，但数字化方式为加装传感（仅加装监测不属于数控）"))
         dev = devices.get(a.device or "")
         if dev is None:
             continue
         if not a.is_digital:
-            out.append(f"{a.id}: bound to device {dev.id} (it speaks {dev.protocol}) but is_digital is false")
+            out.append(Notice(f"{who}: bound to device {dev.id} (it speaks {dev.protocol}) but is_digital is false",
+                              f"{who}：已接入采集设备 {dev.id}（{dev.protocol} 协议），但台账标为非数字化设备"))
         hints = [t.name for t in dev.tags if PROGRAM_HINT.search(t.name + " " + str(getattr(t, "node", "")))]
         if hints and not a.is_cnc:
-            out.append(f"{a.id}: device {dev.id} exposes program/mode data ({', '.join(hints)}) but the register "
-                       "says is_cnc: false; the register value is used")
+            out.append(Notice(f"{who}: device {dev.id} exposes program/mode data ({', '.join(hints)}) but the register "
+                              "says is_cnc: false; the register value is used",
+                              f"{who}：采集设备 {dev.id} 提供程序/模式数据（{'、'.join(hints)}），但台账标为非数控设备；"
+                              "按台账计"))
     return out
 
 
@@ -155,7 +176,7 @@ def _workshops(assets: list[Asset]) -> list[str]:
 def _rates(cfg: CollectorConfig, assets: list[Asset], on: dt.date, networked: Callable[[Asset], bool],
            params: dict[str, Any]) -> list[Figure]:
     ind = cfg.indicators
-    return [*cnc_figures(assets, on, ind.targets.cnc_rate),
+    return [*cnc_figures(assets, on, ind.targets.cnc_rate, ind.scope),
             *networking_figures(assets, on, networked, ind.targets.networking_rate, params, ind.scope)]
 
 
@@ -175,7 +196,7 @@ def _now(cfg: CollectorConfig, assets: list[Asset], period: Period, now: float,
         rows.append(DeviceRow(a, a.in_universe(on, ind.scope), None,
                               Verdict(net, None if net else "no good sample delivered within the live window",
                                       "networked" if net else ("not_bound" if a.device is None else "live_window")),
-                              last_delivered=last))
+                              last_delivered=last, excluded=a.excluded(on, ind.scope)))
     return PeriodResult(cfg, period, now, figs, wss, rows, {"period": "now", "window_s": window, "scope": ind.scope})
 
 
@@ -194,7 +215,8 @@ def _window(cfg: CollectorConfig, assets: list[Asset], period: Period, now: floa
     figs = _rates(cfg, assets, on, networked, params)
     wss = {ws: _rates(cfg, [a for a in assets if a.workshop == ws], on, networked, params)
            for ws in _workshops(assets)}
-    rows = [DeviceRow(a, a.in_universe(on, ind.scope), evs[a.id], verdicts[a.id]) for a in assets]
+    rows = [DeviceRow(a, a.in_universe(on, ind.scope), evs[a.id], verdicts[a.id], excluded=a.excluded(on, ind.scope))
+            for a in assets]
     result = PeriodResult(cfg, period, now, figs, wss, rows, params)
     if daily:
         today = periods.local_date(now, period.tz)
@@ -259,7 +281,8 @@ def _year(cfg: CollectorConfig, assets: list[Asset], period: Period, now: float,
                 for attr, fn in (("first_good", min), ("last_good", max)):
                     x, y = getattr(ev, attr), getattr(r.evidence, attr)
                     setattr(ev, attr, y if x is None else (x if y is None else fn(x, y)))
-        rows.append(DeviceRow(a, a.in_universe(on, ind.scope), ev, None, (net, len(counted))))
+        rows.append(DeviceRow(a, a.in_universe(on, ind.scope), ev, None, (net, len(counted)),
+                              excluded=a.excluded(on, ind.scope)))
     return PeriodResult(cfg, period, now, figs, wss, rows, params, months=labels)
 
 

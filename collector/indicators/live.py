@@ -35,7 +35,7 @@ def live_figures(assets: list[Asset], statuses: Mapping[str, DeviceStatus], now:
     today = _today(now, tz)
     window = cfg.live_window_s
     return [
-        *cnc_figures(assets, today, cfg.targets.cnc_rate),
+        *cnc_figures(assets, today, cfg.targets.cnc_rate, cfg.scope),
         *networking_figures(assets, today, _networked_now(statuses, now, window), cfg.targets.networking_rate,
                             {"period": "now", "window_s": window}, cfg.scope),
     ]

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from collector.config import AssetEntry, AssetFields, CollectorConfig
+from collector.indicators.notices import Notice
 
+SOURCE_ZH = {"assets_csv": "台账CSV（assets_csv）", "import": "导入台账"}
 PRODUCTIVE_USAGE = ("production", "auxiliary")
 COUNTED_STATUS = ("in_service", "idle")
 
@@ -42,11 +44,20 @@ class Asset:
 
     def in_universe(self, on: dt.date, scope: str = "all") -> bool:
         """Membership of U (INDICATORS.md) on a date."""
-        if self.usage not in PRODUCTIVE_USAGE or self.status not in COUNTED_STATUS:
-            return False
+        return self.excluded(on, scope) is None
+
+    def excluded(self, on: dt.date, scope: str = "all") -> str | None:
+        """Why the asset is outside U on a date (the report says it beside the row), or None when it is in U:
+        scrapped, sealed, non_production, not_commissioned or not_key_process."""
+        if self.status not in COUNTED_STATUS:
+            return self.status
+        if self.usage not in PRODUCTIVE_USAGE:
+            return self.usage
         if self.commissioned is not None and self.commissioned > on:
-            return False
-        return scope != "key_process" or self.is_key_process
+            return "not_commissioned"
+        if scope == "key_process" and not self.is_key_process:
+            return "not_key_process"
+        return None
 
 
 def _asset(id_: str, f: AssetFields, default_workshop: str, device: str | None,
@@ -77,11 +88,14 @@ def build_register(cfg: CollectorConfig, extra: list[tuple[AssetEntry, str]] | N
     device_ids = {d.id for d in cfg.devices}
     for entry, source in extra or []:
         if entry.id in taken:
-            warn.append(f"{source}: asset '{entry.id}' is also in the config; the config's entry is used")
+            warn.append(Notice(f"{source}: asset '{entry.id}' is also in the config; the config's entry is used",
+                               f"{SOURCE_ZH.get(source, source)}：设备 {entry.id} 在配置文件中也有，采用配置文件的条目"))
             continue
         if entry.device is not None and (entry.device not in device_ids or entry.device in bound_ids):
-            warn.append(f"{source}: asset '{entry.id}' binds device '{entry.device}', which is not configured "
-                        "or already bound; it is counted as not connected")
+            warn.append(Notice(f"{source}: asset '{entry.id}' binds device '{entry.device}', which is not configured "
+                               "or already bound; it is counted as not connected",
+                               f"{SOURCE_ZH.get(source, source)}：设备 {entry.id} 绑定的采集设备 {entry.device} "
+                               "未配置或已被绑定，按未接入采集计"))
             entry = entry.model_copy(update={"device": None})
         taken.add(entry.id)
         if entry.device is not None:
@@ -115,11 +129,13 @@ def load_register(cfg: CollectorConfig, state_dir: Path | None = None,
         try:
             extra += [(e, "assets_csv") for e in read_register_csv(cfg.assets_csv).entries]
         except CsvImportError as exc:
-            warn.extend(f"assets_csv: {line}" for line in exc.lines)
+            warn.extend(Notice(f"assets_csv: {line}", f"台账CSV（assets_csv）无法读取，已跳过：{line}")
+                        for line in exc.lines)
     state = state_dir if state_dir is not None else cfg.state_dir
     if (state / IMPORTED_REGISTER).exists():
         try:
             extra += [(e, "import") for e in read_imported(state / IMPORTED_REGISTER)]
         except (OSError, ValueError) as exc:
-            warn.append(f"{state / IMPORTED_REGISTER}: unreadable ({exc}); imported register skipped")
+            warn.append(Notice(f"{state / IMPORTED_REGISTER}: unreadable ({exc}); imported register skipped",
+                               f"{state / IMPORTED_REGISTER}：导入的台账无法读取（{exc}），已跳过"))
     return build_register(cfg, extra, warn)
