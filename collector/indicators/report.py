@@ -15,7 +15,7 @@ from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Any
 
-from collector.indicators.figures import FIGURE_ORDER, PeriodResult
+from collector.indicators.figures import FIGURE_ORDER, SIMULATED_BANNER, SIMULATED_BANNER_EN, PeriodResult
 from collector.indicators.rates import NAMES, Figure
 
 Lang = str  # "zh" | "en"
@@ -57,6 +57,9 @@ T: dict[str, dict[str, str]] = {
                  "en": "Warnings (register vs live data; nothing was applied automatically)"},
     "no_data": {"zh": "无数据", "en": "no data"},
     "recompute": {"zh": "复核方法", "en": "How to check"},
+    "identity_warnings": {"zh": "设备身份变更（统计期内）", "en": "Changes of device identity in the period"},
+    "identity_change": {"zh": "{time} 设备 {device} 身份变更（{keys}）：原 {before} → 现 {after}",
+                        "en": "{time} device {device} changed identity ({keys}): was {before}, now {after}"},
     "recompute_text": {
         "zh": "每个指标均给出分子与分母；D2 分子为本表中“是否联网”为“是”的数字化设备数。"
               "设备联网判定：有效时段数 ≥ 覆盖率阈值 × 应有时段数，且有效天数 ≥ 天数阈值 × 应有天数。"
@@ -80,17 +83,18 @@ DEVICE_COLUMNS: list[tuple[str, str, str]] = [
     ("coverage", "覆盖率", "coverage"), ("expected_days", "应有天数", "expected_days"),
     ("good_days", "有效天数", "good_days"), ("first_good", "首次有效数据", "first_good"),
     ("last_good", "最后有效数据", "last_good"), ("networked", "是否联网", "networked"),
-    ("reason", "未联网原因", "reason"),
+    ("reason", "未联网原因", "reason"), ("simulated", "模拟设备", "simulated"),
 ]
 FIGURE_COLUMNS = ["scope", "figure", "name", "numerator", "denominator", "value", "target", "passed", "defset",
-                  "period", "params"]
+                  "period", "params", "note"]
 ZH_VALUES: dict[str, dict[str, str]] = {
     "usage": {"production": "生产", "auxiliary": "辅助", "non_production": "非生产"},
     "status": {"in_service": "在用", "idle": "闲置", "sealed": "封存", "scrapped": "报废"},
     "digital_basis": {"native": "原生", "retrofit_control": "改造控制", "retrofit_sensing": "加装传感"},
     "source": {"config": "配置文件", "assets_csv": "台账CSV", "import": "导入台账"},
     "reason": {"networked": "", "not_bound": "未接入采集", "no_expected_time": "无应有时段",
-               "coverage": "覆盖率不足", "day_share": "有效天数不足", "live_window": "近期无有效数据"},
+               "coverage": "覆盖率不足", "day_share": "有效天数不足", "live_window": "近期无有效数据",
+               "simulated": "模拟设备"},
 }
 
 
@@ -159,14 +163,28 @@ def render_figures_csv(result: PeriodResult, lang: Lang = "zh") -> str:
     w = csv.writer(buf, lineterminator="\r\n")
     w.writerow(FIGURE_COLUMNS)
     scopes: list[tuple[str, list[Figure]]] = [("enterprise", result.figures), *result.workshops.items()]
+    note = _banner_text(result, lang)
     for scope, figs in scopes:
         for f in sorted(figs, key=lambda f: FIGURE_ORDER.index(f.id)):
             d = f.to_dict()
             w.writerow([scope, f.id, d["name_zh"] if lang == "zh" else d["name_en"], f.numerator, f.denominator,
                         "" if f.value is None else f"{f.value:.6f}", "" if f.target is None else f.target,
                         "" if f.passed is None else str(f.passed).lower(), d["defset"], result.period.label,
-                        json.dumps(f.params, ensure_ascii=False, sort_keys=True)])
+                        json.dumps(f.params, ensure_ascii=False, sort_keys=True), note])
     return "\ufeff" + buf.getvalue()
+
+
+def _banner_text(result: PeriodResult, lang: Lang) -> str:
+    """The simulated-devices banner in the report's language, or "" when no simulated device is counted."""
+    if result.banner is None:
+        return ""
+    return SIMULATED_BANNER if lang == "zh" else f"{SIMULATED_BANNER_EN} ({SIMULATED_BANNER})"
+
+
+def _svg_banner(result: PeriodResult, lang: Lang, x: float, y: float) -> str:
+    text = _banner_text(result, lang)
+    return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="end" fill="#c62828" font-weight="bold" font-size="16">'
+            f"{html.escape(text)}</text>") if text else ""
 
 
 # ------------------------------------------------------------------------------------------------ charts
@@ -210,6 +228,7 @@ def daily_chart(result: PeriodResult, lang: Lang) -> str:
     out.append(f'<line x1="{left}" y1="{top + ph}" x2="{w - right}" y2="{top + ph}" stroke="#333"/>'
                f'<text x="{left + pw / 2}" y="{h - 6}" text-anchor="middle" fill="#333">'
                f'{"日期（" + result.period.label + "）" if lang == "zh" else "day of " + result.period.label}</text>')
+    out.append(_svg_banner(result, lang, w - right, top + 16))
     out.append("</svg>")
     return "".join(out)
 
@@ -250,6 +269,7 @@ def coverage_chart(result: PeriodResult, lang: Lang) -> str:
     out.append(f'<line x1="{tx:.1f}" y1="{top - 4}" x2="{tx:.1f}" y2="{h - 24}" stroke="#c62828" stroke-width="2" '
                f'stroke-dasharray="6 4"/><text x="{tx:.1f}" y="{h - 8}" text-anchor="middle" fill="#c62828" '
                f'font-weight="bold">{"覆盖率阈值" if lang == "zh" else "coverage threshold"} {threshold * 100:g}%</text>')
+    out.append(_svg_banner(result, lang, w - right, h - 8))
     out.append("</svg>")
     return "".join(out)
 
@@ -265,6 +285,8 @@ th{background:#e3f2fd;white-space:nowrap}td{white-space:nowrap}td.n{text-align:r
 .fail{color:#c62828;font-weight:bold}.meta td:first-child{width:180px;background:#fafafa}
 .badge{display:inline-block;padding:2px 8px;border-radius:4px;color:#fff;font-size:12px}
 .b-closed{background:#2e7d32}.b-provisional{background:#e65100}.b-live{background:#1565c0}
+.banner-simulated{background:#c62828;color:#fff;font-size:18px;font-weight:bold;padding:8px 12px;margin:0 0 12px}
+@media print{.banner-simulated{position:fixed;top:0;left:0;right:0}body{padding-top:44px}}
 .warn li{color:#8d6e63}.small{font-size:11.5px;color:#555}code{background:#f3f3f3;padding:0 3px}
 """
 
@@ -307,6 +329,8 @@ def _device_table(devices: list[dict[str, Any]], title: str, keys: tuple[str, ..
                 text = _num(v)
             elif k == "reason" and lang == "en":
                 text = row.get("reason_text") or ""
+            elif k == "reason" and v == "simulated":
+                text = f"模拟设备（{row.get('simulated_reason')}）"
             else:
                 text = _cell(k, v, lang)
             cls = ' class="n"' if isinstance(v, int | float) and not isinstance(v, bool) else ""
@@ -341,6 +365,8 @@ def render_html(result: PeriodResult, lang: Lang = "zh", chain_record: dict[str,
     ]
     parts = [f'<!DOCTYPE html><html lang="{"zh-CN" if lang == "zh" else "en"}"><head><meta charset="utf-8">'
              f"<title>{html.escape(L('title'))} {html.escape(p.label)}</title><style>{CSS}</style></head><body>",
+             (f'<div class="banner-simulated">{html.escape(_banner_text(result, lang))}</div>'
+              if result.banner else ""),
              f"<h1>{html.escape(L('title'))} · {html.escape(p.label)}</h1>",
              '<table class="meta">' + "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in meta) + "</table>",
              f"<h2>{L('summary')}</h2><table><tr><th>{L('scope')}</th><th>{L('figure')}</th><th>{L('name')}</th>"
@@ -362,9 +388,20 @@ def render_html(result: PeriodResult, lang: Lang = "zh", chain_record: dict[str,
     if result.warnings:
         parts.append(f"<h2>{L('warnings')}</h2><ul class='warn'>"
                      + "".join(f"<li>{html.escape(w)}</li>" for w in result.warnings) + "</ul>")
+    if result.identity_warnings:
+        parts.append(f"<h2>{L('identity_warnings')}</h2><ul class='warn identity-warnings'>" + "".join(
+            "<li>" + html.escape(L("identity_change").format(
+                time=w["time"], device=w["device"], keys=", ".join(w["changed"]),
+                before=_identity_text(w["before"]["values"], w["changed"]),
+                after=_identity_text(w["after"]["values"], w["changed"]))) + "</li>"
+            for w in result.identity_warnings) + "</ul>")
     parts.append(f"<h2>{L('recompute')}</h2><p class='small'>{html.escape(L('recompute_text'))}</p>")
     parts.append("</body></html>")
     return "".join(parts)
+
+
+def _identity_text(values: dict[str, Any], keys: list[str]) -> str:
+    return "; ".join(f"{k}={values.get(k)}" for k in keys)
 
 
 def write_package(result: PeriodResult, out_dir: Path, formats: list[str], lang: Lang = "zh",
