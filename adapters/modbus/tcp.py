@@ -1,4 +1,4 @@
-"""A lean Modbus TCP client (MBAP framing, function codes 1-4) for `tcp://` endpoints.
+"""A lean Modbus TCP client (MBAP framing, function codes 1-4, and 43/14 for identity evidence) for `tcp://`
 
 Why not pymodbus here: its client spends ~50-90 µs of CPU per request (transaction manager, `wait_for`, framer,
 PDU objects, log formatting), which dominates a collector polling sparse maps. This one is an
