@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from adapters.base import Adapter, AdapterError
 from adapters.modbus.adapter import ModbusAdapter
 from adapters.modbus.identification import arp_table, mac_of
 from adapters.opcua.security import Pki, create_certificate, thumbprint
@@ -32,11 +33,13 @@ from collector.app import Collector
 from collector.broker import MosquittoProcess, free_port
 from collector.cli import main
 from collector.config import CollectorConfig, ModbusDevice, OpcUaDevice, Settings, parse_config
+from collector.engine import DeviceTask
 from collector.indicators import periods
 from collector.indicators.figures import SIMULATED_BANNER, compute
 from collector.indicators.identity import period_identity, simulator_reason
 from collector.indicators.register import load_register
 from collector.indicators.report import render_html
+from collector.model import Reading
 from collector.status import IdentityRecord, StatusStore
 from simulators.modbus import ModbusServerSim
 from simulators.opcua import OpcUaMachineSim, SimSecurity
@@ -368,3 +371,68 @@ def test_simulator_evidence_is_read_from_descriptive_fields_only() -> None:
     period = period_identity([IdentityRecord("d", 10.0, 20.0, {"product_code": "SIMULATOR"}),
                               IdentityRecord("d", 30.0, 40.0, {"product_code": "X-1"})], 35.0, 50.0)
     assert period.simulated == {} and period.current["d"].values == {"product_code": "X-1"}
+
+
+async def test_rtu_line_identifies_each_unit_through_pymodbus() -> None:
+    """rtu+tcp goes through pymodbus's read_device_information: a unit with identification and one that
+    answers exception 01 share the line, and both keep being read."""
+    port = free_port()
+    devs = [ModbusDevice.model_validate(modbus_device(f"u{u}", port, u) | {"endpoint": f"rtu+tcp://127.0.0.1:{port}"})
+            for u in (1, 2)]
+    async with ModbusServerSim(devs[0].endpoint, devs) as sim:
+        sim.set_identification("u2", None)
+        adapters = [ModbusAdapter(d) for d in devs]
+        try:
+            for a in adapters:
+                await a.connect()
+            identities = [await a.identify() for a in adapters]
+            readings = [await a.read() for a in adapters]
+        finally:
+            for a in adapters:
+                await a.close()
+    assert identities[0]["product_code"] == "SIMULATOR" and identities[0]["model_name"] == "u1"
+    assert identities[0]["tag.serial"] == "SN-1"
+    assert identities[1] == {"protocol": "modbus", "fc43": "unsupported (exception 01)", "tag.serial": "SN-2",
+                             "mac": None}
+    assert [r[0].quality for r in readings] == ["good", "good"]
+
+
+class _Identifies(Adapter):
+    protocol = "fake-identity"
+    calls = 0
+
+    async def connect(self) -> None:
+        return None
+
+    async def read(self) -> list[Reading]:
+        await asyncio.sleep(0)
+        now = time.time()
+        return [Reading(self.device.id, "t", 1, None, "good", now, now)]
+
+    async def identify(self) -> dict[str, Any]:
+        type(self).calls += 1
+        if type(self).calls == 1:
+            await asyncio.sleep(0.5)  # a slow identification must not hold up the polls
+            raise AdapterError("no answer")
+        return {"protocol": "fake", "vendor": "ACME"}
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_engine_identifies_beside_the_poll_loop_and_again_on_schedule() -> None:
+    dev = ModbusDevice.model_validate(modbus_device("d", free_port(), 1) | {"interval": 0.05})
+    polls: list[float] = []
+    seen: list[dict[str, Any]] = []
+    task = DeviceTask(dev, lambda _d, _r: polls.append(time.monotonic()), lambda *_: None,
+                      adapter_factory=_Identifies, on_identity=lambda _d, ident: seen.append(ident),
+                      identify_interval=0.2)
+    started = time.monotonic()
+    task.start()
+    try:
+        await until(lambda: len(seen) >= 2, 5, "two identities")
+    finally:
+        await task.stop()
+    assert len(polls) >= 5 and polls[4] - started < 0.45  # polled while the first identify was stuck (0.5 s)
+    assert seen[0] == {"protocol": "fake", "vendor": "ACME"} and _Identifies.calls >= 3
+    assert task._identify_task is None
