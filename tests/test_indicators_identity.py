@@ -338,7 +338,8 @@ def test_neighbour_table_gives_the_mac_of_complete_entries_only(tmp_path: Path) 
     table = tmp_path / "arp"
     table.write_text(ARP, encoding="ascii")
     assert mac_of("192.168.10.21", table) == (True, "00:1b:1b:aa:bb:cc")
-    assert mac_of("192.168.10.22", table) == (True, None)  # incomplete: not on the link now
+    assert mac_of("192.168.10.22", table) == (False, None)  # incomplete: unknown, not "no MAC"
+    assert mac_of("172.16.0.9", table) == (False, None)  # off-link: no entry, nothing recorded
     assert mac_of("127.0.0.1", table) == (True, None)
     assert mac_of("192.168.10.21", tmp_path / "missing") == (False, None)  # no table on this OS: unknown
 

@@ -60,8 +60,8 @@ _ReadFn = Callable[..., Awaitable[Response]]
 
 
 async def _mac(device: ModbusDevice) -> dict[str, Any]:
-    """`mac` of a TCP endpoint from the neighbour table (None off-link or on loopback); nothing for serial
-    lines or an OS without the table."""
+    """`mac` of a TCP endpoint from the neighbour table (None on loopback); nothing off-link, for serial lines
+    or on an OS without the table."""
     ep = device.parsed_endpoint
     if ep.scheme == "serial":
         return {}

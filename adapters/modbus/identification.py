@@ -140,16 +140,18 @@ def arp_table(text: str) -> dict[str, str]:
 
 
 def mac_of(ip: str, table: Path = ARP_TABLE) -> tuple[bool, str | None]:
-    """(known, MAC) of an IPv4 address: (True, None) for loopback or an address not in the neighbour table
-    (not on this link); (False, None) when this OS has no table to read."""
+    """(known, MAC) of an IPv4 address: (True, MAC) when the neighbour table has a complete entry, (True, None)
+    for loopback (there is no MAC), (False, None) otherwise: off-link, an entry that expired, or an OS without
+    the table. "Not found" is not evidence of anything, so it never reads as a change of device."""
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
-        return True, None
+        return False, None
     if addr.is_loopback:
         return True, None
     try:
         text = table.read_text(encoding="ascii", errors="replace")
     except OSError:
         return False, None
-    return True, arp_table(text).get(str(addr))
+    mac = arp_table(text).get(str(addr))
+    return mac is not None, mac
