@@ -179,7 +179,7 @@ def _rates(cfg: CollectorConfig, assets: list[Asset], on: dt.date, networked: Ca
             *networking_figures(assets, on, networked, ind.targets.networking_rate, params, ind.scope)]
 
 
-def _identity_rows(result: PeriodResult, ident: PeriodIdentity, on: dt.date) -> None:
+def _identity_rows(result: PeriodResult, ident: PeriodIdentity) -> None:
     """Mark the simulated rows, attach each device's identity, and list the changes of identity."""
     tz = result.period.tz
     for row in result.devices:
@@ -224,7 +224,7 @@ def _now(cfg: CollectorConfig, assets: list[Asset], period: Period, now: float,
         rows.append(DeviceRow(a, a.in_universe(on, ind.scope), None, verdict, last_delivered=last))
     result = PeriodResult(cfg, period, now, figs, wss, rows, {"period": "now", "window_s": window,
                                                               "scope": ind.scope})
-    _identity_rows(result, ident, on)
+    _identity_rows(result, ident)
     return result
 
 
@@ -248,7 +248,7 @@ def _window(cfg: CollectorConfig, assets: list[Asset], period: Period, now: floa
            for ws in _workshops(assets)}
     rows = [DeviceRow(a, a.in_universe(on, ind.scope), evs[a.id], verdicts[a.id]) for a in assets]
     result = PeriodResult(cfg, period, now, figs, wss, rows, params)
-    _identity_rows(result, ident, on)
+    _identity_rows(result, ident)
     if daily:
         today = periods.local_date(now, period.tz)
         for d in period.days():
