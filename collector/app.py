@@ -14,6 +14,7 @@ from typing import Any
 
 from collector.config import CollectorConfig, MqttConfig, Settings, effective_state_dir, read_secret
 from collector.delivery import Sender
+from collector.indicators.identity import simulated_devices, simulator_reason
 from collector.indicators.live import live_snapshot
 from collector.indicators.register import Asset, load_register
 from collector.model import Batch, DeviceState, Row
@@ -22,7 +23,7 @@ from collector.pipeline import Pipeline
 from collector.runtime import loop_name
 from collector.sinks.influx import InfluxSettings, InfluxSink
 from collector.sinks.mqtt import MqttSettings, MqttSink, encode_data, iso
-from collector.status import StatusStore, StatusTracker
+from collector.status import StatusStore, StatusTracker, changed_keys
 from collector.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class Collector:
             self.sink.latest = lambda device: self.pipeline.latest.get(device, {})  # type: ignore[attr-defined]
             self.status.listeners.append(self.sink.status_changed)
         self.sink.on_connect_hooks.append(self._republish)
-        self.engine = Engine(self._on_readings, self.status.set_state)
+        self.engine = Engine(self._on_readings, self.status.set_state, self._identified)
         self._tasks: list[asyncio.Task[None]] = []
         self.started = 0.0
         self.reload_counts = {"applied": 0, "rejected": 0}
@@ -167,6 +168,19 @@ class Collector:
     def _on_readings(self, device: str, readings: list[Any]) -> None:
         self.pipeline.submit(device, readings)
 
+    def _identified(self, device: str, identity: dict[str, Any]) -> None:
+        """An adapter told what identifies its device: kept in status.db; a change is logged as a warning (and
+        is a warning in the month's report)."""
+        before = self.status.identified(device, identity)
+        if before is not None:
+            changed = changed_keys(before.values, identity)
+            log.warning("event=identity_changed device=%s keys=%s before=%s after=%s", device, ",".join(changed),
+                        {k: before.values[k] for k in changed}, {k: identity[k] for k in changed})
+        reason = simulator_reason(identity)
+        if reason is not None:
+            log.info("event=simulated_device device=%s evidence=%r counted=%s", device, reason,
+                     self.cfg.indicators.allow_simulated)
+
     def _status_changed(self, st: Any) -> None:
         log.info("device=%s event=state state=%s reason=%s", st.device, st.state,
                  (st.reason or "").replace(" ", "_") or "-")
@@ -179,7 +193,8 @@ class Collector:
         self.sink.publish_indicators(self.indicators())
 
     def indicators(self, now: float | None = None) -> dict[str, Any]:
-        snap = live_snapshot(self.register, self.status.devices, self.cfg.indicators, self.cfg.site, now)
+        snap = live_snapshot(self.register, self.status.devices, self.cfg.indicators, self.cfg.site, now,
+                             simulated_devices(self.status.identities))
         if self._periods is not None:
             snap["periods"] = self._periods  # today and this month so far (docs/mqtt.md)
         return snap

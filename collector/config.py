@@ -353,6 +353,8 @@ class ModbusDevice(DeviceBase):
     degrade_after: int = Field(default=3, ge=1)
     degrade_for: float = Field(default=30.0, ge=0)
     tags: list[ModbusTag] = Field(min_length=1)
+    # Read once per connect and once a day as identity evidence (a serial-number register), never polled
+    identity: list[ModbusTag] = Field(default_factory=list)
 
     @field_validator("byte_order", mode="before")
     @classmethod
@@ -362,7 +364,7 @@ class ModbusDevice(DeviceBase):
     @model_validator(mode="after")
     def _resolve_registers(self) -> ModbusDevice:
         """Turn classic `register:` references into table + address with this device's address_base."""
-        for tag in self.tags:
+        for tag in [*self.tags, *self.identity]:
             if tag.register_ref is not None:
                 tag.table, tag.address = parse_classic_register(tag.register_ref, self.address_base)
                 if tag.table in BIT_TABLES and tag.type != "bool":
@@ -652,6 +654,8 @@ class IndicatorConfig(Strict):
     scope: Literal["all", "key_process"] = "all"
     pledge: str | None = Field(default=None, description="企业承诺 text in the report footer (default: a standard "
                                "pledge in the report's language)")
+    # Count devices whose identity says simulator (demos only): every output then carries SIMULATED_BANNER
+    allow_simulated: bool = False
     targets: IndicatorTargets = Field(default_factory=IndicatorTargets)
     calendar: CalendarConfig | None = None
 

@@ -3,6 +3,10 @@
 A device task connects, polls at its interval (or subscribes), and on any failure closes the session,
 reports the device `offline` with the reason and retries with jittered, capped exponential backoff. An
 exception in one device's task never reaches another device or the process.
+
+After every connect, a side task asks the adapter what identifies the device (`identify()`) and again once a
+day while the connection lasts; it never delays a poll and its failures never fail the device (identity is
+evidence, not a condition for being online).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import random
 import time
 import zlib
 from collections.abc import Callable
+from typing import Any
 
 from adapters.base import Adapter, AdapterError, DeviceConfig, DeviceSkipped, create_adapter
 from collector.model import DeviceState, Reading
@@ -22,6 +27,8 @@ log = logging.getLogger(__name__)
 
 ReadingsSink = Callable[[str, list[Reading]], object]
 StateSink = Callable[[str, DeviceState, str | None], None]
+IdentitySink = Callable[[str, dict[str, Any]], None]
+IDENTIFY_INTERVAL = 86400.0  # seconds between identity checks on one connection (and one at every connect)
 
 
 class Backoff:
@@ -46,11 +53,14 @@ class DeviceTask:
     """The life of one device: connect, poll or subscribe, back off on failure, forever until stopped."""
 
     def __init__(self, device: DeviceConfig, on_readings: ReadingsSink, on_state: StateSink,
-                 backoff_cap: float = 30.0, adapter_factory: Callable[[DeviceConfig], Adapter] = create_adapter
-                 ) -> None:
+                 backoff_cap: float = 30.0, adapter_factory: Callable[[DeviceConfig], Adapter] = create_adapter,
+                 on_identity: IdentitySink | None = None, identify_interval: float = IDENTIFY_INTERVAL) -> None:
         self.device = device
         self.on_readings = on_readings
         self.on_state = on_state
+        self.on_identity = on_identity
+        self.identify_interval = identify_interval
+        self._identify_task: asyncio.Task[None] | None = None
         self.backoff = Backoff(base=min(0.5, device.interval), cap=backoff_cap)
         self.adapter_factory = adapter_factory
         self.adapter: Adapter | None = None
@@ -104,15 +114,18 @@ class DeviceTask:
                 if self.sessions > 1:
                     log.info("device=%s event=reconnected reconnects=%d", dev.id, self.reconnects)
                 self.backoff.reset()
+                self._start_identify(adapter)
                 if adapter.wants_subscribe:
                     await adapter.subscribe(self._published)
                     raise AdapterError("subscription ended")
                 await self._poll_loop(adapter)
             except asyncio.CancelledError:
+                self._stop_identify()
                 await adapter.close()
                 raise
             except DeviceSkipped as exc:
                 self.on_state(dev.id, DeviceState.DEGRADED, exc.reason)
+                self._stop_identify()
                 await adapter.close()
                 await asyncio.sleep(getattr(dev, "degrade_for", dev.interval))
                 continue
@@ -123,6 +136,7 @@ class DeviceTask:
                 self.errors += 1
                 log.exception("device=%s event=unexpected_error", dev.id)
                 self.on_state(dev.id, DeviceState.OFFLINE, f"internal error: {type(exc).__name__}: {exc}")
+            self._stop_identify()
             await adapter.close()
             if self.stopping:
                 return
@@ -133,6 +147,37 @@ class DeviceTask:
     def _published(self, readings: list[Reading]) -> None:
         self.publishes += 1
         self._deliver(readings)
+
+    def _start_identify(self, adapter: Adapter) -> None:
+        if self.on_identity is not None:
+            self._identify_task = asyncio.create_task(self._identify_loop(adapter),
+                                                      name=f"identify:{self.device.id}")
+
+    def _stop_identify(self) -> None:
+        """Cancel the identity task of the ending connection (no wait: a cancellation that a library swallows
+        is caught by the loop's own check, so the task ends anyway before its next sleep)."""
+        task, self._identify_task = self._identify_task, None
+        if task is not None:
+            task.cancel()
+
+    async def _identify_loop(self, adapter: Adapter) -> None:
+        """Identify now and then every `identify_interval` on this connection; a failure is logged only."""
+        dev = self.device.id
+        me = asyncio.current_task()
+        while self._identify_task is me:
+            try:
+                identity = await adapter.identify()
+            except AdapterError as exc:
+                log.info("device=%s event=identify_failed reason=%s", dev, exc.reason.replace(" ", "_"))
+            except Exception:
+                log.warning("device=%s event=identify_error", dev, exc_info=True)
+            else:
+                if identity and self.on_identity is not None and self._identify_task is me:
+                    try:
+                        self.on_identity(dev, identity)
+                    except Exception:
+                        log.exception("device=%s event=identity_record_failed", dev)
+            await asyncio.sleep(self.identify_interval)
 
     def _deliver(self, readings: list[Reading]) -> None:
         self.readings += len(readings)
@@ -170,15 +215,17 @@ class DeviceTask:
 class Engine:
     """Starts and stops the device tasks; knows adapters only through `adapters.base`."""
 
-    def __init__(self, on_readings: ReadingsSink, on_state: StateSink) -> None:
+    def __init__(self, on_readings: ReadingsSink, on_state: StateSink, on_identity: IdentitySink | None = None
+                 ) -> None:
         self.on_readings = on_readings
         self.on_state = on_state
+        self.on_identity = on_identity
         self.tasks: dict[str, DeviceTask] = {}
 
     def start_device(self, device: DeviceConfig) -> None:
         if device.id in self.tasks or not device.enabled:
             return
-        task = DeviceTask(device, self.on_readings, self.on_state)
+        task = DeviceTask(device, self.on_readings, self.on_state, on_identity=self.on_identity)
         self.tasks[device.id] = task
         task.start()
 

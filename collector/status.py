@@ -6,10 +6,16 @@ skipped) ⇄ `offline` (no session: connection refused, timeout, session lost). 
 Evidence (INDICATORS.md): a device's time bucket is *good* when a good sample of it was **delivered** (the
 sink acknowledged it); the collector's own running buckets are recorded too, so its downtime does not count
 against devices. Both survive restarts, so a month's figures do.
+
+Identity (INDICATORS.md, "Evidence that proves"): what identifies the device behind each endpoint, one row per
+distinct identity with its first and last sighting (`identities`); a row that follows another of the same
+device is a change of identity. Identities are observed rarely (each connect, once a day), so they are
+written at once rather than with the next flush.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -31,7 +37,26 @@ CREATE TABLE IF NOT EXISTS good_buckets (device TEXT NOT NULL, bucket INTEGER NO
 CREATE TABLE IF NOT EXISTS uptime_buckets (bucket INTEGER PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state_log (device TEXT NOT NULL, ts REAL NOT NULL, state TEXT NOT NULL, reason TEXT);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS identities (device TEXT NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL,
+    identity TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS identities_by_device ON identities (device, first_seen);
 """
+
+
+@dataclass
+class IdentityRecord:
+    """One identity of a device and when it was seen first and last (POSIX seconds)."""
+
+    device: str
+    first_seen: float
+    last_seen: float
+    values: dict[str, Any]
+
+
+def changed_keys(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """Keys both identities carry with different values. A key only one of them has is no change: a part
+    that did not answer this time (a timeout) is left out of an observation, never set to None."""
+    return sorted(k for k in before.keys() & after.keys() if before[k] != after[k])
 
 
 @dataclass
@@ -141,6 +166,34 @@ class StatusStore:
     def meta_set(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
+    def record_identity(self, device: str, values: Mapping[str, Any], ts: float) -> IdentityRecord | None:
+        """One observation: extends the device's latest identity (adding keys it lacked) when nothing it holds
+        differs, else starts a new one. Returns the previous identity when this is a change."""
+        row = self.db.execute("SELECT rowid, first_seen, last_seen, identity FROM identities WHERE device = ? "
+                              "ORDER BY first_seen DESC, rowid DESC LIMIT 1", (device,)).fetchone()
+        if row is not None:
+            before = IdentityRecord(device, row[1], row[2], json.loads(row[3]))
+            if not changed_keys(before.values, values):
+                merged = {**before.values, **values}
+                self.db.execute("UPDATE identities SET last_seen = ?, identity = ? WHERE rowid = ?",
+                                (max(ts, before.last_seen), json.dumps(merged, sort_keys=True, ensure_ascii=False),
+                                 row[0]))
+                return None
+        self.db.execute("INSERT INTO identities VALUES (?, ?, ?, ?)",
+                        (device, ts, ts, json.dumps(dict(values), sort_keys=True, ensure_ascii=False)))
+        return None if row is None else before
+
+    def identities(self, before: float | None = None) -> list[IdentityRecord]:
+        """Every identity row (first seen before `before`, if given), by device and time: a row that follows
+        another of its device is a change of identity at its `first_seen`."""
+        sql = "SELECT device, first_seen, last_seen, identity FROM identities"
+        args: tuple[Any, ...] = ()
+        if before is not None:
+            sql += " WHERE first_seen < ?"
+            args = (before,)
+        rows = self.db.execute(sql + " ORDER BY device, first_seen, rowid", args).fetchall()
+        return [IdentityRecord(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
     def uptime_buckets(self, start: float, end: float) -> list[int]:
         rows = self.db.execute("SELECT bucket FROM uptime_buckets WHERE bucket >= ? AND bucket < ? ORDER BY bucket",
                                (int(start), int(end))).fetchall()
@@ -181,6 +234,11 @@ class StatusTracker:
         self._good_done: set[tuple[str, int]] = set()
         self._uptime: set[int] = set()
         self._last_flush: float | None = None
+        # the latest identity of each device (values), for the live figures and the status
+        self.identities: dict[str, dict[str, Any]] = {}
+        for rec in store.identities():
+            if rec.device in self.devices:
+                self.identities[rec.device] = rec.values
 
     # -- fed by the engine
 
@@ -210,6 +268,13 @@ class StatusTracker:
         else:
             self.set_state(device, DeviceState.DEGRADED, f"all {total} tags bad")
 
+
+    def identified(self, device: str, values: Mapping[str, Any]) -> IdentityRecord | None:
+        """The adapter told what identifies the device (after a connect, or the daily check); returns the
+        previous identity when it changed."""
+        before = self.store.record_identity(device, values, self.clock())
+        self.identities[device] = {**({} if before is not None else self.identities.get(device, {})), **values}
+        return before
 
     # -- fed by a config reload (Collector.reload)
 

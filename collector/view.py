@@ -77,6 +77,9 @@ def render(rows: list[dict[str, Any]], indicators: dict[str, Any], header: str, 
     for key in ("D2", "D1", "D3", "D2a"):
         f = figs[key]
         ind.add_row(f"{f['name_zh']} {key} — {f['name_en']}", fmt_rate(f))
+    if indicators.get("banner"):  # simulated devices counted (indicators.allow_simulated)
+        return Group(Text(f" {indicators['banner']} · {indicators.get('banner_en') or ''} ",
+                          style="bold white on red"), table, ind)
     return Group(table, ind)
 
 
@@ -89,6 +92,8 @@ def render_plain(rows: list[dict[str, Any]], indicators: dict[str, Any]) -> str:
     for key in ("D2", "D1"):
         f = indicators["figures"][key]
         lines.append(f"{f['name_zh']} {key}: {fmt_rate(f)}")
+    if indicators.get("banner"):
+        lines.append(f"!!! {indicators['banner']} / {indicators.get('banner_en') or ''} !!!")
     return "\n".join(lines)
 
 

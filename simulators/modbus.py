@@ -17,6 +17,10 @@ Behaviour a collector sees:
   (`set_exceptions`, `set_delay`, `set_silent`, `drop_connections`): exception 02/04 on chosen addresses (any
   request touching one), answering late, not answering at all, connections dropped;
 - an unknown unit id answers exception 0B (gateway target failed to respond) over TCP, nothing over RTU;
+- FC 43/14 Read Device Identification answers, per unit, that it is a simulator (`SIM_IDENTIFICATION`:
+  VendorName "shopfloor-collector", ProductCode "SIMULATOR"); `set_identification(device, None)` makes a
+  unit answer exception 01 instead, like the many real devices without identification;
+- the device's `identity:` tags (a serial-number register) are served like its tags;
 - `stop()` closes the listener and every client connection.
 """
 
@@ -37,13 +41,15 @@ from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
 from pymodbus.framer import FramerType
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
+from pymodbus.pdu.mei_message import ReadDeviceInformationRequest, ReadDeviceInformationResponse
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
 from adapters.modbus.codec import TagCodec, compile_tag
 from collector.config import ModbusDevice, parse_endpoint
 from simulators.machine import MachineModel
 
-__all__ = ["ModbusServerSim", "UnitStore"]
+__all__ = ["SIM_IDENTIFICATION", "ModbusServerSim", "UnitStore"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +59,11 @@ _FC_TABLE = {1: "coil", 5: "coil", 15: "coil", 2: "discrete_input", 4: "input_re
              23: "holding_register"}
 _TABLES = ("coil", "discrete_input", "input_register", "holding_register")
 
+SIM_IDENTIFICATION: dict[int, str] = {0x00: "shopfloor-collector", 0x01: "SIMULATOR", 0x02: "1.0",
+                                      0x04: "shopfloor-collector simulator (Modbus)"}
+"""FC 43/14 objects every simulated unit answers (0x05 ModelName is the device id): a collector that reads
+them marks the device 模拟设备 and never counts it as networked unless `indicators.allow_simulated`."""
+
 
 class UnitStore:
     """The four tables of one simulated unit and the machine model that fills them."""
@@ -60,7 +71,8 @@ class UnitStore:
     def __init__(self, device: ModbusDevice, model: MachineModel) -> None:
         self.device = device
         self.model = model
-        self.codecs: list[TagCodec] = [compile_tag(t, device.byte_order) for t in device.tags]
+        self.codecs: list[TagCodec] = [compile_tag(t, device.byte_order) for t in [*device.tags, *device.identity]]
+        self.identification: dict[int, str] | None = {**SIM_IDENTIFICATION, 0x05: device.id}
         sizes = dict.fromkeys(_TABLES, 0)
         for c in self.codecs:
             sizes[c.table] = max(sizes[c.table], c.address + c.size)
@@ -167,6 +179,40 @@ class _Datastore(ModbusServerContext):
         return None
 
 
+class _DeviceIdentification(ReadDeviceInformationRequest):
+    """FC 43/14 answered per unit from `UnitStore.identification` (pymodbus's own answer is one identity per
+    process). `sub_function_code` stays -1 so pymodbus's decoder keeps this class instead of its own."""
+
+    sub_function_code = -1
+
+    @classmethod
+    def decode_sub_function_code(cls, data: bytes) -> int:
+        return -1
+
+    def decode(self, data: bytes) -> None:
+        mei, self.read_code, self.object_id = data[0], data[1], data[2]
+        self.mei_type = mei
+
+    async def datastore_update(self, context: Any, device_id: int) -> ModbusPDU:
+        store: _Datastore = context
+        unit = await store._unit(device_id)
+        if unit is None:
+            return ExceptionResponse(self.function_code, ExcCodes.GATEWAY_NO_RESPONSE)
+        if getattr(self, "mei_type", 0x0E) != 0x0E or unit.identification is None:
+            return ExceptionResponse(self.function_code, ExcCodes.ILLEGAL_FUNCTION)
+        if not 1 <= self.read_code <= 4:
+            return ExceptionResponse(self.function_code, ExcCodes.ILLEGAL_VALUE)
+        wanted = {1: range(0, 3), 2: range(0, 7), 3: range(0, 256), 4: range(self.object_id, self.object_id + 1)}
+        objects = {oid: text.encode() for oid, text in unit.identification.items()
+                   if oid in wanted[self.read_code] and (self.read_code == 4 or oid >= self.object_id)}
+        if not objects:
+            return ExceptionResponse(self.function_code, ExcCodes.ILLEGAL_ADDRESS)
+        resp = ReadDeviceInformationResponse(read_code=self.read_code, information=objects, dev_id=device_id,
+                                             transaction_id=self.transaction_id)
+        resp.conformity = 0x82  # basic + regular, stream and individual access
+        return resp
+
+
 def _exist(*paths: Path) -> bool:
     return all(p.exists() for p in paths)
 
@@ -198,7 +244,7 @@ class ModbusServerSim:
             if dev.unit_id in self.units:
                 raise ValueError(f"devices '{self.units[dev.unit_id].device.id}' and '{dev.id}' share unit id "
                                  f"{dev.unit_id} on {endpoint_url}")
-            model = MachineModel(dev.id, dev.simulate, dev.tags)
+            model = MachineModel(dev.id, dev.simulate, [*dev.tags, *dev.identity])
             unit = UnitStore(dev, model)
             self.models[dev.id] = model
             self.units[dev.unit_id] = unit
@@ -225,11 +271,12 @@ class ModbusServerSim:
             settings = serial_settings(self.endpoint)
             port = self.serve_port or await self._start_pty_pair()
             server = ModbusSerialServer(self._store, framer=FramerType.RTU, port=port,
-                                        ignore_missing_devices=True, **settings)
+                                        ignore_missing_devices=True, custom_pdu=[_DeviceIdentification],
+                                        **settings)
         else:
             framer = FramerType.RTU if self.scheme == "rtu+tcp" else FramerType.SOCKET
             server = ModbusTcpServer(self._store, address=(self.host, self.port), framer=framer,
-                                     ignore_missing_devices=True)
+                                     ignore_missing_devices=True, custom_pdu=[_DeviceIdentification])
         try:
             await server.serve_forever(background=True)
         except Exception as exc:  # RuntimeError from pymodbus, termios/pyserial errors on a serial port
@@ -317,6 +364,10 @@ class ModbusServerSim:
         unit = self._by_device[device_id]
         unit.exception_addresses = sorted(set(addresses))
         unit.exception_code = ExcCodes(code)
+
+    def set_identification(self, device_id: str, objects: dict[int, str] | None) -> None:
+        """The FC 43/14 objects a unit answers (object id -> text); None: answer exception 01 (unsupported)."""
+        self._by_device[device_id].identification = None if objects is None else dict(objects)
 
     def drop_connections(self) -> int:
         """Close every client connection now (the listener stays): clients see the device drop them.

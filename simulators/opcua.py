@@ -24,6 +24,10 @@ Address space (node ids are strings in the device's `namespace_uri`, shown here 
 Any other tag with a `ns=N;s=...`/`nsu=...;s=...` (or numeric, non-zero namespace) node id is created under
 Tags, typed from `tag.type` (default Double; Boolean/String when its simulated value is one).
 
+The server identifies itself as a simulator: BuildInfo ProductUri `urn:shopfloor-collector:simulator`,
+ProductName "shopfloor-collector simulator (OPC UA)", Identification.Manufacturer "shopfloor-collector
+simulator" (the collector's identity evidence, docs/indicators.md).
+
 Values follow a `MachineModel` ticked every `simulate.update_interval` and are written with source timestamps
 from the sim's clock, only when they change (OPC UA semantics: SourceTimestamp is when the value changed).
 
@@ -66,6 +70,11 @@ log = logging.getLogger(__name__)
 MACHINE_TOOL_NS = "http://opcfoundation.org/UA/MachineTool/"
 MACHINERY_NS = "http://opcfoundation.org/UA/Machinery/"
 DI_NS = "http://opcfoundation.org/UA/DI/"
+# How the simulator identifies itself (BuildInfo, Machinery Identification): a collector that reads this marks
+# the device 模拟设备 and never counts it as networked unless `indicators.allow_simulated`
+SIM_PRODUCT_URI = "urn:shopfloor-collector:simulator"
+SIM_MANUFACTURER = "shopfloor-collector"
+SIM_PRODUCT = "shopfloor-collector simulator (OPC UA)"
 GROUP_SIZE = 100  # variables per object: asyncua slows down sharply with thousands under one parent
 
 VARIANT_TYPES: dict[str, ua.VariantType] = {
@@ -214,7 +223,7 @@ class MachineContext:
     def __init__(self, device: OpcUaDevice, model: MachineModel, clock: Callable[[], float]) -> None:
         self.model = model
         self.clock = clock
-        self.manufacturer = "Shopfloor Sim"
+        self.manufacturer = "shopfloor-collector simulator"
         self.model_name = device.name or "CNC-SIM"
         self.serial_number = f"SIM-{zlib.crc32(device.id.encode()):08X}"
         self.parts = 0.0
@@ -375,6 +384,8 @@ class OpcUaMachineSim:
         server.set_endpoint(self.device.endpoint)
         server.set_server_name(f"shopfloor-collector sim {self.device.id}")
         await server.set_application_uri(self.application_uri)
+        await server.set_build_info(SIM_PRODUCT_URI, SIM_MANUFACTURER, SIM_PRODUCT, "1.0", "0",
+                                    datetime(2026, 1, 1, tzinfo=UTC))
         await self._apply_security(server)
         await self._build(server)
         await self._flush(server, self._collect(force=True))

@@ -51,7 +51,7 @@ def demo_on_free_ports(state_dir: Path, broker_port: int) -> dict[str, Any]:
     data["mqtt"]["url"] = f"mqtt://127.0.0.1:{broker_port}"
     data["http"] = {"listen": f"127.0.0.1:{free_port()}"}
     data["state_dir"] = str(state_dir)
-    data["indicators"] = {"publish_interval": 0.5, "bucket": 1.0, "live_window": 1.5}
+    data["indicators"] = {"publish_interval": 0.5, "bucket": 1.0, "live_window": 1.5, "allow_simulated": True}
     for dev in data["devices"]:
         scheme = dev["endpoint"].split("://")[0]
         dev["endpoint"] = f"{scheme}://127.0.0.1:{free_port()}"

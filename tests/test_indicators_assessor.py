@@ -214,7 +214,7 @@ def one_device_config(state_dir: Path, broker_port: int) -> dict[str, Any]:
     dev["interval"] = 0.3
     return {"site": demo["site"], "mqtt": {"url": f"mqtt://127.0.0.1:{broker_port}"}, "state_dir": str(state_dir),
             "http": {"listen": f"127.0.0.1:{free_port()}"},
-            "indicators": {"publish_interval": 0.5, "bucket": 1.0, "live_window": 1.5},
+            "indicators": {"publish_interval": 0.5, "bucket": 1.0, "live_window": 1.5, "allow_simulated": True},
             "devices": [dev],
             "assets": [{"id": f"x-{i}", "name": f"未联网设备 {i}", "is_digital": True} for i in range(12)]}
 
@@ -374,7 +374,8 @@ async def test_zh_report_read_back_from_chromium(tmp_path: Path) -> None:
     assert "立式加工中心 VMC-850" in " ".join(got["evidence_names"]) and "旧冲床" in " ".join(got["evidence_names"])
     # the simulated device: a banner above everything and on the figures, a mark on its row
     assert got["banner"] == f"{SIMULATED_BANNER}（cnc-01）"
-    assert body.count(SIMULATED_BANNER) == 2 and "立式加工中心 VMC-850模拟设备" in body
+    # at the top, above the figures, and inside each of the two charts (a chart copied out keeps it)
+    assert body.count(SIMULATED_BANNER) == 4 and "立式加工中心 VMC-850模拟设备" in body
     assert "cnc-01 立式加工中心 VMC-850 [模拟设备]</text>" in html_file.read_text(encoding="utf-8")  # coverage chart
     # 提示 in Chinese: the identity change with both identities and the time; no English register warning
     assert ("cnc-02 数控车床 CK6150：设备身份变化（2025年11月10日 08:30）原身份 application_uri=urn:jx:cnc-02; "

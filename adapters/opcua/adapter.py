@@ -55,7 +55,7 @@ from adapters.opcua.nodeids import (
     resolve_node_id,
     status_name,
 )
-from adapters.opcua.security import Pki, SecurityError
+from adapters.opcua.security import Pki, SecurityError, first_certificate, thumbprint
 from adapters.opcua.security import apply as apply_security
 from collector.config import OpcUaDevice, OpcUaTag, Settings, read_secret
 from collector.model import Quality, Reading
@@ -78,6 +78,17 @@ _CERT_REFUSED = frozenset({"BadSecurityChecksFailed", "BadCertificateUntrusted",
 _FILTER_REFUSED = frozenset({ua.StatusCodes.BadFilterNotAllowed, ua.StatusCodes.BadMonitoredItemFilterUnsupported,
                              ua.StatusCodes.BadDeadbandFilterInvalid, ua.StatusCodes.BadMonitoredItemFilterInvalid})
 _PUBLISH_MARGIN = 1.5  # keep-alive periods without a publish response before the session counts as dead
+#: identity evidence read by `identify()`: key -> standard node (namespace 0)
+_IDENTITY_NODES = {
+    "application_uri": ua.ObjectIds.Server_ServerArray,  # ServerArray[0] is this server's ApplicationUri
+    "product_uri": ua.ObjectIds.Server_ServerStatus_BuildInfo_ProductUri,
+    "build.manufacturer": ua.ObjectIds.Server_ServerStatus_BuildInfo_ManufacturerName,
+    "build.product": ua.ObjectIds.Server_ServerStatus_BuildInfo_ProductName,
+    "build.software_version": ua.ObjectIds.Server_ServerStatus_BuildInfo_SoftwareVersion,
+    "build.build_number": ua.ObjectIds.Server_ServerStatus_BuildInfo_BuildNumber,
+}
+MACHINERY_NS = "http://opcfoundation.org/UA/Machinery/"
+DI_NS = "http://opcfoundation.org/UA/DI/"
 
 
 def bad_quality(code: int) -> str:
@@ -607,6 +618,60 @@ class OpcUaAdapter(Adapter):
         return {**self._stats, "chunks": len(self._chunks), "unresolved": len(self._unresolved),
                 "server_max_nodes_per_read": self.server_max_nodes_per_read,
                 "mode": "subscribe" if self.wants_subscribe else "poll", "subscription_id": self.subscription_id}
+
+    # ------------------------------------------------------------------ identity
+
+    async def identify(self) -> dict[str, Any]:
+        """ApplicationUri, BuildInfo, the server certificate's SHA-1 thumbprint and, where the server has the
+        Machinery structure, the first machine's Identification (manufacturer, serial number, model).
+        A few Read/Browse requests on the open session; the engine runs this beside the poll loop."""
+        client = self._client
+        if client is None:
+            raise AdapterError("not connected")
+        out: dict[str, Any] = {"protocol": "opcua"}
+        params = ua.ReadParameters()
+        for oid in _IDENTITY_NODES.values():
+            rv = ua.ReadValueId()
+            rv.NodeId = make_node_id(oid, 0)
+            rv.AttributeId = ua.AttributeIds.Value
+            params.NodesToRead.append(rv)
+        try:
+            values = await client.uaclient.read(params)
+        except Exception as exc:
+            raise AdapterError(f"identify {self.url}: {_describe(exc, self.device.timeout)}") from exc
+        for key, dv in zip(_IDENTITY_NODES, values, strict=True):
+            value = to_plain(_good_value(dv))
+            if key == "application_uri":
+                value = value[0] if isinstance(value, list) and value else None
+            out[key] = value if value not in ("", []) else None
+        peer = getattr(client.security_policy, "peer_certificate", None)
+        out["certificate_thumbprint"] = thumbprint(first_certificate(peer)) if peer else None
+        out.update(await self._machine_identification(client))
+        return out
+
+    async def _machine_identification(self, client: Client) -> dict[str, Any]:
+        """OPC 40001-1 Machinery: Objects/Machines/<machine>/Identification/{Manufacturer, SerialNumber, Model}
+        of the first machine; nothing when the server has no Machinery namespace or no machine."""
+        if MACHINERY_NS not in self.namespaces or DI_NS not in self.namespaces:
+            return {}
+        mns, dins = self.namespaces.index(MACHINERY_NS), self.namespaces.index(DI_NS)
+        try:
+            machines = await client.nodes.objects.get_child(f"{mns}:Machines")
+            children = await machines.get_children(refs=ua.ObjectIds.HierarchicalReferences,
+                                                   nodeclassmask=ua.NodeClass.Object)
+        except ua.UaStatusCodeError:
+            return {}
+        if not children:
+            return {}
+        out: dict[str, Any] = {}
+        for key, name in (("machine.manufacturer", "Manufacturer"), ("machine.serial_number", "SerialNumber"),
+                          ("machine.model", "Model")):
+            try:
+                node = await children[0].get_child([f"{dins}:Identification", f"{dins}:{name}"])
+                out[key] = to_plain(await node.read_value())
+            except ua.UaStatusCodeError:
+                out[key] = None
+        return out
 
     # ------------------------------------------------------------------ close
 

@@ -17,7 +17,13 @@ from pathlib import Path
 from collector.config import CollectorConfig, effective_state_dir, load_config_or_exit
 from collector.indicators import chain, periods
 from collector.indicators.csv_import import CsvImportError, check_against_config, install, read_register_csv
-from collector.indicators.figures import FIGURE_ORDER, PeriodResult, compute
+from collector.indicators.figures import (
+    FIGURE_ORDER,
+    SIMULATED_BANNER,
+    SIMULATED_BANNER_EN,
+    PeriodResult,
+    compute,
+)
 from collector.indicators.monthly import chain_path, ensure_chained, find_record
 from collector.indicators.pdf import PdfUnavailable, require_chromium
 from collector.indicators.pooling import PoolInputError, PoolResult, pool_submissions, read_submissions
@@ -72,6 +78,9 @@ def format_table(result: PeriodResult, lang: str = "zh") -> str:
     d = result.to_dict(devices=False)
     title = (f"{result.cfg.site.enterprise_name or result.cfg.site.enterprise_id} · period {result.period.label} "
              f"({d['status']}) · defset v1")
+    if result.banner:
+        banner = f"!!! {SIMULATED_BANNER} / {SIMULATED_BANNER_EN} ({', '.join(result.simulated)}) !!!"
+        return "\n".join([banner, title, *lines, banner])
     return "\n".join([title, *lines])
 
 
@@ -99,10 +108,15 @@ def cmd_indicators(args: argparse.Namespace) -> int:
             ev = r.evidence
             cov = pct(ev.good, ev.expected) if ev and ev.expected else "—"
             net = "" if r.verdict is None else ("networked" if r.verdict.networked else r.verdict.code)
+            sim = f" 模拟设备 ({r.simulated_reason})" if r.simulated else ""
             print(f"{r.asset.id:<16} {'U' if r.in_universe else '-'} cnc={int(r.asset.is_cnc)} "
-                  f"digital={int(r.asset.is_digital)} {cov:>9} {net}")
+                  f"digital={int(r.asset.is_digital)} {cov:>9} {net}{sim}")
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    for iw in result.identity_warnings:
+        print(f"warning: {iw['time']} device {iw['device']} changed identity ({', '.join(iw['changed'])}): "
+              + "; ".join(f"{k} {iw['before']['values'].get(k)} -> {iw['after']['values'].get(k)}"
+                          for k in iw["changed"]), file=sys.stderr)
     return 0
 
 

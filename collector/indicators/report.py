@@ -123,10 +123,10 @@ DEVICE_COLUMNS: list[tuple[str, str, str]] = [
     ("coverage", "覆盖率", "coverage"), ("expected_days", "应有天数", "expected_days"),
     ("good_days", "有效天数", "good_days"), ("first_good", "首次有效数据", "first_good"),
     ("last_good", "最后有效数据", "last_good"), ("networked", "是否联网", "networked"),
-    ("reason", "未联网原因", "reason"),
+    ("reason", "未联网原因", "reason"), ("simulated", "模拟设备", "simulated"),
 ]
 FIGURE_COLUMNS = ["scope", "figure", "name", "numerator", "denominator", "value", "target", "passed", "defset",
-                  "period", "params"]
+                  "period", "params", "note"]
 ZH_VALUES: dict[str, dict[str, str]] = {
     "usage": {"production": "生产", "auxiliary": "辅助", "non_production": "非生产"},
     "status": {"in_service": "在用", "idle": "闲置", "sealed": "封存", "scrapped": "报废"},
@@ -338,14 +338,28 @@ def render_figures_csv(result: PeriodResult, lang: Lang = "zh") -> str:
     w = csv.writer(buf, lineterminator="\r\n")
     w.writerow(FIGURE_COLUMNS)
     scopes: list[tuple[str, list[Figure]]] = [("enterprise", result.figures), *result.workshops.items()]
+    note = _banner_text(result, lang)
     for scope, figs in scopes:
         for f in sorted(figs, key=lambda f: FIGURE_ORDER.index(f.id)):
             d = f.to_dict()
             w.writerow([scope, f.id, d["name_zh"] if lang == "zh" else d["name_en"], f.numerator, f.denominator,
                         _exact(f.numerator, f.denominator, 6), "" if f.target is None else f.target,
                         "" if f.passed is None else str(f.passed).lower(), d["defset"], result.period.label,
-                        json.dumps(f.params, ensure_ascii=False, sort_keys=True)])
+                        json.dumps(f.params, ensure_ascii=False, sort_keys=True), note])
     return "\ufeff" + buf.getvalue()
+
+
+def _banner_text(result: PeriodResult, lang: Lang) -> str:
+    """The simulated-devices banner in the report's language, or "" when no simulated device is counted."""
+    if result.banner is None:
+        return ""
+    return SIMULATED_BANNER if lang == "zh" else f"{SIMULATED_BANNER_EN} ({SIMULATED_BANNER})"
+
+
+def _svg_banner(result: PeriodResult, lang: Lang, x: float, y: float) -> str:
+    text = _banner_text(result, lang)
+    return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="end" fill="#c62828" font-weight="bold" font-size="16">'
+            f"{html.escape(text)}</text>") if text else ""
 
 
 # ------------------------------------------------------------------------------------------------ charts
@@ -389,6 +403,7 @@ def daily_chart(result: PeriodResult, lang: Lang) -> str:
     out.append(f'<line x1="{left}" y1="{top + ph}" x2="{w - right}" y2="{top + ph}" stroke="#333"/>'
                f'<text x="{left + pw / 2}" y="{h - 6}" text-anchor="middle" fill="#333">'
                f'{"日期（" + result.period.label + "）" if lang == "zh" else "day of " + result.period.label}</text>')
+    out.append(_svg_banner(result, lang, w - right, top + 16))
     out.append("</svg>")
     return "".join(out)
 
@@ -430,6 +445,7 @@ def coverage_chart(result: PeriodResult, lang: Lang) -> str:
     out.append(f'<line x1="{tx:.1f}" y1="{top - 4}" x2="{tx:.1f}" y2="{h - 24}" stroke="#c62828" stroke-width="2" '
                f'stroke-dasharray="6 4"/><text x="{tx:.1f}" y="{h - 8}" text-anchor="middle" fill="#c62828" '
                f'font-weight="bold">{"覆盖率阈值" if lang == "zh" else "coverage threshold"} {threshold * 100:g}%</text>')
+    out.append(_svg_banner(result, lang, w - right, h - 8))
     out.append("</svg>")
     return "".join(out)
 
@@ -505,6 +521,8 @@ def _device_table(devices: list[dict[str, Any]], title: str, keys: tuple[str, ..
                 text = _num(v)
             elif k == "reason" and lang == "en":
                 text = row.get("reason_text") or ""
+            elif k == "reason" and v == "simulated":
+                text = f"模拟设备（{row.get('simulated_reason')}）"
             else:
                 text = _cell(k, v, lang)
             if k in ("id", "first_good", "last_good", "commissioned", "coverage"):
@@ -520,7 +538,12 @@ def _device_table(devices: list[dict[str, Any]], title: str, keys: tuple[str, ..
     return "".join(parts)
 
 
-def _identity(value: Any) -> str:
+def _identity(value: Any, keys: list[str] | None = None) -> str:
+    """An identity as `key=value; …`: an identity record's `values` (only the changed `keys` when given)."""
+    if isinstance(value, dict) and isinstance(value.get("values"), dict):
+        value = value["values"]
+    if isinstance(value, dict) and keys:
+        value = {k: value.get(k) for k in keys}
     if isinstance(value, dict):
         return "; ".join(f"{k}={v}" for k, v in value.items() if v not in (None, ""))
     return "—" if value is None else str(value)
@@ -541,10 +564,10 @@ def warning_lines(result: PeriodResult, lang: Lang) -> list[str]:
         who = f"{dev} {names[dev]}" if names.get(dev, dev) != dev else dev
         when = fmt_time(_ts(w["time"]), result.period.tz, lang) if w.get("time") is not None else "—"
         sep = "：" if lang == "zh" else ": "
-        out.append(f"{who}{sep}{T['identity_change'][lang]}（{when}）{T['before'][lang]} {_identity(w.get('before'))}"
-                   f" → {T['after'][lang]} {_identity(w.get('after'))}" if lang == "zh" else
+        out.append(f"{who}{sep}{T['identity_change'][lang]}（{when}）{T['before'][lang]} {_identity(w.get('before'), w.get('changed'))}"
+                   f" → {T['after'][lang]} {_identity(w.get('after'), w.get('changed'))}" if lang == "zh" else
                    f"{who}{sep}{T['identity_change'][lang]} at {when}; {T['before'][lang]}: "
-                   f"{_identity(w.get('before'))} → {T['after'][lang]}: {_identity(w.get('after'))}")
+                   f"{_identity(w.get('before'), w.get('changed'))} → {T['after'][lang]}: {_identity(w.get('after'), w.get('changed'))}")
     return out
 
 
@@ -604,7 +627,7 @@ def render_html(result: PeriodResult, lang: Lang = "zh", chain_record: dict[str,
         (L("chain"), chain_txt),
     ]
     page_banner = figures_banner = ""
-    if result.simulated:
+    if result.banner:  # simulated devices are counted (allow_simulated): every page says so
         text = html.escape(f"{SIMULATED_BANNER}（{'、'.join(result.simulated)}）" if lang == "zh" else
                            f"{SIMULATED_BANNER_EN} ({', '.join(result.simulated)})")
         # the @page margin box repeats it at the top of every printed page; the div stands at the top on screen
