@@ -91,6 +91,16 @@ class PeriodResult:
     daily: list[DayFigure] = field(default_factory=list)
     months: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    measured: bool = True  # False: the collector never ran in the period (无采集记录): nothing to chain
+
+    @property
+    def status(self) -> str:
+        """closed, not_measured (closed, but the collector never ran in it), provisional or live."""
+        if self.period.kind == "now":
+            return "live"
+        if not self.closed:
+            return "provisional"
+        return "closed" if self.measured else "not_measured"
 
     @property
     def closed(self) -> bool:
@@ -107,7 +117,7 @@ class PeriodResult:
             "defset": DEFSET, "kind": "indicators", "enterprise": site.enterprise_id,
             "enterprise_name": site.enterprise_name, "county": site.county, "city": site.city,
             "collector_workshop": site.workshop, "period": self.period.to_dict() | {"label": self.period.label},
-            "status": "closed" if self.closed else ("live" if self.period.kind == "now" else "provisional"),
+            "status": self.status,
             "computed_at": iso_local(self.now, tz), "snapshot": self.period.snapshot(self.now).isoformat(),
             "targets": self.cfg.indicators.targets.model_dump(), "params": self.params,
             "figures": {f.id: f.to_dict() for f in self.figures},
@@ -195,7 +205,7 @@ def _window(cfg: CollectorConfig, assets: list[Asset], period: Period, now: floa
     wss = {ws: _rates(cfg, [a for a in assets if a.workshop == ws], on, networked, params)
            for ws in _workshops(assets)}
     rows = [DeviceRow(a, a.in_universe(on, ind.scope), evs[a.id], verdicts[a.id]) for a in assets]
-    result = PeriodResult(cfg, period, now, figs, wss, rows, params)
+    result = PeriodResult(cfg, period, now, figs, wss, rows, params, measured=bool(data.uptime))
     if daily:
         today = periods.local_date(now, period.tz)
         for d in period.days():
@@ -260,7 +270,7 @@ def _year(cfg: CollectorConfig, assets: list[Asset], period: Period, now: float,
                     x, y = getattr(ev, attr), getattr(r.evidence, attr)
                     setattr(ev, attr, y if x is None else (x if y is None else fn(x, y)))
         rows.append(DeviceRow(a, a.in_universe(on, ind.scope), ev, None, (net, len(counted))))
-    return PeriodResult(cfg, period, now, figs, wss, rows, params, months=labels)
+    return PeriodResult(cfg, period, now, figs, wss, rows, params, months=labels, measured=bool(months))
 
 
 def compute(cfg: CollectorConfig, assets: list[Asset], store: StatusStore, period: Period, now: float | None = None,

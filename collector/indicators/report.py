@@ -8,6 +8,7 @@ fraction (rates.Figure.passed).
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import html
 import io
 import json
@@ -30,6 +31,7 @@ T: dict[str, dict[str, str]] = {
     "state": {"zh": "状态", "en": "State"},
     "closed": {"zh": "已关账（终版）", "en": "closed (final)"},
     "provisional": {"zh": "未关账（临时数据）", "en": "open (provisional)"},
+    "not_measured": {"zh": "无采集记录", "en": "no collection record"},
     "live": {"zh": "实时", "en": "live"},
     "generated": {"zh": "生成时间", "en": "Generated"},
     "snapshot": {"zh": "存量口径日期", "en": "Stock figures taken on"},
@@ -367,8 +369,52 @@ def render_html(result: PeriodResult, lang: Lang = "zh", chain_record: dict[str,
     return "".join(parts)
 
 
+EVIDENCE_T: dict[str, dict[str, str]] = {
+    "title": {"zh": "证据签名与存证", "en": "Signature and anchoring of the evidence"},
+    "key": {"zh": "签名密钥指纹（Ed25519）", "en": "Signing key fingerprint (Ed25519)"},
+    "no_key": {"zh": "尚无签名密钥", "en": "no signing key yet"},
+    "record": {"zh": "本期证据链记录", "en": "This period's chain record"},
+    "head": {"zh": "证据链最新记录", "en": "Chain head"},
+    "anchors": {"zh": "存证发送（主题 · 入队时间 · 确认时间）", "en": "Anchors (topic · queued · acknowledged)"},
+    "no_anchor": {"zh": "尚未发送", "en": "not sent yet"},
+    "not_acked": {"zh": "未确认（在发件箱中等待）", "en": "not acknowledged (waiting in the outbox)"},
+    "register": {"zh": "设备台账版本", "en": "Register version"},
+    "config_register": {"zh": "配置文件中的设备（无导入台账）", "en": "the config's devices (no imported register)"},
+    "rows": {"zh": "行", "en": "rows"},
+    "check": {"zh": "复核：collector verify evidence-chain.jsonl --fingerprint 指纹",
+              "en": "Check: collector verify evidence-chain.jsonl --fingerprint FINGERPRINT"},
+}
+
+
+def evidence_section(evidence: dict[str, Any] | None, lang: Lang = "zh") -> str:
+    """The report's evidence footer: signing key fingerprint, chain record and head, anchoring receipts, the
+    register version the figures were computed with (`commands.evidence_info` builds `evidence`)."""
+    if evidence is None:
+        return ""
+    E = lambda k: html.escape(EVIDENCE_T[k][lang])  # noqa: E731
+
+    def rec(r: dict[str, Any] | None) -> str:
+        return "—" if r is None else f"#{r['seq']} · {html.escape(str(r['ts']))} · sha256 <code>{r['hash']}</code>"
+
+    anchors = evidence.get("anchors") or []
+    sent = "<br>".join(f"#{a['seq']} · {html.escape(str(a['topic']))} · {html.escape(str(a['queued_at']))} · "
+                       + (html.escape(str(a['acked_at'])) if a.get("acked_at") else E("not_acked"))
+                       for a in anchors) or E("no_anchor")
+    reg = evidence.get("register")
+    reg_txt = E("config_register") if not reg else (
+        f"sha256 <code>{reg['sha256'][:16]}</code> · {reg['rows']} {E('rows')} · "
+        + html.escape(dt.datetime.fromtimestamp(reg["imported_at"], dt.UTC).isoformat(timespec="seconds")))
+    rows = [(E("key"), f"<code>{html.escape(evidence['fingerprint'])}</code>" if evidence.get("fingerprint")
+             else E("no_key")),
+            (E("record"), rec(evidence.get("record"))), (E("head"), rec(evidence.get("head"))),
+            (E("anchors"), sent), (E("register"), reg_txt)]
+    return (f'<h2>{E("title")}</h2><table class="meta evidence">'
+            + "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows)
+            + f'</table><p class="small">{E("check")}</p>')
+
+
 def write_package(result: PeriodResult, out_dir: Path, formats: list[str], lang: Lang = "zh",
-                  chain_record: dict[str, Any] | None = None) -> list[Path]:
+                  chain_record: dict[str, Any] | None = None, evidence: dict[str, Any] | None = None) -> list[Path]:
     """Write report-<period>.<fmt> for each format (CSV also writes report-<period>-figures.csv)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"report-{result.period.label}"
@@ -376,9 +422,12 @@ def write_package(result: PeriodResult, out_dir: Path, formats: list[str], lang:
     for fmt in formats:
         path = out_dir / f"{stem}.{fmt}"
         if fmt == "html":
-            path.write_text(render_html(result, lang, chain_record), encoding="utf-8")
+            page = render_html(result, lang, chain_record)
+            page = page.replace("</body></html>", evidence_section(evidence, lang) + "</body></html>")
+            path.write_text(page, encoding="utf-8")
         elif fmt == "json":
-            path.write_text(render_json(result, chain_record), encoding="utf-8")
+            data = report_data(result, chain_record) | {"evidence": evidence}
+            path.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
         elif fmt == "csv":
             path.write_text(render_csv(result, lang), encoding="utf-8", newline="")
             fig = out_dir / f"{stem}-figures.csv"
