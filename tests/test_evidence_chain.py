@@ -287,3 +287,25 @@ def test_openssl_verifies_a_record_signature(tmp_path: Path) -> None:
                           "-rawin", "-in", str(tmp_path / "msg"), "-sigfile", str(tmp_path / "sig")],
                          capture_output=True, text=True)
     assert bad.returncode != 0
+
+
+def test_verify_anchor_catches_a_chain_cut_short_or_rewritten_by_its_keeper(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, signer = three_months(tmp_path)
+    recs = lines_of(path)
+    saved = tmp_path / "heads.jsonl"  # what a subscriber of the evidence topic kept
+    saved.write_text(json.dumps(anchor_message(recs[3], "month_close", "2026-04-04T00:01:00Z")) + "\n",
+                     encoding="utf-8")
+    fp = keys.show_fingerprint(signer.fingerprint)
+    code, out = verify_cli(capsys, path, "--fingerprint", fp, "--anchor", str(saved))
+    assert code == 0 and "anchored head seq 4 is in the chain" in out and "1 of 1 anchor(s) match" in out, out
+    write(path, recs[:3])  # March cut off the end: the file alone still verifies
+    assert verify_cli(capsys, path, "--fingerprint", fp)[0] == 0
+    code, out = verify_cli(capsys, path, "--fingerprint", fp, "--anchor", str(saved))
+    assert code == 1 and "cut short" in out, out
+    recs[3]["body"]["figures"]["D2"]["numerator"] = 6  # the keeper re-signs March with its own key
+    relink(recs, 3, signer)
+    write(path, recs)
+    assert verify_cli(capsys, path, "--key", str(tmp_path / keys.PUBLIC_FILE))[0] == 0
+    code, out = verify_cli(capsys, path, "--key", str(tmp_path / keys.PUBLIC_FILE), "--anchor", str(saved))
+    assert code == 1 and "record 4 is not the anchored one" in out and "rewritten after it was anchored" in out, out

@@ -51,10 +51,10 @@ def sign_record(signer: Signer, *, enterprise: str, workshop: str, seq: int, ts:
     return record
 
 
-def anchor_message(record: dict[str, Any], reason: str, sent_at: str) -> dict[str, Any]:
+def anchor_message(record: dict[str, Any], reason: str, queued_at: str) -> dict[str, Any]:
     """What goes to the evidence topic and the hub: the signed head, verifiable alone with the public key."""
     return {"kind": "evidence_head", **{k: record.get(k) for k in ANCHOR_FIELDS}, "reason": reason,
-            "body_kind": record.get("body", {}).get("kind"), "sent_at": sent_at}
+            "body_kind": record.get("body", {}).get("kind"), "queued_at": queued_at}
 
 
 def verify_anchor(message: dict[str, Any], public_key: Ed25519PublicKey) -> str | None:
@@ -220,3 +220,37 @@ def _check_enrolled(res: VerifyResult, enrolled: Ed25519PublicKey | str | None, 
         return fail(introduced_at[fp], f"the enrolled key {show_fingerprint(fp)} is introduced here but signed "
                                        "no record: nothing it signed vouches for the chain")
     return res
+
+
+def chain_keys(records: list[dict[str, Any]]) -> dict[str, Ed25519PublicKey]:
+    """The public keys a (verified) chain introduces, by fingerprint."""
+    out: dict[str, Ed25519PublicKey] = {}
+    for r in records:
+        body = r.get("body")
+        if isinstance(body, dict) and body.get("kind") == "key":
+            try:
+                pub = public_from_b64(str(body.get("public_key")))
+            except KeyFileError:
+                continue
+            out[fingerprint(pub)] = pub
+    return out
+
+
+def check_anchor(records: list[dict[str, Any]], message: dict[str, Any],
+                 public_key: Ed25519PublicKey | None = None) -> str | None:
+    """An anchored head against a (verified) chain: the message's signature, then that the chain still holds
+    that record. None when both hold, else the reason (a chain rewritten or cut short after the anchor)."""
+    pub = public_key or chain_keys(records).get(str(message.get("key")))
+    if pub is None:
+        return f"signed by key {show_fingerprint(str(message.get('key')))}, which the chain never introduced"
+    bad = verify_anchor(message, pub)
+    if bad is not None:
+        return f"the anchor itself: {bad}"
+    seq = message.get("seq")
+    rec = records[seq - 1] if isinstance(seq, int) and 0 < seq <= len(records) else None
+    if rec is None:
+        return f"the chain has {len(records)} record(s); the anchored head is record {seq} (cut short)"
+    if rec.get("hash") != message.get("hash"):
+        return f"record {seq} is not the anchored one (hash {str(rec.get('hash'))[:16]}…, anchored " \
+               f"{str(message.get('hash'))[:16]}…): rewritten after it was anchored"
+    return None

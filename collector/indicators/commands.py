@@ -17,6 +17,7 @@ from typing import Any
 
 from collector.config import CollectorConfig, effective_state_dir, load_config_or_exit
 from collector.evidence import anchors, keys
+from collector.evidence.records import check_anchor
 from collector.indicators import chain, periods
 from collector.indicators.csv_import import CsvImportError, check_against_config, install, read_register_csv
 from collector.indicators.figures import FIGURE_ORDER, PeriodResult, compute
@@ -207,6 +208,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"{'--key' if args.key else '--fingerprint'}: {exc}", file=sys.stderr)
         return 2
     result = chain.verify(path, enrolled)
+    if result.ok and args.anchor:
+        return _verify_anchors(path, args.anchor, enrolled, result)
     if result.ok:
         legacy = (f"; records 1–{result.unsigned} are unsigned (written by an older version) and covered by the "
                   "signed record after them" if result.unsigned and result.keys else "")
@@ -225,6 +228,30 @@ def cmd_verify(args: argparse.Namespace) -> int:
     print(f"{path}: BROKEN at record {result.broken_line}{seq}: {result.reason}; "
           f"{result.records} record(s) before it are intact")
     return 1
+
+
+def _verify_anchors(path: Path, anchor_file: str, enrolled: Any, result: chain.VerifyResult) -> int:
+    """`verify --anchor`: anchored heads (JSON, one per line as `mosquitto_sub` saves them) against the chain."""
+    try:
+        lines = [ln for ln in Path(anchor_file).read_text(encoding="utf-8").splitlines() if ln.strip()]
+        messages = [json.loads(ln) for ln in lines]
+    except (OSError, ValueError) as exc:
+        print(f"--anchor: {anchor_file}: {exc}", file=sys.stderr)
+        return 2
+    records = chain.read(path)
+    pub = None if enrolled is None or isinstance(enrolled, str) else enrolled
+    bad = 0
+    for i, msg in enumerate(messages, start=1):
+        problem = check_anchor(records, msg, pub) if isinstance(msg, dict) else "not a JSON object"
+        if problem is None:
+            print(f"{anchor_file}:{i}: anchored head seq {msg['seq']} is in the chain")
+        else:
+            bad += 1
+            print(f"{anchor_file}:{i}: BROKEN: {problem}")
+    who = f"the enrolled key {keys.show_fingerprint(result.enrolled)}" if result.enrolled else "its own keys"
+    print(f"{path}: {result.records} record(s), chain intact, signed by {who}; "
+          f"{len(messages) - bad} of {len(messages)} anchor(s) match")
+    return 1 if bad else 0
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -397,6 +424,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     who = s.add_mutually_exclusive_group()
     who.add_argument("--key", help="the enrolled public key: evidence-key.pub, or the base64 `keys show` prints")
     who.add_argument("--fingerprint", help="the enrolled key's fingerprint, as `collector keys show` prints it")
+    s.add_argument("--anchor", help="anchored heads (JSON lines, e.g. saved with mosquitto_sub from the evidence "
+                   "topic) that the chain must still hold")
     s.set_defaults(fn=cmd_verify)
 
     s = sub.add_parser("keys", help="the evidence signing key (Ed25519) of the state directory")
