@@ -100,6 +100,7 @@ class Collector:
             log.warning("event=register_warning %s", w)
         # the chain's signing key: created at the first start, logged as its fingerprint only
         self.signer, created = keys.init(self.state_dir)
+        self._key_mtime = (self.state_dir / keys.PRIVATE_FILE).stat().st_mtime_ns
         log.info("event=evidence_key fingerprint=%s created=%s", keys.show_fingerprint(self.signer.fingerprint),
                  str(created).lower())
         self._reader: StatusStore | None = None  # a second connection for period figures, used off the loop
@@ -168,6 +169,16 @@ class Collector:
         anchors.acked(self.state_dir / anchors.ANCHOR_FILE, anchors.anchor_id(row.seq, row.created),
                       f"mqtt://{self.sink.s.host}:{self.sink.s.port}/{self.cfg.evidence_topic}")
 
+    def _reload_key(self) -> None:
+        """After `collector keys rotate` the state directory holds a new key: sign with it from now on."""
+        path = self.state_dir / keys.PRIVATE_FILE
+        mtime = path.stat().st_mtime_ns
+        if mtime != self._key_mtime:
+            signer = keys.load(self.state_dir)
+            if signer is not None:
+                self.signer, self._key_mtime = signer, mtime
+                log.info("event=evidence_key_changed fingerprint=%s", keys.show_fingerprint(signer.fingerprint))
+
     def anchor(self, now: float | None = None) -> str | None:
         """Queue the chain's signed head in the outbox when it changed or a day passed; returns the reason."""
         from collector.indicators import chain
@@ -235,6 +246,7 @@ class Collector:
 
         self.status.flush()  # the buckets acknowledged up to now belong in the summary
         now = time.time() if now is None else now
+        self._reload_key()
         records = close_due_months(self.cfg, self.store, self.state_dir, now, self.signer, self.register_warnings)
         for rec in records:
             self.sink.publish_json(f"{self.sink.root}/indicators/monthly/{rec['body']['period']['label']}", rec,

@@ -309,3 +309,43 @@ def test_verify_anchor_catches_a_chain_cut_short_or_rewritten_by_its_keeper(
     assert verify_cli(capsys, path, "--key", str(tmp_path / keys.PUBLIC_FILE))[0] == 0
     code, out = verify_cli(capsys, path, "--key", str(tmp_path / keys.PUBLIC_FILE), "--anchor", str(saved))
     assert code == 1 and "record 4 is not the anchored one" in out and "rewritten after it was anchored" in out, out
+
+
+def test_a_running_collector_signs_with_the_rotated_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from collector.app import Collector
+    from collector.config import parse_config
+
+    data = {"site": {"enterprise_id": "e1"}, "state_dir": str(tmp_path / "state"),
+            "mqtt": {"url": "mqtt://127.0.0.1:1"}}
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    collector = Collector(parse_config(data))
+    try:
+        old = collector.signer.fingerprint
+        assert main(["keys", "rotate", "-c", str(cfg_path)]) == 0
+        collector.close_months()
+        new = keys.load(tmp_path / "state")
+        assert new is not None and collector.signer.fingerprint == new.fingerprint != old
+        # the rotation record is the new head: anchored (queued in the outbox) by the same minute's check
+        assert collector.outbox.stats("evidence")["depth_batches"] == 1 and collector.anchor() is None
+        from collector.evidence import anchors
+        queued = anchors.receipts(tmp_path / "state" / anchors.ANCHOR_FILE)
+        assert [(r["seq"], r["reason"]) for r in queued] == [(2, "head")]
+    finally:
+        collector.outbox.close()
+        collector.store.close()
+
+
+def test_the_evidence_package_imports_nothing_from_the_collector() -> None:
+    """The city hub reuses it: stdlib, cryptography and itself only (DESIGN.md, layering)."""
+    import ast
+    import sys
+
+    for path in sorted((ROOT / "collector/evidence").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                top = name.split(".")[0]
+                assert top in sys.stdlib_module_names or top == "cryptography" or top == "__future__" \
+                    or name.startswith("collector.evidence"), f"{path.name} imports {name}"

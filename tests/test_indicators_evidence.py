@@ -92,15 +92,19 @@ def test_assets_import_command_installs_all_or_nothing(tmp_path: Path, capsys: p
     clash = tmp_path / "clash.csv"
     capsys.readouterr()
     # a row using a configured device's id: imported, the config wins for it, with a warning (docs/indicators.md)
-    clash.write_text("设备编号,设备名称\ngrd-01,重复的磨床\nM-010,新钻床\n", encoding="utf-8")
+    clash.write_text("设备编号,设备名称,绑定设备\ngrd-01,重复的磨床,\nM-010,新钻床,\nM-011,新磨床,grd-99\n",
+                     encoding="utf-8")
     assert main(["assets", "import", str(clash), "-c", str(cfg_path)]) == 0
     out, err = capsys.readouterr()
     assert f"warning: {clash}: asset 'grd-01' is already defined in the config; the config's entry is used" in err
-    assert "1 row(s) clash with the config, which wins" in err and "绑定设备" in err
+    assert f"warning: {clash}: asset 'M-011': 绑定设备 'grd-99' is not a configured device id; counted as not " \
+        "connected" in err
+    assert "2 row(s) clash with the config, which wins" in err and "put the device id in 绑定设备" in err
     assert "collector reload" in out
     assets = {a.id: a for a in load_register(cfg)}
     assert assets["grd-01"].source == "config" and assets["grd-01"].name != "重复的磨床"
     assert assets["M-010"].source == "import" and "M-001" not in assets
+    assert assets["M-011"].source == "import" and assets["M-011"].device is None
 
 
 def test_assets_csv_key_in_the_config(tmp_path: Path) -> None:

@@ -275,7 +275,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
             kept = keys.replace(state, new.key)
             print(f"rotated: the chain now introduces key {keys.show_fingerprint(new.fingerprint)} in a record "
                   f"signed by {keys.show_fingerprint(old.fingerprint)}; the old private key is kept as {kept}. "
-                  "Restart the collector to sign with the new key, and give the assessor the new fingerprint.")
+                  "A running collector signs with the new key from its next minute; give the assessor the new "
+                  "fingerprint.")
             signer = new
         else:
             signer_or_none = keys.load(state)
@@ -365,7 +366,7 @@ def cmd_assets_import(args: argparse.Namespace) -> int:
         return 1
     clashes = check_against_config(reg, cfg, str(source))
     for line in clashes:
-        print(f"warning: {line}; the config's entry is used", file=sys.stderr)
+        print(f"warning: {line}", file=sys.stderr)
     if clashes:
         print(f"{source}: {len(clashes)} row(s) clash with the config, which wins for them (to bind a register row "
               "to a configured device, give it its own 设备编号 and put the device id in 绑定设备)", file=sys.stderr)

@@ -215,18 +215,21 @@ def read_register_csv(path: Path) -> RegisterCsv:
 
 
 def check_against_config(reg: RegisterCsv, cfg: CollectorConfig, source: str) -> list[str]:
-    """Clashes with the config: ids already used, bindings to unknown or already bound devices."""
+    """Clashes with the config (ids already used, bindings to unknown or already bound devices), each with what
+    the register does about it (`register.build_register`: the config wins)."""
     device_ids = {d.id for d in cfg.devices}
     bound = {a.device for a in cfg.assets if a.device}
     taken = {a.id for a in cfg.assets} | (device_ids - bound)
     errors = []
     for e in reg.entries:
         if e.id in taken:
-            errors.append(f"{source}: asset '{e.id}' is already defined in the config")
+            errors.append(f"{source}: asset '{e.id}' is already defined in the config; the config's entry is used")
         if e.device is not None and e.device not in device_ids:
-            errors.append(f"{source}: asset '{e.id}': 绑定设备 '{e.device}' is not a configured device id")
+            errors.append(f"{source}: asset '{e.id}': 绑定设备 '{e.device}' is not a configured device id; counted "
+                          "as not connected")
         elif e.device is not None and e.device in bound:
-            errors.append(f"{source}: asset '{e.id}': device '{e.device}' is already bound in the config")
+            errors.append(f"{source}: asset '{e.id}': device '{e.device}' is already bound in the config; counted "
+                          "as not connected")
         elif e.device is not None:
             bound.add(e.device)
     return errors
