@@ -131,9 +131,13 @@ def verify_lines(lines: list[bytes], enrolled: Ed25519PublicKey | str | None = N
         if rec["prev"] != prev_hash:
             return broken(i, seq, "prev does not match the previous record's hash (a record was removed or "
                                   "replaced before it)")
-        if record_hash(rec) != rec["hash"]:
+        try:
+            digest, form = record_hash(rec), canonical(rec)
+        except ValueError as exc:  # NaN or Infinity: no canonical form
+            return broken(i, seq, f"not canonical JSON ({exc})")
+        if digest != rec["hash"]:
             return broken(i, seq, "hash does not match the record's content (edited)")
-        if canonical(rec) != line.rstrip(b"\r"):
+        if form != line.rstrip(b"\r"):
             return broken(i, seq, "the line is not in canonical form (edited)")
         ts = _ts(rec["ts"])
         if ts is None:

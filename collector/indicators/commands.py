@@ -166,6 +166,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     store = open_store(cfg, state)
     result = compute(cfg, assets, store, period, now, warnings=warnings)
     store.close()
+    if not result.measured:
+        result.warnings.insert(0, "无采集记录：采集器在本期从未运行，以下数字不是测量结果，不写入证据链 · no collection record: "
+                                  "the collector never ran in this period; the figures are not measurements and are "
+                                  "not chained")
     record = None
     if period.kind == "month":
         record = find_record(chain_path(state), cfg, period.label)
