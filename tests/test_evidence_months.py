@@ -4,6 +4,8 @@ in force at its end: a later `collector assets import` changes today's figures, 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,34 @@ def test_a_closed_month_keeps_its_register_after_a_new_import(tmp_path: Path,
     assert today["figures"]["D1"]["denominator"] == before["figures"]["D1"]["denominator"] + 2
     assert today["figures"]["D1"]["numerator"] == before["figures"]["D1"]["numerator"] + 2
 
+
+
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+async def test_the_rendered_reports_say_no_collection_record_and_show_the_evidence_footer(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pw_api = pytest.importorskip("playwright.async_api", reason="playwright (pip, dev extra) is not installed")
+    cfg = demo_config(tmp_path)
+    fill_state(tmp_path / "state")
+    out = tmp_path / "out"
+    report_json(capsys, cfg, "2025-10", out)
+    report_json(capsys, cfg, "2025-11", out)
+    signer = keys.load(tmp_path / "state")
+    assert signer is not None
+    async with pw_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = await browser.new_page()
+            await page.goto((out / "report-2025-10.html").as_uri())
+            october = await page.inner_text("body")
+            await page.goto((out / "report-2025-11.html").as_uri())
+            november = await page.inner_text("body")
+            footer = await page.inner_text("table.evidence")
+        finally:
+            await browser.close()
+    assert "无采集记录" in october and "已关账（终版）" not in october and "尚未写入" in october
+    assert "已关账（终版）" in november and "证据签名与存证" in november
+    assert keys.show_fingerprint(signer.fingerprint) in footer and "#2" in footer  # the key record, then November
+    assert "配置文件中的设备（无导入台账）" in footer and "尚未发送" in footer  # `report` alone anchors nothing
