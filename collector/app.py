@@ -14,6 +14,7 @@ from typing import Any
 
 from collector.config import CollectorConfig, MqttConfig, Settings, effective_state_dir, read_secret
 from collector.delivery import Sender
+from collector.evidence import anchors, keys
 from collector.indicators.identity import simulated_devices, simulator_reason
 from collector.indicators.live import live_snapshot
 from collector.indicators.register import Asset, load_register
@@ -21,6 +22,7 @@ from collector.model import Batch, DeviceState, Row
 from collector.outbox import Outbox
 from collector.pipeline import Pipeline
 from collector.runtime import loop_name
+from collector.sinks.evidence import EvidenceSink
 from collector.sinks.influx import InfluxSettings, InfluxSink
 from collector.sinks.mqtt import MqttSettings, MqttSink, encode_data, iso
 from collector.status import StatusStore, StatusTracker, changed_keys
@@ -97,18 +99,26 @@ class Collector:
         self.register: list[Asset] = load_register(cfg, self.state_dir, self.register_warnings)
         for w in self.register_warnings:
             log.warning("event=register_warning %s", w)
+        # the chain's signing key: created at the first start, logged as its fingerprint only
+        self.signer, created = keys.init(self.state_dir)
+        self._key_mtime = (self.state_dir / keys.PRIVATE_FILE).stat().st_mtime_ns
+        log.info("event=evidence_key fingerprint=%s created=%s", keys.show_fingerprint(self.signer.fingerprint),
+                 str(created).lower())
         self._reader: StatusStore | None = None  # a second connection for period figures, used off the loop
         self._periods: dict[str, Any] | None = None
         self.sink = self._make_mqtt_sink()
         self.influx: InfluxSink | None = None
         if cfg.influx is not None:
             self.influx = InfluxSink(influx_settings(cfg), on_ack=self._influx_acked)
-        sinks = ["mqtt"] + (["influx"] if self.influx is not None else [])
+        sinks = ["mqtt", "evidence"] + (["influx"] if self.influx is not None else [])
         o = cfg.outbox
         self.outbox = Outbox(self.state_dir / "outbox.db", sinks, max_bytes=o.max_bytes, max_age=o.max_age,
                              fsync=o.fsync)
         self.outbox.held["mqtt"] = self.sink.in_flight
-        self.senders = [Sender(self.outbox, "mqtt", self.sink, o.live_share)]
+        self.evidence = EvidenceSink(self.sink, cfg.evidence_topic, self._evidence_acked)
+        self.outbox.held["evidence"] = self.evidence.in_flight
+        self.senders = [Sender(self.outbox, "mqtt", self.sink, o.live_share),
+                        Sender(self.outbox, "evidence", self.evidence)]
         if self.influx is not None:
             self.senders.append(Sender(self.outbox, "influx", self.influx, o.live_share))
         self.pipeline = Pipeline(self.status, cfg.indicators.stale_after, next_seq=self.outbox.next_seq)
@@ -153,6 +163,40 @@ class Collector:
         self.outbox.ack("mqtt", row)
         if row.good_ts is not None:
             self.status.delivered(row.device, row.good_ts)
+
+    def _evidence_acked(self, row: Row) -> None:
+        """The broker holds a copy of the head: the receipt the report shows."""
+        self.outbox.ack("evidence", row)
+        anchors.acked(self.state_dir / anchors.ANCHOR_FILE, anchors.anchor_id(row.seq, row.created),
+                      f"mqtt://{self.sink.s.host}:{self.sink.s.port}/{self.cfg.evidence_topic}")
+
+    def _reload_key(self) -> None:
+        """After `collector keys rotate` the state directory holds a new key: sign with it from now on."""
+        path = self.state_dir / keys.PRIVATE_FILE
+        mtime = path.stat().st_mtime_ns
+        if mtime != self._key_mtime:
+            signer = keys.load(self.state_dir)
+            if signer is not None:
+                self.signer, self._key_mtime = signer, mtime
+                log.info("event=evidence_key_changed fingerprint=%s", keys.show_fingerprint(signer.fingerprint))
+
+    def anchor(self, now: float | None = None) -> str | None:
+        """Queue the chain's signed head in the outbox when it changed or a day passed; returns the reason."""
+        from collector.indicators import chain
+        from collector.indicators.monthly import chain_path
+
+        now = time.time() if now is None else now
+        log_path = self.state_dir / anchors.ANCHOR_FILE
+        head = chain.head(chain_path(self.state_dir))
+        reason = anchors.due(head, log_path, now, self.cfg.evidence.anchor_interval)
+        if head is None or reason is None:
+            return None
+        aid, payload = anchors.queue(head, reason, self.cfg.evidence_topic, log_path, now)
+        self.outbox.append("evidence", int(head["seq"]), now, None, 1, {"evidence": payload})
+        self.outbox.flush()
+        log.info("event=anchor_queued seq=%s hash=%s reason=%s topic=%s id=%s", head["seq"], head["hash"][:12],
+                 reason, self.cfg.evidence_topic, aid)
+        return reason
 
     def _influx_acked(self, row: Row) -> None:
         self.outbox.ack("influx", row)
@@ -211,15 +255,18 @@ class Collector:
 
     def close_months(self, now: float | None = None) -> list[dict[str, Any]]:
         """Chain and publish (retained, `{root}/indicators/monthly/YYYY-MM`) every month that closed since the
-        last check; runs once a minute and at start. Returns the new chain records."""
+        last check, then anchor the chain's head when due; runs once a minute and at start. Returns the new chain
+        records."""
         from collector.indicators.monthly import close_due_months
 
         self.status.flush()  # the buckets acknowledged up to now belong in the summary
-        records = close_due_months(self.cfg, self.register, self.store, self.state_dir,
-                                   time.time() if now is None else now, self.register_warnings)
+        now = time.time() if now is None else now
+        self._reload_key()
+        records = close_due_months(self.cfg, self.store, self.state_dir, now, self.signer, self.register_warnings)
         for rec in records:
             self.sink.publish_json(f"{self.sink.root}/indicators/monthly/{rec['body']['period']['label']}", rec,
                                    retain=True)
+        self.anchor(now)
         return records
 
     # -- life cycle
@@ -312,7 +359,7 @@ class Collector:
 
     # -- reload (SIGHUP, `collector reload`, POST /api/reload)
 
-    RESTART_ONLY = ("site", "mqtt", "http", "state_dir", "indicators", "outbox", "influx")
+    RESTART_ONLY = ("site", "mqtt", "http", "state_dir", "indicators", "outbox", "evidence", "influx")
 
     async def reload_file(self, path: str | Path) -> dict[str, Any]:
         """Re-read and validate a config file, then `reload()`; an invalid file changes nothing."""

@@ -580,6 +580,35 @@ class OutboxConfig(Strict):
                               "backlog drains")
 
 
+class EvidenceConfig(Strict):
+    """Anchoring the evidence chain (docs/indicators.md): where the signed chain heads are sent."""
+
+    topic: str = Field(default="{root}/evidence/head", description="MQTT topic of the signed heads (retained, "
+                       "QoS 1, through the outbox); {root}, {enterprise} and {workshop} are filled in")
+    anchor_interval: float = Field(default=86400.0, ge=60, description="seconds between anchors of an unchanged "
+                                   "head (a changed head is anchored at once)")
+    hub: str | None = Field(default=None, description="reserved for the city hub's address (a later release)")
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, v: str) -> str:
+        if not v or any(c in v for c in "#+") or v.startswith("/"):
+            raise ValueError(f"'{v}' is not a topic to publish to (no wildcards # +, no leading /)")
+        try:
+            v.format(root="r", enterprise="e", workshop="w")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError(f"'{v}': only {{root}}, {{enterprise}} and {{workshop}} can be filled in") from None
+        return v
+
+    @field_validator("hub")
+    @classmethod
+    def _hub(cls, v: str | None) -> str | None:
+        if v is not None:
+            raise ValueError("sending heads to the city hub is not built yet (a later release); remove "
+                             "evidence.hub: the heads go to evidence.topic on the MQTT broker meanwhile")
+        return v
+
+
 class InfluxConfig(Strict):
     """An InfluxDB 2.x (or any `/api/v2/write` server) sink; the token comes from env or a file."""
 
@@ -706,6 +735,7 @@ class CollectorConfig(Strict):
     state_dir: Path = Path("state")
     indicators: IndicatorConfig = Field(default_factory=IndicatorConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
     influx: InfluxConfig | None = None
     templates: dict[str, TemplateConfig] = Field(default_factory=dict)
     devices: list[Device] = Field(default_factory=list)
@@ -767,6 +797,11 @@ class CollectorConfig(Strict):
     @property
     def topic_root(self) -> str:
         return self.mqtt.topic_root.format(enterprise=self.site.enterprise_id, workshop=self.site.workshop)
+
+    @property
+    def evidence_topic(self) -> str:
+        return self.evidence.topic.format(root=self.topic_root, enterprise=self.site.enterprise_id,
+                                          workshop=self.site.workshop)
 
 
 # --------------------------------------------------------------------------------------------- settings

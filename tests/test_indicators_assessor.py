@@ -27,12 +27,14 @@ from collector.broker import MosquittoProcess, free_port
 from collector.cli import main
 from collector.config import CollectorConfig, ConfigError, IndicatorConfig, Settings, SiteConfig, parse_config
 from collector.credit_code import credit_code_problem
+from collector.evidence import keys
 from collector.http import HttpServer
 from collector.indicators import periods
+from collector.indicators.csv_import import install, read_register_csv
 from collector.indicators.figures import SIMULATED_BANNER, SIMULATED_BANNER_EN, PeriodResult, compute
 from collector.indicators.live import live_snapshot
 from collector.indicators.rates import Figure, pct
-from collector.indicators.register import Asset, load_register
+from collector.indicators.register import IMPORTED_REGISTER, Asset, load_register
 from collector.indicators.report import render_figures_csv, render_html, report_footer_data, write_package
 from collector.status import StatusStore, StatusTracker
 from collector.view import fmt_rate
@@ -297,7 +299,10 @@ def assessor_config(tmp_path: Path, pledge: str | None = None) -> Path:
         data["indicators"]["pledge"] = pledge
     path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     (tmp_path / "reg.csv").write_text(REGISTER_CSV, encoding="utf-8")
-    assert main(["assets", "import", str(tmp_path / "reg.csv"), "-c", str(path)]) == 0
+    # imported before the month (a closed month is computed with the register in force at its end)
+    oct1 = dt.datetime(2025, 10, 1, tzinfo=zoneinfo.ZoneInfo(TZ)).timestamp()
+    install(read_register_csv(tmp_path / "reg.csv"), tmp_path / "reg.csv",
+            tmp_path / "state" / IMPORTED_REGISTER, now=oct1)
     fill_state(tmp_path / "state")
     return path
 
@@ -384,7 +389,7 @@ async def test_zh_report_read_back_from_chromium(tmp_path: Path) -> None:
     # first good data of the demo month, shown as a date, and the footer
     assert "2025年11月1日 00:00" in body and "2025年11月30日 24:00" in body
     for text in ("企业承诺", "本企业承诺：本报告所列设备台账真实、完整", "签名密钥指纹\t未签名 / unsigned", "外部存证回执",
-                 "企业盖章"):
+                 "台账版本\t导入于 2025年10月1日 00:00 · 4 条 · sha256", "企业盖章"):
         assert text in body, text
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000
@@ -483,14 +488,16 @@ def test_footer_data_stub_shows_the_chain_head(tmp_path: Path) -> None:
     cfg_path = assessor_config(tmp_path)
     cfg = parse_config(yaml.safe_load(cfg_path.read_text(encoding="utf-8")))
     nov = periods.month(2025, 11, TZ)
-    assert report_footer_data(cfg, tmp_path / "state", nov) == {"fingerprint": None, "head": None, "anchors": [],
-                                                                 "register_version": None}
+    before = report_footer_data(cfg, tmp_path / "state", nov)
+    assert (before["fingerprint"], before["head"], before["record"], before["anchors"]) == (None, None, None, [])
+    assert before["register"]["rows"] == 4  # the import in force at the month's end
     assert main(["report", "-c", str(cfg_path), "--period", "2025-11", "--format", "json",
                  "--out", str(tmp_path / "out")]) == 0
     data = json.loads((tmp_path / "out" / "report-2025-11.json").read_text(encoding="utf-8"))
-    head = report_footer_data(cfg, tmp_path / "state", nov)["head"]
-    # the closed month was chained first, so the footer's head is this month's own record
-    assert head == {"seq": 1, "hash": data["chain"]["hash"]} == data["evidence"]["head"]
+    after = report_footer_data(cfg, tmp_path / "state", nov)
+    # the closed month was chained (after the record introducing the new key), so the head is its own record
+    assert after["head"]["hash"] == data["chain"]["hash"] == data["evidence"]["head"]["hash"]
+    assert after["fingerprint"] == keys.show_fingerprint(keys.load(tmp_path / "state").fingerprint)
     assert data["credit_code"] == "91330402MA2B8XKF98"
 
 

@@ -110,11 +110,21 @@ class PeriodResult:
     warnings: list[str] = field(default_factory=list)
     simulated: list[str] = field(default_factory=list)  # ids of the simulated devices (assets) in U
     identity_warnings: list[dict[str, Any]] = field(default_factory=list)  # device, time, before, after
+    measured: bool = True  # False: the collector never ran in the period (无采集记录): nothing to chain
 
     @property
     def banner(self) -> str | None:
         """SIMULATED_BANNER when simulated devices are counted (`allow_simulated`): every output carries it."""
         return SIMULATED_BANNER if self.simulated and self.cfg.indicators.allow_simulated else None
+
+    @property
+    def status(self) -> str:
+        """closed, not_measured (closed, but the collector never ran in it), provisional or live."""
+        if self.period.kind == "now":
+            return "live"
+        if not self.closed:
+            return "provisional"
+        return "closed" if self.measured else "not_measured"
 
     @property
     def closed(self) -> bool:
@@ -131,7 +141,7 @@ class PeriodResult:
             "defset": DEFSET, "kind": "indicators", "enterprise": site.enterprise_id,
             "enterprise_name": site.enterprise_name, "county": site.county, "city": site.city,
             "collector_workshop": site.workshop, "period": self.period.to_dict() | {"label": self.period.label},
-            "status": "closed" if self.closed else ("live" if self.period.kind == "now" else "provisional"),
+            "status": self.status,
             "computed_at": iso_local(self.now, tz), "snapshot": self.period.snapshot(self.now).isoformat(),
             "targets": self.cfg.indicators.targets.model_dump(), "params": self.params,
             "figures": {f.id: f.to_dict() for f in self.figures},
@@ -263,7 +273,7 @@ def _window(cfg: CollectorConfig, assets: list[Asset], period: Period, now: floa
            for ws in _workshops(assets)}
     rows = [DeviceRow(a, a.in_universe(on, ind.scope), evs[a.id], verdicts[a.id], excluded=a.excluded(on, ind.scope))
             for a in assets]
-    result = PeriodResult(cfg, period, now, figs, wss, rows, params)
+    result = PeriodResult(cfg, period, now, figs, wss, rows, params, measured=bool(data.uptime))
     _identity_rows(result, ident)
     if daily:
         today = periods.local_date(now, period.tz)
@@ -334,7 +344,7 @@ def _year(cfg: CollectorConfig, assets: list[Asset], period: Period, now: float,
                               simulated=sim is not None, simulated_reason=sim.simulated_reason if sim else None,
                               identity=next((r.identity for r in reversed(mine) if r.identity), None),
                               excluded=a.excluded(on, ind.scope)))
-    result = PeriodResult(cfg, period, now, figs, wss, rows, params, months=labels)
+    result = PeriodResult(cfg, period, now, figs, wss, rows, params, months=labels, measured=bool(months))
     result.simulated = sorted(r.asset.id for r in rows if r.simulated and r.in_universe)
     result.identity_warnings = [w for m in months for w in m.identity_warnings]
     return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from collector.config import AssetEntry, AssetFields, CollectorConfig
 from collector.indicators.notices import Notice
@@ -117,11 +118,17 @@ IMPORTED_REGISTER = "register-import.json"
 
 
 def load_register(cfg: CollectorConfig, state_dir: Path | None = None,
-                  warnings: list[str] | None = None) -> list[Asset]:
-    """The whole register: config, `assets_csv:`, and the register `collector assets import` installed.
+                  warnings: list[str] | None = None, at: float | None = None) -> list[Asset]:
+    """The whole register: config, `assets_csv:`, and the register `collector assets import` installed (with
+    `at`, the imported register that was in force at that time: a closed month keeps its register).
 
     A CSV that no longer reads is told in `warnings` and skipped: a gateway must keep collecting."""
-    from collector.indicators.csv_import import CsvImportError, read_imported, read_register_csv
+    from collector.indicators.csv_import import (
+        CsvImportError,
+        read_imported,
+        read_register_csv,
+        register_in_force,
+    )
 
     warn = warnings if warnings is not None else []
     extra: list[tuple[AssetEntry, str]] = []
@@ -132,10 +139,22 @@ def load_register(cfg: CollectorConfig, state_dir: Path | None = None,
             warn.extend(Notice(f"assets_csv: {line}", f"台账CSV（assets_csv）无法读取，已跳过：{line}")
                         for line in exc.lines)
     state = state_dir if state_dir is not None else cfg.state_dir
-    if (state / IMPORTED_REGISTER).exists():
-        try:
-            extra += [(e, "import") for e in read_imported(state / IMPORTED_REGISTER)]
-        except (OSError, ValueError) as exc:
-            warn.append(Notice(f"{state / IMPORTED_REGISTER}: unreadable ({exc}); imported register skipped",
-                               f"{state / IMPORTED_REGISTER}：导入的台账无法读取（{exc}），已跳过"))
+    try:
+        found = register_in_force(state, at)
+        if found is not None:
+            extra += [(e, "import") for e in read_imported(found[0])]
+    except (OSError, ValueError, KeyError) as exc:
+        warn.append(Notice(f"{state / IMPORTED_REGISTER}: unreadable ({exc}); imported register skipped",
+                           f"{state / IMPORTED_REGISTER}：导入的台账无法读取（{exc}），已跳过"))
     return build_register(cfg, extra, warn)
+
+
+def register_version(cfg: CollectorConfig, state_dir: Path, at: float | None = None) -> dict[str, Any] | None:
+    """The imported register version in force at `at` (time, sha256, rows), None for the config's alone."""
+    from collector.indicators.csv_import import register_in_force
+
+    try:
+        found = register_in_force(state_dir, at)
+    except (OSError, ValueError, KeyError):
+        return None
+    return None if found is None else found[1]

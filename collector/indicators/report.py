@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from collector.config import CollectorConfig
+from collector.evidence import anchors, keys
 from collector.indicators import chain
 from collector.indicators.figures import FIGURE_ORDER, SIMULATED_BANNER, SIMULATED_BANNER_EN, PeriodResult
 from collector.indicators.notices import in_lang
 from collector.indicators.pdf import html_to_pdf
 from collector.indicators.periods import Period
 from collector.indicators.rates import NAMES, Figure, pct, truncated
+from collector.indicators.register import register_version
 
 Lang = str  # "zh" | "en"
 
@@ -39,6 +41,7 @@ T: dict[str, dict[str, str]] = {
     "state": {"zh": "状态", "en": "State"},
     "closed": {"zh": "已关账（终版）", "en": "closed (final)"},
     "provisional": {"zh": "未关账（临时数据）", "en": "open (provisional)"},
+    "not_measured": {"zh": "无采集记录", "en": "no collection record"},
     "live": {"zh": "实时", "en": "live"},
     "generated": {"zh": "生成时间", "en": "Generated"},
     "snapshot": {"zh": "存量口径日期", "en": "Stock figures taken on"},
@@ -94,9 +97,13 @@ T: dict[str, dict[str, str]] = {
     "no_anchors": {"zh": "无（尚未向外部存证）", "en": "none (not anchored yet)"},
     "sent": {"zh": "发送", "en": "sent"},
     "acked": {"zh": "确认", "en": "acknowledged"},
-    "not_acked": {"zh": "未确认", "en": "not acknowledged"},
+    "not_acked": {"zh": "未确认（在发件箱中等待）", "en": "not acknowledged (waiting in the outbox)"},
     "register_version": {"zh": "台账版本", "en": "Register version"},
-    "no_register_version": {"zh": "未记录", "en": "not recorded"},
+    "no_register_version": {"zh": "配置文件中的设备（无导入台账）", "en": "the config's devices (no imported register)"},
+    "period_record": {"zh": "本期证据链记录", "en": "This period's chain record"},
+    "how_to_verify": {"zh": "复核方法", "en": "How to verify"},
+    "verify_hint": {"zh": "collector verify evidence-chain.jsonl --fingerprint 指纹",
+                    "en": "collector verify evidence-chain.jsonl --fingerprint FINGERPRINT"},
     "rows": {"zh": "条", "en": "rows"},
     "imported": {"zh": "导入于", "en": "imported"},
     "stamp": {"zh": "企业盖章", "en": "Company seal"},
@@ -273,15 +280,30 @@ def param_rows(result: PeriodResult, lang: Lang) -> list[tuple[str, str]]:
 # ------------------------------------------------------------------------------------------------ data
 
 
-def report_footer_data(cfg: CollectorConfig, state_dir: Path, period: Period) -> dict[str, Any]:
-    """What the footer proves the report with: the signing key's fingerprint, the chain head, where the head
-    was anchored, the register version in force. Today: no key, the head of the existing chain, no anchors."""
+def report_footer_data(cfg: CollectorConfig, state_dir: Path, period: Period | None,
+                       record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the footer proves the report with: the signing key's fingerprint, this period's chain record and the
+    chain head, where and when they were anchored (sent through the outbox, acknowledged by the broker), and
+    the register version in force at the period's end (`period` None: today's)."""
     try:
-        records = chain.read(state_dir / chain.CHAIN_FILE)
+        signer = keys.load(state_dir)
+    except keys.KeyFileError:
+        signer = None
+    try:
+        head = chain.head(state_dir / chain.CHAIN_FILE) if (state_dir / chain.CHAIN_FILE).exists() else None
     except (OSError, ValueError):  # unreadable: no head to show (`collector verify` says what is wrong)
-        records = []
-    head = {"seq": records[-1]["seq"], "hash": records[-1]["hash"]} if records else None
-    return {"fingerprint": None, "head": head, "anchors": [], "register_version": None}
+        head = None
+    wanted = {r["hash"] for r in (record, head) if r is not None}
+    found = [r for r in anchors.receipts(state_dir / anchors.ANCHOR_FILE) if r.get("hash") in wanted]
+    return {
+        "fingerprint": keys.show_fingerprint(signer.fingerprint) if signer else None,
+        "head": {k: head.get(k) for k in ("seq", "hash", "ts")} if head else None,
+        "record": {k: record.get(k) for k in ("seq", "hash", "ts")} if record else None,
+        "anchors": [{k: r.get(k) for k in ("seq", "hash", "reason", "topic", "queued_at", "acked_at", "broker")}
+                    for r in found[-3:]],
+        "topic": cfg.evidence_topic,
+        "register": register_version(cfg, state_dir, period.end if period is not None else None),
+    }
 
 
 def report_data(result: PeriodResult, chain_record: dict[str, Any] | None = None,
@@ -578,19 +600,21 @@ def _footer(result: PeriodResult, footer: dict[str, Any] | None, lang: Lang) -> 
     f = footer or {}
     fp = f.get("fingerprint")
     key = f"<code>{html.escape(fp)}</code>" if fp else f'<span class="unsigned">{L("unsigned")}</span>'
-    head = f.get("head")
-    head_txt = (f"#{head['seq']} · sha256 <code>{html.escape(head['hash'])}</code>" if head else L("no_chain"))
-    anchors = f.get("anchors") or []
+
+    def rec(r: dict[str, Any] | None) -> str:
+        return L("no_chain") if not r else (f"#{r['seq']} · {fmt_time(_ts(r['ts']), tz, lang)} · sha256 "
+                                            f"<code>{html.escape(str(r['hash']))}</code>")
+
     anchor_txt = "<br>".join(
-        f"{html.escape(str(a['where']))} · {L('sent')} {fmt_time(a['sent'], tz, lang)} · "
-        + (f"{L('acked')} {fmt_time(a['acked'], tz, lang)}" if a.get("acked") is not None else L("not_acked"))
-        for a in anchors) or L("no_anchors")
-    reg = f.get("register_version")
-    reg_txt = (f"{L('imported')} {fmt_time(reg['imported'], tz, lang)} · {reg['rows']} {L('rows')} · sha256 "
+        f"#{a['seq']} · {html.escape(str(a['topic']))} · {L('sent')} {fmt_time(_ts(a['queued_at']), tz, lang)} · "
+        + (f"{L('acked')} {fmt_time(_ts(a['acked_at']), tz, lang)}" if a.get("acked_at") else L("not_acked"))
+        for a in f.get("anchors") or []) or L("no_anchors")
+    reg = f.get("register")
+    reg_txt = (f"{L('imported')} {fmt_time(reg['imported_at'], tz, lang)} · {reg['rows']} {L('rows')} · sha256 "
                f"<code>{html.escape(reg['sha256'])}</code>" if reg else L("no_register_version"))
     pledge = result.cfg.indicators.pledge or L("pledge_text")
-    rows = [(L("signing_key"), key), (L("chain_head"), head_txt), (L("anchors"), anchor_txt),
-            (L("register_version"), reg_txt)]
+    rows = [(L("signing_key"), key), (L("period_record"), rec(f.get("record"))), (L("chain_head"), rec(f.get("head"))),
+            (L("anchors"), anchor_txt), (L("register_version"), reg_txt), (L("how_to_verify"), L("verify_hint"))]
     return (f"<footer><h2>{L('pledge')}</h2><p class='pledge'>{html.escape(pledge)}</p>"
             '<table class="meta">' + "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows) + "</table>"
             f'<table class="stamp"><tr><td>{L("stamp")}</td><td>{L("signer")}</td><td>{L("date")}</td></tr></table>'
@@ -660,9 +684,9 @@ def render_html(result: PeriodResult, lang: Lang = "zh", chain_record: dict[str,
     if result.daily:
         parts.append(f"<h2>{L('daily_chart')}</h2>{daily_chart(result, lang)}")
     parts.append(f"<h2>{L('coverage_chart')}</h2>{coverage_chart(result, lang)}")
-    for title, keys, table_id in ((L("devices"), REGISTER_KEYS, "devices-register"),
+    for title, columns, table_id in ((L("devices"), REGISTER_KEYS, "devices-register"),
                                   (L("evidence"), EVIDENCE_KEYS, "devices-evidence")):
-        parts.append(_device_table(d["devices"], title, keys, lang, tz, table_id))
+        parts.append(_device_table(d["devices"], title, columns, lang, tz, table_id))
     warnings = warning_lines(result, lang)
     if warnings:
         parts.append(f"<h2>{L('warnings')}</h2><ul class='warn'>"

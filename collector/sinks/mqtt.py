@@ -103,6 +103,7 @@ class MqttSink(LinkState):
         self.data_qos = settings.qos
         self.gateway_info: Callable[[], dict[str, Any]] | None = None
         self._pending: dict[int, Row] = {}
+        self._tracked: dict[int, Callable[[], None]] = {}  # mid -> callback: publish_tracked()
         self.published = 0
         self.acked = 0
         self.errors = 0
@@ -221,6 +222,10 @@ class MqttSink(LinkState):
                 log.exception("sink=mqtt event=message_hook_failed topic=%s", topic)
 
     def _ack(self, mid: int) -> None:
+        tracked = self._tracked.pop(mid, None)
+        if tracked is not None:
+            tracked()
+            return
         row = self._pending.pop(mid, None)
         if row is None:
             return
@@ -259,6 +264,17 @@ class MqttSink(LinkState):
                     self.on_ack(row)  # QoS 0 has no acknowledgement: handed to a live link
                 continue
             self._pending[info.mid] = row
+
+    def publish_tracked(self, topic: str, payload: bytes, on_ack: Callable[[], None], retain: bool = False) -> bool:
+        """Publish at QoS 1 on this connection and call `on_ack` at its PUBACK (another outbox sink's transport
+        rides the same connection: collector/sinks/evidence.py). False when paho refused it."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            self.errors += 1
+            log.warning("sink=mqtt event=publish_refused topic=%s rc=%s", topic, info.rc)
+            return False
+        self._tracked[info.mid] = on_ack
+        return True
 
     def publish_json(self, topic: str, payload: dict[str, Any], retain: bool = False, qos: int = 1) -> None:
         info = self.client.publish(topic, orjson.dumps(payload), qos=qos, retain=retain)
