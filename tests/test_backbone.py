@@ -37,6 +37,7 @@ MODBUS_CONSTANTS = [
     ("k_int32", "int32", {}, -123456789, -123456789),
     ("k_uint32_cdab", "uint32", {"byte_order": "CDAB"}, 3_000_000_000, 3_000_000_000),
     ("k_float32", "float32", {}, 3.25, 3.25),
+    ("k_float32_volts", "float32", {"unit": "V"}, 230.0057, 230.0057),
     ("k_scaled", "int16", {"scale": 0.1, "unit": "°C"}, 61.5, 61.5),
 ]
 OPCUA_CONSTANTS = [
@@ -113,6 +114,10 @@ async def test_every_device_delivers_decoded_values_with_rising_seq(running: Run
     assert imm["k_scaled"]["unit"] == "°C"
     # float32 read back from its two registers, computed here with struct, not by the codec
     assert imm["k_float32"]["value"] == struct.unpack(">f", struct.pack(">f", 3.25))[0]
+    # the shortest decimal that reads back as the same float32, not 230.00570678710938
+    assert imm["k_float32_volts"]["value"] == 230.0057
+    raw = next(m.payload for m in reversed(recorder.on("/devices/imm-01/data")))
+    assert b'"k_float32_volts":{"value":230.0057,' in raw
     # in subscribe mode a message carries what changed: take each tag's latest value over all messages
     cnc: dict[str, Any] = {}
     for msg in data_of(recorder, "cnc-01"):
