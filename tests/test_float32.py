@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import random
 import struct
+import time
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 import orjson
 import pytest
 
+from adapters.base import create_adapter
 from adapters.modbus.codec import compile_tag, decode
 from collector.config import ModbusTag
 from collector.model import Batch, Reading, float32_shortest
@@ -18,6 +22,8 @@ from collector.sinks.influx import InfluxSettings, InfluxSink
 from collector.sinks.mqtt import encode_data
 from collector.sinks.sparkplug import DOUBLE, datatype_of, set_value
 from collector.sinks.sparkplug_b_pb2 import Payload
+from simulators.opcua import OpcUaMachineSim
+from tests.test_opcua_sim import NS, free_port, make_device
 
 
 def f32(x: float) -> float:
@@ -117,3 +123,37 @@ def test_the_codec_decodes_every_byte_order_short_and_keeps_nan_bad() -> None:
     scaled = compile_tag(ModbusTag(name="s", table="holding_register", address=0, type="float32", scale=10.0))
     assert scaled.convert(scaled.encode_raw(230.0057), 0)[0] == pytest.approx(2300.057, abs=1e-9)
     assert orjson.dumps(float32_shortest(f32(0.1))) == b"0.1"
+
+
+async def test_an_opc_ua_float_node_reads_short_in_poll_and_subscribe_mode() -> None:
+    """Over real TCP: the OPC UA simulator serves a Float (float32) and a Double node with 230.0057."""
+    tags = [{"name": "volts", "node": f"nsu={NS};s=Volts", "type": "float", "sim": {"kind": "constant",
+                                                                                      "value": 230.0057}},
+            {"name": "volts64", "node": f"nsu={NS};s=Volts64", "type": "double", "sim": {"kind": "constant",
+                                                                                         "value": 230.0057}}]
+    port = free_port()
+    sim = OpcUaMachineSim(make_device(port, tags, mode="poll"))
+    await sim.start()
+    try:
+        for mode in ("poll", "subscribe"):
+            adapter = create_adapter(make_device(port, tags, mode=mode, interval=0.1))
+            try:
+                await adapter.connect()
+                if mode == "poll":
+                    readings = await adapter.read()
+                else:
+                    readings = []
+                    task = asyncio.create_task(adapter.subscribe(readings.extend))
+                    deadline = time.monotonic() + 10
+                    while {r.tag for r in readings} < {"volts", "volts64"} and time.monotonic() < deadline:
+                        await asyncio.sleep(0.05)
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                values = {r.tag: r.value for r in readings}
+                assert values["volts"] == 230.0057 and repr(values["volts"]) == "230.0057", (mode, values)
+                assert values["volts64"] == 230.0057, (mode, values)  # a Double is left as it is
+            finally:
+                await adapter.close()
+    finally:
+        await sim.stop()
