@@ -15,6 +15,7 @@ from typing import Any
 from collector.config import CollectorConfig, MqttConfig, Settings, effective_state_dir, read_secret
 from collector.delivery import Sender
 from collector.evidence import anchors, keys
+from collector.failures import RepeatedFailure
 from collector.indicators.identity import simulated_devices, simulator_reason
 from collector.indicators.live import live_snapshot
 from collector.indicators.register import Asset, load_register
@@ -61,29 +62,11 @@ def influx_settings(cfg: CollectorConfig) -> InfluxSettings:
                           batch_rows=ic.batch_rows, gzip=ic.gzip, timeout=ic.timeout)
 
 
-class _Failures:
-    """Logs a periodic job's failures without flooding the journal: the first with its traceback, then one
-    line a minute with the count (a full disk fails the status flush every second), and the recovery."""
+class _Failures(RepeatedFailure):
+    """A periodic job's failures, logged by this module (collector/failures.py)."""
 
     def __init__(self, name: str) -> None:
-        self.name = name
-        self.count = 0
-        self.logged_at = 0.0
-
-    def failed(self) -> None:
-        self.count += 1
-        now = time.monotonic()
-        if self.count == 1:
-            log.exception("event=periodic_failed fn=%s", self.name)
-            self.logged_at = now
-        elif now - self.logged_at >= 60:
-            log.error("event=periodic_failing fn=%s failures=%d", self.name, self.count, exc_info=True)
-            self.logged_at = now
-
-    def ok(self) -> None:
-        if self.count:
-            log.warning("event=periodic_recovered fn=%s after_failures=%d", self.name, self.count)
-            self.count = 0
+        super().__init__(name, "periodic", log)
 
 
 class Collector:
@@ -134,6 +117,7 @@ class Collector:
         self.started = 0.0
         self.reload_counts = {"applied": 0, "rejected": 0}
         self._reload_lock = asyncio.Lock()
+        self._first_snapshot_out = False  # no snapshot before the first poll round is in (_indicators_loop)
 
     # -- wiring
 
@@ -231,10 +215,12 @@ class Collector:
         self.sink.publish_status(st.to_dict())
 
     def _republish(self) -> None:
-        """On every (re)connect: every device's retained status and the indicator snapshot."""
+        """On every (re)connect: every device's retained status and the indicator snapshot (once the first is
+        out: before the first poll round it would say no device is networked)."""
         for st in self.status.devices.values():
             self.sink.publish_status(st.to_dict())
-        self.sink.publish_indicators(self.indicators())
+        if self._first_snapshot_out:
+            self.sink.publish_indicators(self.indicators())
 
     def indicators(self, now: float | None = None) -> dict[str, Any]:
         snap = live_snapshot(self.register, self.status.devices, self.cfg.indicators, self.cfg.site, now,
@@ -282,8 +268,7 @@ class Collector:
             asyncio.create_task(self._every(self.cfg.outbox.commit_interval, self.outbox.flush), name="outbox-flush"),
             *(asyncio.create_task(sender.run(), name=f"sender-{sender.sink}") for sender in self.senders),
             asyncio.create_task(self._every(GATEWAY_STATUS_INTERVAL, self._publish_gateway), name="gateway-status"),
-            asyncio.create_task(self._every(self.cfg.indicators.publish_interval, self._publish_indicators),
-                                name="indicators"),
+            asyncio.create_task(self._indicators_loop(), name="indicators"),
             asyncio.create_task(self._every(60.0, self.close_months), name="month-close"),
             asyncio.create_task(self._every_async(self.cfg.indicators.publish_interval, self.refresh_periods),
                                 name="period-figures"),
@@ -301,6 +286,33 @@ class Collector:
 
     def _publish_indicators(self) -> None:
         self.sink.publish_indicators(self.indicators())
+
+    def _first_round_in(self) -> bool:
+        """Every running device has answered once since the start (data, a failure or a skip), and the good
+        sample it took, if any, has been acknowledged: the live 联网率 counts a device networked only then."""
+        for device_id, task in self.engine.tasks.items():
+            if not task.answered:
+                return False
+            st = self.status.devices.get(device_id)
+            if st is not None and st.last_good is not None and st.last_good >= self.started and (
+                    st.last_delivered is None or st.last_delivered < self.started):
+                return False
+        return True
+
+    async def _indicators_loop(self) -> None:
+        """The first snapshot once the first poll round is in (at the latest one `publish_interval` after the
+        start, as before), then one every `publish_interval`. Published at once, it showed D2 0 of n for up to
+        a minute while every device was online."""
+        interval = self.cfg.indicators.publish_interval
+        deadline = time.monotonic() + interval
+        while not self._first_round_in() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self._first_snapshot_out = True
+        try:
+            self._publish_indicators()
+        except Exception:
+            log.exception("event=indicators_failed")
+        await self._every(interval, self._publish_indicators)
 
     async def _every(self, seconds: float, fn: Any) -> None:
         failures = _Failures(getattr(fn, "__name__", str(fn)))
@@ -325,9 +337,11 @@ class Collector:
             await asyncio.sleep(seconds)
 
     async def stop(self) -> None:
-        """Close device sessions, publish the gateway's offline status, write the state store."""
+        """Close device sessions, publish every device's and the gateway's offline status, write the state
+        store."""
         await asyncio.gather(*(cancel_and_wait(t, t.get_name()) for t in self._tasks))
         await self.engine.stop()
+        self._devices_shut_down()
         self.outbox.flush()
         self.status.flush()
         await self.sink.stop()
@@ -339,6 +353,15 @@ class Collector:
             self._reader.close()
         self.store.close()
         log.info("event=stopped")
+
+    def _devices_shut_down(self) -> None:
+        """Every device with a session is `offline` (reason shutdown) before the sink disconnects: the listeners
+        publish the retained statuses, which would otherwise say `online` until the next start. The broker
+        acknowledges QoS 1 messages of one connection in order, so the gateway's offline status that
+        `sink.stop()` waits for comes after these. A device never seen keeps `never_seen`, which stays true."""
+        for device, st in list(self.status.devices.items()):
+            if st.state != DeviceState.NEVER_SEEN:
+                self.status.set_state(device, DeviceState.OFFLINE, "shutdown")
 
     def device_rows(self) -> list[dict[str, Any]]:
         """Per device: state, reason and last values, for the terminal view and `collector status`."""

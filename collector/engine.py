@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from adapters.base import Adapter, AdapterError, DeviceConfig, DeviceSkipped, create_adapter
+from collector.failures import RepeatedFailure
 from collector.model import DeviceState, Reading
 from collector.tasks import cancel_and_wait
 
@@ -73,6 +74,11 @@ class DeviceTask:
         self.readings = 0
         self.bad_readings = 0
         self.errors = 0
+        # True after the first answer since start: data, a failure or a skip (the first snapshot waits for it).
+        self.answered = False
+        # A state or readings listener that raises is logged once (then once a minute) and survived.
+        self._state_failures = RepeatedFailure(f"{device.id}:on_state", "listener", log, "listener")
+        self._pipeline_failures = RepeatedFailure(device.id, "pipeline", log, "device")
         self.sessions = 0  # successful connects; every one after the first is a reconnect
         self.publishes = 0  # subscription notifications delivered (a subscribing device is never polled)
         self.subscribing = False
@@ -124,18 +130,18 @@ class DeviceTask:
                 await adapter.close()
                 raise
             except DeviceSkipped as exc:
-                self.on_state(dev.id, DeviceState.DEGRADED, exc.reason)
+                self._set_state(DeviceState.DEGRADED, exc.reason)
                 self._stop_identify()
                 await adapter.close()
                 await asyncio.sleep(getattr(dev, "degrade_for", dev.interval))
                 continue
             except AdapterError as exc:
                 self.errors += 1
-                self.on_state(dev.id, DeviceState.OFFLINE, exc.reason)
+                self._set_state(DeviceState.OFFLINE, exc.reason)
             except Exception as exc:  # a bug or an unexpected library error must not kill the task
                 self.errors += 1
                 log.exception("device=%s event=unexpected_error", dev.id)
-                self.on_state(dev.id, DeviceState.OFFLINE, f"internal error: {type(exc).__name__}: {exc}")
+                self._set_state(DeviceState.OFFLINE, f"internal error: {type(exc).__name__}: {exc}")
             self._stop_identify()
             await adapter.close()
             if self.stopping:
@@ -179,13 +185,26 @@ class DeviceTask:
                         log.exception("device=%s event=identity_record_failed", dev)
             await asyncio.sleep(self.identify_interval)
 
+    def _set_state(self, state: DeviceState, reason: str | None) -> None:
+        """Report a state change; a listener's failure is logged and never ends this task (it is called from the
+        `except` branches, outside the retry loop's `try`)."""
+        self.answered = True
+        try:
+            self.on_state(self.device.id, state, reason)
+        except Exception:
+            self._state_failures.failed()
+
     def _deliver(self, readings: list[Reading]) -> None:
+        self.answered = True
         self.readings += len(readings)
         self.bad_readings += sum(1 for r in readings if r.quality != "good")
         try:
             self.on_readings(self.device.id, readings)
         except Exception:
-            log.exception("device=%s event=pipeline_error", self.device.id)
+            self._pipeline_failures.failed()
+        else:
+            if self._pipeline_failures.count:
+                self._pipeline_failures.ok()
 
     @property
     def phase(self) -> float:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from collector.failures import RepeatedFailure
 from collector.model import DeviceState
 
 log = logging.getLogger(__name__)
@@ -239,6 +240,20 @@ class StatusTracker:
         for rec in store.identities():
             if rec.device in self.devices:
                 self.identities[rec.device] = rec.values
+        self._listener_failures: dict[str, RepeatedFailure] = {}
+
+    def _tell(self, listener: Callable[..., None], *args: Any) -> None:
+        """Call one listener. Its failure is logged once (then once a minute, collector/failures.py) and never
+        reaches the caller: a listener that raises (a publish the broker client refuses, a bug) must not end a
+        device task, nor the handling of the sink's acknowledgements."""
+        try:
+            listener(*args)
+        except Exception:
+            name = getattr(listener, "__qualname__", None) or repr(listener)
+            failure = self._listener_failures.get(name)
+            if failure is None:
+                failure = self._listener_failures[name] = RepeatedFailure(name, "listener", log, "listener")
+            failure.failed()
 
     # -- fed by the engine
 
@@ -253,7 +268,7 @@ class StatusTracker:
         st.state, st.reason = state, reason
         self._dirty.add(device)
         for listener in self.listeners:
-            listener(st)
+            self._tell(listener, st)
 
     def polled(self, device: str, good: int, total: int, ts: float) -> None:
         """A poll answered: `good` of `total` tags came back good."""
@@ -299,7 +314,7 @@ class StatusTracker:
     def delivered(self, device: str, good_ts: float) -> None:
         """A batch holding a good sample taken at `good_ts` was acknowledged by the sink."""
         for hook in self.delivery_listeners:
-            hook(device, good_ts)
+            self._tell(hook, device, good_ts)
         st = self.devices.get(device)
         if st is None:
             return

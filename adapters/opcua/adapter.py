@@ -58,13 +58,14 @@ from adapters.opcua.nodeids import (
 from adapters.opcua.security import Pki, SecurityError, first_certificate, thumbprint
 from adapters.opcua.security import apply as apply_security
 from collector.config import OpcUaDevice, OpcUaTag, Settings, read_secret
-from collector.model import Quality, Reading
+from collector.model import Quality, Reading, float32_shortest
 
 log = logging.getLogger(__name__)
 
 _SEVERITY_MASK = 0xC0000000
 _UNCERTAIN = 0x40000000
 _PLAIN_TYPES = frozenset({float, int, bool, str, type(None)})
+_FLOAT = ua.VariantType.Float
 _INT_TYPES = frozenset({"int16", "uint16", "int32", "uint32", "int64", "uint64"})
 _BAD_QUALITY_CACHE: dict[int, str] = {}
 #: ActivateSession refusals of the user identity, and refusals of our certificate, told apart for the message
@@ -704,8 +705,11 @@ def _reading(device: str, plan: _TagPlan, dv: ua.DataValue, now: float) -> Readi
     if severity == 0 or severity == _UNCERTAIN:
         quality = Quality.GOOD if severity == 0 else Quality.UNCERTAIN
         variant = dv.Value
+        raw = variant.Value if variant is not None else None
+        if type(raw) is float and variant is not None and variant.VariantType is _FLOAT:
+            raw = float32_shortest(raw)  # 230.0057, not the float64 expansion of the Float
         try:
-            value = plan.convert(variant.Value if variant is not None else None)
+            value = plan.convert(raw)
         except (TypeError, ValueError, OverflowError):
             value, quality = None, Quality.BAD_DECODE
         rng = plan.range
