@@ -35,6 +35,31 @@ class KvFormatter(logging.Formatter):
         return line
 
 
+class LibraryNoise(logging.Filter):
+    """Library records about failures the collector handles itself become DEBUG records.
+
+    asyncua logs an ERROR traceback for failed OPC UA reconnects, and a WARNING "... was called but connection
+    is closed" for each teardown step of a session whose server is gone; aiohttp logs an ERROR traceback for
+    every malformed HTTP request. The collector reports what matters (one WARNING `event=state` line per
+    device state change, with the reason): at WARNING and ERROR these would drown it in `journalctl -p
+    warning`; at DEBUG they are there when asked for (`--log-level debug`). A handler filter, because it
+    must see the records of every child logger.
+    """
+
+    LIBRARIES = frozenset({"asyncua", "aiohttp"})
+    TEARDOWN = "was called but connection is closed"  # asyncua's close_session / close_secure_channel
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.DEBUG or record.name.partition(".")[0] not in self.LIBRARIES:
+            return True
+        if not record.exc_info and not (isinstance(record.msg, str) and record.msg.endswith(self.TEARDOWN)):
+            return True
+        if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+            return False
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return True
+
+
 def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
@@ -46,6 +71,7 @@ def setup_logging(level: str = "INFO", fmt: str = "kv", stream: object = None) -
     else:
         stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
         handler.setFormatter(KvFormatter(stamp + "level=%(levelname)s logger=%(name)s %(message)s"))
+    handler.addFilter(LibraryNoise())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

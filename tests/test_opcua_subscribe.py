@@ -171,3 +171,38 @@ async def test_restart_resubscribes_with_one_session(running: Running, recorder:
     assert new["program"]["value"] == "O4711"
     adapter = running.collector.engine.tasks["cnc"].adapter
     assert adapter is not None and adapter.stats()["subscriptions"] == 1  # a fresh adapter, a fresh subscription
+
+
+async def test_a_server_restart_logs_one_warning_per_state_change_and_no_library_traceback(
+        running: Running, recorder: Recorder) -> None:
+    """The documented `journalctl -p warning` must show the device going offline and back, each once with
+    its reason, and none of asyncua's tracebacks of the failed reconnects (those are DEBUG now)."""
+    import io
+    import logging
+
+    from collector.logs import setup_logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    out = io.StringIO()
+    setup_logging("INFO", "kv", out)
+    try:
+        sim = running.sim
+        await recorder.wait_for(lambda: len(data(recorder)) >= 2, 15, "data before the restart")
+        await sim.stop()
+        await recorder.wait_for(lambda: (m := recorder.last("/devices/cnc/status")) and
+                                m.json()["state"] == "offline", 10, "cnc offline")
+        await asyncio.sleep(2.0)  # failed reconnects while the server is down
+        await sim.start()
+        await recorder.wait_for(lambda: (m := recorder.last("/devices/cnc/status")) and
+                                m.json()["state"] == "online", 15, "cnc online again")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    lines = out.getvalue().splitlines()
+    loud = [line for line in lines if "level=WARNING" in line or "level=ERROR" in line]
+    states = [line for line in loud if "event=state" in line]
+    assert len(states) == 2 and "state=offline from=online reason=" in states[0], loud
+    assert "state=online from=offline" in states[1]
+    assert not [line for line in lines if "level=ERROR" in line or 'exc="Traceback' in line], loud
+    assert not [line for line in loud if "logger=asyncua" in line], loud  # no disconnect of a closed socket
