@@ -202,7 +202,8 @@ class StatusTracker:
             listener(st)
 
     def polled(self, device: str, good: int, total: int, ts: float) -> None:
-        """A poll answered: `good` of `total` tags came back good."""
+        """A poll or publish answered: `good` of the device's `total` tags are good, counted over the latest
+        reading of every tag (a publish carries only what changed)."""
         st = self.devices[device]
         if good:
             st.last_good = ts

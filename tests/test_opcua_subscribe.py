@@ -206,3 +206,59 @@ async def test_a_server_restart_logs_one_warning_per_state_change_and_no_library
     assert "state=online from=offline" in states[1]
     assert not [line for line in lines if "level=ERROR" in line or 'exc="Traceback' in line], loud
     assert not [line for line in loud if "logger=asyncua" in line], loud  # no disconnect of a closed socket
+
+
+async def test_a_server_that_revises_the_keepalive_count_still_gets_one_heartbeat_per_interval(
+        broker: MosquittoProcess, state_dir: Path, recorder: Recorder) -> None:
+    """docs/opcua.md promises one message per `interval` from a static machine. This server revises the
+    requested MaxKeepAliveCount 1 to 8, so its keep-alives come every 2 s; the heartbeat must not follow them."""
+    cfg = make_config(state_dir, broker.port)
+    device = cfg.devices[0]
+    assert isinstance(device, OpcUaDevice)
+    device.tags = [t for t in device.tags if t.name != "speed"]  # nothing changes
+    sim = OpcUaMachineSim(device, clock=skewed_clock, min_keepalive_count=8)
+    await sim.start()
+    collector = Collector(cfg, Settings())
+    await collector.start()
+    try:
+        await recorder.wait_for(lambda: len(data(recorder)) >= 1, 15, "the first data message")
+        start = len(recorder.on("/devices/cnc/data"))
+        await asyncio.sleep(12 * INTERVAL)
+        times = [m.received for m in recorder.on("/devices/cnc/data")[start:]]
+        adapter = collector.engine.tasks["cnc"].adapter
+        assert adapter is not None and adapter.keepalive_s == pytest.approx(8 * INTERVAL)  # the revised count
+        assert 9 <= len(times) <= 13, times  # one per interval, not one per 2 s keep-alive
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        assert min(gaps) > 0.4 * INTERVAL and max(gaps) < 2.2 * INTERVAL, gaps  # no doubles, no holes
+        assert all(set(m["tags"]) == {"program", "level", "override"} for m in data(recorder))
+    finally:
+        await collector.stop()
+        await sim.stop()
+
+
+async def test_the_status_reason_counts_the_whole_tag_set(broker: MosquittoProcess, state_dir: Path,
+                                                          recorder: Recorder) -> None:
+    """Seven tags, three of them on nodes the server does not have, one walking: every status says "3 of 7
+    tags bad" with good data, whatever each publish carries (it used to flip between "all 3 tags bad" with
+    `last_good_data` null, "3 of 7" and "3 of 4")."""
+    from collector.config import OpcUaTag
+
+    cfg = make_config(state_dir, broker.port)
+    device = cfg.devices[0]
+    assert isinstance(device, OpcUaDevice)
+    sim = OpcUaMachineSim(device.model_copy(deep=True), clock=skewed_clock)  # serves the four real tags
+    device.tags += [OpcUaTag(name=f"ghost{i}", node=f"nsu={NS};s=Ghost.{i}") for i in range(3)]
+    await sim.start()
+    collector = Collector(cfg, Settings())
+    await collector.start()
+    try:
+        await recorder.wait_for(lambda: len(data(recorder)) >= 6, 15, "data messages")
+        await asyncio.sleep(2 * INTERVAL)
+        assert any(set(m["tags"]) == {"speed", "ghost0", "ghost1", "ghost2"} for m in data(recorder)[1:])
+    finally:
+        await collector.stop()
+        await sim.stop()
+    statuses = [m.json() for m in recorder.on("/devices/cnc/status") if not m.retain]  # not an earlier test's
+    live = [s for s in statuses if s["state"] != "never_seen" and s["reason"] != "shutdown"]
+    assert live and all((s["state"], s["reason"]) == ("degraded", "3 of 7 tags bad") for s in live), statuses
+    assert all(s["last_good_data"] is not None for s in live), statuses
