@@ -139,3 +139,32 @@ def test_a_device_state_change_is_one_warning_line_with_its_reason(restore_root:
         "reason=no_answer_within_1_s",
         "WARNING logger=collector.status device=imm-01 event=state state=online from=offline reason=-",
     ]
+
+
+async def test_a_bug_in_an_http_handler_stays_an_error(restore_root: object) -> None:
+    """Only the client's malformed requests are quieted: an exception in our own handler is our bug."""
+    from aiohttp import web
+
+    from collector.broker import free_port
+
+    async def broken(request: web.Request) -> web.Response:
+        raise RuntimeError("a bug of ours")
+
+    app = web.Application()
+    app.router.add_get("/", broken)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)  # as collector/http.py has it
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    out = io.StringIO()
+    setup_logging("INFO", "kv", out)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 500")
+        writer.close()
+        await asyncio.sleep(0.05)
+    finally:
+        await runner.cleanup()
+    (line,) = [line for line in out.getvalue().splitlines() if "logger=aiohttp" in line]
+    assert "level=ERROR logger=aiohttp.server" in line and "RuntimeError: a bug of ours" in line
