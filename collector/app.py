@@ -210,9 +210,7 @@ class Collector:
                      self.cfg.indicators.allow_simulated)
 
     def _status_changed(self, st: Any) -> None:
-        log.info("device=%s event=state state=%s reason=%s", st.device, st.state,
-                 (st.reason or "").replace(" ", "_") or "-")
-        self.sink.publish_status(st.to_dict())
+        self.sink.publish_status(st.to_dict())  # the log line is StatusTracker.set_state's
 
     def _republish(self) -> None:
         """On every (re)connect: every device's retained status and the indicator snapshot (once the first is

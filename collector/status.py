@@ -204,6 +204,11 @@ class StatusStore:
         self.db.close()
 
 
+_RESTARTED = "collector restarted"
+_ADDED = "added by reload"
+_NO_NEWS = (_RESTARTED, _ADDED)  # reasons the tracker gives itself: the next answer after them is no news
+
+
 class StatusTracker:
     """The state machine of every device, fed by the engine (polls) and the sinks (deliveries).
 
@@ -224,7 +229,7 @@ class StatusTracker:
             st = saved.get(dev, DeviceStatus(dev, since=now))
             # After a restart nothing is known about the session: keep evidence, restart the state machine.
             if st.state != DeviceState.NEVER_SEEN:
-                st.state, st.since, st.reason = DeviceState.OFFLINE, now, "collector restarted"
+                st.state, st.since, st.reason = DeviceState.OFFLINE, now, _RESTARTED
             self.devices[dev] = st
         self.listeners: list[StatusListener] = []
         # Told (device, good_ts) on every acknowledged good batch: /metrics measures the sink latency from it.
@@ -258,20 +263,28 @@ class StatusTracker:
     # -- fed by the engine
 
     def set_state(self, device: str, state: DeviceState, reason: str | None = None) -> None:
+        """Change a device's state or reason; a change of state is one WARNING line with its reason (what
+        `journalctl -p warning` shows), a new reason in the same state and a first contact are INFO."""
         st = self.devices[device]
         if st.state == state and st.reason == reason:
             return
         now = self.clock()
-        if st.state != state:
+        before = st.state
+        first_contact = state == DeviceState.ONLINE and (before == DeviceState.NEVER_SEEN or st.reason in _NO_NEWS)
+        if before != state:
             st.since = now
             self._log.append((device, now, str(state), reason))
         st.state, st.reason = state, reason
+        log.log(logging.WARNING if before != state and not first_contact else logging.INFO,
+                "device=%s event=state state=%s from=%s reason=%s", device, state, before,
+                (reason or "").replace(" ", "_") or "-")
         self._dirty.add(device)
         for listener in self.listeners:
             self._tell(listener, st)
 
     def polled(self, device: str, good: int, total: int, ts: float) -> None:
-        """A poll answered: `good` of `total` tags came back good."""
+        """A poll or publish answered: `good` of the device's `total` tags are good, counted over the latest
+        reading of every tag (a publish carries only what changed)."""
         st = self.devices[device]
         if good:
             st.last_good = ts
@@ -300,7 +313,7 @@ class StatusTracker:
         now = self.clock()
         st = self.store.load_statuses().get(device, DeviceStatus(device, since=now))
         if st.state != DeviceState.NEVER_SEEN:
-            st.state, st.since, st.reason = DeviceState.OFFLINE, now, "added by reload"
+            st.state, st.since, st.reason = DeviceState.OFFLINE, now, _ADDED
         self.devices[device] = st
         self._dirty.add(device)
 

@@ -14,8 +14,9 @@ Behaviour a collector sees:
 - addresses between tags read as 0 (coalesced reads work); a request past the last tag of a table, or a
   table the unit has no tag in, answers exception 02;
 - fault injection, from the device's `simulate:` block or at run time through the control methods
-  (`set_exceptions`, `set_delay`, `set_silent`, `drop_connections`): exception 02/04 on chosen addresses (any
-  request touching one), answering late, not answering at all, connections dropped;
+  (`set_exceptions`, `set_delay`, `set_silent`, `truncate_answers`, `drop_connections`): exception 02/04 on
+  chosen addresses (any request touching one), answering late, not answering at all, answers cut short (the
+  first bytes of a frame, the rest never sent, the connection kept), connections dropped;
 - an unknown unit id answers exception 0B (gateway target failed to respond) over TCP, nothing over RTU;
 - FC 43/14 Read Device Identification answers, per unit, that it is a simulator (`SIM_IDENTIFICATION`:
   VendorName "shopfloor-collector", ProductCode "SIMULATOR"); `set_identification(device, None)` makes a
@@ -87,6 +88,8 @@ class UnitStore:
         self.delay = sim.delay
         self.silent = sim.silent
         self.update_interval = sim.update_interval
+        self.truncate_to = 0  # bytes kept of each of the next `truncate_left` answers
+        self.truncate_left = 0
 
     def update(self) -> None:
         """Advance the model one tick and write every tag's value into the tables."""
@@ -272,11 +275,13 @@ class ModbusServerSim:
             port = self.serve_port or await self._start_pty_pair()
             server = ModbusSerialServer(self._store, framer=FramerType.RTU, port=port,
                                         ignore_missing_devices=True, custom_pdu=[_DeviceIdentification],
+                                        trace_packet=self._cut,
                                         **settings)
         else:
             framer = FramerType.RTU if self.scheme == "rtu+tcp" else FramerType.SOCKET
             server = ModbusTcpServer(self._store, address=(self.host, self.port), framer=framer,
-                                     ignore_missing_devices=True, custom_pdu=[_DeviceIdentification])
+                                     ignore_missing_devices=True, custom_pdu=[_DeviceIdentification],
+                                     trace_packet=self._cut)
         try:
             await server.serve_forever(background=True)
         except Exception as exc:  # RuntimeError from pymodbus, termios/pyserial errors on a serial port
@@ -369,6 +374,25 @@ class ModbusServerSim:
         """The FC 43/14 objects a unit answers (object id -> text); None: answer exception 01 (unsupported)."""
         self._by_device[device_id].identification = None if objects is None else dict(objects)
 
+    def truncate_answers(self, device_id: str, keep: int, count: int = 1) -> None:
+        """Send only the first `keep` bytes of the unit's next `count` answers (the rest never comes, the
+        connection stays open): a device or gateway that cuts a frame short and then answers the retry."""
+        if keep < 1:
+            raise ValueError("keep at least 1 byte (a silent unit is set_silent)")
+        unit = self._by_device[device_id]
+        unit.truncate_to = keep
+        unit.truncate_left = max(0, count)
+
+    def _cut(self, sending: bool, packet: bytes) -> bytes:
+        """pymodbus's trace_packet hook (every frame in and out): applies `truncate_answers`."""
+        if not sending or len(packet) < 8:
+            return packet
+        unit = self.units.get(packet[6] if self.scheme == "tcp" else packet[0])  # MBAP unit id / RTU address
+        if unit is None or unit.truncate_left <= 0:
+            return packet
+        unit.truncate_left -= 1
+        return packet[:unit.truncate_to]
+
     def drop_connections(self) -> int:
         """Close every client connection now (the listener stays): clients see the device drop them.
         Returns how many were dropped; a serial line has no connection to drop (0)."""
@@ -385,7 +409,8 @@ class ModbusServerSim:
         """The faults currently injected for a device."""
         unit = self._by_device[device_id]
         return {"silent": unit.silent, "delay": unit.delay, "exception_addresses": list(unit.exception_addresses),
-                "exception_code": int(unit.exception_code)}
+                "exception_code": int(unit.exception_code), "truncate_to": unit.truncate_to,
+                "truncate_left": unit.truncate_left}
 
     def unit(self, device_id: str) -> UnitStore:
         """The unit serving a device (tests poke its tables)."""

@@ -334,16 +334,19 @@ class OpcUaMachineSim:
     """
 
     def __init__(self, device: OpcUaDevice, *, clock: Callable[[], float] = time.time,
-                 extra_namespaces: Sequence[str] = (), security: SimSecurity | None = None) -> None:
+                 extra_namespaces: Sequence[str] = (), security: SimSecurity | None = None,
+                 min_keepalive_count: int = 1) -> None:
         """`clock` stamps values and drives the model (tests shift it to tell source from receive time);
         `extra_namespaces` are registered before the device's namespace, to move its index (tests of
         `nsu=` resolution); `security` makes it a secured server (default: what the device config asks for,
-        see `security_from_device`)."""
+        see `security_from_device`); `min_keepalive_count` makes it revise a subscription's requested
+        MaxKeepAliveCount up to at least that, as some servers do (keep-alives only every few cycles)."""
         self.device = device
         self.security = security if security is not None else security_from_device(device)
         self.application_uri = f"urn:shopfloor-collector:sim:{device.id}"
         self.clock = clock
         self.extra_namespaces = list(extra_namespaces)
+        self.min_keepalive_count = max(1, min_keepalive_count)
         self.model = MachineModel(device.id, device.simulate, device.tags, clock=clock)
         self.machine = MachineContext(device, self.model, clock)
         self.server: Server | None = None
@@ -381,6 +384,10 @@ class OpcUaMachineSim:
         server = Server(iserver=_FastInternalServer())
         await server.init()
         server.disable_clock()
+        if self.min_keepalive_count > 1:
+            service = server.iserver.subscription_service
+            clamp, floor = service._clamp_keep_alive_count, self.min_keepalive_count
+            service._clamp_keep_alive_count = lambda requested: max(floor, clamp(requested))  # type: ignore[method-assign]
         server.set_endpoint(self.device.endpoint)
         server.set_server_name(f"shopfloor-collector sim {self.device.id}")
         await server.set_application_uri(self.application_uri)

@@ -14,9 +14,11 @@ Why it looks like this:
 - Subscribe mode (the default) puts every resolved tag on ONE subscription per device, created with the raw
   session services rather than asyncua's `Subscription` class: the publish callback sees each PublishResponse
   whole, so one publish becomes one `callback(readings)` call (one MQTT message), nothing sits in an
-  iterator queue that could drop the oldest events, and keep-alives are visible. A keep-alive (a publish cycle
-  with no change) re-delivers the last values as a heartbeat, so a healthy but static machine still sends one
-  message per cycle, like poll mode, and stays `online`.
+  iterator queue that could drop the oldest events, and keep-alives are visible. A publishing cycle without a
+  change re-delivers the last values as a heartbeat, so a healthy but static machine still sends one message
+  per cycle, like poll mode, and stays `online`. The cycle is kept by our own clock, anchored on the server's
+  publishes: a server may revise the requested keep-alive count (1) upwards and then sends keep-alives only
+  every few cycles.
 - Recovery: `subscribe()` returns only by raising `AdapterError` when the session is gone: transport lost,
   the client's session probe failing (BadSessionIdInvalid, BadSessionClosed, ...), a bad StatusChange from the
   server (BadTimeout: the server dropped the subscription), the publish loop ending, or no publish response
@@ -90,6 +92,7 @@ _IDENTITY_NODES = {
 }
 MACHINERY_NS = "http://opcfoundation.org/UA/Machinery/"
 DI_NS = "http://opcfoundation.org/UA/DI/"
+_BEAT_GRACE = 0.25  # of a publishing interval: how late a cycle's publish may be before we beat ourselves
 
 
 def bad_quality(code: int) -> str:
@@ -252,6 +255,13 @@ class OpcUaAdapter(Adapter):
         self._last_publish = 0.0
         self.subscription_id: int | None = None
         self.keepalive_s = 0.0
+        self.publishing_s = 0.0  # the server's revised publishing interval: the heartbeat cycle
+        self._anchor = 0.0  # monotonic time of the last publish response: the server's cycle grid
+        self._beats = 0  # heartbeats of our own since the anchor
+        self._last_beat = 0.0
+        # publishes that came while the monitored items were still being created (which are refused is not
+        # known yet): handled once they are, so the first batch holds every tag, the refused ones too
+        self._early: list[ua.PublishResult] | None = None
         self._callback: ReadingsCallback = _discard
         self._bad: set[int] = set()  # subscribe mode: plan indices whose last reading is not good
 
@@ -438,31 +448,36 @@ class OpcUaAdapter(Adapter):
         self._callback = callback
         self._last = [None] * len(self._plans)
         self._bad = set()
+        self._early = []
         try:
             await self._create_subscription(client)
         except AdapterError:
             raise
         except Exception as exc:
             raise AdapterError(f"cannot subscribe on {self.url}: {_describe(exc, dev.timeout)}") from exc
-        # bad tags (unresolved, refused monitored items) are told once now, and with every heartbeat
+        finally:
+            early, self._early = self._early, None
+        # bad tags (unresolved, refused monitored items) ride along with the first publish (which carries every
+        # other tag's value too) and every later one: told alone, they would make the device look all bad
         now = time.time()
-        bad: list[Reading] = []
         for i, quality in self._unresolved:
             plan = self._plans[i]
-            reading = self._last[i] = Reading(dev.id, plan.name, None, plan.unit, quality, now, now)
-            bad.append(reading)
+            self._last[i] = Reading(dev.id, plan.name, None, plan.unit, quality, now, now)
             self._bad.add(i)
-        if bad:
-            self._emit(bad)
+        for result in early or ():
+            self._on_publish(result)
         stale_after = self.keepalive_s * _PUBLISH_MARGIN + dev.timeout
-        self._last_publish = time.monotonic()
+        self._last_publish = self._anchor = time.monotonic()
+        self._beats = 0
         async with client.subscribe_state() as states:
             while True:
-                # wake on: a bad StatusChange (self._wake), a client state change, or a periodic check
+                # wake on: a bad StatusChange (self._wake), a client state change, a heartbeat falling due, or
+                # a periodic check
                 wake = asyncio.ensure_future(self._wake.wait())
                 change = asyncio.ensure_future(states.next_change())
+                beat_in = max(0.01, self._beat_due() - time.monotonic())
                 try:
-                    await asyncio.wait({wake, change}, timeout=min(1.0, self.keepalive_s),
+                    await asyncio.wait({wake, change}, timeout=min(1.0, self.keepalive_s, beat_in),
                                        return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     for t in (wake, change):
@@ -475,6 +490,22 @@ class OpcUaAdapter(Adapter):
                 if silent > stale_after:
                     raise AdapterError(f"no publish response from {self.url} for {silent:.1f} s "
                                        f"(keep-alive {self.keepalive_s:g} s): session presumed dead")
+                self._beat_on_time()
+
+    def _beat_due(self) -> float:
+        """When our next heartbeat is due: a little after the next cycle of the server's grid (its last
+        publish + whole publishing intervals) that brought no publish."""
+        cycle = self.publishing_s
+        return self._anchor + (self._beats + 1) * cycle + min(_BEAT_GRACE * cycle, 1.0)
+
+    def _beat_on_time(self) -> None:
+        """A cycle passed without a publish response (the server sends keep-alives only every
+        RevisedMaxKeepAliveCount cycles): deliver the heartbeat ourselves, once, skipping cycles we overslept."""
+        now = time.monotonic()
+        if self.publishing_s <= 0 or now < self._beat_due():
+            return
+        self._beats = max(self._beats + 1, int((now - self._anchor) / self.publishing_s))
+        self._heartbeat()
 
     async def _create_subscription(self, client: Client) -> None:
         """One subscription, every resolved tag a monitored item (deadband filters where configured)."""
@@ -492,8 +523,11 @@ class OpcUaAdapter(Adapter):
         result = await client.uaclient.session.create_subscription(params, callback=self._on_publish)
         self.subscription_id = int(result.SubscriptionId)
         self._stats["subscriptions"] += 1
-        self.keepalive_s = max(0.05, result.RevisedPublishingInterval / 1000.0) * max(
-            1, int(result.RevisedMaxKeepAliveCount))
+        self.publishing_s = max(0.05, result.RevisedPublishingInterval / 1000.0)
+        self.keepalive_s = self.publishing_s * max(1, int(result.RevisedMaxKeepAliveCount))
+        if int(result.RevisedMaxKeepAliveCount) > 1:
+            log.info("device %s: the server revised the keep-alive count to %d: heartbeats are timed here, every "
+                     "%g s", dev.id, int(result.RevisedMaxKeepAliveCount), self.publishing_s)
 
         items: list[tuple[int, ua.NodeId]] = [(i, node) for i, (plan, node) in
                                               enumerate(zip(self._plans, self.resolved.values(), strict=True))
@@ -553,13 +587,18 @@ class OpcUaAdapter(Adapter):
 
     def _on_publish(self, result: ua.PublishResult) -> None:
         """The session's publish loop calls this for every PublishResponse of our subscription (never awaits)."""
-        self._last_publish = time.monotonic()
+        if self._early is not None:  # still creating the monitored items
+            self._early.append(result)
+            return
+        self._last_publish = self._anchor = time.monotonic()
+        self._beats = 0
         stats = self._stats
         stats["publishes"] += 1
         data = result.NotificationMessage.NotificationData
         if not data:
             stats["keepalives"] += 1
-            self._heartbeat()
+            if self._anchor - self._last_beat >= self.publishing_s / 2:  # not just beaten on time
+                self._heartbeat()
             return
         now = time.time()
         device = self.device.id
@@ -599,7 +638,8 @@ class OpcUaAdapter(Adapter):
             self._emit(readings)
 
     def _heartbeat(self) -> None:
-        """A keep-alive: nothing changed, the last values are still current; deliver them again."""
+        """A cycle without change: the last values are still current; deliver them again."""
+        self._last_beat = time.monotonic()
         now = time.time()
         readings = [dataclasses.replace(r, receive_ts=now) for r in self._last if r is not None]
         if readings:
