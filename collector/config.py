@@ -121,7 +121,8 @@ def parse_endpoint(url: str, protocol: str | None = None) -> Endpoint:
     schemes = ENDPOINT_SCHEMES.get(protocol or "") or tuple(s for v in ENDPOINT_SCHEMES.values() for s in v)
     if scheme not in schemes or not parts.hostname:
         what = {"opcua": "an OPC UA endpoint", "modbus": "a Modbus endpoint"}.get(protocol or "", "an endpoint URL")
-        raise ValueError(f"'{url}' is not {what}; use {forms}")
+        hint = f"; did you mean {ENDPOINT_SCHEMES[protocol][0]}://{url}?" if protocol and "://" not in url else ""
+        raise ValueError(f"'{url}' is not {what}; use {forms}{hint}")
     try:
         port = parts.port or DEFAULT_PORTS[scheme]
     except ValueError as exc:  # port out of range or not a number
@@ -688,7 +689,7 @@ def _validate_repeated_tags(devices: list[Any]) -> list[Any]:
                 continue
             try:
                 key = (model, json.dumps(raw, sort_keys=True))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, RecursionError):
                 tags.append(raw)
                 continue
             if key not in seen:
@@ -818,6 +819,7 @@ class ConfigError(Exception):
 
 
 _UNION_TAGS = {"modbus", "opcua"}
+_UNION_BRANCHES = {"int", "str", "float", "bool", "none", "list", "dict", "tuple", "date", "path"}
 
 
 def format_loc(loc: Iterable[int | str]) -> str:
@@ -829,6 +831,8 @@ def format_loc(loc: Iterable[int | str]) -> str:
             out += f"[{part}]"
         elif isinstance(prev, int) and part in _UNION_TAGS:
             pass  # the discriminated union's branch name is not something the user wrote
+        elif isinstance(prev, str) and (str(part) in _UNION_BRANCHES or str(part).startswith(("function-", "lax-"))):
+            pass  # nor is the branch of a union like `int | str` (register: 40001 or "40001")
         else:
             out += ("." if out else "") + str(part)
         prev = part
@@ -901,7 +905,7 @@ def _show(value: object, limit: int = 60) -> str:
 
 
 def format_errors(exc: ValidationError) -> list[str]:
-    lines = []
+    lines: list[str] = []
     for err in exc.errors():
         path = format_loc(err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
@@ -920,6 +924,9 @@ def format_errors(exc: ValidationError) -> list[str]:
                 guess = near_miss(err["input"], re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected"))))
                 if guess is not None:
                     msg += f"; did you mean '{guess}'?"
+        if lines and lines[-1].startswith(f"{path}: "):  # the branches of a union (`int | str`): one line
+            lines[-1] += f"; or: {msg}"
+            continue
         lines.append(f"{path}: {msg}")
     return lines
 

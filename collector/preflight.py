@@ -32,7 +32,7 @@ def folder_errors(path: Path, field: str, what: str) -> list[str]:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        where = "is" if probe == path else f"cannot be created: {probe}"
+        where = "is" if probe == path else f"cannot be created: {probe} is"
         return [f"{field}: {path} {where} a file, not a folder; point {field} to a folder ({what})"]
     try:
         with tempfile.TemporaryFile(dir=probe):

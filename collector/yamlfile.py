@@ -22,6 +22,9 @@ MAX_VALUES = 2_000_000
 what a few nested aliases can make."""
 MAX_INT_DIGITS = 30
 """No setting takes a longer number (the largest, outbox.max_bytes, has 16 digits)."""
+MAX_DEPTH = 32
+"""Nesting levels: a config needs 7 (devices, a device, tags, a tag, sim, values, a value); far deeper data
+would only reach code that walks it recursively."""
 
 _Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 20 k tags parse in a fraction
 _INT_TAG = "tag:yaml.org,2002:int"
@@ -96,12 +99,16 @@ def tree_problems(root: Node, limit: int = 1000) -> tuple[list[str], list[str]]:
     problems: list[str] = []
     fatal: list[str] = []
     seen: set[int] = set()
-    stack: list[tuple[Node, str, str | None]] = [(root, "", None)]
+    stack: list[tuple[Node, str, str | None, int]] = [(root, "", None, 0)]
     while stack and len(problems) < limit:
-        node, path, key = stack.pop()
+        node, path, key, depth = stack.pop()
         if id(node) in seen:
             continue
         seen.add(id(node))
+        if depth > MAX_DEPTH:
+            fatal.append(f"{path}: {_where(node)}: nested more than {MAX_DEPTH} levels deep; a config needs fewer "
+                         "than ten")
+            break
         if isinstance(node, ScalarNode):
             problem = _scalar_problem(path, key, node)
             if problem:
@@ -110,10 +117,11 @@ def tree_problems(root: Node, limit: int = 1000) -> tuple[list[str], list[str]]:
             if problem:
                 fatal.append(problem)
         elif isinstance(node, SequenceNode):
-            stack.extend((child, _join(path, i), None) for i, child in reversed(list(enumerate(node.value))))
+            stack.extend((child, _join(path, i), None, depth + 1)
+                         for i, child in reversed(list(enumerate(node.value))))
         elif isinstance(node, MappingNode):
             first: dict[tuple[str, str], Node] = {}
-            kids: list[tuple[Node, str, str | None]] = []
+            kids: list[tuple[Node, str, str | None, int]] = []
             for k, v in node.value:
                 name = str(k.value) if isinstance(k, ScalarNode) else "?"
                 if isinstance(k, ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
@@ -123,7 +131,7 @@ def tree_problems(root: Node, limit: int = 1000) -> tuple[list[str], list[str]]:
                                         f"({_where(first[ident])} and {_where(k)}); YAML would keep only the last: "
                                         "remove one")
                     first.setdefault(ident, k)
-                kids.append((v, _join(path, name), name))
+                kids.append((v, _join(path, name), name, depth + 1))
             stack.extend(reversed(kids))
     return problems, fatal
 
