@@ -306,3 +306,10 @@ def test_printed_errors_are_capped(tmp_path: Path) -> None:
     assert code == 2
     assert "2000 error(s)" in err and "and 1950 more errors not shown" in err
     assert len(err.splitlines()) == 52
+
+
+def test_a_bad_mqtt_url_from_the_environment_is_found_by_check(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLLECTOR_MQTT_URL", "mqtt://127.0.0.1:99999")  # run died in mqtt_settings()
+    code, _, err = check_data(tmp_path, base(tmp_path))
+    assert code == 2 and has(err, "COLLECTOR_MQTT_URL", "1 to 65535"), err
