@@ -381,15 +381,26 @@ class ModbusDevice(DeviceBase):
 
     @model_validator(mode="after")
     def _resolve_registers(self) -> ModbusDevice:
-        """Turn classic `register:` references into table + address with this device's address_base."""
-        for tag in self.tags:
-            if tag.register_ref is not None:
+        """Turn classic `register:` references into table + address with this device's address_base. Every
+        problem is reported, each under its tag's path (see `SUBPATH` in `format_errors`)."""
+        problems = []
+        for j, tag in enumerate(self.tags):
+            if tag.register_ref is None:
+                continue
+            try:
                 tag.table, tag.address = parse_classic_register(tag.register_ref, self.address_base)
-                problem = tag.table_problem()
-                if problem:
-                    raise ValueError(f"tag '{tag.name}': register {tag.register_ref} is a {tag.table}: {problem}")
-                if tag.address + tag.register_count() - 1 > 65535:
-                    raise ValueError(f"tag '{tag.name}': register {tag.register_ref} runs past address 65535")
+            except ValueError as exc:
+                problems.append(f"{SUBPATH}tags[{j}].register: tag '{tag.name}': {exc}")
+                continue
+            problem = tag.table_problem()
+            if problem:
+                problems.append(f"{SUBPATH}tags[{j}]: tag '{tag.name}': register {tag.register_ref} is a "
+                                f"{tag.table}: {problem}")
+            elif tag.address + tag.register_count() - 1 > 65535:
+                problems.append(f"{SUBPATH}tags[{j}].register: tag '{tag.name}': register {tag.register_ref} runs "
+                                "past address 65535")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
 
@@ -904,11 +915,21 @@ def _show(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+SUBPATH = "@"
+"""A model validator's message line `@tags[3].register: text` is reported at `<the model's path>.tags[3].register`:
+a check across a device's tags can still name the tag."""
+
+
 def format_errors(exc: ValidationError) -> list[str]:
     lines: list[str] = []
     for err in exc.errors():
         path = format_loc(err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
+        if msg.startswith(SUBPATH):
+            for line in msg.split("\n"):
+                sub, _, text = line.removeprefix(SUBPATH).partition(": ")
+                lines.append(f"{path}{'' if sub.startswith('[') else '.'}{sub}: {text}")
+            continue
         if err["type"] == "extra_forbidden":
             guess = near_miss(err["loc"][-1], allowed_keys(err["loc"][:-1]))
             msg = (f"unknown key; did you mean '{guess}'?" if guess else "unknown key (check the spelling)") \

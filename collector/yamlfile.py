@@ -95,14 +95,17 @@ def _scalar_problem(path: str, key: str | None, node: ScalarNode) -> str | None:
 
 def tree_problems(root: Node, limit: int = 1000) -> tuple[list[str], list[str]]:
     """(problems, fatal problems): duplicate keys and zero-led (octal) registers, which still leave data to
-    validate, and over-long numbers, which do not; each with its path and line."""
+    validate, and over-long numbers, too deep nesting and alias bombs, which do not; each with its path and
+    line."""
     problems: list[str] = []
     fatal: list[str] = []
+    shared = False  # a node reached twice: an alias, so the expanded size is worth counting
     seen: set[int] = set()
     stack: list[tuple[Node, str, str | None, int]] = [(root, "", None, 0)]
     while stack and len(problems) < limit:
         node, path, key, depth = stack.pop()
         if id(node) in seen:
+            shared = True
             continue
         seen.add(id(node))
         if depth > MAX_DEPTH:
@@ -133,6 +136,9 @@ def tree_problems(root: Node, limit: int = 1000) -> tuple[list[str], list[str]]:
                     first.setdefault(ident, k)
                 kids.append((v, _join(path, name), name, depth + 1))
             stack.extend(reversed(kids))
+    if (shared or stack) and not fatal and expanded_size(root) > MAX_VALUES:  # stack: stopped at the limit
+        fatal.append(f"(top level): the YAML aliases (*name) expand to more than {MAX_VALUES:,} values; write the "
+                     "repeated parts out or use templates:")
     return problems, fatal
 
 
@@ -155,9 +161,6 @@ def parse_yaml(text: str) -> tuple[Any, list[str]]:
         problems, fatal = tree_problems(node)
         if fatal:
             raise YamlProblems(problems + fatal)
-        if expanded_size(node) > MAX_VALUES:
-            raise YamlProblems([f"(top level): the YAML aliases (*name) expand to more than {MAX_VALUES:,} values; "
-                                "write the repeated parts out or use templates:"])
         try:
             return loader.construct_document(node), problems
         except yaml.YAMLError as exc:

@@ -182,7 +182,7 @@ ERRORS: list[tuple[str, Callable[[dict[str, Any]], object], str, tuple[str, ...]
      ("86400",)),
     ("timeout inf", lambda d: d["devices"][1].update(timeout=float("inf")), "devices[1].timeout:", ("finite",)),
     ("bool on a holding register without bit", lambda d: _tag(d, name="run", register=40005, type="bool"),
-     "devices[0]:", ("'run'", "bit")),
+     "devices[0].tags[1]:", ("'run'", "bit")),
     ("coil with bit", lambda d: _tag(d, name="k", table="coil", address=3, type="bool", bit=3),
      "devices[0].tags[1]:", ("'k'", "remove bit")),
     ("int16 with bit", lambda d: _tag(d, name="w", table="holding_register", address=3, type="int16", bit=2),
@@ -313,3 +313,15 @@ def test_a_bad_mqtt_url_from_the_environment_is_found_by_check(tmp_path: Path,
     monkeypatch.setenv("COLLECTOR_MQTT_URL", "mqtt://127.0.0.1:99999")  # run died in mqtt_settings()
     code, _, err = check_data(tmp_path, base(tmp_path))
     assert code == 2 and has(err, "COLLECTOR_MQTT_URL", "1 to 65535"), err
+
+
+def test_an_alias_bomb_is_refused_fast(tmp_path: Path) -> None:
+    """Aliases inside a tag's `sim.values` (free-form data) expanded to 9**10 values when the tag was hashed."""
+    bombs = ['&a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    bombs += [f"&a{n} [" + ", ".join([f"*a{n - 1}"] * 9) + "]" for n in range(1, 10)]
+    data = base(tmp_path)
+    data["devices"][0]["tags"][0]["sim"] = {"kind": "choice", "values": "BOMB"}
+    started = time.monotonic()
+    code, _, err = check_text(tmp_path, yaml.safe_dump(data).replace("BOMB", "[" + ", ".join(bombs) + "]"))
+    assert code == 2 and has(err, "(top level):", "aliases", "2,000,000"), err
+    assert time.monotonic() - started < 5
