@@ -244,7 +244,7 @@ def _size(type_: str | None, count: int | None) -> int:
 
 
 class TagBase(Strict):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.\-]+$")
     unit: str | None = None
     scale: Number = 1.0
     offset: Number = 0.0
@@ -337,7 +337,7 @@ class OpcUaTag(TagBase):
 
 
 class DeviceBase(Strict):
-    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_\-]+$")
+    id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_\-]+$")
     name: str | None = None
     endpoint: str
     interval: Number = Field(default=1.0, ge=0.001, le=86400, description="poll interval, seconds")
@@ -450,11 +450,11 @@ class TemplateConfig(Strict):
 
 
 class SiteConfig(Strict):
-    enterprise_id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_\-]+$")
+    enterprise_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
     enterprise_name: str | None = None
     county: str | None = None
     city: str | None = None
-    workshop: str = Field(default="main", pattern=r"^[A-Za-z0-9_\-]+$")
+    workshop: str = Field(default="main", max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
     timezone: str = "Asia/Shanghai"
 
     @field_validator("timezone")
@@ -481,8 +481,9 @@ class SparkplugConfig(Strict):
     @field_validator("group_id", "edge_node_id", "primary_host_id")
     @classmethod
     def _id(cls, v: str | None) -> str | None:
-        if v is not None and (not v or any(c in v for c in "/+#")):
-            raise ValueError(f"'{v}' is not a Sparkplug id: it must be non-empty without '/', '+' or '#'")
+        if v is not None and (not v or len(v) > 128 or any(c in v for c in "/+#")):
+            raise ValueError(f"'{v[:40]}' is not a Sparkplug id: it must be 1 to 128 characters without '/', '+' "
+                             "or '#'")
         return v
 
 
@@ -495,8 +496,9 @@ class MqttConfig(Strict):
     format: Literal["json", "sparkplug"] = "json"
     sparkplug: SparkplugConfig = Field(default_factory=SparkplugConfig)
     qos: Annotated[Literal[0, 1], BeforeValidator(_not_a_bool)] = 1
-    client_id: str | None = None
-    username: str | None = None
+    # MQTT sends strings with a 16-bit length: paho's network thread dies on longer ones, so bound them here
+    client_id: str | None = Field(default=None, min_length=1, max_length=256)
+    username: str | None = Field(default=None, max_length=1024)
     password_file: Path | None = None
     ca_file: Path | None = None
     cert_file: Path | None = None

@@ -34,7 +34,7 @@ from tests.test_watchdog import FakeNotifySocket
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [ROOT / "config" / "demo.yaml", ROOT / "config" / "workshop.example.yaml"]
 SEED = 20261201
-CONFIGS = 80
+CONFIGS = 90  # 5 of each kind
 RUNS = 10  # `run` starts: every kind with an accepted config first, then a sample of the rest
 PARALLEL_RUNS = 4
 # An error line: a field path (devices[2].tags[0].type), `line N`, an env variable, or (top level).
@@ -271,6 +271,8 @@ def absurd(rng: random.Random, d: Data, tmp: Path) -> Data:
         lambda: dev.update(interval=0.001), lambda: d.setdefault("indicators", {}).update(bucket=1e-6),
         lambda: d.setdefault("indicators", {}).update(publish_interval=1e-9), lambda: dev.update(timeout=1e300),
         lambda: d["mqtt"].update(max_inflight=0), lambda: d["mqtt"].update(qos=2),
+        lambda: d["mqtt"].update(client_id="c" * 70000), lambda: d["mqtt"].update(client_id="gateway-7"),
+        lambda: d["mqtt"].update(keepalive=65535),
     ])()
     return d
 

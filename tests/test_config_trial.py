@@ -325,3 +325,11 @@ def test_an_alias_bomb_is_refused_fast(tmp_path: Path) -> None:
     code, _, err = check_text(tmp_path, yaml.safe_dump(data).replace("BOMB", "[" + ", ".join(bombs) + "]"))
     assert code == 2 and has(err, "(top level):", "aliases", "2,000,000"), err
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(("mqtt", "path"), [({"client_id": "x" * 70000}, "mqtt.client_id:"),
+                                            ({"username": "u" * 70000}, "mqtt.username:")])
+def test_strings_mqtt_cannot_carry_are_refused(tmp_path: Path, mqtt: dict[str, Any], path: str) -> None:
+    """A 70,000-character client id passed check and killed paho's network thread (struct.pack('!H'))."""
+    code, _, err = check_data(tmp_path, change(tmp_path, lambda d: d.update(mqtt=mqtt)))
+    assert code == 2 and has(err, path, "at most"), err
