@@ -715,6 +715,10 @@ def _validate_repeated_tags(devices: list[Any]) -> list[Any]:
     return out
 
 
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 class CollectorConfig(Strict):
     version: Annotated[Literal[1], BeforeValidator(_not_a_bool)] = 1
     site: SiteConfig
@@ -743,17 +747,20 @@ class CollectorConfig(Strict):
         expanded = []
         for dev in devices:
             name = dev.get("template") if isinstance(dev, dict) else None
-            tpl = templates.get(name) if name is not None else None
-            if not isinstance(tpl, dict):
-                expanded.append(dev)  # an unknown template name is reported by _check_references
+            tpl = templates.get(name) if isinstance(name, str) else None
+            if not isinstance(dev, dict) or not isinstance(tpl, dict):
+                expanded.append(dev)  # an unknown template name is reported by reference_errors
                 continue
-            merged = {**tpl.get("defaults", {}), **{k: v for k, v in dev.items() if k != "tags"}}
+            # Parts of the wrong type are left out here: the validation of templates: and devices: names them.
+            defaults: dict[str, Any] = tpl["defaults"] if isinstance(tpl.get("defaults"), dict) else {}
+            merged = {**defaults, **{k: v for k, v in dev.items() if k != "tags"}}
             merged.setdefault("protocol", tpl.get("protocol"))
-            tags = {t.get("name"): t for t in tpl.get("tags", []) if isinstance(t, dict)}
-            for t in dev.get("tags", []) or []:
-                if isinstance(t, dict):
-                    tags[t.get("name")] = {**tags.get(t.get("name"), {}), **t}
-            merged["tags"] = list(tags.values())
+            tags: dict[object, Any] = {}
+            own = dev.get("tags")
+            for t in [*_listed(tpl.get("tags")), *_listed(own)]:
+                key = t.get("name") if isinstance(t, dict) and isinstance(t.get("name"), str) else object()
+                tags[key] = {**tags.get(key, {}), **t} if isinstance(t, dict) else t
+            merged["tags"] = list(tags.values()) if own is None or isinstance(own, list) else own
             expanded.append(merged)
         return {**data, "devices": _validate_repeated_tags(expanded)}
 
@@ -936,8 +943,10 @@ def format_errors(exc: ValidationError) -> list[str]:
             guess = near_miss(err["loc"][-1], allowed_keys(err["loc"][:-1]))
             msg = (f"unknown key; did you mean '{guess}'?" if guess else "unknown key (check the spelling)") \
                 + " See docs/config.md for the allowed keys"
-        elif err["type"] == "union_tag_invalid" or err["type"] == "union_tag_not_found":
+        elif err["type"] == "union_tag_invalid":
             msg = "protocol must be 'modbus' or 'opcua'"
+        elif err["type"] == "union_tag_not_found":
+            msg = "protocol is missing: give protocol: modbus or opcua (or a template: that has one)"
         elif err["type"] == "missing":
             msg = "required field is missing"
         elif "input" in err and err["type"] not in ("value_error", "assertion_error") \

@@ -34,7 +34,7 @@ from tests.test_watchdog import FakeNotifySocket
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [ROOT / "config" / "demo.yaml", ROOT / "config" / "workshop.example.yaml"]
 SEED = 20261201
-CONFIGS = 90  # 5 of each kind
+CONFIGS = 95  # 5 of each kind
 RUNS = 10  # `run` starts: every kind with an accepted config first, then a sample of the rest
 PARALLEL_RUNS = 4
 # An error line: a field path (devices[2].tags[0].type), `line N`, an env variable, or (top level).
@@ -277,10 +277,29 @@ def absurd(rng: random.Random, d: Data, tmp: Path) -> Data:
     return d
 
 
+def template_swap(rng: random.Random, d: Data, tmp: Path) -> Data:
+    """Templates are expanded before validation: wrong types there must still come out as field errors."""
+    if not d.get("templates"):
+        d["templates"] = {"t": {"protocol": "modbus", "tags": [{"name": "x", "register": 40001}]}}
+        d["devices"][0] = {"id": "t1", "template": "t", "endpoint": "tcp://127.0.0.1:1"}
+    name = rng.choice(list(d["templates"]))
+    tpl = d["templates"][name]
+    user = next((dev for dev in d["devices"] if dev.get("template") == name), d["devices"][0])
+    rng.choice([
+        lambda: tpl.update(defaults=rng.choice([[1], "x", 3, None])),
+        lambda: tpl.update(tags=rng.choice([5, "tags", {"a": 1}, [3, {"name": [1]}], []])),
+        lambda: user.update(template=rng.choice([["x"], 7, {"a": 1}, None, "nope"])),
+        lambda: user.update(tags=rng.choice([7, "x", [None], [{"name": {"a": 1}}]])),
+        lambda: d.update(templates=rng.choice([[1], "x", {name: 5}])),
+        lambda: tpl.pop("protocol"),
+    ])()
+    return d
+
+
 KINDS: list[tuple[str, Mutation]] = [(f.__name__, f) for f in (
     type_swap, huge_number, bad_number, five_thousand_digits, encoding, duplicate_key, topic, missing_file,
     bad_port, deep_nesting, alias_bomb, remove_key, unknown_key, long_string, structure, state_dir, list_swap,
-    absurd)]
+    absurd, template_swap)]
 
 
 def dump(d: Data) -> bytes:
