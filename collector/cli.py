@@ -36,10 +36,16 @@ def _stop_event() -> asyncio.Event:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from collector.config import ConfigError, load_config, partial_config
     from collector.lint import config_warnings
     from collector.preflight import startup_check
 
-    cfg = load_config_or_exit(args.config)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:  # with the start checks of the parts that are valid: every problem in one run
+        partial = partial_config(exc.data)
+        print_problems(exc.source, exc.lines + (startup_check(partial)[0] if partial is not None else []), "error")
+        return EXIT_BAD_CONFIG
     errors, warnings = startup_check(cfg)
     warnings = config_warnings(cfg) + warnings
     if warnings:
@@ -116,11 +122,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from collector.preflight import startup_check
 
     cfg = load_config_or_exit(args.config)
-    settings = Settings()
-    errors, warnings = startup_check(cfg, settings)  # what `check` reports, so what it accepts starts
+    errors, warnings = startup_check(cfg)  # what `check` reports, so what it accepts starts
     if errors:
         print_problems(args.config, errors, "error")
         return EXIT_BAD_CONFIG
+    settings = Settings()
     setup_logging(args.log_level or settings.log_level, settings.log_format)
     for line in config_warnings(cfg) + warnings:
         logging.getLogger("collector.config").warning("event=config_warning %s", line)

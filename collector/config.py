@@ -719,6 +719,36 @@ def _listed(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def expand_templates(data: Any) -> Any:
+    """Expand `template:` on devices: the template's defaults and tags, then the device's own on top.
+    Then validate each distinct tag once (`_validate_repeated_tags`)."""
+    if not isinstance(data, dict) or not isinstance(data.get("devices"), list):
+        return data
+    if not isinstance(data.get("templates"), dict):
+        return {**data, "devices": _validate_repeated_tags(data["devices"])}
+    templates = data["templates"]
+    devices = data["devices"]
+    expanded = []
+    for dev in devices:
+        name = dev.get("template") if isinstance(dev, dict) else None
+        tpl = templates.get(name) if isinstance(name, str) else None
+        if not isinstance(dev, dict) or not isinstance(tpl, dict):
+            expanded.append(dev)  # an unknown template name is reported by reference_errors
+            continue
+        # Parts of the wrong type are left out here: the validation of templates: and devices: names them.
+        defaults: dict[str, Any] = tpl["defaults"] if isinstance(tpl.get("defaults"), dict) else {}
+        merged = {**defaults, **{k: v for k, v in dev.items() if k != "tags"}}
+        merged.setdefault("protocol", tpl.get("protocol"))
+        tags: dict[object, Any] = {}
+        own = dev.get("tags")
+        for t in [*_listed(tpl.get("tags")), *_listed(own)]:
+            key = t.get("name") if isinstance(t, dict) and isinstance(t.get("name"), str) else object()
+            tags[key] = {**tags.get(key, {}), **t} if isinstance(t, dict) else t
+        merged["tags"] = list(tags.values()) if own is None or isinstance(own, list) else own
+        expanded.append(merged)
+    return {**data, "devices": _validate_repeated_tags(expanded)}
+
+
 class CollectorConfig(Strict):
     version: Annotated[Literal[1], BeforeValidator(_not_a_bool)] = 1
     site: SiteConfig
@@ -736,33 +766,7 @@ class CollectorConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _apply_templates(cls, data: Any) -> Any:
-        """Expand `template:` on devices: the template's defaults and tags, then the device's own on top.
-        Then validate each distinct tag once (`_validate_repeated_tags`)."""
-        if not isinstance(data, dict) or not isinstance(data.get("devices"), list):
-            return data
-        if not isinstance(data.get("templates"), dict):
-            return {**data, "devices": _validate_repeated_tags(data["devices"])}
-        templates = data["templates"]
-        devices = data["devices"]
-        expanded = []
-        for dev in devices:
-            name = dev.get("template") if isinstance(dev, dict) else None
-            tpl = templates.get(name) if isinstance(name, str) else None
-            if not isinstance(dev, dict) or not isinstance(tpl, dict):
-                expanded.append(dev)  # an unknown template name is reported by reference_errors
-                continue
-            # Parts of the wrong type are left out here: the validation of templates: and devices: names them.
-            defaults: dict[str, Any] = tpl["defaults"] if isinstance(tpl.get("defaults"), dict) else {}
-            merged = {**defaults, **{k: v for k, v in dev.items() if k != "tags"}}
-            merged.setdefault("protocol", tpl.get("protocol"))
-            tags: dict[object, Any] = {}
-            own = dev.get("tags")
-            for t in [*_listed(tpl.get("tags")), *_listed(own)]:
-                key = t.get("name") if isinstance(t, dict) and isinstance(t.get("name"), str) else object()
-                tags[key] = {**tags.get(key, {}), **t} if isinstance(t, dict) else t
-            merged["tags"] = list(tags.values()) if own is None or isinstance(own, list) else own
-            expanded.append(merged)
-        return {**data, "devices": _validate_repeated_tags(expanded)}
+        return expand_templates(data)
 
     @model_validator(mode="after")
     def _share_equal_tags(self) -> CollectorConfig:
@@ -782,10 +786,7 @@ class CollectorConfig(Strict):
     def _default_pki_dirs(self) -> CollectorConfig:
         """OPC UA devices without `security.pki_dir` use `<state dir>/pki` (docs/opcua.md), where the state dir
         is the one the collector really uses: COLLECTOR_STATE_DIR (the systemd unit sets it) over `state_dir`."""
-        state = effective_state_dir(self)
-        for dev in self.devices:
-            if isinstance(dev, OpcUaDevice) and dev.security.pki_dir is None:
-                dev.security.pki_dir = state / "pki"
+        set_default_pki_dirs(self)
         return self
 
     @property
@@ -811,9 +812,32 @@ class Settings(BaseSettings):
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"  # auto: uvloop when installed (collector/runtime.py)
 
 
+def set_default_pki_dirs(cfg: CollectorConfig) -> None:
+    """`<state dir>/pki` for every OPC UA device without `security.pki_dir`."""
+    state = effective_state_dir(cfg)
+    for dev in cfg.devices:
+        if isinstance(dev, OpcUaDevice) and dev.security.pki_dir is None:
+            dev.security.pki_dir = state / "pki"
+
+
 def effective_state_dir(cfg: CollectorConfig, settings: Settings | None = None) -> Path:
     """Where the collector keeps its state: env COLLECTOR_STATE_DIR, else the config's `state_dir`."""
-    return (settings or Settings()).state_dir or cfg.state_dir
+    if settings is None:
+        try:
+            settings = Settings()
+        except ValidationError:  # another COLLECTOR_* variable is bad: collector.preflight names it
+            return Path(os.environ["COLLECTOR_STATE_DIR"]) if os.environ.get("COLLECTOR_STATE_DIR") else cfg.state_dir
+    return settings.state_dir or cfg.state_dir
+
+
+def settings_errors() -> list[str]:
+    """The COLLECTOR_* variables that do not validate, each named as the variable (they are not in the YAML)."""
+    try:
+        Settings()
+    except ValidationError as exc:
+        return [f"COLLECTOR_{str(err['loc'][0]).upper()} (env): {err['msg']} (got {_show(err.get('input'))})"
+                for err in exc.errors()]
+    return []
 
 
 def read_secret(env_name: str | None, file: Path | None) -> str | None:
@@ -832,10 +856,11 @@ def read_secret(env_name: str | None, file: Path | None) -> str | None:
 class ConfigError(Exception):
     """A config that does not validate; `lines` holds one message per problem, each naming its path."""
 
-    def __init__(self, source: str, lines: list[str]) -> None:
+    def __init__(self, source: str, lines: list[str], data: Any = None) -> None:
         super().__init__("\n".join(lines))
         self.source = source
         self.lines = lines
+        self.data = data  # what was read, for `partial_config`
 
 
 _UNION_TAGS = {"modbus", "opcua"}
@@ -1099,10 +1124,38 @@ def parse_config(data: Any, source: str = "<config>") -> CollectorConfig:
     try:
         cfg = CollectorConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, format_errors(exc) + references) from None
+        raise ConfigError(source, format_errors(exc) + references, data) from None
     lines = references + http_errors(cfg) + pki_errors(cfg)
     if lines:
-        raise ConfigError(source, lines)
+        raise ConfigError(source, lines, data)
+    return cfg
+
+
+def partial_config(data: Any) -> CollectorConfig | None:
+    """The parts of `data` that validate on their own (other sections at their defaults, devices that do not
+    validate left out), so `check` can run the start checks (collector/preflight.py) on them while other parts
+    still have errors, and report everything in one run. None when `data` is no mapping."""
+    from pydantic import TypeAdapter
+
+    if not isinstance(data, dict):
+        return None
+    values: dict[str, Any] = {}
+    for name in ("mqtt", "http", "state_dir", "influx"):
+        if name in data:
+            try:
+                annotation: Any = CollectorConfig.model_fields[name].annotation
+                values[name] = TypeAdapter(annotation).validate_python(data[name])
+            except ValidationError:
+                pass
+    devices = []
+    expanded = expand_templates(data)
+    for dev in expanded.get("devices") if isinstance(expanded.get("devices"), list) else []:
+        try:
+            devices.append(TypeAdapter(Device).validate_python(dev))
+        except ValidationError:
+            pass
+    cfg = CollectorConfig.model_construct(**values, devices=devices)
+    set_default_pki_dirs(cfg)
     return cfg
 
 
@@ -1129,7 +1182,7 @@ def load_config(path: str | Path) -> CollectorConfig:
     try:
         cfg = parse_config(data, str(p))
     except ConfigError as exc:
-        raise ConfigError(str(p), problems + exc.lines) from None
+        raise ConfigError(str(p), problems + exc.lines, data) from None
     if problems:
-        raise ConfigError(str(p), problems)
+        raise ConfigError(str(p), problems, data)
     return cfg

@@ -21,6 +21,7 @@ from collector.config import (
     OpcUaDevice,
     Settings,
     effective_state_dir,
+    settings_errors,
     url_with_scheme,
 )
 
@@ -123,7 +124,11 @@ def _http_listen_warning(cfg: CollectorConfig) -> list[str]:
 
 def startup_check(cfg: CollectorConfig, settings: Settings | None = None) -> tuple[list[str], list[str]]:
     """(errors, warnings) about what `run` opens at start, each naming its field and the fix."""
-    settings = settings or Settings()
+    if settings is None:
+        bad_env = settings_errors()
+        if bad_env:
+            return bad_env, []
+        settings = Settings()
     errors: list[str] = []
     warnings: list[str] = []
 

@@ -333,3 +333,23 @@ def test_strings_mqtt_cannot_carry_are_refused(tmp_path: Path, mqtt: dict[str, A
     """A 70,000-character client id passed check and killed paho's network thread (struct.pack('!H'))."""
     code, _, err = check_data(tmp_path, change(tmp_path, lambda d: d.update(mqtt=mqtt)))
     assert code == 2 and has(err, path, "at most"), err
+
+
+def test_start_checks_are_reported_with_the_field_errors(tmp_path: Path) -> None:
+    """A missing password file and a bad state_dir show up in the same run as a typo elsewhere."""
+    (tmp_path / "afile").write_text("x")
+
+    def bad(d: dict[str, Any]) -> None:
+        d["devices"][0]["intervall"] = 2
+        d["mqtt"] = {"password_file": str(tmp_path / "none.pw")}
+        d["state_dir"] = str(tmp_path / "afile")
+    code, _, err = check_data(tmp_path, change(tmp_path, bad))
+    assert code == 2
+    assert has(err, "devices[0].intervall:") and has(err, "mqtt.password_file:", "does not exist"), err
+    assert has(err, "state_dir:", "is a file") and "3 error(s)" in err, err
+
+
+def test_a_bad_collector_variable_is_named_as_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLLECTOR_LOG_FORMAT", "xml")
+    code, _, err = check_data(tmp_path, base(tmp_path))
+    assert code == 2 and has(err, "COLLECTOR_LOG_FORMAT (env):", "'kv' or 'json'"), err
