@@ -8,6 +8,7 @@ pydantic's errors into one line per problem that names the path the user wrote, 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import re
@@ -893,10 +894,14 @@ TYPE_SYNONYMS = {"float": "float32", "real": "float32", "double": "float64", "lr
 
 def near_miss(given: object, options: Iterable[str]) -> str | None:
     """The option the user most likely meant: a known synonym first, then the closest spelling."""
+    return _near_miss(str(given).strip(), tuple(options))
+
+
+@functools.lru_cache(maxsize=1024)
+def _near_miss(text: str, opts: tuple[str, ...]) -> str | None:
+    """Cached: a file with 200,000 times the same slip would otherwise spend most of `check` in difflib."""
     import difflib
 
-    opts = list(options)
-    text = str(given).strip()
     synonym = TYPE_SYNONYMS.get(text.lower())
     if synonym in opts:
         return synonym
