@@ -15,8 +15,9 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-MAX_CONFIG_BYTES = 16 * 1024 * 1024
-"""A config beyond this is not hand-written: 20,000 tags in block style take about 2 MB."""
+MAX_CONFIG_BYTES = 8 * 1024 * 1024
+"""A config beyond this is not hand-written: 20,000 tags (the most a gateway is benchmarked with, docs/BENCHMARKS.md)
+take about 2 MB. Below the cap, a file full of errors still takes seconds: pydantic reports every one."""
 MAX_VALUES = 2_000_000
 """Values after YAML aliases are expanded (`*name` repeats a whole subtree): far above any real config, far below
 what a few nested aliases can make."""
