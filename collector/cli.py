@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -17,6 +18,7 @@ from collector.config import (
     ModbusDevice,
     Settings,
     load_config_or_exit,
+    print_problems,
 )
 
 
@@ -44,7 +46,23 @@ def _stop_event() -> asyncio.Event:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    cfg = load_config_or_exit(args.config)
+    from collector.config import ConfigError, load_config, partial_config
+    from collector.lint import config_warnings
+    from collector.preflight import startup_check
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:  # with the start checks of the parts that are valid: every problem in one run
+        partial = partial_config(exc.data)
+        print_problems(exc.source, exc.lines + (startup_check(partial)[0] if partial is not None else []), "error")
+        return EXIT_BAD_CONFIG
+    errors, warnings = startup_check(cfg)
+    warnings = config_warnings(cfg) + warnings
+    if warnings:
+        print_problems(args.config, warnings, "warning")
+    if errors:
+        print_problems(args.config, errors, "error")
+        return EXIT_BAD_CONFIG
     tags = sum(len(d.tags) for d in cfg.devices)
     print(f"{args.config}: OK: {len(cfg.devices)} devices, {tags} tags, {len(cfg.assets)} unconnected assets; "
           f"topic root {cfg.topic_root}")
@@ -119,11 +137,19 @@ async def _run(cfg: CollectorConfig, path: str | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from collector.lint import config_warnings
     from collector.logs import setup_logging
+    from collector.preflight import startup_check
 
     cfg = load_config_or_exit(args.config)
+    errors, warnings = startup_check(cfg)  # what `check` reports, so what it accepts starts
+    if errors:
+        print_problems(args.config, errors, "error")
+        return EXIT_BAD_CONFIG
     settings = Settings()
     setup_logging(args.log_level or settings.log_level, settings.log_format)
+    for line in config_warnings(cfg) + warnings:
+        logging.getLogger("collector.config").warning("event=config_warning %s", line)
     from collector.runtime import run
 
     return run(_run(cfg, args.config), settings.event_loop)

@@ -126,8 +126,8 @@ def test_secrets_are_not_accepted_in_yaml() -> None:
     data = mutate(lambda d: d.update(mqtt={"password": "hunter2"}))
     with pytest.raises(ConfigError) as exc:
         parse_config(data)
-    assert exc.value.lines == ["mqtt.password: unknown key (check the spelling; see docs/config.md for the "
-                               "allowed keys)"]
+    assert exc.value.lines == ["mqtt.password: unknown key; did you mean 'password_file'? See docs/config.md for "
+                               "the allowed keys"]
 
 
 def test_opcua_certificates_follow_the_state_dir_the_collector_uses(monkeypatch: pytest.MonkeyPatch,

@@ -81,7 +81,13 @@ def cmd_discover(args: argparse.Namespace) -> int:
     import os
 
     from adapters.opcua.discovery import discover
+    from collector.config import parse_endpoint
 
+    try:
+        parse_endpoint(args.url, "opcua")
+    except ValueError as exc:  # `discover 10.0.3.17:4840`: say what to write, not what the library missed
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.ERROR)
     password = os.environ.get(args.password_env) if args.password_env else None
     try:

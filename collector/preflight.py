@@ -1,0 +1,187 @@
+"""What `collector run` needs from this machine at start: folders it can write, secret files it can read, TLS
+files that load. `collector check` runs the same `startup_check`, so a config it accepts does not die at start
+with a traceback, and `run` refuses (exit 2) with the same messages before it touches anything.
+
+The answer depends on where it runs (files, permissions, COLLECTOR_* env): run `check` as the service user
+with the service's environment to see what `run` will see.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import ssl
+import stat
+import tempfile
+from pathlib import Path
+
+from collector.config import (
+    CollectorConfig,
+    OpcUaDevice,
+    Settings,
+    effective_state_dir,
+    settings_errors,
+    url_with_scheme,
+)
+
+
+def folder_errors(path: Path, field: str, what: str) -> list[str]:
+    """`path` is a folder the service can write in, or can be created: else one line naming `field` and the fix.
+    Writability is tried (an unnamed temporary file), not guessed from mode bits, so root and ACLs count."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        where = "is" if probe == path else f"cannot be created: {probe} is"
+        return [f"{field}: {path} {where} a file, not a folder; point {field} to a folder ({what})"]
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        verb = "write in" if probe == path else f"create {path} in"
+        return [f"{field}: cannot {verb} {probe}: {exc.strerror or exc}; give the service user write access "
+                f"(chown) or choose another folder ({what})"]
+    return []
+
+
+def _loose_mode(path: Path) -> bool:
+    try:
+        return bool(path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO))
+    except OSError:
+        return False
+
+
+def secret_file_problems(path: Path, field: str) -> tuple[list[str], list[str]]:
+    """(errors, warnings) of a secret file: it must exist and hold the secret on its first line; readable by
+    others is legal but a warning (secrets are mode 0600)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return [f"{field}: {path} does not exist; create it with the secret on its first line (chmod 600)"], []
+    except IsADirectoryError:
+        return [f"{field}: {path} is a folder; name the file that holds the secret"], []
+    except OSError as exc:
+        return [f"{field}: cannot read {path}: {exc.strerror or exc}; give the service user read access"], []
+    except UnicodeDecodeError:
+        return [f"{field}: {path} is not UTF-8 text; put the secret on its first line as plain text"], []
+    if not next(iter(text.splitlines()), "").strip():
+        return [f"{field}: {path} has no secret on its first line; put it there (the rest is ignored)"], []
+    if _loose_mode(path):
+        return [], [f"{field}: {path} can be read by other users; chmod 600 {path}"]
+    return [], []
+
+
+def _no_password() -> bytes:
+    raise ValueError("the key is encrypted")
+
+
+def tls_problems(ca_file: Path | None, cert_file: Path | None, key_file: Path | None) -> tuple[list[str], list[str]]:
+    """(errors, warnings) of the MQTT TLS files: each loads the way paho's tls_set will load it."""
+    errors: list[str] = []
+    warnings: list[str] = []
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    for field, path in (("mqtt.ca_file", ca_file), ("mqtt.cert_file", cert_file), ("mqtt.key_file", key_file)):
+        if path is not None and not path.is_file():
+            errors.append(f"{field}: {path} does not exist (or is not a file); copy the file there or fix the path")
+    if errors:
+        return errors, warnings
+    if ca_file is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(ca_file))
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            errors.append(f"mqtt.ca_file: {ca_file} is not a PEM CA certificate the TLS library can load ({exc})")
+    if key_file is not None and cert_file is None:
+        errors.append("mqtt.key_file: a client key goes with mqtt.cert_file (the client certificate); set both")
+    elif cert_file is not None:
+        try:
+            ctx.load_cert_chain(str(cert_file), str(key_file) if key_file else None, password=_no_password)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            errors.append(f"mqtt.cert_file: {cert_file} with key {key_file or '(in the same file)'} does not load "
+                          f"as a PEM certificate and unencrypted key ({exc})")
+    if key_file is not None and _loose_mode(key_file):
+        warnings.append(f"mqtt.key_file: {key_file} can be read by other users; chmod 600 {key_file}")
+    return errors, warnings
+
+
+def _http_listen_warning(cfg: CollectorConfig) -> list[str]:
+    """The status page is not vital (run goes on without it), but an address not on this host is worth a word."""
+    h = cfg.http
+    if not h.enabled:
+        return []
+    family = socket.AF_INET6 if ":" in h.host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((h.host, h.port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return []  # most often the running collector itself: nothing to say before a reload
+        return [f"http.listen: cannot listen on {h.listen} here ({exc.strerror or exc}); the collector runs without "
+                "its status page: use an address of this host, 127.0.0.1 or 0.0.0.0"]
+    return []
+
+
+def startup_check(cfg: CollectorConfig, settings: Settings | None = None) -> tuple[list[str], list[str]]:
+    """(errors, warnings) about what `run` opens at start, each naming its field and the fix."""
+    if settings is None:
+        bad_env = settings_errors()
+        if bad_env:
+            return bad_env, []
+        settings = Settings()
+    errors: list[str] = []
+    warnings: list[str] = []
+
+    def add(found: tuple[list[str], list[str]]) -> None:
+        errors.extend(found[0])
+        warnings.extend(found[1])
+
+    state_field = "COLLECTOR_STATE_DIR" if settings.state_dir else "state_dir"
+    errors += folder_errors(effective_state_dir(cfg, settings), state_field, "it holds status.db and outbox.db")
+    m = cfg.mqtt
+    url = m.url
+    if settings.mqtt_url:
+        try:
+            url = url_with_scheme(settings.mqtt_url, ("mqtt", "mqtts"), "a broker URL; use mqtt://host:1883 or "
+                                  "mqtts://host:8883")
+        except ValueError as exc:
+            errors.append(f"COLLECTOR_MQTT_URL (env, overrides mqtt.url): {exc}")
+    if m.password_file is not None and settings.mqtt_password is None:
+        add(secret_file_problems(m.password_file, "mqtt.password_file"))
+    if url.startswith("mqtts://"):
+        add(tls_problems(m.ca_file, m.cert_file, m.key_file))
+    else:
+        for field in ("ca_file", "cert_file", "key_file"):
+            if getattr(m, field) is not None:
+                warnings.append(f"mqtt.{field}: ignored, the broker URL {url} is plain MQTT; use mqtts:// for TLS")
+    if cfg.influx is not None and cfg.influx.token_file is not None and not os.environ.get(cfg.influx.token_env):
+        add(secret_file_problems(cfg.influx.token_file, "influx.token_file"))
+    if cfg.http.token_file is not None and _loose_mode(cfg.http.token_file):
+        warnings.append(f"http.token_file: {cfg.http.token_file} can be read by other users; chmod 600 "
+                        f"{cfg.http.token_file}")
+    pki_seen: set[Path] = set()
+    for i, dev in enumerate(cfg.devices):
+        if not isinstance(dev, OpcUaDevice):
+            continue
+        add(_opcua_problems(i, dev))
+        pki = dev.security.pki_dir
+        if dev.security.mode != "None" and pki is not None and pki not in pki_seen:
+            pki_seen.add(pki)
+            errors += folder_errors(pki, f"devices[{i}].security.pki_dir", "it holds the client certificate")
+    warnings += _http_listen_warning(cfg)
+    return errors, warnings
+
+
+def _opcua_problems(i: int, dev: OpcUaDevice) -> tuple[list[str], list[str]]:
+    where = f"devices[{i}]"
+    if dev.username is None:
+        fields = [f for f in ("password_env", "password_file") if getattr(dev, f) is not None]
+        return [], [f"{where}.{f}: ignored without {where}.username (anonymous login)" for f in fields]
+    if dev.password_env and os.environ.get(dev.password_env):
+        return [], []
+    if dev.password_file is not None:
+        return secret_file_problems(dev.password_file, f"{where}.password_file")
+    if dev.password_env:
+        return [], [f"{where}.password_env: {dev.password_env} is not set here; set it where the service runs "
+                    "(e.g. /etc/shopfloor-collector/collector.env), or the login fails"]
+    return [f"{where}.username: user '{dev.username}' needs a password: set password_env or password_file"], []
