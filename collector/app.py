@@ -105,7 +105,7 @@ class Collector:
         sinks = ["mqtt"] + (["influx"] if self.influx is not None else [])
         o = cfg.outbox
         self.outbox = Outbox(self.state_dir / "outbox.db", sinks, max_bytes=o.max_bytes, max_age=o.max_age,
-                             fsync=o.fsync)
+                             fsync=o.fsync, pending_max_bytes=o.memory_max_bytes)
         self.outbox.held["mqtt"] = self.sink.in_flight
         self.senders = [Sender(self.outbox, "mqtt", self.sink, o.live_share)]
         if self.influx is not None:

@@ -539,6 +539,8 @@ class OutboxConfig(Strict):
     commit_interval: float = Field(default=0.05, gt=0, le=5)
     live_share: float = Field(default=0.5, gt=0, le=1, description="share of the link live data gets while a "
                               "backlog drains")
+    memory_max_bytes: int = Field(default=64 * 1024 * 1024, ge=65536, description="bytes per sink held in "
+                                  "memory while the outbox cannot write its disk")
 
 
 class InfluxConfig(Strict):

@@ -14,12 +14,20 @@ from the highest committed one, never reusing a published number and never leavi
 Bounds: `max_bytes` (payload bytes per sink) and `max_age` (seconds). When one is exceeded, the oldest batches
 are deleted and counted exactly (batches and readings, per sink, persisted), and the count is logged once per
 minute, not per batch.
+
+While commits fail (disk full, read-only storage) the batches wait in memory and the senders deliver them from
+there, so a broken disk stops nothing; ids are handed out at append time, so a row keeps its id from memory to
+the table. Memory is bounded by what the rows really cost (payload plus the Python objects around it), the
+payloads are copied to their exact size (orjson's buffers keep ~4 kB each), and the heap is trimmed when the
+rows leave memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import ctypes
 import logging
 import sqlite3
 import time
@@ -57,15 +65,29 @@ class QueueState:
     dropped_readings: int = 0
     delivered_batches: int = 0
     delivered_readings: int = 0
-    pending: list[tuple[str, int, float, float | None, int, bytes]] = field(default_factory=list)
-    pending_bytes: int = 0
+    last_id: int = 0  # the last id handed out (pending rows carry theirs from memory to the table)
+    pending: list[Pending] = field(default_factory=list)
+    pending_bytes: int = 0  # what the pending rows cost in memory: payloads + PENDING_ROW_COST each
+    compact: int = 0  # pending[:compact] hold exact-size payload copies (see _hold)
+    mem_acked: set[int] = field(default_factory=set)  # pending rows the sink acknowledged (never written)
     acked: list[int] = field(default_factory=list)
     new_rows: asyncio.Event = field(default_factory=asyncio.Event)
     rate_window: deque[tuple[float, int]] = field(default_factory=deque)
     drops_since_log: int = 0
 
 
+Pending = tuple[int, str, int, float, "float | None", int, bytes]
+"""A row not committed yet: (id, device, seq, created, good_ts, n, payload), the fields of `Row`."""
+
 Encoder = Callable[[Any], bytes]
+
+PENDING_ROW_COST = 256
+"""Bytes a pending row costs in memory besides its payload: the tuple (96), two ints (64), two floats (48), the
+bytes object's header and malloc's (~50), the list slot: counted against `pending_max_bytes` so that the cap
+bounds what is really held (tests/test_outbox_disk_full.py measures the RSS)."""
+
+RETRY_INTERVAL = 1.0
+"""Seconds between commit attempts while writes fail: a retry rebuilds the whole pending transaction."""
 
 # QueueState fields that a commit changes together with the table: restored when the commit fails
 _MIRRORED = ("batches", "readings", "size", "max_id", "dropped_batches", "dropped_readings", "drops_since_log")
@@ -96,6 +118,8 @@ class Outbox:
                 f'FROM "q_{sink}"').fetchone()
             for name, value in self.db.execute("SELECT name, value FROM counters WHERE sink = ?", (sink,)):
                 setattr(q, name, value)
+            used = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (f"q_{sink}",)).fetchone()
+            q.last_id = max(q.max_id, used[0] if used else 0)  # AUTOINCREMENT's rule: never reuse an id
             self.queues[sink] = q
         self.seqs: dict[str, int] = dict(self.db.execute("SELECT device, seq FROM seq_hw").fetchall())
         self.held: dict[str, Callable[[], set[int]]] = {}  # sink -> ids its transport holds (never dropped)
@@ -108,6 +132,8 @@ class Outbox:
         self.write_failures = 0
         self._counters_dirty = False
         self._last_write_error_log = -1e18
+        self._last_attempt = -1e18
+        self._trim_after_recovery = False
 
     # ----------------------------------------------------------------------------------------- appending
 
@@ -123,21 +149,30 @@ class Outbox:
         """Queue one batch for each sink (written at the next `flush()`)."""
         for sink, payload in payloads.items():
             q = self.queues[sink]
-            q.pending.append((device, seq, created, good_ts, n, payload))
-            q.pending_bytes += len(payload)
+            q.last_id += 1
+            q.pending.append((q.last_id, device, seq, created, good_ts, n, payload))
+            q.pending_bytes += len(payload) + PENDING_ROW_COST
 
     def flush(self) -> None:
         """Commit pending batches and acks, enforce the bounds; wake the senders.
 
         A write that fails (disk full, read-only or failing storage) is not an exception for the caller: the
-        batches stay in memory and the next flush tries again; `write_error` says why, for /healthz, and the
-        log says it once a minute. While it lasts, at most `pending_max_bytes` per sink are kept in memory: the
-        oldest beyond that are dropped and counted like the bounds' drops."""
+        batches stay in memory, the senders deliver them from there (`fetch`), and a commit is tried again
+        every `RETRY_INTERVAL`; `write_error` says why, for /healthz, and the log says it once a minute. While
+        it lasts, at most `pending_max_bytes` per sink are kept in memory (payloads plus `PENDING_ROW_COST`
+        each): the oldest beyond that, if the sink cannot take them, are dropped and counted like the bounds'
+        drops."""
         queues = list(self.queues.values())
-        busy = any(q.pending or q.acked for q in queues) or self._seq_dirty or self._counters_dirty
+        if self.write_error is not None and self.clock() - self._last_attempt < RETRY_INTERVAL:
+            for q in queues:
+                self._hold(q)
+            return
+        busy = (any(q.pending or q.acked for q in queues) or self._seq_dirty or self._counters_dirty
+                or self.write_error is not None)
         try:
             if not busy and not self._over_bounds():
                 return
+            self._last_attempt = self.clock()
             self._commit(queues)
         except sqlite3.Error as exc:
             self._write_failed(exc)
@@ -153,8 +188,13 @@ class Outbox:
             if q.pending:
                 q.pending = []
                 q.pending_bytes = 0
+                q.compact = 0
+                q.mem_acked.clear()
                 q.new_rows.set()
             q.acked = []
+        if self._trim_after_recovery:
+            self._trim_after_recovery = False
+            release_free_memory()
         self._log_drops()
 
     def _write_failed(self, exc: sqlite3.Error) -> None:
@@ -163,28 +203,60 @@ class Outbox:
         if self.write_error is None:
             self.write_error_since = now
         self.write_error = f"{type(exc).__name__}: {exc}"
+        self._trim_after_recovery = True
         for q in self.queues.values():
-            self._cap_pending(q)
+            self._hold(q)
         if now - self._last_write_error_log >= 60:
             self._last_write_error_log = now
-            log.error("outbox event=write_failed error=%s path=%s failures=%d pending_batches=%d (kept in memory "
-                      "up to %d bytes per sink and retried; free the disk)", self.write_error.replace(" ", "_"),
-                      self.path, self.write_failures, sum(len(q.pending) for q in self.queues.values()),
-                      self.pending_max_bytes)
+            log.error("outbox event=write_failed error=%s path=%s failures=%d pending_batches=%d (delivered from "
+                      "memory, kept there up to %d bytes per sink while the sink cannot take them, and retried; "
+                      "free the disk)", self.write_error.replace(" ", "_"), self.path, self.write_failures,
+                      sum(len(q.pending) for q in self.queues.values()), self.pending_max_bytes)
+
+    def _hold(self, q: QueueState) -> None:
+        """While writes fail: forget delivered rows, make the new ones cheap to hold, keep to the cap, wake the
+        sender (it reads the pending rows from memory)."""
+        head = 0
+        while head < len(q.pending) and q.pending[head][0] in q.mem_acked:
+            q.mem_acked.discard(q.pending[head][0])
+            head += 1
+        if head:
+            del q.pending[:head]
+            q.compact = max(0, q.compact - head)
+        if q.compact < len(q.pending):
+            # orjson hands out its 4 kB working buffer shrunk in place: holding it would cost ~4 kB per row
+            for i in range(q.compact, len(q.pending)):
+                p = q.pending[i]
+                q.pending[i] = (*p[:6], bytes(memoryview(p[6])))
+            q.compact = len(q.pending)
+            q.new_rows.set()
+        self._cap_pending(q)
 
     def _cap_pending(self, q: QueueState) -> None:
-        """While writes fail: drop the oldest pending batches beyond `pending_max_bytes`, counted exactly."""
+        """While writes fail: drop the oldest pending batches beyond `pending_max_bytes`, counted exactly
+        (never one the transport holds: it will be delivered)."""
         if q.pending_bytes <= self.pending_max_bytes:
             return
-        cut = 0
+        held = self.held[q.sink]() if q.sink in self.held else set()
         excess = q.pending_bytes - self.pending_max_bytes
+        kept: list[Pending] = []
+        cut = dropped_batches = dropped_n = 0
         while cut < len(q.pending) and excess > 0:
-            excess -= len(q.pending[cut][5])
+            p = q.pending[cut]
             cut += 1
-        gone, q.pending = q.pending[:cut], q.pending[cut:]
-        q.pending_bytes -= sum(len(p[5]) for p in gone)
-        dropped_n = sum(p[4] for p in gone)
-        q.dropped_batches += len(gone)
+            if p[0] in q.mem_acked:  # delivered: already off pending_bytes
+                q.mem_acked.discard(p[0])
+            elif p[0] in held:
+                kept.append(p)
+            else:
+                cost = len(p[6]) + PENDING_ROW_COST
+                excess -= cost
+                q.pending_bytes -= cost
+                dropped_batches += 1
+                dropped_n += p[5]
+        q.pending[:cut] = kept
+        q.compact = len(q.pending)
+        q.dropped_batches += dropped_batches
         q.dropped_readings += dropped_n
         q.drops_since_log += dropped_n
         self._counters_dirty = True  # persisted by the first flush that works again
@@ -204,13 +276,14 @@ class Outbox:
                     q.batches -= len(gone)
                     q.readings -= sum(g[0] for g in gone)
                     q.size -= sum(g[1] for g in gone)
-                if q.pending:
-                    cur.executemany(f"INSERT INTO {table} (device, seq, created, good_ts, n, payload) "
-                                    "VALUES (?, ?, ?, ?, ?, ?)", q.pending)
-                    q.batches += len(q.pending)
-                    q.readings += sum(p[4] for p in q.pending)
-                    q.size += sum(len(p[5]) for p in q.pending)
-                    q.max_id = cur.execute(f"SELECT MAX(id) FROM {table}").fetchone()[0]
+                rows = [p for p in q.pending if p[0] not in q.mem_acked] if q.mem_acked else q.pending
+                if rows:
+                    cur.executemany(f"INSERT INTO {table} (id, device, seq, created, good_ts, n, payload) "
+                                    "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                    q.batches += len(rows)
+                    q.readings += sum(p[5] for p in rows)
+                    q.size += sum(len(p[6]) for p in rows)
+                    q.max_id = rows[-1][0]
             if self._seq_dirty:
                 cur.executemany("INSERT OR REPLACE INTO seq_hw VALUES (?, ?)", list(self._seq_dirty.items()))
             if self._counters_dirty:
@@ -293,7 +366,8 @@ class Outbox:
     # ----------------------------------------------------------------------------------------- reading
 
     def fetch(self, sink: str, after: int, limit: int, upto: int | None = None) -> list[Row]:
-        """Committed rows of a sink with id > after (and ≤ upto), oldest first."""
+        """Rows of a sink with id > after (and ≤ upto), oldest first: the committed ones, and while writes fail
+        the pending ones in memory too (their ids are all higher)."""
         table = f'"q_{sink}"'
         if upto is None:
             rows = self.db.execute(f"SELECT id, device, seq, created, good_ts, n, payload FROM {table} "
@@ -301,16 +375,38 @@ class Outbox:
         else:
             rows = self.db.execute(f"SELECT id, device, seq, created, good_ts, n, payload FROM {table} "
                                    "WHERE id > ? AND id <= ? ORDER BY id LIMIT ?", (after, upto, limit)).fetchall()
-        return [Row(*r) for r in rows]
+        out = [Row(*r) for r in rows]
+        q = self.queues[sink]
+        if self.write_error is not None and q.pending and len(out) < limit:
+            last = q.last_id if upto is None else upto
+            for i in range(bisect.bisect_right(q.pending, after, key=_row_id), len(q.pending)):
+                p = q.pending[i]
+                if p[0] > last or len(out) >= limit:
+                    break
+                if p[0] not in q.mem_acked:
+                    out.append(Row(*p))
+        return out
+
+    def last_id(self, sink: str) -> int:
+        """The highest id `fetch` can return now (a sender's backlog boundary at a (re)connection)."""
+        q = self.queues[sink]
+        return q.pending[-1][0] if self.write_error is not None and q.pending else q.max_id
 
     def first_id(self, sink: str) -> int:
         row = self.db.execute(f'SELECT MIN(id) FROM "q_{sink}"').fetchone()
-        return int(row[0]) if row[0] is not None else self.queues[sink].max_id + 1
+        if row[0] is not None:
+            return int(row[0])
+        q = self.queues[sink]
+        return q.pending[0][0] if self.write_error is not None and q.pending else q.max_id + 1
 
     def ack(self, sink: str, row: Row) -> None:
         """The sink acknowledged a row: delete it at the next flush, count the delivery."""
         q = self.queues[sink]
-        q.acked.append(row.id)
+        if q.pending and row.id >= q.pending[0][0]:  # delivered from memory: it need never be written
+            q.mem_acked.add(row.id)
+            q.pending_bytes -= len(row.payload) + PENDING_ROW_COST
+        else:
+            q.acked.append(row.id)
         q.delivered_batches += 1
         q.delivered_readings += row.n
         now = self.clock()
@@ -333,13 +429,22 @@ class Outbox:
     # ----------------------------------------------------------------------------------------- seeing
 
     def stats(self, sink: str) -> dict[str, Any]:
+        """Depth counts the rows waiting in memory too while writes fail (`memory_batches` of them)."""
         q = self.queues[sink]
         oldest = self.db.execute(f'SELECT MIN(created) FROM "q_{sink}"').fetchone()[0]
         now = self.clock()
         window = [n for t, n in q.rate_window if t >= now - 10]
+        mem_batches = mem_readings = 0
+        if self.write_error is not None:
+            waiting = [p for p in q.pending if p[0] not in q.mem_acked]
+            mem_batches, mem_readings = len(waiting), sum(p[5] for p in waiting)
+            if oldest is None and waiting:
+                oldest = waiting[0][3]
         return {
-            "depth_batches": q.batches,
-            "depth_readings": q.readings,
+            "depth_batches": q.batches + mem_batches,
+            "depth_readings": q.readings + mem_readings,
+            "memory_batches": mem_batches,
+            "memory_bytes": q.pending_bytes if self.write_error is not None else 0,
             "bytes": q.size,
             "oldest_age_s": round(now - oldest, 3) if oldest is not None else 0.0,
             "dropped_batches": q.dropped_batches,
@@ -351,3 +456,16 @@ class Outbox:
     def close(self) -> None:
         self.flush()
         self.db.close()
+
+
+def _row_id(p: Pending) -> int:
+    return p[0]
+
+
+def release_free_memory() -> None:
+    """Give freed heap back to the OS (glibc keeps it otherwise: RSS stayed ~500 MB after a disk-full spell)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # the process's own symbols: libc is among them
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+        return
+    trim(0)
