@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -267,16 +268,24 @@ class Collector:
         await asyncio.gather(*(cancel_and_wait(t, t.get_name()) for t in self._tasks))
         await self.engine.stop()
         self.outbox.flush()
-        self.status.flush()
+        self._final_flush()
         await self.sink.stop()
         if self.influx is not None:
             await self.influx.stop()
         self.outbox.close()
-        self.status.flush()
+        self._final_flush()
         if self._reader is not None:
             self._reader.close()
         self.store.close()
         log.info("event=stopped")
+
+    def _final_flush(self) -> None:
+        """The state store's last writes; a full disk must not stop the shutdown half-way (sink, outbox)."""
+        try:
+            self.status.flush()
+        except sqlite3.Error as exc:
+            log.error("event=status_flush_failed error=%s (the state store keeps its last committed figures)",
+                      str(exc).replace(" ", "_"))
 
     def device_rows(self) -> list[dict[str, Any]]:
         """Per device: state, reason and last values, for the terminal view and `collector status`."""

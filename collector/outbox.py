@@ -17,15 +17,13 @@ minute, not per batch.
 
 While commits fail (disk full, read-only storage) the batches wait in memory and the senders deliver them from
 there, so a broken disk stops nothing; ids are handed out at append time, so a row keeps its id from memory to
-the table. Memory is bounded by what the rows really cost (payload plus the Python objects around it), the
-payloads are copied to their exact size (orjson's buffers keep ~4 kB each), and the heap is trimmed when the
-rows leave memory.
+the table. There they are held as encoded bytes (collector/outbox_memory.py), so the cap bounds what is really
+held, and the heap is trimmed when they leave.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import ctypes
 import logging
@@ -38,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from collector.model import Row
+from collector.outbox_memory import MemoryRows, Pending
 
 log = logging.getLogger(__name__)
 
@@ -66,25 +65,15 @@ class QueueState:
     delivered_batches: int = 0
     delivered_readings: int = 0
     last_id: int = 0  # the last id handed out (pending rows carry theirs from memory to the table)
-    pending: list[Pending] = field(default_factory=list)
-    pending_bytes: int = 0  # what the pending rows cost in memory: payloads + PENDING_ROW_COST each
-    compact: int = 0  # pending[:compact] hold exact-size payload copies (see _hold)
-    mem_acked: set[int] = field(default_factory=set)  # pending rows the sink acknowledged (never written)
+    pending: list[Pending] = field(default_factory=list)  # appended since the last flush
+    memory: MemoryRows = field(default_factory=MemoryRows)  # while writes fail: the rows waiting in memory
     acked: list[int] = field(default_factory=list)
     new_rows: asyncio.Event = field(default_factory=asyncio.Event)
     rate_window: deque[tuple[float, int]] = field(default_factory=deque)
     drops_since_log: int = 0
 
 
-Pending = tuple[int, str, int, float, "float | None", int, bytes]
-"""A row not committed yet: (id, device, seq, created, good_ts, n, payload), the fields of `Row`."""
-
 Encoder = Callable[[Any], bytes]
-
-PENDING_ROW_COST = 256
-"""Bytes a pending row costs in memory besides its payload: the tuple (96), two ints (64), two floats (48), the
-bytes object's header and malloc's (~50), the list slot: counted against `pending_max_bytes` so that the cap
-bounds what is really held (tests/test_outbox_disk_full.py measures the RSS)."""
 
 RETRY_INTERVAL = 1.0
 """Seconds between commit attempts while writes fail: a retry rebuilds the whole pending transaction."""
@@ -112,7 +101,7 @@ class Outbox:
             if not sink.isidentifier():
                 raise ValueError(f"sink name {sink!r} must be an identifier")
             self.db.executescript(QUEUE_SCHEMA.format(sink=sink))
-            q = QueueState(sink)
+            q = QueueState(sink, memory=MemoryRows(max(4096, min(256 * 1024, pending_max_bytes // 16))))
             q.batches, q.readings, q.size, q.max_id = self.db.execute(
                 f'SELECT COUNT(*), COALESCE(SUM(n), 0), COALESCE(SUM(LENGTH(payload)), 0), COALESCE(MAX(id), 0) '
                 f'FROM "q_{sink}"').fetchone()
@@ -151,7 +140,6 @@ class Outbox:
             q = self.queues[sink]
             q.last_id += 1
             q.pending.append((q.last_id, device, seq, created, good_ts, n, payload))
-            q.pending_bytes += len(payload) + PENDING_ROW_COST
 
     def flush(self) -> None:
         """Commit pending batches and acks, enforce the bounds; wake the senders.
@@ -159,15 +147,14 @@ class Outbox:
         A write that fails (disk full, read-only or failing storage) is not an exception for the caller: the
         batches stay in memory, the senders deliver them from there (`fetch`), and a commit is tried again
         every `RETRY_INTERVAL`; `write_error` says why, for /healthz, and the log says it once a minute. While
-        it lasts, at most `pending_max_bytes` per sink are kept in memory (payloads plus `PENDING_ROW_COST`
-        each): the oldest beyond that, if the sink cannot take them, are dropped and counted like the bounds'
-        drops."""
+        it lasts, at most `pending_max_bytes` per sink are kept in memory (encoded: `MemoryRows.size`): the
+        oldest beyond that, if the sink cannot take them, are dropped and counted like the bounds' drops."""
         queues = list(self.queues.values())
         if self.write_error is not None and self.clock() - self._last_attempt < RETRY_INTERVAL:
             for q in queues:
                 self._hold(q)
             return
-        busy = (any(q.pending or q.acked for q in queues) or self._seq_dirty or self._counters_dirty
+        busy = (any(q.pending or q.acked or q.memory for q in queues) or self._seq_dirty or self._counters_dirty
                 or self.write_error is not None)
         try:
             if not busy and not self._over_bounds():
@@ -185,11 +172,9 @@ class Outbox:
         self._seq_dirty = {}
         self._counters_dirty = False
         for q in queues:
-            if q.pending:
+            if q.pending or q.memory:
                 q.pending = []
-                q.pending_bytes = 0
-                q.compact = 0
-                q.mem_acked.clear()
+                q.memory.clear()
                 q.new_rows.set()
             q.acked = []
         if self._trim_after_recovery:
@@ -211,55 +196,24 @@ class Outbox:
             log.error("outbox event=write_failed error=%s path=%s failures=%d pending_batches=%d (delivered from "
                       "memory, kept there up to %d bytes per sink while the sink cannot take them, and retried; "
                       "free the disk)", self.write_error.replace(" ", "_"), self.path, self.write_failures,
-                      sum(len(q.pending) for q in self.queues.values()), self.pending_max_bytes)
+                      sum(q.memory.count for q in self.queues.values()), self.pending_max_bytes)
 
     def _hold(self, q: QueueState) -> None:
-        """While writes fail: forget delivered rows, make the new ones cheap to hold, keep to the cap, wake the
-        sender (it reads the pending rows from memory)."""
-        head = 0
-        while head < len(q.pending) and q.pending[head][0] in q.mem_acked:
-            q.mem_acked.discard(q.pending[head][0])
-            head += 1
-        if head:
-            del q.pending[:head]
-            q.compact = max(0, q.compact - head)
-        if q.compact < len(q.pending):
-            # orjson hands out its 4 kB working buffer shrunk in place: holding it would cost ~4 kB per row
-            for i in range(q.compact, len(q.pending)):
-                p = q.pending[i]
-                q.pending[i] = (*p[:6], bytes(memoryview(p[6])))
-            q.compact = len(q.pending)
+        """While writes fail: move the new rows into memory (where the sender reads them), forget the
+        delivered ones, keep to the cap."""
+        if q.pending:
+            for p in q.pending:
+                q.memory.add(p)
+            q.pending = []
             q.new_rows.set()
-        self._cap_pending(q)
-
-    def _cap_pending(self, q: QueueState) -> None:
-        """While writes fail: drop the oldest pending batches beyond `pending_max_bytes`, counted exactly
-        (never one the transport holds: it will be delivered)."""
-        if q.pending_bytes <= self.pending_max_bytes:
-            return
-        held = self.held[q.sink]() if q.sink in self.held else set()
-        excess = q.pending_bytes - self.pending_max_bytes
-        kept: list[Pending] = []
-        cut = dropped_batches = dropped_n = 0
-        while cut < len(q.pending) and excess > 0:
-            p = q.pending[cut]
-            cut += 1
-            if p[0] in q.mem_acked:  # delivered: already off pending_bytes
-                q.mem_acked.discard(p[0])
-            elif p[0] in held:
-                kept.append(p)
-            else:
-                cost = len(p[6]) + PENDING_ROW_COST
-                excess -= cost
-                q.pending_bytes -= cost
-                dropped_batches += 1
-                dropped_n += p[5]
-        q.pending[:cut] = kept
-        q.compact = len(q.pending)
-        q.dropped_batches += dropped_batches
-        q.dropped_readings += dropped_n
-        q.drops_since_log += dropped_n
-        self._counters_dirty = True  # persisted by the first flush that works again
+        q.memory.purge()
+        if q.memory.size > self.pending_max_bytes:
+            in_flight = self.held[q.sink]() if q.sink in self.held else set()
+            batches, readings = q.memory.cap(self.pending_max_bytes, in_flight)
+            q.dropped_batches += batches
+            q.dropped_readings += readings
+            q.drops_since_log += readings
+            self._counters_dirty = True  # persisted by the first flush that works again
 
     def _commit(self, queues: list[QueueState]) -> None:
         """One transaction; the in-memory view of the tables (`_MIRRORED`) rolls back with it."""
@@ -276,14 +230,19 @@ class Outbox:
                     q.batches -= len(gone)
                     q.readings -= sum(g[0] for g in gone)
                     q.size -= sum(g[1] for g in gone)
-                rows = [p for p in q.pending if p[0] not in q.mem_acked] if q.mem_acked else q.pending
-                if rows:
-                    cur.executemany(f"INSERT INTO {table} (id, device, seq, created, good_ts, n, payload) "
-                                    "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-                    q.batches += len(rows)
-                    q.readings += sum(p[5] for p in rows)
-                    q.size += sum(len(p[6]) for p in rows)
-                    q.max_id = rows[-1][0]
+                insert = f"INSERT INTO {table} (id, device, seq, created, good_ts, n, payload) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                if q.memory.count:  # decoded one by one, not all at once
+                    cur.executemany(insert, q.memory.waiting())
+                    q.batches += q.memory.count
+                    q.readings += q.memory.readings
+                    q.size += q.memory.payload_bytes
+                    q.max_id = max(q.max_id, q.memory.last_id())
+                if q.pending:
+                    cur.executemany(insert, q.pending)
+                    q.batches += len(q.pending)
+                    q.readings += sum(p[5] for p in q.pending)
+                    q.size += sum(len(p[6]) for p in q.pending)
+                    q.max_id = q.pending[-1][0]
             if self._seq_dirty:
                 cur.executemany("INSERT OR REPLACE INTO seq_hw VALUES (?, ?)", list(self._seq_dirty.items()))
             if self._counters_dirty:
@@ -377,34 +336,27 @@ class Outbox:
                                    "WHERE id > ? AND id <= ? ORDER BY id LIMIT ?", (after, upto, limit)).fetchall()
         out = [Row(*r) for r in rows]
         q = self.queues[sink]
-        if self.write_error is not None and q.pending and len(out) < limit:
-            last = q.last_id if upto is None else upto
-            for i in range(bisect.bisect_right(q.pending, after, key=_row_id), len(q.pending)):
-                p = q.pending[i]
-                if p[0] > last or len(out) >= limit:
-                    break
-                if p[0] not in q.mem_acked:
-                    out.append(Row(*p))
+        if self.write_error is not None and q.memory and len(out) < limit:
+            out += q.memory.rows(after, upto, limit - len(out))
         return out
 
     def last_id(self, sink: str) -> int:
         """The highest id `fetch` can return now (a sender's backlog boundary at a (re)connection)."""
         q = self.queues[sink]
-        return q.pending[-1][0] if self.write_error is not None and q.pending else q.max_id
+        return q.memory.last_id() if self.write_error is not None and q.memory else q.max_id
 
     def first_id(self, sink: str) -> int:
         row = self.db.execute(f'SELECT MIN(id) FROM "q_{sink}"').fetchone()
         if row[0] is not None:
             return int(row[0])
         q = self.queues[sink]
-        return q.pending[0][0] if self.write_error is not None and q.pending else q.max_id + 1
+        return q.memory.first_id() if self.write_error is not None and q.memory else q.max_id + 1
 
     def ack(self, sink: str, row: Row) -> None:
         """The sink acknowledged a row: delete it at the next flush, count the delivery."""
         q = self.queues[sink]
-        if q.pending and row.id >= q.pending[0][0]:  # delivered from memory: it need never be written
-            q.mem_acked.add(row.id)
-            q.pending_bytes -= len(row.payload) + PENDING_ROW_COST
+        if q.memory and row.id >= q.memory.first_id():  # delivered from memory: it need never be written
+            q.memory.ack(row)
         else:
             q.acked.append(row.id)
         q.delivered_batches += 1
@@ -434,17 +386,14 @@ class Outbox:
         oldest = self.db.execute(f'SELECT MIN(created) FROM "q_{sink}"').fetchone()[0]
         now = self.clock()
         window = [n for t, n in q.rate_window if t >= now - 10]
-        mem_batches = mem_readings = 0
-        if self.write_error is not None:
-            waiting = [p for p in q.pending if p[0] not in q.mem_acked]
-            mem_batches, mem_readings = len(waiting), sum(p[5] for p in waiting)
-            if oldest is None and waiting:
-                oldest = waiting[0][3]
+        mem = q.memory
+        if oldest is None and mem:
+            oldest = mem.oldest_created()
         return {
-            "depth_batches": q.batches + mem_batches,
-            "depth_readings": q.readings + mem_readings,
-            "memory_batches": mem_batches,
-            "memory_bytes": q.pending_bytes if self.write_error is not None else 0,
+            "depth_batches": q.batches + mem.count,
+            "depth_readings": q.readings + mem.readings,
+            "memory_batches": mem.count,
+            "memory_bytes": mem.size,
             "bytes": q.size,
             "oldest_age_s": round(now - oldest, 3) if oldest is not None else 0.0,
             "dropped_batches": q.dropped_batches,
@@ -456,10 +405,6 @@ class Outbox:
     def close(self) -> None:
         self.flush()
         self.db.close()
-
-
-def _row_id(p: Pending) -> int:
-    return p[0]
 
 
 def release_free_memory() -> None:

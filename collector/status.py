@@ -10,6 +10,7 @@ against devices. Both survive restarts, so a month's figures do.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
@@ -106,7 +107,8 @@ class StatusStore:
             cur.executemany("INSERT OR IGNORE INTO uptime_buckets VALUES (?)", [(b,) for b in sorted(uptime)])
             cur.execute("COMMIT")
         except BaseException:
-            cur.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):  # a failed write (disk full) may have ended it already
+                cur.execute("ROLLBACK")
             raise
 
     def good_buckets(self, device: str, start: float, end: float, acked_by: float | None = None) -> list[int]:

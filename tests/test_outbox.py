@@ -11,7 +11,8 @@ import pytest
 
 from collector.delivery import Sender, share
 from collector.model import Row
-from collector.outbox import PENDING_ROW_COST, Outbox
+from collector.outbox import Outbox
+from collector.outbox_memory import HEADER, INDEX_COST
 
 
 class Clock:
@@ -177,8 +178,10 @@ def test_a_full_disk_keeps_batches_in_memory_drops_the_oldest_past_the_cap_and_r
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """SQLite's max_page_count makes the database "full" exactly as a full disk does (SQLITE_FULL)."""
     clock = Clock()
-    cost = 1000 + PENDING_ROW_COST  # a pending row's payload and the objects around it
-    ob = Outbox(tmp_path / "outbox.db", ["mqtt"], clock=clock, pending_max_bytes=10 * cost)
+    # in memory the rows are records in chunks of 4,096 bytes: three rows of 1,000 bytes each; the cap holds 4
+    assert 3 * (HEADER.size + 2 + 1000) <= 4096 < 4 * (HEADER.size + 2 + 1000)
+    cap = 4 * (4096 + 3 * INDEX_COST)
+    ob = Outbox(tmp_path / "outbox.db", ["mqtt"], clock=clock, pending_max_bytes=cap)
     fill(ob, "d1", 3, size=1000, clock=clock)
     ob.flush()
     pages = ob.db.execute("PRAGMA page_count").fetchone()[0]
@@ -186,7 +189,7 @@ def test_a_full_disk_keeps_batches_in_memory_drops_the_oldest_past_the_cap_and_r
     caplog.set_level("ERROR", logger="collector.outbox")
     first = ob.fetch("mqtt", 0, 1)[0]
     ob.ack("mqtt", first)  # deleted in the same transactions that fail
-    for _ in range(4):  # 4 × 5 batches of 1,000 bytes while writes fail; the cap keeps the newest 10
+    for _ in range(4):  # 4 × 5 batches of 1,000 bytes while writes fail; the cap keeps the newest 4 chunks
         fill(ob, "d1", 5, size=1000, clock=clock)  # flushes
         ob.flush()  # never raises; no second attempt within RETRY_INTERVAL
         clock.t += 1
@@ -194,20 +197,23 @@ def test_a_full_disk_keeps_batches_in_memory_drops_the_oldest_past_the_cap_and_r
     assert ob.write_failures == 4
     assert len([r for r in caplog.records if "write_failed" in r.getMessage()]) == 1  # once a minute, not 20/s
     q = ob.queues["mqtt"]
-    assert len(q.pending) == 10 and q.pending_bytes == 10 * cost
-    assert (q.dropped_batches, q.dropped_readings) == (10, 50)  # 10 of 5 readings each, the oldest
-    kept = [p[2] for p in q.pending]
-    assert kept == list(range(14, 24))  # seqs 4..13 dropped, the newest kept in order
+    # chunks [4-6] [7-9] [10-12] dropped whole, the oldest first; [13-15] [16-18] [19-21] [22-23] kept
+    assert q.memory.size == 4 * 4096 + 11 * INDEX_COST <= cap and q.memory.count == 11
+    assert (q.dropped_batches, q.dropped_readings) == (9, 45)
+    # the senders see the committed rows (row 1's delete waits for the disk) and the newest, in order
+    assert [r.seq for r in ob.fetch("mqtt", 0, 100)] == [1, 2, 3, *range(13, 24)]
+    assert ob.stats("mqtt")["depth_batches"] == 3 + 11
 
     ob.db.execute("PRAGMA max_page_count = 1000000")  # room again
+    clock.t += 1
     ob.flush()
-    assert ob.write_error is None and q.pending == []
-    assert [r.seq for r in ob.fetch("mqtt", 0, 100)] == [2, 3, *range(14, 24)]
+    assert ob.write_error is None and q.pending == [] and not q.memory and q.memory.size == 0
+    assert [r.seq for r in ob.fetch("mqtt", 0, 100)] == [2, 3, *range(13, 24)]
     # the in-memory view of the table did not count the failed attempts
-    assert (q.batches, q.readings, q.size) == (12, 60, 12 * 1000)
+    assert (q.batches, q.readings, q.size) == (13, 65, 13 * 1000)
     ob.close()
     again = Outbox(tmp_path / "outbox.db", ["mqtt"], clock=clock)
-    assert (again.queues["mqtt"].dropped_batches, again.queues["mqtt"].dropped_readings) == (10, 50)  # persisted
+    assert (again.queues["mqtt"].dropped_batches, again.queues["mqtt"].dropped_readings) == (9, 45)  # persisted
     assert again.next_seq("d1") == 24  # no number reused
     again.close()
 
