@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from collector.model import Row
-from collector.outbox_memory import MemoryRows, Pending
+from collector.outbox_memory import MemoryRows, Pending, SeqMarks
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,14 @@ class Outbox:
         self.seqs: dict[str, int] = dict(self.db.execute("SELECT device, seq FROM seq_hw").fetchall())
         self.held: dict[str, Callable[[], set[int]]] = {}  # sink -> ids its transport holds (never dropped)
         self._seq_dirty: dict[str, int] = {}
+        # numbers delivered from memory while the database could not be written, before a crash: never reused
+        self.marks = SeqMarks(path.with_name(path.name + ".seq"), len(self.seqs))
+        raised = {d: s for d, s in self.marks.read().items() if s > self.seqs.get(d, 0)}
+        if raised:
+            log.warning("outbox event=seq_marks_raised devices=%d (numbers delivered from memory before a crash "
+                        "are not handed out again; what waited in memory then is lost, a gap)", len(raised))
+            self.seqs.update(raised)
+            self._seq_dirty.update(raised)
         self._last_drop_log = 0.0
         # failing writes (disk full, read-only storage): see flush()
         self.pending_max_bytes = pending_max_bytes
@@ -151,8 +159,7 @@ class Outbox:
         oldest beyond that, if the sink cannot take them, are dropped and counted like the bounds' drops."""
         queues = list(self.queues.values())
         if self.write_error is not None and self.clock() - self._last_attempt < RETRY_INTERVAL:
-            for q in queues:
-                self._hold(q)
+            self._hold()
             return
         busy = (any(q.pending or q.acked or q.memory for q in queues) or self._seq_dirty or self._counters_dirty
                 or self.write_error is not None)
@@ -189,31 +196,35 @@ class Outbox:
             self.write_error_since = now
         self.write_error = f"{type(exc).__name__}: {exc}"
         self._trim_after_recovery = True
-        for q in self.queues.values():
-            self._hold(q)
+        self._hold()
         if now - self._last_write_error_log >= 60:
             self._last_write_error_log = now
             log.error("outbox event=write_failed error=%s path=%s failures=%d pending_batches=%d (delivered from "
                       "memory, kept there up to %d bytes per sink while the sink cannot take them, and retried; "
-                      "free the disk)", self.write_error.replace(" ", "_"), self.path, self.write_failures,
-                      sum(q.memory.count for q in self.queues.values()), self.pending_max_bytes)
+                      "free the disk)%s", self.write_error.replace(" ", "_"), self.path, self.write_failures,
+                      sum(q.memory.count for q in self.queues.values()), self.pending_max_bytes,
+                      f"; seq_marks_failed={self.marks.error.replace(' ', '_')} (after a crash now, numbers "
+                      f"delivered from memory could be handed out again)" if self.marks.error else "")
 
-    def _hold(self, q: QueueState) -> None:
-        """While writes fail: move the new rows into memory (where the sender reads them), forget the
+    def _hold(self) -> None:
+        """While writes fail: move the new rows into memory (where the senders read them), forget the
         delivered ones, keep to the cap."""
-        if q.pending:
-            for p in q.pending:
-                q.memory.add(p)
-            q.pending = []
-            q.new_rows.set()
-        q.memory.purge()
-        if q.memory.size > self.pending_max_bytes:
-            in_flight = self.held[q.sink]() if q.sink in self.held else set()
-            batches, readings = q.memory.cap(self.pending_max_bytes, in_flight)
-            q.dropped_batches += batches
-            q.dropped_readings += readings
-            q.drops_since_log += readings
-            self._counters_dirty = True  # persisted by the first flush that works again
+        if any(q.pending for q in self.queues.values()):
+            self.marks.write(self.seqs)  # first: once a sender sees a row, its number is never handed out again
+        for q in self.queues.values():
+            if q.pending:
+                for p in q.pending:
+                    q.memory.add(p)
+                q.pending = []
+                q.new_rows.set()
+            q.memory.purge()
+            if q.memory.size > self.pending_max_bytes:
+                in_flight = self.held[q.sink]() if q.sink in self.held else set()
+                batches, readings = q.memory.cap(self.pending_max_bytes, in_flight)
+                q.dropped_batches += batches
+                q.dropped_readings += readings
+                q.drops_since_log += readings
+                self._counters_dirty = True  # persisted by the first flush that works again
 
     def _commit(self, queues: list[QueueState]) -> None:
         """One transaction; the in-memory view of the tables (`_MIRRORED`) rolls back with it."""
@@ -405,6 +416,7 @@ class Outbox:
     def close(self) -> None:
         self.flush()
         self.db.close()
+        self.marks.close()
 
 
 def release_free_memory() -> None:

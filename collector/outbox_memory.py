@@ -1,4 +1,5 @@
-"""Rows that wait in memory while the outbox cannot write its disk, held as encoded bytes in large chunks.
+"""What the outbox keeps while it cannot write its database: the rows waiting in memory (`MemoryRows`, as
+encoded bytes in large chunks) and the sequence high-water marks (`SeqMarks`, in a preallocated side file).
 
 Why not the pending tuples themselves: each small orjson payload keeps its ~4 kB working buffer, and the
 tuples, ints and floats around it fill pymalloc arenas that a few survivors keep alive for good: in the field
@@ -11,10 +12,13 @@ delivered or dropped, so its memory can go back to the OS (`collector.outbox.rel
 from __future__ import annotations
 
 import bisect
+import json
+import os
 import struct
 from array import array
 from collections import deque
 from collections.abc import Iterator
+from pathlib import Path
 
 from collector.model import Row
 
@@ -171,3 +175,67 @@ class MemoryRows:
         self.chunks.clear()
         self.acked.clear()
         self.size = self.count = self.readings = self.payload_bytes = 0
+
+
+class SeqMarks:
+    """The sequence high-water marks in a preallocated side file, rewritten in place while the database cannot
+    be written: numbers delivered from memory are then never handed out again after a crash (they would be
+    dropped as duplicates by a consumer that dedupes on (device, seq)); what waited in memory is lost with the
+    crash, and the numbers jump past it, so a subscriber sees that gap.
+
+    Rewriting blocks that already exist needs no free space (ext4, tmpfs; a copy-on-write file system may still
+    refuse). The file is made while the disk still has room, at start."""
+
+    def __init__(self, path: Path, devices: int) -> None:
+        self.path = path
+        self.error: str | None = None
+        self.fd: int | None = None
+        self.size = 0
+        size = max(64 * 1024, 64 * devices * 2)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            return
+        try:
+            if os.fstat(fd).st_size < size:
+                os.pwrite(fd, b" " * size, 0)  # allocate the blocks now, while there is room
+                os.fsync(fd)
+            self.size = os.fstat(fd).st_size
+        except OSError as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            os.close(fd)
+            return
+        self.fd = fd
+
+    def read(self) -> dict[str, int]:
+        """The marks last written (empty when there are none, or they are unreadable: torn by a power cut)."""
+        if self.fd is None:
+            return {}
+        try:
+            data = os.pread(self.fd, self.size, 0).strip()
+            marks = json.loads(data) if data else {}
+        except (OSError, ValueError):
+            return {}
+        return {str(k): int(v) for k, v in marks.items()} if isinstance(marks, dict) else {}
+
+    def write(self, seqs: dict[str, int]) -> bool:
+        """Rewrite the marks in place; False (and `error`) when they could not be written."""
+        if self.fd is None:
+            return False
+        data = json.dumps(seqs, separators=(",", ":")).encode()
+        if len(data) > self.size:
+            self.error = f"{len(seqs)} devices do not fit in {self.size} bytes"
+            return False
+        try:
+            os.pwrite(self.fd, data.ljust(self.size), 0)
+        except OSError as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            return False
+        self.error = None
+        return True
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

@@ -255,3 +255,22 @@ def test_while_writes_fail_the_pending_rows_are_fetched_from_memory_and_those_ac
     again.flush()
     assert [r.id for r in again.fetch("mqtt", 5, 10)] == [6]  # ids never reused
     again.close()
+
+
+def test_numbers_delivered_from_memory_are_not_handed_out_again_after_a_crash(tmp_path: Path) -> None:
+    """The database cannot take the high-water marks while writes fail; the side file `outbox.db.seq` does."""
+    clock = Clock()
+    ob = Outbox(tmp_path / "outbox.db", ["mqtt"], clock=clock)
+    fill(ob, "d1", 2, clock=clock)
+    pages = ob.db.execute("PRAGMA page_count").fetchone()[0]
+    ob.db.execute(f"PRAGMA max_page_count = {pages}")
+    fill(ob, "d1", 3, size=5000, clock=clock)  # seqs 3..5, delivered from memory
+    assert ob.write_error is not None and [r.seq for r in ob.fetch("mqtt", 2, 10)] == [3, 4, 5]
+    ob.db.close()  # a crash: nothing of this reached the database
+    ob.marks.close()
+    assert sqlite3.connect(tmp_path / "outbox.db").execute("SELECT seq FROM seq_hw").fetchall() == [(2,)]
+    again = Outbox(tmp_path / "outbox.db", ["mqtt"], clock=clock)
+    assert again.next_seq("d1") == 6  # not 3: a consumer deduping on (device, seq) would drop the new data
+    again.flush()
+    again.close()
+    assert Outbox(tmp_path / "outbox.db", ["mqtt"], clock=clock).next_seq("d1") == 7  # in the table now
