@@ -258,3 +258,53 @@ def test_the_memory_cap_bounds_the_rss_on_a_full_disk_and_the_memory_comes_back(
         missing = set(range(1, max(seqs) + 1)) - seqs
         # the oldest of what waited in memory were dropped: one hole per device, everything after it arrived
         assert not missing or missing == set(range(min(missing), max(missing) + 1)), f"{device}: {sorted(missing)}"
+
+
+def test_kill_9_on_a_full_disk_never_hands_out_a_number_delivered_from_memory_again(
+        tmp_path: Path, small_disk: SmallDisk) -> None:
+    """What was delivered from memory never reached outbox.db; the restarted collector must still number after
+    it (a consumer deduping on (device, seq) would otherwise drop its new data as duplicates)."""
+    broker = MosquittoProcess(free_port())
+    broker.start()
+    data = load_config(small_disk.path / "state", broker.port, devices=3, interval=0.1)
+    path = tmp_path / "kill.yaml"
+    path.write_text(yaml.safe_dump(data))
+    cfg = parse_config(data)
+    rec = Recorder(broker.host, broker.port, f"{cfg.topic_root}/devices/+/data", client_id="kill-sub")
+    env = {**os.environ, "COLLECTOR_LOG_LEVEL": "WARNING"}
+    run = [sys.executable, "-m", "collector.cli", "run", "-c", str(path)]
+    sim = subprocess.Popen([sys.executable, "-m", "collector.cli", "simulate", "-c", str(path)],
+                           stdout=subprocess.PIPE, text=True)
+    collector: subprocess.Popen[bytes] | None = None
+    try:
+        assert sim.stdout is not None and "ready" in "".join(sim.stdout.readline() for _ in range(4))
+        collector = subprocess.Popen(run, env=env)
+        asyncio.run(rec.wait_for(lambda: len(by_device(rec)) == 3, 20, "data from all 3 devices"))
+        small_disk.fill()
+        full_at = time.time()
+        asyncio.run(rec.wait_for(lambda: all(sum(m["ts"] / 1000 > full_at + 1 for m in v) >= 20
+                                             for v in by_device(rec).values()), 20, "data delivered while full"))
+        collector.send_signal(signal.SIGKILL)
+        collector.wait(10)
+        before = {d: max(m["seq"] for m in v) for d, v in by_device(rec).items()}
+        small_disk.free()
+        restarted = time.time()
+        collector = subprocess.Popen(run, env=env)
+        asyncio.run(rec.wait_for(lambda: all(any(m["ts"] / 1000 > restarted for m in v)
+                                             for v in by_device(rec).values()), 30, "data after the restart"))
+    finally:
+        if collector is not None:
+            collector.send_signal(signal.SIGTERM)
+            collector.wait(15)
+        sim.send_signal(signal.SIGINT)
+        sim.wait(15)
+        rec.close()
+        broker.stop()
+    for device, lst in by_device(rec).items():
+        read_at: dict[int, set[int]] = {}
+        for m in lst:
+            read_at.setdefault(m["seq"], set()).add(m["ts"])
+        reused = sorted(seq for seq, times in read_at.items() if len(times) > 1)
+        assert not reused, f"{device}: numbers given to two different batches: {reused[:10]}"
+        after = [m["seq"] for m in lst if m["ts"] / 1000 > restarted]
+        assert min(after) > before[device], f"{device}: restarted at {min(after)}, {before[device]} was delivered"
