@@ -7,9 +7,9 @@ in order and deletes a row only when the sink acknowledged it (MQTT PUBACK, HTTP
 or a dead database loses nothing that was committed.
 
 Appends are grouped: `flush()` (every `commit_interval`, default 50 ms) writes every pending batch in one
-transaction, together with the per-device sequence high-water marks. Senders only see committed rows, so a
-sequence number that was published has always been persisted first: after a crash the next number continues
-from the highest committed one, never reusing a published number and never leaving a gap.
+transaction, together with the per-device sequence high-water marks. On a working disk senders only see
+committed rows, so a sequence number that was published has always been persisted first: after a crash the
+next number continues from the highest committed one, never reusing a published number and never leaving a gap.
 
 Bounds: `max_bytes` (payload bytes per sink) and `max_age` (seconds). When one is exceeded, the oldest batches
 are deleted and counted exactly (batches and readings, per sink, persisted), and the count is logged once per
@@ -18,7 +18,8 @@ minute, not per batch.
 While commits fail (disk full, read-only storage) the batches wait in memory and the senders deliver them from
 there, so a broken disk stops nothing; ids are handed out at append time, so a row keeps its id from memory to
 the table. There they are held as encoded bytes (collector/outbox_memory.py), so the cap bounds what is really
-held, and the heap is trimmed when they leave.
+held, and the heap is trimmed when they leave; the sequence high-water marks go to a side file meanwhile, so
+that a number delivered from memory is not handed out again after a crash (docs/outbox.md).
 """
 
 from __future__ import annotations
