@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,7 @@ class Collector:
         sinks = ["mqtt", "evidence"] + (["influx"] if self.influx is not None else [])
         o = cfg.outbox
         self.outbox = Outbox(self.state_dir / "outbox.db", sinks, max_bytes=o.max_bytes, max_age=o.max_age,
-                             fsync=o.fsync)
+                             fsync=o.fsync, pending_max_bytes=o.memory_max_bytes)
         self.outbox.held["mqtt"] = self.sink.in_flight
         self.evidence = EvidenceSink(self.sink, cfg.evidence_topic, self._evidence_acked)
         self.outbox.held["evidence"] = self.evidence.in_flight
@@ -341,12 +342,12 @@ class Collector:
         await self.engine.stop()
         self._devices_shut_down()
         self.outbox.flush()
-        self.status.flush()
+        self._final_flush()
         await self.sink.stop()
         if self.influx is not None:
             await self.influx.stop()
         self.outbox.close()
-        self.status.flush()
+        self._final_flush()
         if self._reader is not None:
             self._reader.close()
         self.store.close()
@@ -360,6 +361,14 @@ class Collector:
         for device, st in list(self.status.devices.items()):
             if st.state != DeviceState.NEVER_SEEN:
                 self.status.set_state(device, DeviceState.OFFLINE, "shutdown")
+
+    def _final_flush(self) -> None:
+        """The state store's last writes; a full disk must not stop the shutdown half-way (sink, outbox)."""
+        try:
+            self.status.flush()
+        except sqlite3.Error as exc:
+            log.error("event=status_flush_failed error=%s (the state store keeps its last committed figures)",
+                      str(exc).replace(" ", "_"))
 
     def device_rows(self) -> list[dict[str, Any]]:
         """Per device: state, reason and last values, for the terminal view and `collector status`."""

@@ -640,6 +640,8 @@ class OutboxConfig(Strict):
     commit_interval: Number = Field(default=0.05, ge=0.005, le=5)
     live_share: Number = Field(default=0.5, gt=0, le=1, description="share of the link live data gets while a "
                               "backlog drains")
+    memory_max_bytes: int = Field(default=64 * 1024 * 1024, ge=65536, description="bytes per sink held in "
+                                  "memory while the outbox cannot write its disk")
 
 
 class EvidenceConfig(Strict):

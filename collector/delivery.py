@@ -82,7 +82,7 @@ class Sender:
 
     async def _connected_session(self) -> None:
         gen = self.t.generation
-        boundary = self.outbox.queues[self.sink].max_id
+        boundary = self.outbox.last_id(self.sink)
         backlog_after = self.outbox.first_id(self.sink) - 1
         live_after = boundary
         while self.t.connected and self.t.generation == gen:

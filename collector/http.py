@@ -348,7 +348,8 @@ class HttpServer:
         if write_error is not None:
             since = outbox.clock() - (outbox.write_error_since or outbox.clock())
             reasons.append(f"the outbox cannot write {outbox.path} for {since:.0f} s ({write_error}); new data "
-                           f"waits in memory, the oldest beyond {outbox.pending_max_bytes // 2**20} MB is dropped")
+                           f"is delivered from memory; while the sink cannot take it, the oldest beyond "
+                           f"{outbox.pending_max_bytes // 2**20} MB is dropped")
         if not loop_ok:
             reasons.append(f"event loop lagging {max(since_beat, self.loop_lag):.1f} s")
         if not draining:

@@ -32,6 +32,8 @@ OUTBOX_KEYS: dict[str, tuple[str, str, str]] = {
     "depth_batches": ("depth_batches", "gauge", "batches waiting in the outbox"),
     "depth_readings": ("depth_readings", "gauge", "readings waiting in the outbox"),
     "bytes": ("bytes", "gauge", "payload bytes held by the outbox"),
+    "memory_batches": ("memory_batches", "gauge", "batches waiting in memory while the outbox cannot write"),
+    "memory_bytes": ("memory_bytes", "gauge", "bytes those batches cost in memory (payload and objects)"),
     "oldest_age_s": ("oldest_age_seconds", "gauge", "age of the oldest batch waiting"),
     "dropped_batches": ("dropped_batches", "counter", "batches dropped by the outbox bounds (bytes/age)"),
     "dropped_readings": ("dropped_readings", "counter", "readings dropped by the outbox bounds (bytes/age)"),

@@ -7,19 +7,26 @@ in order and deletes a row only when the sink acknowledged it (MQTT PUBACK, HTTP
 or a dead database loses nothing that was committed.
 
 Appends are grouped: `flush()` (every `commit_interval`, default 50 ms) writes every pending batch in one
-transaction, together with the per-device sequence high-water marks. Senders only see committed rows, so a
-sequence number that was published has always been persisted first: after a crash the next number continues
-from the highest committed one, never reusing a published number and never leaving a gap.
+transaction, together with the per-device sequence high-water marks. On a working disk senders only see
+committed rows, so a sequence number that was published has always been persisted first: after a crash the
+next number continues from the highest committed one, never reusing a published number and never leaving a gap.
 
 Bounds: `max_bytes` (payload bytes per sink) and `max_age` (seconds). When one is exceeded, the oldest batches
 are deleted and counted exactly (batches and readings, per sink, persisted), and the count is logged once per
 minute, not per batch.
+
+While commits fail (disk full, read-only storage) the batches wait in memory and the senders deliver them from
+there, so a broken disk stops nothing; ids are handed out at append time, so a row keeps its id from memory to
+the table. There they are held as encoded bytes (collector/outbox_memory.py), so the cap bounds what is really
+held, and the heap is trimmed when they leave; the sequence high-water marks go to a side file meanwhile, so
+that a number delivered from memory is not handed out again after a crash (docs/outbox.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import sqlite3
 import time
@@ -30,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from collector.model import Row
+from collector.outbox_memory import MemoryRows, Pending, SeqMarks
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +65,9 @@ class QueueState:
     dropped_readings: int = 0
     delivered_batches: int = 0
     delivered_readings: int = 0
-    pending: list[tuple[str, int, float, float | None, int, bytes]] = field(default_factory=list)
-    pending_bytes: int = 0
+    last_id: int = 0  # the last id handed out (pending rows carry theirs from memory to the table)
+    pending: list[Pending] = field(default_factory=list)  # appended since the last flush
+    memory: MemoryRows = field(default_factory=MemoryRows)  # while writes fail: the rows waiting in memory
     acked: list[int] = field(default_factory=list)
     new_rows: asyncio.Event = field(default_factory=asyncio.Event)
     rate_window: deque[tuple[float, int]] = field(default_factory=deque)
@@ -66,6 +75,9 @@ class QueueState:
 
 
 Encoder = Callable[[Any], bytes]
+
+RETRY_INTERVAL = 1.0
+"""Seconds between commit attempts while writes fail: a retry rebuilds the whole pending transaction."""
 
 # QueueState fields that a commit changes together with the table: restored when the commit fails
 _MIRRORED = ("batches", "readings", "size", "max_id", "dropped_batches", "dropped_readings", "drops_since_log")
@@ -90,16 +102,26 @@ class Outbox:
             if not sink.isidentifier():
                 raise ValueError(f"sink name {sink!r} must be an identifier")
             self.db.executescript(QUEUE_SCHEMA.format(sink=sink))
-            q = QueueState(sink)
+            q = QueueState(sink, memory=MemoryRows(max(4096, min(256 * 1024, pending_max_bytes // 16))))
             q.batches, q.readings, q.size, q.max_id = self.db.execute(
                 f'SELECT COUNT(*), COALESCE(SUM(n), 0), COALESCE(SUM(LENGTH(payload)), 0), COALESCE(MAX(id), 0) '
                 f'FROM "q_{sink}"').fetchone()
             for name, value in self.db.execute("SELECT name, value FROM counters WHERE sink = ?", (sink,)):
                 setattr(q, name, value)
+            used = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (f"q_{sink}",)).fetchone()
+            q.last_id = max(q.max_id, used[0] if used else 0)  # AUTOINCREMENT's rule: never reuse an id
             self.queues[sink] = q
         self.seqs: dict[str, int] = dict(self.db.execute("SELECT device, seq FROM seq_hw").fetchall())
         self.held: dict[str, Callable[[], set[int]]] = {}  # sink -> ids its transport holds (never dropped)
         self._seq_dirty: dict[str, int] = {}
+        # numbers delivered from memory while the database could not be written, before a crash: never reused
+        self.marks = SeqMarks(path.with_name(path.name + ".seq"), len(self.seqs))
+        raised = {d: s for d, s in self.marks.read().items() if s > self.seqs.get(d, 0)}
+        if raised:
+            log.warning("outbox event=seq_marks_raised devices=%d (numbers delivered from memory before a crash "
+                        "are not handed out again; what waited in memory then is lost, a gap)", len(raised))
+            self.seqs.update(raised)
+            self._seq_dirty.update(raised)
         self._last_drop_log = 0.0
         # failing writes (disk full, read-only storage): see flush()
         self.pending_max_bytes = pending_max_bytes
@@ -108,6 +130,8 @@ class Outbox:
         self.write_failures = 0
         self._counters_dirty = False
         self._last_write_error_log = -1e18
+        self._last_attempt = -1e18
+        self._trim_after_recovery = False
 
     # ----------------------------------------------------------------------------------------- appending
 
@@ -123,21 +147,27 @@ class Outbox:
         """Queue one batch for each sink (written at the next `flush()`)."""
         for sink, payload in payloads.items():
             q = self.queues[sink]
-            q.pending.append((device, seq, created, good_ts, n, payload))
-            q.pending_bytes += len(payload)
+            q.last_id += 1
+            q.pending.append((q.last_id, device, seq, created, good_ts, n, payload))
 
     def flush(self) -> None:
         """Commit pending batches and acks, enforce the bounds; wake the senders.
 
         A write that fails (disk full, read-only or failing storage) is not an exception for the caller: the
-        batches stay in memory and the next flush tries again; `write_error` says why, for /healthz, and the
-        log says it once a minute. While it lasts, at most `pending_max_bytes` per sink are kept in memory: the
-        oldest beyond that are dropped and counted like the bounds' drops."""
+        batches stay in memory, the senders deliver them from there (`fetch`), and a commit is tried again
+        every `RETRY_INTERVAL`; `write_error` says why, for /healthz, and the log says it once a minute. While
+        it lasts, at most `pending_max_bytes` per sink are kept in memory (encoded: `MemoryRows.size`): the
+        oldest beyond that, if the sink cannot take them, are dropped and counted like the bounds' drops."""
         queues = list(self.queues.values())
-        busy = any(q.pending or q.acked for q in queues) or self._seq_dirty or self._counters_dirty
+        if self.write_error is not None and self.clock() - self._last_attempt < RETRY_INTERVAL:
+            self._hold()
+            return
+        busy = (any(q.pending or q.acked or q.memory for q in queues) or self._seq_dirty or self._counters_dirty
+                or self.write_error is not None)
         try:
             if not busy and not self._over_bounds():
                 return
+            self._last_attempt = self.clock()
             self._commit(queues)
         except sqlite3.Error as exc:
             self._write_failed(exc)
@@ -150,11 +180,14 @@ class Outbox:
         self._seq_dirty = {}
         self._counters_dirty = False
         for q in queues:
-            if q.pending:
+            if q.pending or q.memory:
                 q.pending = []
-                q.pending_bytes = 0
+                q.memory.clear()
                 q.new_rows.set()
             q.acked = []
+        if self._trim_after_recovery:
+            self._trim_after_recovery = False
+            release_free_memory()
         self._log_drops()
 
     def _write_failed(self, exc: sqlite3.Error) -> None:
@@ -163,31 +196,36 @@ class Outbox:
         if self.write_error is None:
             self.write_error_since = now
         self.write_error = f"{type(exc).__name__}: {exc}"
-        for q in self.queues.values():
-            self._cap_pending(q)
+        self._trim_after_recovery = True
+        self._hold()
         if now - self._last_write_error_log >= 60:
             self._last_write_error_log = now
-            log.error("outbox event=write_failed error=%s path=%s failures=%d pending_batches=%d (kept in memory "
-                      "up to %d bytes per sink and retried; free the disk)", self.write_error.replace(" ", "_"),
-                      self.path, self.write_failures, sum(len(q.pending) for q in self.queues.values()),
-                      self.pending_max_bytes)
+            log.error("outbox event=write_failed error=%s path=%s failures=%d pending_batches=%d (delivered from "
+                      "memory, kept there up to %d bytes per sink while the sink cannot take them, and retried; "
+                      "free the disk)%s", self.write_error.replace(" ", "_"), self.path, self.write_failures,
+                      sum(q.memory.count for q in self.queues.values()), self.pending_max_bytes,
+                      f"; seq_marks_failed={self.marks.error.replace(' ', '_')} (after a crash now, numbers "
+                      f"delivered from memory could be handed out again)" if self.marks.error else "")
 
-    def _cap_pending(self, q: QueueState) -> None:
-        """While writes fail: drop the oldest pending batches beyond `pending_max_bytes`, counted exactly."""
-        if q.pending_bytes <= self.pending_max_bytes:
-            return
-        cut = 0
-        excess = q.pending_bytes - self.pending_max_bytes
-        while cut < len(q.pending) and excess > 0:
-            excess -= len(q.pending[cut][5])
-            cut += 1
-        gone, q.pending = q.pending[:cut], q.pending[cut:]
-        q.pending_bytes -= sum(len(p[5]) for p in gone)
-        dropped_n = sum(p[4] for p in gone)
-        q.dropped_batches += len(gone)
-        q.dropped_readings += dropped_n
-        q.drops_since_log += dropped_n
-        self._counters_dirty = True  # persisted by the first flush that works again
+    def _hold(self) -> None:
+        """While writes fail: move the new rows into memory (where the senders read them), forget the
+        delivered ones, keep to the cap."""
+        if any(q.pending for q in self.queues.values()):
+            self.marks.write(self.seqs)  # first: once a sender sees a row, its number is never handed out again
+        for q in self.queues.values():
+            if q.pending:
+                for p in q.pending:
+                    q.memory.add(p)
+                q.pending = []
+                q.new_rows.set()
+            q.memory.purge()
+            if q.memory.size > self.pending_max_bytes:
+                in_flight = self.held[q.sink]() if q.sink in self.held else set()
+                batches, readings = q.memory.cap(self.pending_max_bytes, in_flight)
+                q.dropped_batches += batches
+                q.dropped_readings += readings
+                q.drops_since_log += readings
+                self._counters_dirty = True  # persisted by the first flush that works again
 
     def _commit(self, queues: list[QueueState]) -> None:
         """One transaction; the in-memory view of the tables (`_MIRRORED`) rolls back with it."""
@@ -204,13 +242,19 @@ class Outbox:
                     q.batches -= len(gone)
                     q.readings -= sum(g[0] for g in gone)
                     q.size -= sum(g[1] for g in gone)
+                insert = f"INSERT INTO {table} (id, device, seq, created, good_ts, n, payload) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                if q.memory.count:  # decoded one by one, not all at once
+                    cur.executemany(insert, q.memory.waiting())
+                    q.batches += q.memory.count
+                    q.readings += q.memory.readings
+                    q.size += q.memory.payload_bytes
+                    q.max_id = max(q.max_id, q.memory.last_id())
                 if q.pending:
-                    cur.executemany(f"INSERT INTO {table} (device, seq, created, good_ts, n, payload) "
-                                    "VALUES (?, ?, ?, ?, ?, ?)", q.pending)
+                    cur.executemany(insert, q.pending)
                     q.batches += len(q.pending)
-                    q.readings += sum(p[4] for p in q.pending)
-                    q.size += sum(len(p[5]) for p in q.pending)
-                    q.max_id = cur.execute(f"SELECT MAX(id) FROM {table}").fetchone()[0]
+                    q.readings += sum(p[5] for p in q.pending)
+                    q.size += sum(len(p[6]) for p in q.pending)
+                    q.max_id = q.pending[-1][0]
             if self._seq_dirty:
                 cur.executemany("INSERT OR REPLACE INTO seq_hw VALUES (?, ?)", list(self._seq_dirty.items()))
             if self._counters_dirty:
@@ -293,7 +337,8 @@ class Outbox:
     # ----------------------------------------------------------------------------------------- reading
 
     def fetch(self, sink: str, after: int, limit: int, upto: int | None = None) -> list[Row]:
-        """Committed rows of a sink with id > after (and ≤ upto), oldest first."""
+        """Rows of a sink with id > after (and ≤ upto), oldest first: the committed ones, and while writes fail
+        the pending ones in memory too (their ids are all higher)."""
         table = f'"q_{sink}"'
         if upto is None:
             rows = self.db.execute(f"SELECT id, device, seq, created, good_ts, n, payload FROM {table} "
@@ -301,16 +346,31 @@ class Outbox:
         else:
             rows = self.db.execute(f"SELECT id, device, seq, created, good_ts, n, payload FROM {table} "
                                    "WHERE id > ? AND id <= ? ORDER BY id LIMIT ?", (after, upto, limit)).fetchall()
-        return [Row(*r) for r in rows]
+        out = [Row(*r) for r in rows]
+        q = self.queues[sink]
+        if self.write_error is not None and q.memory and len(out) < limit:
+            out += q.memory.rows(after, upto, limit - len(out))
+        return out
+
+    def last_id(self, sink: str) -> int:
+        """The highest id `fetch` can return now (a sender's backlog boundary at a (re)connection)."""
+        q = self.queues[sink]
+        return q.memory.last_id() if self.write_error is not None and q.memory else q.max_id
 
     def first_id(self, sink: str) -> int:
         row = self.db.execute(f'SELECT MIN(id) FROM "q_{sink}"').fetchone()
-        return int(row[0]) if row[0] is not None else self.queues[sink].max_id + 1
+        if row[0] is not None:
+            return int(row[0])
+        q = self.queues[sink]
+        return q.memory.first_id() if self.write_error is not None and q.memory else q.max_id + 1
 
     def ack(self, sink: str, row: Row) -> None:
         """The sink acknowledged a row: delete it at the next flush, count the delivery."""
         q = self.queues[sink]
-        q.acked.append(row.id)
+        if q.memory and row.id >= q.memory.first_id():  # delivered from memory: it need never be written
+            q.memory.ack(row)
+        else:
+            q.acked.append(row.id)
         q.delivered_batches += 1
         q.delivered_readings += row.n
         now = self.clock()
@@ -333,13 +393,19 @@ class Outbox:
     # ----------------------------------------------------------------------------------------- seeing
 
     def stats(self, sink: str) -> dict[str, Any]:
+        """Depth counts the rows waiting in memory too while writes fail (`memory_batches` of them)."""
         q = self.queues[sink]
         oldest = self.db.execute(f'SELECT MIN(created) FROM "q_{sink}"').fetchone()[0]
         now = self.clock()
         window = [n for t, n in q.rate_window if t >= now - 10]
+        mem = q.memory
+        if oldest is None and mem:
+            oldest = mem.oldest_created()
         return {
-            "depth_batches": q.batches,
-            "depth_readings": q.readings,
+            "depth_batches": q.batches + mem.count,
+            "depth_readings": q.readings + mem.readings,
+            "memory_batches": mem.count,
+            "memory_bytes": mem.size,
             "bytes": q.size,
             "oldest_age_s": round(now - oldest, 3) if oldest is not None else 0.0,
             "dropped_batches": q.dropped_batches,
@@ -351,3 +417,13 @@ class Outbox:
     def close(self) -> None:
         self.flush()
         self.db.close()
+        self.marks.close()
+
+
+def release_free_memory() -> None:
+    """Give freed heap back to the OS (glibc keeps it otherwise: RSS stayed ~500 MB after a disk-full spell)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # the process's own symbols: libc is among them
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+        return
+    trim(0)

@@ -15,6 +15,7 @@ written at once rather than with the next flush.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -132,7 +133,8 @@ class StatusStore:
             cur.executemany("INSERT OR IGNORE INTO uptime_buckets VALUES (?)", [(b,) for b in sorted(uptime)])
             cur.execute("COMMIT")
         except BaseException:
-            cur.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):  # a failed write (disk full) may have ended it already
+                cur.execute("ROLLBACK")
             raise
 
     def good_buckets(self, device: str, start: float, end: float, acked_by: float | None = None) -> list[int]:

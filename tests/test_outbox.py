@@ -12,6 +12,7 @@ import pytest
 from collector.delivery import Sender, share
 from collector.model import Row
 from collector.outbox import Outbox
+from collector.outbox_memory import HEADER, INDEX_COST
 
 
 class Clock:
@@ -177,7 +178,10 @@ def test_a_full_disk_keeps_batches_in_memory_drops_the_oldest_past_the_cap_and_r
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """SQLite's max_page_count makes the database "full" exactly as a full disk does (SQLITE_FULL)."""
     clock = Clock()
-    ob = Outbox(tmp_path / "outbox.db", ["mqtt"], clock=clock, pending_max_bytes=10 * 1000)
+    # in memory the rows are records in chunks of 4,096 bytes: three rows of 1,000 bytes each; the cap holds 4
+    assert 3 * (HEADER.size + 2 + 1000) <= 4096 < 4 * (HEADER.size + 2 + 1000)
+    cap = 4 * (4096 + 3 * INDEX_COST)
+    ob = Outbox(tmp_path / "outbox.db", ["mqtt"], clock=clock, pending_max_bytes=cap)
     fill(ob, "d1", 3, size=1000, clock=clock)
     ob.flush()
     pages = ob.db.execute("PRAGMA page_count").fetchone()[0]
@@ -185,27 +189,88 @@ def test_a_full_disk_keeps_batches_in_memory_drops_the_oldest_past_the_cap_and_r
     caplog.set_level("ERROR", logger="collector.outbox")
     first = ob.fetch("mqtt", 0, 1)[0]
     ob.ack("mqtt", first)  # deleted in the same transactions that fail
-    for _ in range(4):  # 4 × 5 batches of 1,000 bytes while writes fail; the cap keeps the newest 10
+    for _ in range(4):  # 4 × 5 batches of 1,000 bytes while writes fail; the cap keeps the newest 4 chunks
         fill(ob, "d1", 5, size=1000, clock=clock)  # flushes
-        ob.flush()  # never raises
+        ob.flush()  # never raises; no second attempt within RETRY_INTERVAL
         clock.t += 1
     assert ob.write_error is not None and "full" in ob.write_error
-    assert ob.write_failures == 8
+    assert ob.write_failures == 4
     assert len([r for r in caplog.records if "write_failed" in r.getMessage()]) == 1  # once a minute, not 20/s
     q = ob.queues["mqtt"]
-    assert len(q.pending) == 10 and q.pending_bytes == 10 * 1000
-    assert (q.dropped_batches, q.dropped_readings) == (10, 50)  # 10 of 5 readings each, the oldest
-    kept = [p[1] for p in q.pending]
-    assert kept == list(range(14, 24))  # seqs 4..13 dropped, the newest kept in order
+    # chunks [4-6] [7-9] [10-12] dropped whole, the oldest first; [13-15] [16-18] [19-21] [22-23] kept
+    assert q.memory.size == 4 * 4096 + 11 * INDEX_COST <= cap and q.memory.count == 11
+    assert (q.dropped_batches, q.dropped_readings) == (9, 45)
+    # the senders see the committed rows (row 1's delete waits for the disk) and the newest, in order
+    assert [r.seq for r in ob.fetch("mqtt", 0, 100)] == [1, 2, 3, *range(13, 24)]
+    assert ob.stats("mqtt")["depth_batches"] == 3 + 11
 
     ob.db.execute("PRAGMA max_page_count = 1000000")  # room again
+    clock.t += 1
     ob.flush()
-    assert ob.write_error is None and q.pending == []
-    assert [r.seq for r in ob.fetch("mqtt", 0, 100)] == [2, 3, *range(14, 24)]
+    assert ob.write_error is None and q.pending == [] and not q.memory and q.memory.size == 0
+    assert [r.seq for r in ob.fetch("mqtt", 0, 100)] == [2, 3, *range(13, 24)]
     # the in-memory view of the table did not count the failed attempts
-    assert (q.batches, q.readings, q.size) == (12, 60, 12 * 1000)
+    assert (q.batches, q.readings, q.size) == (13, 65, 13 * 1000)
     ob.close()
     again = Outbox(tmp_path / "outbox.db", ["mqtt"], clock=clock)
-    assert (again.queues["mqtt"].dropped_batches, again.queues["mqtt"].dropped_readings) == (10, 50)  # persisted
+    assert (again.queues["mqtt"].dropped_batches, again.queues["mqtt"].dropped_readings) == (9, 45)  # persisted
     assert again.next_seq("d1") == 24  # no number reused
     again.close()
+
+
+def test_while_writes_fail_the_pending_rows_are_fetched_from_memory_and_those_acked_are_never_written(
+        tmp_path: Path) -> None:
+    clock = Clock()
+    ob = Outbox(tmp_path / "outbox.db", ["mqtt"], clock=clock)
+    fill(ob, "d1", 2, clock=clock)  # ids 1, 2 committed
+    pages = ob.db.execute("PRAGMA page_count").fetchone()[0]
+    ob.db.execute(f"PRAGMA max_page_count = {pages}")
+    assert [r.id for r in ob.fetch("mqtt", 0, 10)] == [1, 2]
+    fill(ob, "d1", 3, size=5000, clock=clock)  # the commit fails: no room for these
+    assert ob.write_error is not None
+    rows = ob.fetch("mqtt", 0, 10)
+    assert [(r.id, r.seq) for r in rows] == [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5)]
+    assert [r.id for r in ob.fetch("mqtt", 1, 2)] == [2, 3] and [r.id for r in ob.fetch("mqtt", 0, 10, upto=4)][-1] == 4
+    assert (ob.first_id("mqtt"), ob.last_id("mqtt")) == (1, 5)
+    st = ob.stats("mqtt")
+    assert (st["depth_batches"], st["memory_batches"]) == (5, 3)
+    for r in (rows[0], rows[2], rows[3]):  # one committed row, two from memory
+        ob.ack("mqtt", r)
+    clock.t += 2
+    ob.flush()  # still failing
+    assert [r.id for r in ob.fetch("mqtt", 2, 10)] == [5]
+    assert ob.stats("mqtt")["memory_batches"] == 1 and ob.stats("mqtt")["delivered_readings"] == 15
+    ob.db.execute("PRAGMA max_page_count = 1000000")
+    clock.t += 2
+    ob.flush()
+    assert ob.write_error is None
+    # row 1 deleted, rows 3 and 4 never written, row 5 keeps its id from memory to the table
+    assert [(r.id, r.seq) for r in ob.fetch("mqtt", 0, 10)] == [(2, 2), (5, 5)]
+    st = ob.stats("mqtt")
+    assert (st["depth_batches"], st["memory_batches"], st["bytes"]) == (2, 0, 5100)
+    ob.close()
+    again = Outbox(tmp_path / "outbox.db", ["mqtt"], clock=clock)
+    assert again.next_seq("d1") == 6
+    again.append("d1", 6, clock(), None, 5, {"mqtt": b"y"})
+    again.flush()
+    assert [r.id for r in again.fetch("mqtt", 5, 10)] == [6]  # ids never reused
+    again.close()
+
+
+def test_numbers_delivered_from_memory_are_not_handed_out_again_after_a_crash(tmp_path: Path) -> None:
+    """The database cannot take the high-water marks while writes fail; the side file `outbox.db.seq` does."""
+    clock = Clock()
+    ob = Outbox(tmp_path / "outbox.db", ["mqtt"], clock=clock)
+    fill(ob, "d1", 2, clock=clock)
+    pages = ob.db.execute("PRAGMA page_count").fetchone()[0]
+    ob.db.execute(f"PRAGMA max_page_count = {pages}")
+    fill(ob, "d1", 3, size=5000, clock=clock)  # seqs 3..5, delivered from memory
+    assert ob.write_error is not None and [r.seq for r in ob.fetch("mqtt", 2, 10)] == [3, 4, 5]
+    ob.db.close()  # a crash: nothing of this reached the database
+    ob.marks.close()
+    assert sqlite3.connect(tmp_path / "outbox.db").execute("SELECT seq FROM seq_hw").fetchall() == [(2,)]
+    again = Outbox(tmp_path / "outbox.db", ["mqtt"], clock=clock)
+    assert again.next_seq("d1") == 6  # not 3: a consumer deduping on (device, seq) would drop the new data
+    again.flush()
+    again.close()
+    assert Outbox(tmp_path / "outbox.db", ["mqtt"], clock=clock).next_seq("d1") == 7  # in the table now
