@@ -27,7 +27,7 @@ from collector.runtime import loop_name
 from collector.sinks.evidence import EvidenceSink
 from collector.sinks.influx import InfluxSettings, InfluxSink
 from collector.sinks.mqtt import MqttSettings, MqttSink, encode_data, iso
-from collector.status import StatusStore, StatusTracker, changed_keys
+from collector.status import SHUTDOWN_REASON, StatusStore, StatusTracker, changed_keys
 from collector.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -360,7 +360,7 @@ class Collector:
         `sink.stop()` waits for comes after these. A device never seen keeps `never_seen`, which stays true."""
         for device, st in list(self.status.devices.items()):
             if st.state != DeviceState.NEVER_SEEN:
-                self.status.set_state(device, DeviceState.OFFLINE, "shutdown")
+                self.status.set_state(device, DeviceState.OFFLINE, SHUTDOWN_REASON)
 
     def _final_flush(self) -> None:
         """The state store's last writes; a full disk must not stop the shutdown half-way (sink, outbox)."""

@@ -208,6 +208,7 @@ class StatusStore:
 
 _RESTARTED = "collector restarted"
 _ADDED = "added by reload"
+SHUTDOWN_REASON = "shutdown"  # set by Collector.stop() on every seen device
 _NO_NEWS = (_RESTARTED, _ADDED)  # reasons the tracker gives itself: the next answer after them is no news
 
 
@@ -277,7 +278,10 @@ class StatusTracker:
             st.since = now
             self._log.append((device, now, str(state), reason))
         st.state, st.reason = state, reason
-        log.log(logging.WARNING if before != state and not first_contact else logging.INFO,
+        # a change is a WARNING (journalctl -p warning shows it), but not the first answer after a (re)start nor
+        # the collector's own clean shutdown, which says nothing about the device
+        news = before != state and not first_contact and reason != SHUTDOWN_REASON
+        log.log(logging.WARNING if news else logging.INFO,
                 "device=%s event=state state=%s from=%s reason=%s", device, state, before,
                 (reason or "").replace(" ", "_") or "-")
         self._dirty.add(device)

@@ -129,6 +129,7 @@ def test_a_device_state_change_is_one_warning_line_with_its_reason(restore_root:
     tracker.set_state("imm-01", DeviceState.OFFLINE, "no answer within 1 s")  # same state, new reason
     tracker.set_state("imm-01", DeviceState.OFFLINE, "no answer within 1 s")  # nothing new: no line
     tracker.set_state("imm-01", DeviceState.ONLINE)
+    tracker.set_state("imm-01", DeviceState.OFFLINE, "shutdown")  # the collector's own clean stop: no news
     tracker.store.close()
     lines = [line.partition("level=")[2] for line in out.getvalue().splitlines()]
     assert lines == [
@@ -138,6 +139,7 @@ def test_a_device_state_change_is_one_warning_line_with_its_reason(restore_root:
         "INFO logger=collector.status device=imm-01 event=state state=offline from=offline "
         "reason=no_answer_within_1_s",
         "WARNING logger=collector.status device=imm-01 event=state state=online from=offline reason=-",
+        "INFO logger=collector.status device=imm-01 event=state state=offline from=online reason=shutdown",
     ]
 
 
