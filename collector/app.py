@@ -113,6 +113,9 @@ class Collector:
             self.status.listeners.append(self.sink.status_changed)
         self.sink.on_connect_hooks.append(self._republish)
         self.engine = Engine(self._on_readings, self.status.set_state, self._identified)
+        from collector.states.service import StatesService  # machine states, 稼动率, OEE (docs/states.md)
+
+        self.states = StatesService(self)
         self._tasks: list[asyncio.Task[None]] = []
         self.started = 0.0
         self.reload_counts = {"applied": 0, "rejected": 0}
@@ -270,6 +273,7 @@ class Collector:
             asyncio.create_task(self._every(60.0, self.close_months), name="month-close"),
             asyncio.create_task(self._every_async(self.cfg.indicators.publish_interval, self.refresh_periods),
                                 name="period-figures"),
+            *self.states.tasks(),
         ]
         try:
             self.close_months()
@@ -340,6 +344,7 @@ class Collector:
         await asyncio.gather(*(cancel_and_wait(t, t.get_name()) for t in self._tasks))
         await self.engine.stop()
         self._devices_shut_down()
+        self.states.stop()
         self.outbox.flush()
         self.status.flush()
         await self.sink.stop()
