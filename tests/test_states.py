@@ -223,7 +223,12 @@ def test_rules_are_evaluated_only_when_a_tag_they_read_changed(tmp_path: Path) -
     m = t.machines["imm-01"]
     calls = []
     orig = m.evaluate
-    m.evaluate = lambda now: calls.append(now) or orig(now)  # type: ignore[method-assign]
+
+    def counted(now: float) -> str:
+        calls.append(now)
+        return orig(now)
+
+    m.evaluate = counted  # type: ignore[method-assign]
     t.on_batch(_batch(1.0, shot_count=1, machine_state=5))
     t.on_batch(_batch(2.0, shot_count=1, machine_state=6))  # nothing the rule reads changed
     assert calls == [1.0] and m.segment.state == "running"

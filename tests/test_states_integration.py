@@ -4,6 +4,8 @@ collector as it runs on a gateway; time in state and availability are checked ag
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -143,3 +145,62 @@ async def test_time_in_state_and_availability_follow_the_script(broker: Mosquitt
         assert summary["devices"]["imm-01"]["availability"]["value"] is not None
     finally:
         late.close()
+
+
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+async def test_status_page_shows_the_timeline_and_the_shift_figures(broker: MosquittoProcess,
+                                                                    state_dir: Path) -> None:
+    """Headless Chromium reads the strip's states (in the script's order) and the shift's figures back."""
+    pytest.importorskip("playwright.async_api", reason="playwright (pip, dev extra) is not installed")
+    from playwright.async_api import async_playwright
+
+    from collector.http import start_http
+
+    data = scripted_config(state_dir, broker.port)
+    data["indicators"]["publish_interval"] = 3600  # the shift figures change only when the test refreshes them
+    cfg = parse_config(data)
+    workshop = Workshop(cfg)
+    await workshop.start()
+    collector = Collector(cfg, Settings())
+    await collector.start()
+    http = await start_http(collector)
+    assert http is not None
+    try:
+        await asyncio.sleep(sum(s for _, s in SCRIPT) + 0.5)
+        collector.states.tracker.flush()
+        await collector.states.refresh()
+        shift = collector.states.shift
+        assert shift is not None
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            try:
+                page = await browser.new_page()
+                await page.goto(http.url)
+                await page.wait_for_selector("#machine-states", state="visible", timeout=10_000)
+                for dev in ("imm-01", "cnc-01"):
+                    states = await page.eval_on_selector_all(f"#ms-table tr[data-device='{dev}'] .strip span",
+                                                             "es => es.map(e => e.dataset.state)")
+                    seen = [s for s in states if s != "offline"]
+                    # the script from where the collector came in: running, idle, fault, setup, running ...
+                    order = ["running", "idle", "fault", "setup"]
+                    assert len(seen) >= 4 and seen[0] in order, states
+                    i = order.index(seen[0])
+                    assert seen == [order[(i + k) % 4] for k in range(len(seen))], states
+                    for key in ("utilization", "availability", "oee"):
+                        text = await page.text_content(f"#ms-table tr[data-device='{dev}'] [data-figure={key}]")
+                        v = shift["devices"][dev][key]["value"]
+                        assert text == ("—" if v is None else f"{v * 100:.1f} %"), (dev, key, text, v)
+                    assert shift["devices"][dev]["utilization"]["value"] is not None
+                label = await page.text_content("#ms-shift") or ""
+                assert label.endswith("shift 1 00:00-24:00"), label
+                legend = await page.text_content("#ms-legend") or ""
+                assert "故障 fault" in legend and "运行 running" in legend
+            finally:
+                await browser.close()
+    finally:
+        await http.stop()
+        await collector.stop()
+        await workshop.stop()

@@ -79,10 +79,13 @@ class StatesService:
         if self.shift is not None:
             self.c.sink.publish_json(self.summary_topic, self.shift, retain=True)
 
-    def timeline(self) -> dict[str, Any]:
-        """Today's strip per device (the status page), read on the loop's own connection after a flush."""
-        self.tracker.flush()
-        return timeline(self.c.cfg, self.c.store, time.time())
+    def page(self) -> dict[str, Any] | None:
+        """What the status page shows: today's strip per device (what the last flush, at most a second ago,
+        wrote), the current states and the shift's figures (refreshed every `indicators.publish_interval`)."""
+        if not self.tracker.machines:
+            return None
+        return {"timeline": timeline(self.c.cfg, self.c.store, time.time()), "current": self.tracker.current(),
+                "shift": self.shift}
 
     def tasks(self) -> list[asyncio.Task[None]]:
         if not self.tracker.machines:
