@@ -235,3 +235,71 @@ def test_rules_are_evaluated_only_when_a_tag_they_read_changed(tmp_path: Path) -
     t.on_batch(_batch(20.0, shot_count=1))
     t.on_batch(_batch(31.5, shot_count=1))  # the window ran out: evaluated without a change
     assert calls == [1.0, 31.5] and m.segment.state == "idle"
+
+
+# ------------------------------------------------------------------------------------------- outputs
+
+
+def _day_with_states(tmp_path: Path) -> tuple[Path, float]:
+    """A config file and a status.db where imm-01 ran 6 h, idled 2 h and faulted 1 h of Monday's 08:00-17:00."""
+    import yaml
+
+    data = {**_cfg({"ideal_cycle_time": 30}), "state_dir": str(tmp_path / "state"),
+            "site": {"enterprise_id": "e", "timezone": TZ},
+            "indicators": {"calendar": {"shifts": ["08:00-17:00"]}}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    cfg = parse_config(data)
+    (tmp_path / "state").mkdir()
+    store = StatusStore(tmp_path / "state" / "status.db", 300)
+    at8 = dt.datetime(2026, 3, 2, 8, 0, tzinfo=Shifts(None, TZ).tz).timestamp()
+    t = StateTracker(cfg, store, at8)
+    t.on_batch(_batch(at8, machine_state=1, shot_count=0))
+    t.on_batch(_batch(at8 + 6 * 3600, machine_state=0, shot_count=600))
+    t.on_batch(_batch(at8 + 8 * 3600, machine_state=2, shot_count=600))
+    t.flush(at8 + 9 * 3600)
+    store.close()
+    return path, at8
+
+
+def test_oee_command_prints_chinese_first_english_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from collector.cli import main
+
+    path, at8 = _day_with_states(tmp_path)
+    monkeypatch.setattr("time.time", lambda: at8 + 20 * 3600)
+    assert main(["oee", "-c", str(path), "--period", "2026-03-02", "--devices"]) == 0
+    out = capsys.readouterr().out
+    assert "设备稼动率与OEE" in out and "稼动率" in out and "66.7 %" in out  # 6 h of 9 h
+    assert "imm-01" in out and "故障 1.00 h" in out and "报警 1" in out
+    assert "性能开动率: the parts counter" not in out
+    assert main(["oee", "-c", str(path), "--period", "2026-03", "--lang", "en"]) == 0
+    out = capsys.readouterr().out
+    assert "Machine utilization and OEE" in out and "utilization" in out
+    assert "no good counter tag configured" in out or "quality" in out
+    assert main(["oee", "-c", str(path), "--period", "2026-03-02", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    f = res["devices"]["imm-01"]
+    assert f["utilization"]["value"] == pytest.approx(6 / 9)
+    assert f["performance"]["value"] == pytest.approx(600 * 30 / (6 * 3600))
+    assert f["quality"]["value"] is None and "good counter" in f["quality"]["reason"]
+    assert f["shifts"][0]["label"] == "08:00-17:00"
+    assert main(["oee", "-c", str(path), "--period", "2026"]) == 2
+    assert "--period" in capsys.readouterr().err
+
+
+def test_monthly_report_has_the_appendix(tmp_path: Path) -> None:
+    from collector.config import load_config
+    from collector.states.appendix import machine_appendix
+
+    path, at8 = _day_with_states(tmp_path)
+    cfg = load_config(path)
+    html_zh = machine_appendix(cfg, periods.month(2026, 3, TZ), at8 + 86400, "zh")
+    assert "附录：设备稼动率与OEE" in html_zh and "<td>imm-01</td><td>66.7 %</td>" in html_zh
+    assert "ISO 22400-2" in html_zh
+    assert "Appendix: machine utilization and OEE" in machine_appendix(cfg, periods.month(2026, 3, TZ),
+                                                                       at8 + 86400, "en")
+    assert machine_appendix(cfg.model_copy(update={"state_dir": tmp_path / "none"}), periods.month(2026, 3, TZ),
+                            at8, "zh") == ""
