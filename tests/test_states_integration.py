@@ -198,6 +198,20 @@ async def test_status_page_shows_the_timeline_and_the_shift_figures(broker: Mosq
                 assert label.endswith("shift 1 00:00-24:00"), label
                 legend = await page.text_content("#ms-legend") or ""
                 assert "故障 fault" in legend and "运行 running" in legend
+                # /metrics: one state at 1 per machine, time in state, the shift's ratios
+                import urllib.request
+
+                body = await asyncio.to_thread(lambda: urllib.request.urlopen(http.url + "metrics").read().decode())
+                for dev in ("imm-01", "cnc-01"):
+                    ones = [ln for ln in body.splitlines() if ln.startswith(f'shopfloor_machine_state{{device="{dev}"')
+                            and ln.endswith(" 1.0")]
+                    assert len(ones) == 1, ones
+                    run = next(ln for ln in body.splitlines() if ln.startswith(
+                        f'shopfloor_machine_state_seconds_total{{device="{dev}",state="running"}}'))
+                    assert float(run.split()[-1]) > 2.0
+                assert 'shopfloor_machine_shift_ratio{device="imm-01",figure="utilization"}' in body
+                assert 'shopfloor_machine_parts_total{counter="parts",device="imm-01"}' in body or \
+                    'shopfloor_machine_parts_total{device="imm-01",counter="parts"}' in body
             finally:
                 await browser.close()
     finally:

@@ -73,6 +73,17 @@ class DeviceMachine:
         self.segment = Segment("offline", now, now)
         self.since = now  # when the current state began (a cut at a shift boundary starts no new state)
         self.closed: list[Segment] = []
+        # since the start of this process, for /metrics counters: seconds per closed state, parts per role
+        self.totals: dict[str, float] = {}
+        self.parts_total: dict[str, float] = {}
+
+    def close(self, end: float) -> Segment:
+        """End the open segment at `end` and keep it for the next flush."""
+        seg = self.segment
+        seg.end = max(seg.start, end)
+        self.closed.append(seg)
+        self.totals[seg.state] = self.totals.get(seg.state, 0.0) + seg.end - seg.start
+        return seg
 
     def evaluate(self, now: float) -> str:
         if not any(t in self.values for t in self.rule_tags) and self.rule_tags:
@@ -155,6 +166,7 @@ class StateTracker:
         if event is not None:
             log.info("device=%s event=counter_%s tag=%s before=%s after=%s", m.device, event, tag, prev, v)
         counts[role] = counts.get(role, 0.0) + delta
+        m.parts_total[role] = m.parts_total.get(role, 0.0) + delta
 
     def status_changed(self, st: Any) -> None:
         """The device lost its session: no good data, so `offline` (and its values are forgotten)."""
@@ -165,11 +177,9 @@ class StateTracker:
             self._set(m, "offline", max(m.segment.start, _now()))
 
     def _set(self, m: DeviceMachine, state: str, now: float) -> None:
-        seg = m.segment
-        if state == seg.state:
+        if state == m.segment.state:
             return
-        seg.end = max(seg.start, now)
-        m.closed.append(seg)
+        seg = m.close(now)
         m.segment = Segment(state, seg.end, seg.end, {k: 0.0 for k in seg.counts})
         m.since = seg.end
         for listener in self.listeners:
@@ -183,10 +193,8 @@ class StateTracker:
         while now >= self.next_cut:
             cut = self.next_cut
             for m in self.machines.values():
-                seg = m.segment
-                if seg.start < cut:
-                    seg.end = cut
-                    m.closed.append(seg)
+                if m.segment.start < cut:
+                    seg = m.close(cut)
                     m.segment = Segment(seg.state, cut, cut, {k: 0.0 for k in seg.counts})
             self.next_cut = self.shifts.next_cut(cut)
 
