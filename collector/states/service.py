@@ -10,7 +10,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from collector.indicators.periods import iso_local
+from collector.sinks.mqtt import iso
 from collector.states.summary import shift_figures, timeline
 from collector.states.tracker import StateTracker
 from collector.status import StatusStore
@@ -40,9 +40,8 @@ class StatesService:
 
     def payload(self, device: str) -> dict[str, Any]:
         cur = self.tracker.current()[device]
-        tz = self.c.cfg.site.timezone
-        return {"device": device, "state": cur["state"], "since": iso_local(cur["since"], tz), "rules": cur["rules"],
-                "ts": iso_local(time.time(), tz)}
+        return {"device": device, "state": cur["state"], "since": iso(cur["since"]), "rules": cur["rules"],
+                "ts": iso(time.time())}
 
     def _changed(self, device: str, state: str, since: float, before: str) -> None:
         log.info("device=%s event=machine_state state=%s from=%s", device, state, before)
