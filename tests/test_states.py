@@ -303,3 +303,25 @@ def test_monthly_report_has_the_appendix(tmp_path: Path) -> None:
                                                                        at8 + 86400, "en")
     assert machine_appendix(cfg.model_copy(update={"state_dir": tmp_path / "none"}), periods.month(2026, 3, TZ),
                             at8, "zh") == ""
+
+
+def test_time_in_state_survives_a_restart_and_the_gap_is_unknown(tmp_path: Path) -> None:
+    """Two collector lives on one status.db: the first ran 0-100 s, the second from 400 s; 100-400 s is the
+    collector's own downtime (unknown), not the machine's (offline)."""
+    cfg = parse_config(_cfg())
+    db = tmp_path / "status.db"
+    t0 = dt.datetime(2026, 3, 2, 10, 0, tzinfo=Shifts(None, TZ).tz).timestamp()
+    store = StatusStore(db, 300)
+    first = StateTracker(cfg, store, t0)
+    first.on_batch(_batch(t0, machine_state=1, shot_count=5))
+    first.flush(t0 + 100)  # then the process dies: no stop, no later write
+    store.close()
+    store = StatusStore(db, 300)
+    second = StateTracker(cfg, store, t0 + 400)  # offline until the first answer, then idle
+    second.on_batch(_batch(t0 + 401, machine_state=0, shot_count=5))
+    second.flush(t0 + 500)
+    shift = Shift(dt.date(2026, 3, 2), 1, "x", t0, t0 + 500)
+    t = tally(store.machine_states(t0, t0 + 500), shift, t0 + 500, ())
+    assert t.seconds["running"] == 100 and t.seconds["unknown"] == 300
+    assert t.seconds["offline"] == 1 and t.seconds["idle"] == 99
+    store.close()
