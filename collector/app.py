@@ -385,7 +385,7 @@ class Collector:
 
     # -- reload (SIGHUP, `collector reload`, POST /api/reload)
 
-    RESTART_ONLY = ("site", "mqtt", "http", "state_dir", "indicators", "outbox", "evidence", "influx")
+    RESTART_ONLY = ("site", "mqtt", "http", "state_dir", "indicators", "outbox", "evidence", "influx", "states")
 
     async def reload_file(self, path: str | Path) -> dict[str, Any]:
         """Re-read and validate a config file, then `reload()`; an invalid file changes nothing."""
@@ -439,6 +439,7 @@ class Collector:
                 self.pipeline.forget(dev_id)
             for dev_id in changed:
                 self.pipeline.latest.pop(dev_id, None)
+            self.states.reconfigure(removed + changed + added)
             for dev_id in changed + added:
                 self.engine.start_device(after[dev_id])
             self.status.flush()

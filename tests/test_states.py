@@ -325,3 +325,19 @@ def test_time_in_state_survives_a_restart_and_the_gap_is_unknown(tmp_path: Path)
     assert t.seconds["running"] == 100 and t.seconds["unknown"] == 300
     assert t.seconds["offline"] == 1 and t.seconds["idle"] == 99
     store.close()
+
+
+def test_a_reload_applies_new_rules_from_the_reload_on(tmp_path: Path) -> None:
+    store = StatusStore(tmp_path / "status.db", 300)
+    t = StateTracker(parse_config(_cfg({"rules": {"running": "machine_state == 1"}})), store, 0.0)
+    t.on_batch(_batch(1.0, machine_state=5))
+    assert t.machines["imm-01"].segment.state == "idle"
+    t.reconfigure(parse_config(_cfg({"rules": {"running": "machine_state == 5"}})), ["imm-01"], now=10.0)
+    t.on_batch(_batch(11.0, machine_state=5))
+    assert t.machines["imm-01"].segment.state == "running"
+    t.flush(20.0)
+    assert [(r[1], r[2], r[3]) for r in store.machine_states(0, 100)] == [
+        (0.0, 1.0, "offline"), (1.0, 10.0, "idle"), (10.0, 11.0, "offline"), (11.0, 20.0, "running")]
+    t.reconfigure(parse_config(_cfg({"preset": "none"})), ["imm-01"], now=25.0)  # states off for it
+    assert t.machines == {}
+    assert store.machine_states(0, 100)[-1][1:4] == (11.0, 25.0, "running")

@@ -27,12 +27,25 @@ class StatesService:
         self.tracker = StateTracker(c.cfg, c.store, time.time())
         self.shift: dict[str, Any] | None = None  # the running shift's figures (refreshed off the loop)
         self._reader: StatusStore | None = None
-        if not self.tracker.machines:
+        self._wired = False
+        self._wire()
+
+    def _wire(self) -> None:
+        """Hook the tracker in once some device has machine states (at start, or after a reload adds one)."""
+        if self._wired or not self.tracker.machines:
             return
+        c = self.c
         c.pipeline.add_sink(self.tracker.on_batch)
         c.status.listeners.append(self.tracker.status_changed)
         self.tracker.listeners.append(self._changed)
         c.sink.on_connect_hooks.append(self._republish)
+        self._wired = True
+
+    def reconfigure(self, devices: list[str]) -> None:
+        """`Collector.reload` added, changed or removed these devices: their rules follow the new config. (The
+        periodic tasks run from the start whenever states are enabled.)"""
+        self.tracker.reconfigure(self.c.cfg, devices)
+        self._wire()
 
     @property
     def root(self) -> str:
@@ -87,7 +100,7 @@ class StatesService:
                 "shift": self.shift}
 
     def tasks(self) -> list[asyncio.Task[None]]:
-        if not self.tracker.machines:
+        if not self.c.cfg.states.enabled:
             return []
         c = self.c
         return [asyncio.create_task(c._every(1.0, self.tracker.flush), name="machine-states-flush"),

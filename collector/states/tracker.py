@@ -109,19 +109,33 @@ class StateTracker:
         self.listeners: list[StateListener] = []
         self.machines: dict[str, DeviceMachine] = {}
         self.next_cut = self.shifts.next_cut(now)
-        if not cfg.states.enabled:
+        if cfg.states.enabled:
+            for dev in cfg.devices:
+                self._add(dev, now)
+
+    def _add(self, dev: Any, now: float) -> None:
+        found = resolve(dev.states, {t.name for t in dev.tags})
+        if found is None:
             return
-        for dev in cfg.devices:
-            tags = {t.name for t in dev.tags}
-            found = resolve(dev.states, tags)
-            if found is None:
-                continue
-            source, rules, parts = found
-            st = dev.states
-            counters = {k: v for k, v in (("parts", parts), ("good", st.good if st else None),
-                                          ("scrap", st.scrap if st else None)) if v is not None}
-            self.machines[dev.id] = DeviceMachine(dev.id, source, rules, counters, st.counter_wrap if st else None,
-                                                  now)
+        source, rules, parts = found
+        st = dev.states
+        counters = {k: v for k, v in (("parts", parts), ("good", st.good if st else None),
+                                      ("scrap", st.scrap if st else None)) if v is not None}
+        self.machines[dev.id] = DeviceMachine(dev.id, source, rules, counters, st.counter_wrap if st else None, now)
+
+    def reconfigure(self, cfg: CollectorConfig, devices: list[str], now: float | None = None) -> None:
+        """A reload added, changed or removed these devices: their open segments end now (written at the next
+        flush) and the added or changed ones start again, `offline` until their first answer, with the new
+        rules."""
+        now = _now() if now is None else now
+        after = {d.id: d for d in cfg.devices} if cfg.states.enabled else {}
+        for dev_id in devices:
+            old = self.machines.pop(dev_id, None)
+            if old is not None:
+                old.close(now)
+                self.store.write_machine_states([s.row(dev_id) for s in old.closed])
+            if dev_id in after:
+                self._add(after[dev_id], now)
 
     # -- fed by the pipeline and the status tracker
 
