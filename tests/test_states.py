@@ -341,3 +341,20 @@ def test_a_reload_applies_new_rules_from_the_reload_on(tmp_path: Path) -> None:
     t.reconfigure(parse_config(_cfg({"preset": "none"})), ["imm-01"], now=25.0)  # states off for it
     assert t.machines == {}
     assert store.machine_states(0, 100)[-1][1:4] == (11.0, 25.0, "running")
+
+
+def test_a_fault_across_a_shift_change_is_one_alarm_of_the_shift_it_began_in(tmp_path: Path) -> None:
+    cfg = parse_config({**_cfg(), "site": {"enterprise_id": "e", "timezone": TZ},
+                        "indicators": {"calendar": {"shifts": ["08:00-12:00", "12:00-16:00"]}}})
+    store = StatusStore(tmp_path / "status.db", 300)
+    at8 = dt.datetime(2026, 3, 2, 8, 0, tzinfo=Shifts(None, TZ).tz).timestamp()
+    t = StateTracker(cfg, store, at8)
+    t.on_batch(_batch(at8, machine_state=1))
+    t.on_batch(_batch(at8 + 3.5 * 3600, machine_state=2))  # 11:30 fault ...
+    t.on_batch(_batch(at8 + 4.5 * 3600, machine_state=1))  # ... until 12:30
+    t.flush(at8 + 8 * 3600)
+    res = period_figures(cfg, store, periods.day(dt.date(2026, 3, 2), TZ), at8 + 9 * 3600)
+    f = res["devices"]["imm-01"]
+    assert [s["alarms"] for s in f["shifts"]] == [{"count": 1, "duration_s": 1800.0},
+                                                  {"count": 0, "duration_s": 1800.0}]
+    assert f["alarms"] == {"count": 1, "duration_s": 3600.0}

@@ -6,6 +6,7 @@ appendix get their figures from, so they always agree.
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 from collector.config import CollectorConfig
@@ -72,8 +73,12 @@ def period_figures(cfg: CollectorConfig, store: StatusStore, period: Period, now
         whole = Tally()
         days: dict[str, Tally] = {}
         shift_out = []
+        ends = [x[2] for x in segs]  # segments do not overlap: sorted by start, their ends are sorted too
+        starts = [x[1] for x in segs]
         for s in shifts:
-            t = tally([x for x in segs if x[1] < s.end and x[2] > s.start], s, now, roles)
+            # from the segment before the shift on: a fault going on from the last shift is no new alarm
+            first = max(0, bisect.bisect_right(ends, s.start) - 1)
+            t = tally(segs[first:bisect.bisect_left(starts, s.end)], s, now, roles)
             whole.add(t)
             days.setdefault(s.day.isoformat(), Tally()).add(t)
             if per_shift and s.start < now:
@@ -94,7 +99,7 @@ def shift_figures(cfg: CollectorConfig, store: StatusStore, now: float) -> dict[
     shift = Shifts(cfg.indicators.calendar, tz).latest(now)
     if shift is None:
         return None
-    rows = store.machine_states(shift.start, shift.end)
+    rows = store.machine_states(shift.start - 1.0, shift.end)  # with the segment just before (alarm count)
     out: dict[str, Any] = {**_shift_dict(shift, tz), "final": now >= shift.end, "ts": iso_local(now, tz),
                            "devices": {}}
     for dev, (ict, roles) in configured(cfg).items():
