@@ -358,3 +358,38 @@ def test_a_fault_across_a_shift_change_is_one_alarm_of_the_shift_it_began_in(tmp
     assert [s["alarms"] for s in f["shifts"]] == [{"count": 1, "duration_s": 1800.0},
                                                   {"count": 0, "duration_s": 1800.0}]
     assert f["alarms"] == {"count": 1, "duration_s": 3600.0}
+
+
+def test_presets_for_euromap_modes_and_running_bits() -> None:
+    from collector.states.presets import resolve
+
+    src, rules, _ = resolve(None, {"machine_mode", "alarm"}) or ("", {}, None)
+    assert src == "preset euromap"
+    order = list(rules)
+    values = {"machine_mode": 1, "alarm": False}
+
+    def state(v: dict[str, Any]) -> str:
+        return next((s for s in order if ev(rules[s], v)), "idle")
+
+    assert state(values) == "running" and state({**values, "machine_mode": 4}) == "setup"
+    assert state({**values, "alarm": True}) == "fault" and state({**values, "machine_mode": 0}) == "idle"
+    src, rules, _ = resolve(None, {"motor_running"}) or ("", {}, None)
+    assert src == "preset running_flag" and rules == {"running": "motor_running"}
+    assert resolve(None, {"voltage_a", "energy_total"}) is None  # a power meter says no state
+
+
+def test_the_shift_summary_of_an_ended_shift_is_final(tmp_path: Path) -> None:
+    from collector.states.summary import shift_figures
+
+    path, at8 = _day_with_states(tmp_path)
+    from collector.config import load_config
+
+    cfg = load_config(path)
+    store = StatusStore(tmp_path / "state" / "status.db", 300)
+    running = shift_figures(cfg, store, at8 + 3600)
+    ended = shift_figures(cfg, store, at8 + 10 * 3600)
+    assert running is not None and ended is not None
+    assert running["final"] is False and running["devices"]["imm-01"]["planned_operation_time_s"] == 3600
+    assert ended["final"] is True and ended["key"] == "2026-03-02#1"
+    assert ended["devices"]["imm-01"]["utilization"]["value"] == pytest.approx(6 / 9)
+    store.close()
