@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -235,6 +236,4 @@ class StateTracker:
 
 
 def _now() -> float:
-    import time
-
     return time.time()
