@@ -181,7 +181,7 @@ async def test_status_page_shows_the_timeline_and_the_shift_figures(broker: Mosq
                 await page.goto(http.url)
                 await page.wait_for_selector("#machine-states", state="visible", timeout=10_000)
                 for dev in ("imm-01", "cnc-01"):
-                    states = await page.eval_on_selector_all(f"#ms-table tr[data-device='{dev}'] .strip span",
+                    states = await page.eval_on_selector_all(f"#ms-table tr[data-machine='{dev}'] .strip span",
                                                              "es => es.map(e => e.dataset.state)")
                     seen = [s for s in states if s != "offline"]
                     # the script from where the collector came in: running, idle, fault, setup, running ...
@@ -190,7 +190,7 @@ async def test_status_page_shows_the_timeline_and_the_shift_figures(broker: Mosq
                     i = order.index(seen[0])
                     assert seen == [order[(i + k) % 4] for k in range(len(seen))], states
                     for key in ("utilization", "availability", "oee"):
-                        text = await page.text_content(f"#ms-table tr[data-device='{dev}'] [data-figure={key}]")
+                        text = await page.text_content(f"#ms-table tr[data-machine='{dev}'] [data-figure={key}]")
                         v = shift["devices"][dev][key]["value"]
                         assert text == ("—" if v is None else f"{v * 100:.1f} %"), (dev, key, text, v)
                     assert shift["devices"][dev]["utilization"]["value"] is not None
