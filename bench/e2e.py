@@ -1272,6 +1272,7 @@ These scripts measure one component each and print their own tables; run them by
 .venv/bin/python bench/opcua_poll.py    # OPC UA poll vs subscribe on 1,000 nodes; simulator start-up
 .venv/bin/python bench/outbox.py        # outbox append/drain, with and without fsync
 .venv/bin/python bench/profile.py       # py-spy on the collector at saturation, CPU per thread ("What limits us now")
+.venv/bin/python bench/states.py        # collector CPU per reading with and without machine states (docs/states.md)
 ```
 
 Their results when they were written (2 cores, loopback, still with pymodbus's client for Modbus TCP): coalesced contiguous reads 188 k–379 k tags/s against
@@ -1279,6 +1280,11 @@ Their results when they were written (2 cores, loopback, still with pymodbus's c
 tag; OPC UA batched Read of 1,000 nodes 37–41 k values/s per session, subscriptions delivering 9.3–9.8 k
 values/s with the asyncua server saturating first at 20 k changes/s offered; OPC UA simulator start-up ~1 s for
 two machines.
+
+Machine states (bench/states.py, config/demo.yaml with every interval 20 ms, ~1,550 readings/s, 2 rounds of
+8 s, states off/on alternated; on = rules on all six demo devices): 127.7 µs of collector CPU per reading off,
+127.5 µs on: ratio 0.998 (the run-to-run noise is ±7 %). In process, `StateTracker.on_batch` costs 0.16 µs per
+reading (a set lookup per tag; rules are evaluated only when a tag they read changes).
 """
 
 

@@ -114,6 +114,9 @@ class Collector:
             self.status.listeners.append(self.sink.status_changed)
         self.sink.on_connect_hooks.append(self._republish)
         self.engine = Engine(self._on_readings, self.status.set_state, self._identified)
+        from collector.states.service import StatesService  # machine states, 稼动率, OEE (docs/states.md)
+
+        self.states = StatesService(self)
         self._tasks: list[asyncio.Task[None]] = []
         self.started = 0.0
         self.reload_counts = {"applied": 0, "rejected": 0}
@@ -271,6 +274,7 @@ class Collector:
             asyncio.create_task(self._every(60.0, self.close_months), name="month-close"),
             asyncio.create_task(self._every_async(self.cfg.indicators.publish_interval, self.refresh_periods),
                                 name="period-figures"),
+            *self.states.tasks(),
         ]
         try:
             self.close_months()
@@ -341,6 +345,7 @@ class Collector:
         await asyncio.gather(*(cancel_and_wait(t, t.get_name()) for t in self._tasks))
         await self.engine.stop()
         self._devices_shut_down()
+        self.states.stop()
         self.outbox.flush()
         self._final_flush()
         await self.sink.stop()
@@ -389,7 +394,7 @@ class Collector:
 
     # -- reload (SIGHUP, `collector reload`, POST /api/reload)
 
-    RESTART_ONLY = ("site", "mqtt", "http", "state_dir", "indicators", "outbox", "evidence", "influx")
+    RESTART_ONLY = ("site", "mqtt", "http", "state_dir", "indicators", "outbox", "evidence", "influx", "states")
 
     async def reload_file(self, path: str | Path) -> dict[str, Any]:
         """Re-read and validate a config file, then `reload()`; an invalid file changes nothing."""
@@ -443,6 +448,7 @@ class Collector:
                 self.pipeline.forget(dev_id)
             for dev_id in changed:
                 self.pipeline.latest.pop(dev_id, None)
+            self.states.reconfigure(removed + changed + added)
             for dev_id in changed + added:
                 self.engine.start_device(after[dev_id])
             self.status.flush()

@@ -361,6 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_parsers(sub)
 
+    from collector.states.commands import add_parsers as add_states_parsers  # oee
+
+    add_states_parsers(sub)
+
     from adapters.opcua.commands import add_parsers as add_opcua_parsers  # certs, discover
 
     add_opcua_parsers(sub)

@@ -34,6 +34,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from collector.credit_code import credit_code_problem
+from collector.states.config import DeviceStates, StatesConfig, tag_errors
 
 
 def _not_a_bool(v: Any) -> Any:
@@ -169,6 +170,8 @@ class SimulateConfig(Strict):
     initial: MachineState = "running"
     seed: Integer | None = None
     update_interval: Number = 0.5
+    # A fixed state script instead of the random walk, repeated: [[running, 30], [idle, 10], [alarm, 5]]
+    script: list[tuple[MachineState, Annotated[float, Field(gt=0)]]] = Field(default_factory=list)
     # Fault injection (Modbus; see docs/simulators.md)
     exception_addresses: list[int] = Field(default_factory=list)
     exception_code: Literal[2, 4] = 2
@@ -348,6 +351,16 @@ class DeviceBase(Strict):
     template: str | None = None
     asset: AssetFields = Field(default_factory=AssetFields)
     simulate: SimulateConfig = Field(default_factory=SimulateConfig)
+    states: DeviceStates | None = None  # machine states (docs/states.md); None: a preset from the tag names
+
+    @model_validator(mode="after")
+    def _states_tags(self) -> DeviceBase:
+        """Every tag a state rule or counter names is one of this device's tags."""
+        if self.states is not None:
+            problems = tag_errors(self.states, {t.name for t in getattr(self, "tags", [])})
+            if problems:
+                raise ValueError("\n".join(SUBPATH + p for p in problems))
+        return self
 
     @field_validator("endpoint")
     @classmethod
@@ -840,6 +853,7 @@ class CollectorConfig(Strict):
     devices: list[Device] = Field(default_factory=list)
     assets: list[AssetEntry] = Field(default_factory=list)
     assets_csv: Path | None = Field(default=None, description="a 设备台账 CSV read at start (docs/indicators.md)")
+    states: StatesConfig = Field(default_factory=StatesConfig)  # machine states, 稼动率, OEE (docs/states.md)
 
     @model_validator(mode="before")
     @classmethod

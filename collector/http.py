@@ -421,6 +421,7 @@ class HttpServer:
             "outbox": c.outbox_stats(),
             "sink": c.sink.stats(),
             "health": self.health(),
+            "machine_states": c.states.page(),  # today's strips and the shift's figures (docs/states.md)
         }
 
     async def api_status(self, request: web.Request) -> web.Response:

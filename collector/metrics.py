@@ -67,6 +67,9 @@ class _Snapshot(RegistryCollector):
         yield from self._sink()
         yield from self._outbox()
         yield from self._indicators()
+        from collector.states.metrics import families  # machine states (docs/states.md)
+
+        yield from families(self.c)
 
     def _gateway(self) -> Iterator[Metric]:
         c = self.c

@@ -42,6 +42,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID
 CREATE TABLE IF NOT EXISTS identities (device TEXT NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL,
     identity TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS identities_by_device ON identities (device, first_seen);
+CREATE TABLE IF NOT EXISTS machine_states (device TEXT NOT NULL, start REAL NOT NULL, end REAL NOT NULL,
+    state TEXT NOT NULL, parts REAL, good REAL, scrap REAL, PRIMARY KEY (device, start)) WITHOUT ROWID;
 """
 
 
@@ -196,6 +198,28 @@ class StatusStore:
             args = (before,)
         rows = self.db.execute(sql + " ORDER BY device, first_seen, rowid", args).fetchall()
         return [IdentityRecord(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+    def write_machine_states(self, rows: Iterable[tuple[str, float, float, str, float | None, float | None,
+                                                         float | None]]) -> None:
+        """Machine-state segments (collector/states/): (device, start, end, state, parts, good, scrap); the open
+        segment is rewritten with a later end at each flush, so time after the last write is `unknown`."""
+        cur = self.db.cursor()
+        cur.execute("BEGIN")
+        try:
+            cur.executemany("INSERT OR REPLACE INTO machine_states VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    def machine_states(self, start: float, end: float, device: str | None = None) -> list[tuple[Any, ...]]:
+        """Segments overlapping [start, end), by device and start."""
+        sql = "SELECT device, start, end, state, parts, good, scrap FROM machine_states WHERE start < ? AND end > ?"
+        args: tuple[Any, ...] = (end, start)
+        if device is not None:
+            sql += " AND device = ?"
+            args += (device,)
+        return self.db.execute(sql + " ORDER BY device, start", args).fetchall()
 
     def uptime_buckets(self, start: float, end: float) -> list[int]:
         rows = self.db.execute("SELECT bucket FROM uptime_buckets WHERE bucket >= ? AND bucket < ? ORDER BY bucket",

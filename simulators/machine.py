@@ -26,9 +26,10 @@ class MachineModel:
         self.rng = random.Random(seed)
         self.cfg = simulate
         self.clock = clock
-        self.state: str = simulate.initial
+        self.state: str = simulate.script[0][0] if simulate.script else simulate.initial
         self.forced_state: str | None = None
         now = clock()
+        self.script_start = now  # `simulate.script`: the states follow it from here, over and over
         self.state_since = now
         self.next_change = now + self.rng.uniform(*simulate.dwell)
         self.last_tick = now
@@ -47,6 +48,16 @@ class MachineModel:
         if state is not None:
             self._enter(state, self.clock())
 
+    def scripted_state(self, now: float) -> str:
+        """The state `simulate.script` says at `now` (it repeats): a known timeline tests can check against."""
+        script = self.cfg.script
+        pos = (now - self.script_start) % sum(seconds for _, seconds in script)
+        for state, seconds in script:
+            if pos < seconds:
+                return state
+            pos -= seconds
+        return script[-1][0]
+
     def _enter(self, state: str, now: float) -> None:
         if state != self.state:
             self.state = state
@@ -56,7 +67,9 @@ class MachineModel:
         now = self.clock()
         dt = max(0.0, now - self.last_tick)
         self.last_tick = now
-        if self.forced_state is None and now >= self.next_change:
+        if self.forced_state is None and self.cfg.script:
+            self._enter(self.scripted_state(now), now)
+        elif self.forced_state is None and now >= self.next_change:
             names = list(self.cfg.states)
             weights = [self.cfg.states[n] for n in names]
             self._enter(self.rng.choices(names, weights)[0], now)

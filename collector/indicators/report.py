@@ -692,6 +692,9 @@ def render_html(result: PeriodResult, lang: Lang = "zh", chain_record: dict[str,
         parts.append(f"<h2>{L('warnings')}</h2><ul class='warn'>"
                      + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul>")
     parts.append(f"<h2>{L('recompute')}</h2><p class='small'>{html.escape(L('recompute_text'))}</p>")
+    from collector.states.appendix import machine_appendix  # 设备稼动率与OEE (docs/states.md)
+
+    parts.append(machine_appendix(result.cfg, p, result.now, lang))
     parts.append(_footer(result, footer, lang))
     parts.append("</body></html>")
     return "".join(parts)
