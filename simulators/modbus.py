@@ -22,6 +22,8 @@ Behaviour a collector sees:
   VendorName "shopfloor-collector", ProductCode "SIMULATOR"); `set_identification(device, None)` makes a
   unit answer exception 01 instead, like the many real devices without identification;
 - the device's `identity:` tags (a serial-number register) are served like its tags;
+- every request is logged per unit (`UnitStore.requests`, `.writes`); a written address keeps the written
+  value (the machine model stops overwriting it), as a setpoint register does;
 - `stop()` closes the listener and every client connection.
 """
 
@@ -33,6 +35,7 @@ import contextlib
 import logging
 import shutil
 from array import array
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +61,7 @@ log = logging.getLogger(__name__)
 _FC_TABLE = {1: "coil", 5: "coil", 15: "coil", 2: "discrete_input", 4: "input_register",
              3: "holding_register", 6: "holding_register", 16: "holding_register", 22: "holding_register",
              23: "holding_register"}
+_WRITE_FCS = frozenset({5, 6, 15, 16})
 _TABLES = ("coil", "discrete_input", "input_register", "holding_register")
 
 SIM_IDENTIFICATION: dict[int, str] = {0x00: "shopfloor-collector", 0x01: "SIMULATOR", 0x02: "1.0",
@@ -90,13 +94,25 @@ class UnitStore:
         self.update_interval = sim.update_interval
         self.truncate_to = 0  # bytes kept of each of the next `truncate_left` answers
         self.truncate_left = 0
+        # every request served, as (function code, address, count): tests prove what reached the device
+        self.requests: deque[tuple[int, int, int]] = deque(maxlen=100_000)
+        # addresses a client wrote: the machine model no longer overwrites them (a setpoint stays set)
+        self.held: dict[str, set[int]] = {name: set() for name in _TABLES}
+
+    @property
+    def writes(self) -> list[tuple[int, int, int]]:
+        """The write requests (FC 5, 6, 15, 16) among `requests`."""
+        return [r for r in self.requests if r[0] in _WRITE_FCS]
 
     def update(self) -> None:
         """Advance the model one tick and write every tag's value into the tables."""
         self.model.tick()
         value = self.model.value
         tables = self.tables
+        held = self.held
         for c in self.codecs:
+            if held[c.table] and not held[c.table].isdisjoint(range(c.address, c.address + c.size)):
+                continue
             words = c.encode_value(value(c.name))
             table: Any = tables[c.table]
             if c.bit is not None and not c.is_bits:
@@ -157,6 +173,8 @@ class _Datastore(ModbusServerContext):
         unit = await self._unit(device_id)
         if unit is None:
             return ExcCodes.GATEWAY_NO_RESPONSE
+        if func_code not in _WRITE_FCS:  # pymodbus reads a written coil back for its answer: not a request
+            unit.requests.append((func_code, address, count))
         table = _FC_TABLE.get(func_code)
         if table is None:
             return ExcCodes.ILLEGAL_FUNCTION
@@ -170,6 +188,7 @@ class _Datastore(ModbusServerContext):
         unit = await self._unit(device_id)
         if unit is None:
             return ExcCodes.GATEWAY_NO_RESPONSE
+        unit.requests.append((func_code, address, len(values)))
         table = _FC_TABLE.get(func_code)
         if table is None or table in ("discrete_input", "input_register"):
             return ExcCodes.ILLEGAL_FUNCTION
@@ -179,6 +198,7 @@ class _Datastore(ModbusServerContext):
         store = unit.tables[table]
         for i, v in enumerate(values):
             store[address + i] = int(v) & (1 if table == "coil" else 0xFFFF)
+            unit.held[table].add(address + i)
         return None
 
 
