@@ -34,6 +34,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from collector.credit_code import credit_code_problem
+from collector.writes.config import DeviceWrites, TagWrite, WritesConfig
 
 
 def _not_a_bool(v: Any) -> Any:
@@ -254,6 +255,7 @@ class TagBase(Strict):
     range: tuple[Number, Number] | None = None
     description: str | None = None
     sim: SimSpec | None = None
+    write: TagWrite = Field(default_factory=TagWrite, description="write-back guard rails (docs/writes.md)")
 
 
 class ModbusTag(TagBase):
@@ -348,6 +350,7 @@ class DeviceBase(Strict):
     template: str | None = None
     asset: AssetFields = Field(default_factory=AssetFields)
     simulate: SimulateConfig = Field(default_factory=SimulateConfig)
+    writes: DeviceWrites = Field(default_factory=DeviceWrites)
 
     @field_validator("endpoint")
     @classmethod
@@ -835,6 +838,7 @@ class CollectorConfig(Strict):
     indicators: IndicatorConfig = Field(default_factory=IndicatorConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
+    writes: WritesConfig = Field(default_factory=WritesConfig)
     influx: InfluxConfig | None = None
     templates: dict[str, TemplateConfig] = Field(default_factory=dict)
     devices: list[Device] = Field(default_factory=list)
