@@ -143,6 +143,8 @@ class Collector:
                                lambda topic, payload: self.sink.publish_json(topic, payload, qos=1))
         self.sink.subscriptions.append((service.request_filter, 1))
         self.sink.on_message_hooks.append(service.on_mqtt)
+        if hasattr(self.sink, "on_device_command"):  # Sparkplug: DCMD metrics are write requests too
+            self.sink.on_device_command = service.on_command
         return service
 
     def _make_mqtt_sink(self) -> MqttSink:

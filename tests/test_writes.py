@@ -340,3 +340,28 @@ async def test_cli_write_and_writes_list(broker: MosquittoProcess, state_dir: Pa
                                                                           ("cli", "refused", 4200)]
     finally:
         await close_site(site)
+
+
+async def test_sparkplug_dcmd_is_a_write_request(broker: MosquittoProcess, state_dir: Path) -> None:
+    from collector.sinks import sparkplug_b_pb2 as pb
+
+    data = config(state_dir, broker.port)
+    data["mqtt"]["format"] = "sparkplug"
+    site = await make_site(data)
+    try:
+        cmd = pb.Payload(timestamp=1)
+        cmd.metrics.add(name="setpoint", datatype=10, double_value=77.5)  # Double
+        cmd.metrics.add(name="mode", datatype=3, int_value=(-1) & 0xFFFFFFFF)  # Int32 -1: not in the list
+        mqtt_publish.single("spBv1.0/t1/DCMD/w1/plc-1", cmd.SerializeToString(), qos=1, hostname=broker.host,
+                            port=broker.port)
+        for _ in range(100):
+            if len(site.audit()) == 2:
+                break
+            await asyncio.sleep(0.1)
+        records = sorted(site.audit(), key=lambda r: r["tag"])
+        assert [(r["tag"], r["value"], r["status"], r["code"], r["via"]) for r in records] == [
+            ("mode", -1, "refused", "out_of_range", "sparkplug"), ("setpoint", 77.5, "ok", None, "sparkplug")]
+        assert list(site.unit().tables["holding_register"][10:12]) == cdab("f", 77.5)
+        assert site.unit().writes == [(16, 10, 2)]
+    finally:
+        await close_site(site)

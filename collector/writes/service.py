@@ -120,6 +120,14 @@ class WriteService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def on_command(self, device: str, tag: str, value: Any) -> None:
+        """A Sparkplug DCMD metric (collector/sinks/sparkplug.py): the same path; the result is in the audit
+        topic and the next DDATA (Sparkplug has no reply to a command)."""
+        req = WriteRequest(device, tag, value, str(uuid.uuid4()), "sparkplug:DCMD", "sparkplug")
+        task = asyncio.get_running_loop().create_task(self.handle(req))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     # -- the one path
 
     async def handle(self, req: WriteRequest) -> dict[str, Any]:
