@@ -34,7 +34,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from collector.credit_code import credit_code_problem
-from collector.writes.config import DeviceWrites, TagWrite, WritesConfig
+from collector.writes.config import DeviceWrites, TagWrite, WritesConfig, write_table_problem
 
 
 def _not_a_bool(v: Any) -> Any:
@@ -305,6 +305,8 @@ class ModbusTag(TagBase):
         """What does not fit between the tag's type, `bit` and its table (None when it fits or no table yet)."""
         if self.table is None:
             return None
+        if problem := write_table_problem(self.table, self.write):
+            return problem
         if self.table in BIT_TABLES:
             if self.type != "bool":
                 return f"a {self.table} holds bits: its type must be bool"

@@ -58,8 +58,7 @@ def config(state_dir: Path, broker_port: int, enabled: bool = True, plc_scheme: 
                  {"name": "mode", "table": "holding_register", "address": 30, "type": "uint16",
                   "write": {"allowed": [1, 2, 3], "rate_limit": 2}, "sim": {"kind": "constant", "value": 1}},
                  {"name": "count", "table": "holding_register", "address": 40, "type": "uint16"},
-                 {"name": "temp", "table": "input_register", "address": 0, "type": "int16",
-                  "write": {"allowed": True}},
+                 {"name": "temp", "table": "input_register", "address": 0, "type": "int16"},
              ]},
             {"id": "cnc-1", "protocol": "opcua", "endpoint": f"opc.tcp://127.0.0.1:{free_port()}", "mode": "poll",
              "interval": 0.3, "writes": switch, "tags": [

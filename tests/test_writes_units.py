@@ -87,6 +87,9 @@ def test_config_refuses_contradictions() -> None:
         base["devices"][0]["tags"] = [{"name": "t", "register": 40001, "write": write}]
         with pytest.raises(ConfigError, match=words):
             parse_config(base)
+    base["devices"][0]["tags"] = [{"name": "t", "register": 30001, "write": {"allowed": True}}]
+    with pytest.raises(ConfigError, match=r"tags\[0\].*input_register is read-only in Modbus"):
+        parse_config(base)
     cfg = parse_config({**base, "devices": [{**base["devices"][0], "tags": [{"name": "t", "register": 40001}]}]})
     assert not cfg.writes.enabled and not cfg.devices[0].writes.enabled and not cfg.devices[0].tags[0].write.writable
 

@@ -70,3 +70,13 @@ class WritesConfig(_Strict):
                              description="MQTT topic of each audit record (not retained)")
     timeout: Limit = Field(default=10.0, gt=0, le=120, description="seconds a request may take, write and "
                            "readback, before it is answered `failed`")
+
+
+READ_ONLY_TABLES = ("discrete_input", "input_register")
+
+
+def write_table_problem(table: str | None, write: TagWrite) -> str | None:
+    """A Modbus tag marked writable in a table Modbus cannot write (collector/config.py calls this)."""
+    if write.writable and table in READ_ONLY_TABLES:
+        return f"write.allowed: a {table} is read-only in Modbus (only coils and holding registers are written)"
+    return None
