@@ -14,9 +14,10 @@ Behaviour a collector sees:
 - addresses between tags read as 0 (coalesced reads work); a request past the last tag of a table, or a
   table the unit has no tag in, answers exception 02;
 - fault injection, from the device's `simulate:` block or at run time through the control methods
-  (`set_exceptions`, `set_delay`, `set_silent`, `truncate_answers`, `drop_connections`): exception 02/04 on
-  chosen addresses (any request touching one), answering late, not answering at all, answers cut short (the
-  first bytes of a frame, the rest never sent, the connection kept), connections dropped;
+  (`set_exceptions`, `set_delay`, `set_silent`, `truncate_answers`, `drop_connections`, `refuse_writes`):
+  exception 02/04 on chosen addresses (any request touching one) or on every write, answering late, not
+  answering at all, answers cut short (the first bytes of a frame, the rest never sent, the connection kept),
+  connections dropped;
 - an unknown unit id answers exception 0B (gateway target failed to respond) over TCP, nothing over RTU;
 - FC 43/14 Read Device Identification answers, per unit, that it is a simulator (`SIM_IDENTIFICATION`:
   VendorName "shopfloor-collector", ProductCode "SIMULATOR"); `set_identification(device, None)` makes a
@@ -98,6 +99,7 @@ class UnitStore:
         self.requests: deque[tuple[int, int, int]] = deque(maxlen=100_000)
         # addresses a client wrote: the machine model no longer overwrites them (a setpoint stays set)
         self.held: dict[str, set[int]] = {name: set() for name in _TABLES}
+        self.write_exception: ExcCodes | None = None  # `refuse_writes`: every write answered with this code
 
     @property
     def writes(self) -> list[tuple[int, int, int]]:
@@ -189,6 +191,8 @@ class _Datastore(ModbusServerContext):
         if unit is None:
             return ExcCodes.GATEWAY_NO_RESPONSE
         unit.requests.append((func_code, address, len(values)))
+        if unit.write_exception is not None:
+            return unit.write_exception
         table = _FC_TABLE.get(func_code)
         if table is None or table in ("discrete_input", "input_register"):
             return ExcCodes.ILLEGAL_FUNCTION
@@ -389,6 +393,11 @@ class ModbusServerSim:
         unit = self._by_device[device_id]
         unit.exception_addresses = sorted(set(addresses))
         unit.exception_code = ExcCodes(code)
+
+    def refuse_writes(self, device_id: str, code: int | None = 4) -> None:
+        """Answer every write request of the unit with exception `code` (a PLC in RUN mode, a locked
+        parameter); None accepts writes again."""
+        self.unit(device_id).write_exception = None if code is None else ExcCodes(code)
 
     def set_identification(self, device_id: str, objects: dict[int, str] | None) -> None:
         """The FC 43/14 objects a unit answers (object id -> text); None: answer exception 01 (unsupported)."""

@@ -60,12 +60,14 @@ def config(state_dir: Path, broker_port: int, enabled: bool = True, plc_scheme: 
                  {"name": "count", "table": "holding_register", "address": 40, "type": "uint16"},
                  {"name": "temp", "table": "input_register", "address": 0, "type": "int16"},
              ]},
-            {"id": "cnc-1", "protocol": "opcua", "endpoint": f"opc.tcp://127.0.0.1:{free_port()}", "mode": "poll",
-             "interval": 0.3, "writes": switch, "tags": [
+            {"id": "cnc-1", "protocol": "opcua", "endpoint": f"opc.tcp://127.0.0.1:{free_port()}",
+             "interval": 0.3, "writes": switch, "tags": [  # subscribe mode (the default): writes beside it
                  {"name": "feed", "node": f"{NS};s=Feed", "type": "double",
                   "write": {"allowed": True, "min": 50, "max": 150}, "sim": {"kind": "constant", "value": 100}},
                  {"name": "program", "node": f"{NS};s=Program", "type": "string", "write": {"allowed": True},
                   "sim": {"kind": "constant", "value": "O1001"}},
+                 {"name": "parts", "node": f"{NS};s=Production.PartsCounter",  # no type: the node's UInt32
+                  "write": {"allowed": True}},
              ]},
             {"id": "plc-off", "protocol": "modbus", "endpoint": f"tcp://127.0.0.1:{free_port()}", "interval": 0.3,
              "timeout": 0.3, "writes": switch, "tags": [
@@ -193,6 +195,14 @@ async def test_opcua_node_written_over_mqtt_with_result_and_audit_topics(site: S
         code, result = await site.write("cnc-1", {"tag": "program", "value": "O2002"})
         assert (code, result["status"], result["readback"]) == (200, "ok", "O2002")
         assert len(sim.write_requests) == 2
+        # no `type:` on the tag: the node's DataType (an integer) decides, read before any Write
+        code, result = await site.write("cnc-1", {"tag": "parts", "value": 2.5})
+        assert (code, result["status"], result["code"]) == (409, "refused", "type_mismatch")
+        assert "UInt32: 2.5 is not a whole number" in result["reason"] and len(sim.write_requests) == 2
+        code, result = await site.write("cnc-1", {"tag": "parts", "value": -1})
+        assert result["code"] == "type_mismatch" and len(sim.write_requests) == 2
+        code, result = await site.write("cnc-1", {"tag": "parts", "value": 9})
+        assert (code, result["status"], result["readback"]) == (200, "ok", 9) and isinstance(result["old"], int)
         assert [r["id"] for r in site.audit()][:2] == ["mes-42", "mes-43"]
     finally:
         rec.close()
@@ -236,12 +246,20 @@ async def test_every_refusal_names_its_reason_and_writes_nothing(site: Site) -> 
     assert first[1]["status"] == "ok" and (second[1]["status"], second[1]["code"]) == ("refused", "busy")
     assert unit.writes[2:] == [(16, 10, 2)] and list(unit.tables["holding_register"][10:12]) == cdab("f", 200.0)
 
+    # the device answers the write with an exception (a PLC refusing writes in RUN): failed, the reason names it
+    site.workshop.by_device["plc-1"].refuse_writes("plc-1", 4)
+    code, result = await site.write("plc-1", {"tag": "speed", "value": 1.5})
+    site.workshop.by_device["plc-1"].refuse_writes("plc-1", None)
+    assert (code, result["status"], result["code"]) == (502, "failed", "device_refused")
+    assert "exception 04 (device failure)" in result["reason"] and result["reason"].startswith("设备拒绝写入")
+    assert list(unit.tables["holding_register"][20:22]) == cdab("i", 50)  # still the simulated 5.0
+
     # degraded: refused as well
     site.collector.status.devices["plc-1"].state = "degraded"  # type: ignore[assignment]
     code, result = await site.write("plc-1", {"tag": "setpoint", "value": 10})
     assert result["code"] == "device_degraded"
-    n = len(cases) + 3 + 2 + 1
-    assert len(site.audit()) == n and len(unit.writes) == 3
+    n = len(cases) + 3 + 2 + 1 + 1
+    assert len(site.audit()) == n and len(unit.writes) == 4  # two to mode, setpoint 200, the refused speed
 
 
 async def test_with_writes_disabled_no_request_reaches_a_device(broker: MosquittoProcess, state_dir: Path) -> None:
@@ -364,3 +382,33 @@ async def test_sparkplug_dcmd_is_a_write_request(broker: MosquittoProcess, state
         assert site.unit().writes == [(16, 10, 2)]
     finally:
         await close_site(site)
+
+
+async def test_mbap_client_write_function_codes_against_the_pymodbus_server() -> None:
+    """FC 5/6/15/16 of our lean client against pymodbus's server (not ours): frames and echoes agree."""
+    from adapters.modbus.tcp import MbapClient
+    from simulators.modbus import ModbusServerSim
+
+    cfg = parse_config({"site": {"enterprise_id": "e"}, "devices": [
+        {"id": "d", "protocol": "modbus", "endpoint": f"tcp://127.0.0.1:{free_port()}", "tags": [
+            {"name": "c", "table": "coil", "address": 0, "type": "bool"},
+            {"name": "c9", "table": "coil", "address": 9, "type": "bool"},
+            {"name": "r", "table": "holding_register", "address": 0, "type": "float64"}]}]})
+    dev = cfg.devices[0]
+    async with ModbusServerSim(dev.endpoint, [dev]) as sim:
+        client = MbapClient("127.0.0.1", dev.parsed_endpoint.port, timeout=2.0)
+        assert await client.connect()
+        try:
+            unit = sim.units[1]
+            assert not (await client.write_coils(0, [True, False, True, True, False, False, False, False, True],
+                                                 device_id=1)).isError()
+            assert list(unit.tables["coil"][0:10]) == [1, 0, 1, 1, 0, 0, 0, 0, 1, 0]
+            assert not (await client.write_coil(9, True, device_id=1)).isError()
+            assert not (await client.write_register(3, 0xBEEF, device_id=1)).isError()
+            assert not (await client.write_registers(0, [1, 2, 3], device_id=1)).isError()
+            assert list(unit.tables["holding_register"][0:4]) == [1, 2, 3, 0xBEEF]
+            answer = await client.write_register(99, 1, device_id=1)  # past the last tag: exception 02
+            assert answer.isError() and answer.exception_code == 2
+            assert [fc for fc, _, _ in unit.writes] == [15, 5, 6, 16, 6]
+        finally:
+            client.close()
