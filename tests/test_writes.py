@@ -341,7 +341,7 @@ async def test_cli_write_and_writes_list(broker: MosquittoProcess, state_dir: Pa
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
         out, err = await proc.communicate()
         assert proc.returncode == 0, err.decode()
-        assert "ok: plc-1.setpoint = 42.5" in out.decode()
+        assert "写入成功 (ok): plc-1.setpoint = 42.5" in out.decode()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "collector.cli", "write", "-c", str(path), "plc-1", "setpoint", "4200",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
@@ -353,6 +353,13 @@ async def test_cli_write_and_writes_list(broker: MosquittoProcess, state_dir: Pa
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
         out, err = await proc.communicate()
         records = json.loads(out)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "collector.cli", "writes", "-c", str(path),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+        table, _ = await proc.communicate()
+        lines = table.decode().splitlines()
+        assert len(lines) == 2 and "plc-1.setpoint" in lines[0] and "-> 42.5  ok" in lines[0]
+        assert "refused  out_of_range" in lines[1]
         assert [(r["via"], r["status"], r["value"]) for r in records] == [("cli", "ok", 42.5),
                                                                           ("cli", "refused", 4200)]
     finally:

@@ -18,7 +18,7 @@ from collector.sinks.sparkplug import metric_value
 from collector.writes.audit import AuditLog, read_audit
 from collector.writes.config import TagWrite
 from collector.writes.guards import RateLimiter, range_problem, type_problem
-from collector.writes.service import parse_request
+from collector.writes.service import _same, parse_request
 
 
 def codec(**kw: Any) -> TagCodec:
@@ -126,3 +126,10 @@ def test_dcmd_metric_values() -> None:
     p.metrics.add(name="d", datatype=11, boolean_value=True)
     p.metrics.add(name="e", datatype=12, string_value="O1")
     assert [metric_value(m) for m in p.metrics] == [-5, -5, 4_000_000_000, True, "O1"]
+
+
+def test_readback_comparison() -> None:
+    assert _same(123.25, 123.25, "good") and _same(-12.3, -12.299999999999999, "good")
+    assert _same(0.1, 0.10000000149011612, "good")  # a float32 register holds 0.1 this way
+    assert not _same(99.0, 100.0, "good") and not _same(100.0, 100.0, "bad_device_exception")
+    assert _same(True, True, "good") and not _same(1.0, True, "good") and not _same("O1", "O2", "good")

@@ -51,7 +51,8 @@ def cmd_write(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, ensure_ascii=False, indent=2))
     elif result.get("status") == "ok":
-        print(f"ok: {args.device}.{args.tag} = {result.get('readback')!r} (was {result.get('old')!r})")
+        print(f"写入成功 (ok): {args.device}.{args.tag} = {result.get('readback')!r} "
+              f"(原值 was {result.get('old')!r})")
     else:
         print(f"{result.get('status')}: {result.get('code')}: {result.get('reason')}", file=sys.stderr)
     return 0 if result.get("status") == "ok" else 1
@@ -63,7 +64,11 @@ def cmd_writes(args: argparse.Namespace) -> int:
 
     cfg = load_config_or_exit(args.config)
     path = effective_state_dir(cfg, Settings()) / AUDIT_FILE
-    records = [r for r in read_audit(path) if args.device is None or r.get("device") == args.device]
+    try:
+        records = [r for r in read_audit(path) if args.device is None or r.get("device") == args.device]
+    except OSError as exc:
+        print(f"collector writes: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     if args.last:
         records = records[-args.last:]
     if args.json:
