@@ -58,6 +58,10 @@ def config(state_dir: Path, broker_port: int, enabled: bool = True, plc_scheme: 
                  {"name": "mode", "table": "holding_register", "address": 30, "type": "uint16",
                   "write": {"allowed": [1, 2, 3], "rate_limit": 2}, "sim": {"kind": "constant", "value": 1}},
                  {"name": "count", "table": "holding_register", "address": 40, "type": "uint16"},
+                 {"name": "lamp", "table": "holding_register", "address": 50, "type": "bool", "bit": 3,
+                  "write": {"allowed": True}},
+                 {"name": "ready", "table": "holding_register", "address": 50, "type": "bool", "bit": 0,
+                  "sim": {"kind": "constant", "value": True}},
                  {"name": "temp", "table": "input_register", "address": 0, "type": "int16"},
              ]},
             {"id": "cnc-1", "protocol": "opcua", "endpoint": f"opc.tcp://127.0.0.1:{free_port()}",
@@ -154,6 +158,10 @@ async def test_modbus_register_and_coil_change_in_the_device_and_read_back(site:
     assert list(regs[20:22]) == cdab("i", -123)  # -12.3 / 0.1, in reverse through the scale
     assert site.unit().tables["coil"][0] == 1
     assert site.unit().writes == [(16, 10, 2), (16, 20, 2), (5, 0, 1)]
+    # one bit of a register: read, that bit changed, written back; the other bits stay
+    code, result = await site.write("plc-1", {"tag": "lamp", "value": True})
+    assert (code, result["status"], result["readback"], result["old"]) == (200, "ok", True, False)
+    assert regs[50] == 0b1001 and site.unit().writes[-1] == (6, 50, 1)
     await asyncio.sleep(0.8)  # the simulator keeps the setpoint: the machine model no longer overwrites it
     assert list(regs[10:12]) == cdab("f", 123.25)
     latest = site.collector.pipeline.latest["plc-1"]
@@ -162,8 +170,8 @@ async def test_modbus_register_and_coil_change_in_the_device_and_read_back(site:
     audit = site.audit()
     assert [(r["id"], r["tag"], r["status"], r["by"], r["via"]) for r in audit][0] == (
         "r-1", "setpoint", "ok", audit[0]["by"], "http")
-    assert len(audit) == 3 and audit[0]["by"].startswith("token:") and TOKEN not in json.dumps(audit)
-    assert [(r["old"], r["value"]) for r in audit] == [(100.0, 123.25), (5.0, -12.3), (False, True)]
+    assert len(audit) == 4 and audit[0]["by"].startswith("token:") and TOKEN not in json.dumps(audit)
+    assert [(r["old"], r["value"]) for r in audit] == [(100.0, 123.25), (5.0, -12.3), (False, True), (False, True)]
 
 
 async def test_opcua_node_written_over_mqtt_with_result_and_audit_topics(site: Site, broker: MosquittoProcess
