@@ -299,6 +299,17 @@ async def test_with_writes_disabled_no_request_reaches_a_device(broker: Mosquitt
         code, result = await site.write("plc-1", {"tag": "setpoint", "value": 10})
         assert result["code"] == "writes_disabled" and "for this collector" in result["reason"]
         assert unit.writes == []
+
+        # switched on by a reload (SIGHUP), no restart: the next request is written
+        on = config(state_dir, broker.port)
+        for new, old in zip(on["devices"], data["devices"], strict=True):
+            new["endpoint"] = old["endpoint"]
+        on["http"], on["mqtt"] = data["http"], data["mqtt"]
+        outcome = await site.collector.reload(parse_config(on))
+        assert outcome.get("ok", True), outcome
+        await site.online("plc-1")
+        code, result = await site.write("plc-1", {"tag": "setpoint", "value": 10})
+        assert (code, result["status"]) == (200, "ok") and unit.writes == [(16, 10, 2)]
     finally:
         rec.close()
         await close_site(site)
