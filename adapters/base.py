@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from collector.config import ModbusDevice, OpcUaDevice
@@ -30,6 +31,24 @@ class AdapterError(Exception):
 
 class DeviceSkipped(AdapterError):
     """The device is skipped for a while (e.g. a dead unit on a shared RS-485 line): state `degraded`."""
+
+
+class WriteError(Exception):
+    """A write the device or the tag's type refused; `code` is machine-readable (collector/writes/reasons.py)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class WriteOutcome:
+    """What a write found and left: the tag's value before, and the value read back after (None: not read)."""
+
+    old: Any
+    readback: Any
+    readback_quality: str | None = None
 
 
 class Adapter(ABC):
@@ -65,6 +84,15 @@ class Adapter(ABC):
         than set to None, so a passing hiccup does not look like a change of device. Never raises for a
         device that simply has no identification; an `AdapterError` only for a dead connection."""
         return {}
+
+    supports_write: ClassVar[bool] = False
+
+    async def write(self, tag: str, value: Any, readback: bool = True) -> WriteOutcome:
+        """Write one tag's engineering value (the tag's scale and encoding applied in reverse), sharing the
+        connection with polling; read the tag before (the audit's old value) and, with `readback`, after.
+        Raises `WriteError` for a value the tag's type cannot hold or a device refusal, `AdapterError` when the
+        device cannot be talked to. Only for adapters with `supports_write`; guard rails are the caller's."""
+        raise NotImplementedError(f"{self.protocol} adapters do not write")
 
     def stats(self) -> dict[str, Any]:
         """Counters for status and metrics (requests per cycle, errors, ...)."""

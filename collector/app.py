@@ -11,7 +11,7 @@ import logging
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from collector.config import CollectorConfig, MqttConfig, Settings, effective_state_dir, read_secret
 from collector.delivery import Sender
@@ -29,6 +29,9 @@ from collector.sinks.influx import InfluxSettings, InfluxSink
 from collector.sinks.mqtt import MqttSettings, MqttSink, encode_data, iso
 from collector.status import SHUTDOWN_REASON, StatusStore, StatusTracker, changed_keys
 from collector.tasks import cancel_and_wait
+
+if TYPE_CHECKING:
+    from collector.writes.service import WriteService
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +120,7 @@ class Collector:
         from collector.states.service import StatesService  # machine states, 稼动率, OEE (docs/states.md)
 
         self.states = StatesService(self)
+        self.writes = self._make_writes()
         self._tasks: list[asyncio.Task[None]] = []
         self.started = 0.0
         self.reload_counts = {"applied": 0, "rejected": 0}
@@ -124,6 +128,27 @@ class Collector:
         self._first_snapshot_out = False  # no snapshot before the first poll round is in (_indicators_loop)
 
     # -- wiring
+
+    def _make_writes(self) -> WriteService:
+        """Write-back (collector/writes/, docs/writes.md): requests on `{root}/devices/+/write` and HTTP."""
+        from collector.writes.audit import AUDIT_FILE, AuditLog
+        from collector.writes.service import WriteService
+
+        def adapter_of(device: str) -> Any:
+            task = self.engine.tasks.get(device)
+            return task.adapter if task is not None else None
+
+        def state_of(device: str) -> DeviceState | None:
+            st = self.status.devices.get(device)
+            return st.state if st is not None else None
+
+        service = WriteService(lambda: self.cfg, adapter_of, state_of, AuditLog(self.state_dir / AUDIT_FILE),
+                               lambda topic, payload: self.sink.publish_json(topic, payload, qos=1))
+        self.sink.subscriptions.append((service.request_filter, 1))
+        self.sink.on_message_hooks.append(service.on_mqtt)
+        if hasattr(self.sink, "on_device_command"):  # Sparkplug: DCMD metrics are write requests too
+            self.sink.on_device_command = service.on_command
+        return service
 
     def _make_mqtt_sink(self) -> MqttSink:
         """`mqtt.format`: JSON (docs/mqtt.md) or a Sparkplug B edge node (docs/sparkplug.md)."""
@@ -343,6 +368,7 @@ class Collector:
         """Close device sessions, publish every device's and the gateway's offline status, write the state
         store."""
         await asyncio.gather(*(cancel_and_wait(t, t.get_name()) for t in self._tasks))
+        await self.writes.stop()
         await self.engine.stop()
         self._devices_shut_down()
         self.states.stop()

@@ -190,12 +190,14 @@ def _not_this_collector(cfg: CollectorConfig | None, gateway: object, base: str)
             "(is this one running? see its log for event=http_failed)")
 
 
-def _call(url: str, token: str | None, method: str = "GET", timeout: float = 10.0) -> tuple[int, object]:
+def _call(url: str, token: str | None, method: str = "GET", timeout: float = 10.0, body: bytes | None = None,
+          headers: dict[str, str] | None = None) -> tuple[int, object]:
     import json
     import urllib.error
     import urllib.request
 
-    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    req = urllib.request.Request(url, method=method, data=(body or b"") if method == "POST" else None,
+                                 headers=headers or {})
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
@@ -364,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     from collector.states.commands import add_parsers as add_states_parsers  # oee
 
     add_states_parsers(sub)
+    from collector.writes.commands import add_parsers as add_write_parsers  # write, writes
+
+    add_write_parsers(sub)
 
     from adapters.opcua.commands import add_parsers as add_opcua_parsers  # certs, discover
 

@@ -35,6 +35,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from collector.credit_code import credit_code_problem
 from collector.states.config import DeviceStates, StatesConfig, tag_errors
+from collector.writes.config import DeviceWrites, TagWrite, WritesConfig, write_table_problem
 
 
 def _not_a_bool(v: Any) -> Any:
@@ -257,6 +258,7 @@ class TagBase(Strict):
     range: tuple[Number, Number] | None = None
     description: str | None = None
     sim: SimSpec | None = None
+    write: TagWrite = Field(default_factory=TagWrite, description="write-back guard rails (docs/writes.md)")
 
 
 class ModbusTag(TagBase):
@@ -306,6 +308,8 @@ class ModbusTag(TagBase):
         """What does not fit between the tag's type, `bit` and its table (None when it fits or no table yet)."""
         if self.table is None:
             return None
+        if problem := write_table_problem(self.table, self.write):
+            return problem
         if self.table in BIT_TABLES:
             if self.type != "bool":
                 return f"a {self.table} holds bits: its type must be bool"
@@ -351,6 +355,7 @@ class DeviceBase(Strict):
     template: str | None = None
     asset: AssetFields = Field(default_factory=AssetFields)
     simulate: SimulateConfig = Field(default_factory=SimulateConfig)
+    writes: DeviceWrites = Field(default_factory=DeviceWrites)
     states: DeviceStates | None = None  # machine states (docs/states.md); None: a preset from the tag names
 
     @model_validator(mode="after")
@@ -848,6 +853,7 @@ class CollectorConfig(Strict):
     indicators: IndicatorConfig = Field(default_factory=IndicatorConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
+    writes: WritesConfig = Field(default_factory=WritesConfig)
     influx: InfluxConfig | None = None
     templates: dict[str, TemplateConfig] = Field(default_factory=dict)
     devices: list[Device] = Field(default_factory=list)

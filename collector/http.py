@@ -163,6 +163,7 @@ class HttpServer:
         app.router.add_get("/api/devices/{device}", self.api_device)
         app.router.add_get("/api/indicators", self.api_indicators)
         app.router.add_post("/api/reload", self.api_reload)
+        app.router.add_post("/api/devices/{device}/write", self.api_write)
         return app
 
     @property
@@ -447,6 +448,26 @@ class HttpServer:
             return json_response({"ok": False, "errors": ["this collector was not started from a file"]}, 409)
         result = await self.collector.reload_file(self.config_path)
         return json_response(result, 200 if result.get("ok") else 422)
+
+
+    async def api_write(self, request: web.Request) -> web.Response:
+        """A write request (docs/writes.md): a token is required even on loopback, and no cross-origin page may
+        send one; the result's status maps to 200 ok, 409 refused, 502 failed."""
+        from collector.writes.service import parse_request, token_id
+
+        if not self.token:
+            return json_response({"status": "refused", "code": "token_required", "reason": "写入需要令牌 (writes "
+                                  "need a token: set COLLECTOR_HTTP_TOKEN or http.token_file)"}, 403)
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.split("://", 1)[-1] != request.host:
+            return json_response({"status": "refused", "code": "cross_origin", "reason": "跨源请求被拒绝 "
+                                  "(cross-origin write refused)"}, 403)
+        body = await request.read()
+        via = "cli" if request.headers.get("X-Collector-Client") == "cli" else "http"
+        req = parse_request(request.match_info["device"], body, token_id(self.token), via)
+        result = await self.collector.writes.handle(req)
+        code = {"ok": 200, "refused": 409}.get(result["status"], 502)
+        return json_response(result, 404 if result["code"] == "unknown_device" else code)
 
 
 class HttpUnavailable(RuntimeError):

@@ -14,14 +14,17 @@ Behaviour a collector sees:
 - addresses between tags read as 0 (coalesced reads work); a request past the last tag of a table, or a
   table the unit has no tag in, answers exception 02;
 - fault injection, from the device's `simulate:` block or at run time through the control methods
-  (`set_exceptions`, `set_delay`, `set_silent`, `truncate_answers`, `drop_connections`): exception 02/04 on
-  chosen addresses (any request touching one), answering late, not answering at all, answers cut short (the
-  first bytes of a frame, the rest never sent, the connection kept), connections dropped;
+  (`set_exceptions`, `set_delay`, `set_silent`, `truncate_answers`, `drop_connections`, `refuse_writes`):
+  exception 02/04 on chosen addresses (any request touching one) or on every write, answering late, not
+  answering at all, answers cut short (the first bytes of a frame, the rest never sent, the connection kept),
+  connections dropped;
 - an unknown unit id answers exception 0B (gateway target failed to respond) over TCP, nothing over RTU;
 - FC 43/14 Read Device Identification answers, per unit, that it is a simulator (`SIM_IDENTIFICATION`:
   VendorName "shopfloor-collector", ProductCode "SIMULATOR"); `set_identification(device, None)` makes a
   unit answer exception 01 instead, like the many real devices without identification;
 - the device's `identity:` tags (a serial-number register) are served like its tags;
+- every request is logged per unit (`UnitStore.requests`, `.writes`); a written address keeps the written
+  value (the machine model stops overwriting it), as a setpoint register does;
 - `stop()` closes the listener and every client connection.
 """
 
@@ -33,6 +36,7 @@ import contextlib
 import logging
 import shutil
 from array import array
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +62,7 @@ log = logging.getLogger(__name__)
 _FC_TABLE = {1: "coil", 5: "coil", 15: "coil", 2: "discrete_input", 4: "input_register",
              3: "holding_register", 6: "holding_register", 16: "holding_register", 22: "holding_register",
              23: "holding_register"}
+_WRITE_FCS = frozenset({5, 6, 15, 16})
 _TABLES = ("coil", "discrete_input", "input_register", "holding_register")
 
 SIM_IDENTIFICATION: dict[int, str] = {0x00: "shopfloor-collector", 0x01: "SIMULATOR", 0x02: "1.0",
@@ -90,13 +95,26 @@ class UnitStore:
         self.update_interval = sim.update_interval
         self.truncate_to = 0  # bytes kept of each of the next `truncate_left` answers
         self.truncate_left = 0
+        # every request served, as (function code, address, count): tests prove what reached the device
+        self.requests: deque[tuple[int, int, int]] = deque(maxlen=100_000)
+        # addresses a client wrote: the machine model no longer overwrites them (a setpoint stays set)
+        self.held: dict[str, set[int]] = {name: set() for name in _TABLES}
+        self.write_exception: ExcCodes | None = None  # `refuse_writes`: every write answered with this code
+
+    @property
+    def writes(self) -> list[tuple[int, int, int]]:
+        """The write requests (FC 5, 6, 15, 16) among `requests`."""
+        return [r for r in self.requests if r[0] in _WRITE_FCS]
 
     def update(self) -> None:
         """Advance the model one tick and write every tag's value into the tables."""
         self.model.tick()
         value = self.model.value
         tables = self.tables
+        held = self.held
         for c in self.codecs:
+            if held[c.table] and not held[c.table].isdisjoint(range(c.address, c.address + c.size)):
+                continue
             words = c.encode_value(value(c.name))
             table: Any = tables[c.table]
             if c.bit is not None and not c.is_bits:
@@ -157,6 +175,8 @@ class _Datastore(ModbusServerContext):
         unit = await self._unit(device_id)
         if unit is None:
             return ExcCodes.GATEWAY_NO_RESPONSE
+        if func_code not in _WRITE_FCS:  # pymodbus reads a written coil back for its answer: not a request
+            unit.requests.append((func_code, address, count))
         table = _FC_TABLE.get(func_code)
         if table is None:
             return ExcCodes.ILLEGAL_FUNCTION
@@ -170,6 +190,9 @@ class _Datastore(ModbusServerContext):
         unit = await self._unit(device_id)
         if unit is None:
             return ExcCodes.GATEWAY_NO_RESPONSE
+        unit.requests.append((func_code, address, len(values)))
+        if unit.write_exception is not None:
+            return unit.write_exception
         table = _FC_TABLE.get(func_code)
         if table is None or table in ("discrete_input", "input_register"):
             return ExcCodes.ILLEGAL_FUNCTION
@@ -179,6 +202,7 @@ class _Datastore(ModbusServerContext):
         store = unit.tables[table]
         for i, v in enumerate(values):
             store[address + i] = int(v) & (1 if table == "coil" else 0xFFFF)
+            unit.held[table].add(address + i)
         return None
 
 
@@ -369,6 +393,11 @@ class ModbusServerSim:
         unit = self._by_device[device_id]
         unit.exception_addresses = sorted(set(addresses))
         unit.exception_code = ExcCodes(code)
+
+    def refuse_writes(self, device_id: str, code: int | None = 4) -> None:
+        """Answer every write request of the unit with exception `code` (a PLC in RUN mode, a locked
+        parameter); None accepts writes again."""
+        self.unit(device_id).write_exception = None if code is None else ExcCodes(code)
 
     def set_identification(self, device_id: str, objects: dict[int, str] | None) -> None:
         """The FC 43/14 objects a unit answers (object id -> text); None: answer exception 01 (unsupported)."""

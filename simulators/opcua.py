@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from asyncua import Server, ua
+from asyncua.common.callback import CallbackType
 from asyncua.common.node import Node
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
@@ -358,6 +359,9 @@ class OpcUaMachineSim:
         self._task: asyncio.Task[None] | None = None
         self._last_clock_write = 0.0
         self._last_tick = clock()
+        # every Write service request, as (node id, value) per node written: tests prove what reached the server
+        self.write_requests: list[tuple[str, Any]] = []
+        self.held: set[ua.NodeId] = set()  # nodes a client wrote: the tick loop no longer overwrites them
 
     @property
     def endpoint(self) -> str:
@@ -394,6 +398,8 @@ class OpcUaMachineSim:
         await server.set_build_info(SIM_PRODUCT_URI, SIM_MANUFACTURER, SIM_PRODUCT, "1.0", "0",
                                     datetime(2026, 1, 1, tzinfo=UTC))
         await self._apply_security(server)
+        server.subscribe_server_callback(CallbackType.PreWrite, self._on_write)
+        server.subscribe_server_callback(CallbackType.PostWrite, self._written)
         await self._build(server)
         await self._flush(server, self._collect(force=True))
         try:
@@ -407,6 +413,20 @@ class OpcUaMachineSim:
         self.startup_s = time.perf_counter() - t0
         log.info("OPC UA sim %s listening on %s (%.0f ms)", self.device.id, self.device.endpoint,
                  self.startup_s * 1000)
+
+    def _on_write(self, event: Any, dispatcher: Any) -> None:
+        if not event.is_external:  # the server's own writes (namespaces, build info) are no client's
+            return
+        for wv in event.request_params.NodesToWrite:
+            value = wv.Value.Value.Value if wv.Value is not None and wv.Value.Value is not None else None
+            self.write_requests.append((wv.NodeId.to_string(), value))
+
+    def _written(self, event: Any, dispatcher: Any) -> None:
+        if not event.is_external:
+            return
+        for wv, status in zip(event.request_params.NodesToWrite, event.response_params, strict=False):
+            if status.is_good():
+                self.held.add(wv.NodeId)
 
     async def _apply_security(self, server: Server) -> None:
         """Endpoints, certificate and users: unsecured by default, or what `self.security` says."""
@@ -489,7 +509,8 @@ class OpcUaMachineSim:
                     source = _tag_source(self.model, tag.name)
                 self.node_ids[tag.name] = node_id
             await self._add_var(objects[std.parent], node_id, ua.QualifiedName(std.name, ns[std.browse_ns]), vtype,
-                                source, tag.unit if tag is not None and tag.unit else std.unit)
+                                source, tag.unit if tag is not None and tag.unit else std.unit,
+                                tag is not None and tag.write.writable)
 
         groups = [f"Tags.Group{g:03d}" for g in range(len(tag_ids) // GROUP_SIZE + 1)]
         structure = {(dev_ns, name) for name in ("Machines", "Machine", *(o[0] for o in STANDARD_OBJECTS), *groups)}
@@ -515,7 +536,8 @@ class OpcUaMachineSim:
             assert group is not None
             vtype = VARIANT_TYPES[tag.type] if tag.type else _infer_vtype(self.model.value(tag.name))
             bname = ua.QualifiedName(str(node_id.Identifier), node_id.NamespaceIndex)
-            await self._add_var(group, node_id, bname, vtype, _tag_source(self.model, tag.name), tag.unit)
+            await self._add_var(group, node_id, bname, vtype, _tag_source(self.model, tag.name), tag.unit,
+                                tag.write.writable)
             self.node_ids[tag.name] = node_id
 
     async def _tag_node_ids(self, server: Server) -> list[tuple[OpcUaTag, ua.NodeId]]:
@@ -545,14 +567,17 @@ class OpcUaMachineSim:
         return out
 
     async def _add_var(self, parent: Node, node_id: ua.NodeId, bname: ua.QualifiedName, vtype: ua.VariantType,
-                       source: Callable[[], Any], unit: str | None = None) -> None:
-        """A variable, with an EngineeringUnits property when it has a unit (what `collector discover` reads)."""
+                       source: Callable[[], Any], unit: str | None = None, writable: bool = False) -> None:
+        """A variable, with an EngineeringUnits property when it has a unit (what `collector discover` reads);
+        writable by clients when its tag has `write.allowed`."""
         var = _Var(node_id, vtype, source)
         try:
             initial = encode(source(), vtype)
         except (TypeError, ValueError):
             initial = encode(0 if vtype not in (VT.String, VT.LocalizedText) else "", vtype)
         node = await parent.add_variable(node_id, bname, ua.Variant(initial, vtype))
+        if writable:
+            await node.set_writable()
         if unit:
             eu = ua.EUInformation(NamespaceUri="http://www.opcfoundation.org/UA/units/un/cefact",
                                   DisplayName=ua.LocalizedText(unit), Description=ua.LocalizedText(unit))
@@ -567,7 +592,10 @@ class OpcUaMachineSim:
         now = self.clock()
         stamp = cast(Any, datetime.fromtimestamp(now, UTC))
         writes = []
+        held = self.held
         for var in self._vars:
+            if held and var.node_id in held:
+                continue
             try:
                 value = encode(var.source(), var.vtype)
             except (TypeError, ValueError, OverflowError):

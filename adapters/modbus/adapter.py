@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Protocol
 
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from adapters.base import Adapter, AdapterError, DeviceSkipped, register
+from adapters.base import Adapter, AdapterError, DeviceSkipped, WriteError, WriteOutcome, register
 from adapters.modbus.codec import Converter, TagCodec, compile_tag
 from adapters.modbus.identification import mac_of, read_identification
 from adapters.modbus.line import Line, ModbusClient, acquire_line
@@ -77,6 +77,8 @@ _Span = tuple[str, int, int]
 ILLEGAL_ADDRESS = 2
 
 
+_EXCEPTION_NAMES = {1: "illegal function", 2: "illegal address", 3: "illegal value", 4: "device failure",
+                    6: "device busy"}
 FUNCTION_CODES = {"coil": 1, "discrete_input": 2, "holding_register": 3, "input_register": 4}
 
 
@@ -148,6 +150,7 @@ class ModbusAdapter(Adapter):
     """Polls one Modbus unit and returns one `Reading` per configured tag, in tag order."""
 
     protocol: ClassVar[str] = "modbus"
+    supports_write: ClassVar[bool] = True
 
     def __init__(self, device: ModbusDevice) -> None:
         super().__init__(device)
@@ -381,6 +384,123 @@ class ModbusAdapter(Adapter):
             raise _Failure(f"no answer from unit {unit}: {exc}", timeout=True) from None
         except (ModbusException, OSError) as exc:
             raise _Failure(f"request failed: {exc}", timeout=False) from None
+        finally:
+            line.in_flight = False
+            line.last_answer = time.monotonic()
+
+    # -- write-back (collector/writes/ checks the guard rails before it calls this)
+
+    async def write(self, tag: str, value: Any, readback: bool = True) -> WriteOutcome:
+        """Write one tag with FC 5 (a coil), 6 (one register), 16 (more registers) or a read-modify-write
+        FC 3 + 6 (a bit of a register), encoded by the tag's own codec in reverse. Holds the line's lock for
+        the old-value read, the write and the readback: on an RTU line no poll of a neighbour comes between,
+        and never two requests are in flight."""
+        i = self._index.get(tag)
+        if i is None:
+            raise WriteError("unknown_tag", f"no tag '{tag}' on device {self.device.id}")
+        codec, cfg = self.codecs[i], self.device.tags[i]
+        if codec.table not in ("coil", "holding_register"):
+            raise WriteError("not_writable", f"a {codec.table} is read-only in Modbus")
+        try:
+            words = codec.encode_write(value)
+        except ValueError as exc:
+            raise WriteError("type_mismatch", str(exc)) from None
+        line = self.line
+        if line is None or not line.connected or line.client is None:
+            raise AdapterError("not connected")
+        req = span_request([cfg])
+        async with line.lock:
+            client = line.client
+            if client is None or not line.connected:
+                raise AdapterError("connection lost")
+            line.configure(self.device)
+            self._bind(client)
+            try:
+                before = await self._request(line, req)
+                old = self._value(codec, req, before)
+                if codec.bit is not None and not codec.is_bits:  # one bit of a register: keep the others
+                    if before.isError():
+                        raise WriteError("device_refused", f"reading the register failed: exception "
+                                         f"{before.exception_code}")
+                    mask = 1 << codec.bit
+                    words = [(before.registers[0] | mask) if words[0] else (before.registers[0] & ~mask)]
+                answer = await self._write_request(line, client, codec, words)
+                if answer.isError():
+                    code = answer.exception_code
+                    raise WriteError("device_refused", f"the device answered exception {code:02d} "
+                                     f"({_EXCEPTION_NAMES.get(code, 'device failure')})")
+                if not readback:
+                    return WriteOutcome(old, None)
+                await line.quiet(self.device.inter_request_delay)
+                after = await self._request(line, req)
+            except _Failure as exc:
+                if not exc.timeout:
+                    line.drop()
+                    raise AdapterError(exc.reason) from None
+                raise WriteError("no_answer", f"{exc.reason}; the write may or may not have been applied "
+                                 "(no retry, so it is never applied twice)") from None
+        value_after, quality = self._convert(codec, req, after)
+        return WriteOutcome(old, value_after, quality)
+
+    def _convert(self, codec: TagCodec, req: ReadRequest, resp: Response) -> tuple[Any, str]:
+        if resp.isError():
+            return None, exception_quality(resp.exception_code)
+        words = resp.bits if req.is_bits else resp.registers
+        try:
+            return codec.convert(words, 0)
+        except Exception:
+            return None, Quality.BAD_DECODE
+
+    def _value(self, codec: TagCodec, req: ReadRequest, resp: Response) -> Any:
+        value, quality = self._convert(codec, req, resp)
+        return value if quality in (Quality.GOOD, Quality.BAD_OUT_OF_RANGE) else None
+
+    async def _write_request(self, line: Line, client: ModbusClient, codec: TagCodec, words: list[int]) -> Any:
+        """One write request, one try (`retries` are for reads: a write answered late must not be sent
+        again); failures become `_Failure` as in `_request`."""
+        unit, address = self.device.unit_id, codec.address
+        fc = 5 if codec.is_bits else 6 if len(words) == 1 else 16
+        await line.quiet(self.device.inter_request_delay)
+        if line.settle_until:
+            await line.settle()
+        line.in_flight = True
+        self._counters["requests"] += 1
+        self._counters["writes"] = self._counters.get("writes", 0) + 1
+        try:
+            if isinstance(client, MbapClient):
+                if fc == 5:
+                    return await client.write_coil(address, bool(words[0]), device_id=unit)
+                if fc == 6:
+                    return await client.write_register(address, words[0], device_id=unit)
+                return await client.write_registers(address, words, device_id=unit)
+            client.ctx.retries = 0
+            try:
+                if fc == 5:
+                    resp = await client.write_coil(address, bool(words[0]), device_id=unit)
+                elif fc == 6:
+                    resp = await client.write_register(address, words[0], device_id=unit)
+                else:
+                    resp = await client.write_registers(address, words, device_id=unit)
+            finally:
+                client.ctx.retries = self.device.retries
+            got = getattr(resp, "function_code", fc)
+            if got not in (fc, fc | 0x80):
+                raise _Failure(f"answer does not match the write (function code {got}, expected {fc}): the line "
+                               "is reset", timeout=False)
+            return resp
+        except ConnectionException as exc:
+            raise _Failure(f"connection lost: {exc}", timeout=False) from None
+        except ModbusIOException as exc:
+            if "CLOSING CONNECTION" in str(exc) or not line.connected:
+                raise _Failure(f"connection lost: {exc}", timeout=False) from None
+            if line.unframed:  # a late answer must not be taken for the next poll's
+                line.settle_for(self.device.timeout)
+            raise _Failure(f"no answer from unit {unit} within {self.device.timeout:g} s to the write",
+                           timeout=True) from None
+        except TimeoutError as exc:
+            raise _Failure(f"no answer from unit {unit}: {exc}", timeout=True) from None
+        except (ModbusException, OSError) as exc:
+            raise _Failure(f"write failed: {exc}", timeout=False) from None
         finally:
             line.in_flight = False
             line.last_answer = time.monotonic()

@@ -259,6 +259,44 @@ class TagCodec:
         except (TypeError, ValueError, OverflowError, struct.error):
             return [0] * self.size
 
+    def encode_write(self, value: Any) -> list[int]:
+        """Engineering value -> registers for a write: `encode_value`'s way, but a value the type cannot hold
+        exactly raises ValueError instead of being clamped or zeroed (a clamped setpoint is a wrong setpoint).
+        Integer types take a raw value within 1e-9 of a whole number only after undoing scale and offset."""
+        if self.type == "bool":
+            if not isinstance(value, bool) and value not in (0, 1):
+                raise ValueError(f"a bool tag takes true/false or 1/0, not {value!r}")
+            return self.encode_raw(bool(value))
+        if self.type == "string":
+            if not isinstance(value, str):
+                raise ValueError(f"a string tag takes a string, not {type(value).__name__}")
+            if len(value.encode("utf-8")) > 2 * self.size:
+                raise ValueError(f"'{value}' is longer than the tag's {2 * self.size} bytes")
+            return self.encode_raw(value)
+        if self.type == "raw":
+            words = value if isinstance(value, list) else [value]
+            if len(words) > self.size or not all(isinstance(w, int) and not isinstance(w, bool) and
+                                                 0 <= w <= 0xFFFF for w in words):
+                raise ValueError(f"a raw tag takes up to {self.size} integers 0..65535")
+            return self.encode_raw(words)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"a {self.type} tag takes a finite number, not {value!r}")
+        raw: int | float = value
+        if self.scale != 1.0 or self.offset != 0.0:
+            raw = (value - self.offset) / self.scale
+        if self.type in _INT_LIMITS:
+            whole = round(raw)
+            if abs(raw - whole) > 1e-9 * max(1.0, abs(raw)):
+                raise ValueError(f"{value!r} is not a whole step of scale {self.scale:g}: the device holds "
+                                 f"{self.type} raw values")
+            lo, hi = _INT_LIMITS[self.type]
+            if not lo <= whole <= hi:
+                raise ValueError(f"{value!r} is {whole} raw, outside {self.type} ({lo}..{hi})")
+            return self.encode_raw(int(whole))
+        if self.type == "float32" and abs(raw) > 3.4028234663852886e38:
+            raise ValueError(f"{value!r} does not fit a float32")
+        return self.encode_raw(float(raw))
+
     def __repr__(self) -> str:
         return f"TagCodec({self.name!r}, {self.table}@{self.address}, {self.type}/{self.byte_order})"
 

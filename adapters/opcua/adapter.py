@@ -46,7 +46,7 @@ from typing import Any
 from asyncua import Client, ua
 from asyncua.client.ua_client import UaClientState
 
-from adapters.base import Adapter, AdapterError, ReadingsCallback, register
+from adapters.base import Adapter, AdapterError, ReadingsCallback, WriteError, WriteOutcome, register
 from adapters.opcua.nodeids import (
     NodeRef,
     Unresolved,
@@ -59,6 +59,7 @@ from adapters.opcua.nodeids import (
 )
 from adapters.opcua.security import Pki, SecurityError, first_certificate, thumbprint
 from adapters.opcua.security import apply as apply_security
+from adapters.opcua.writes import write_value
 from collector.config import OpcUaDevice, OpcUaTag, Settings, read_secret
 from collector.model import Quality, Reading, float32_shortest
 
@@ -223,6 +224,7 @@ class OpcUaAdapter(Adapter):
 
     protocol = "opcua"
     supports_subscribe = True
+    supports_write = True
 
     def __init__(self, device: OpcUaDevice) -> None:
         super().__init__(device)
@@ -433,6 +435,45 @@ class OpcUaAdapter(Adapter):
         stats["bad_values"] += bad
         stats["last_read_s"] = time.perf_counter() - started
         return out  # type: ignore[return-value]  # every slot is filled: each plan is in a chunk or unresolved
+
+    # ------------------------------------------------------------------ write-back
+
+    async def write(self, tag: str, value: Any, readback: bool = True) -> WriteOutcome:
+        """Write one tag's node (its DataType checked first: adapters/opcua/writes.py), then read it back.
+        The session carries the write beside polls and publishes (OPC UA matches answers by request handle)."""
+        client = self._client
+        if client is None:
+            raise AdapterError("not connected")
+        index = next((i for i, p in enumerate(self._plans) if p.name == tag), None)
+        if index is None:
+            raise WriteError("unknown_tag", f"no tag '{tag}' on device {self.device.id}")
+        plan, cfg = self._plans[index], self.device.tags[index]
+        node = self.resolved.get(tag)
+        if not isinstance(node, ua.NodeId):
+            raise WriteError("device_refused", f"the tag's node is not known to the server "
+                             f"({node.code if node is not None else 'not resolved'})")
+        try:
+            old_raw = await write_value(client, node, value, cfg.scale, cfg.offset)
+            after = None
+            if readback:
+                rv = ua.ReadValueId()
+                rv.NodeId = node
+                rv.AttributeId = ua.AttributeIds.Value
+                params = ua.ReadParameters()
+                params.NodesToRead.append(rv)
+                (after,) = await client.uaclient.read(params)
+        except WriteError:
+            raise
+        except Exception as exc:
+            raise AdapterError(f"write to {self.url} failed: {_describe(exc, self.device.timeout)}") from exc
+        try:
+            old = plan.convert(old_raw)
+        except (TypeError, ValueError, OverflowError):
+            old = None
+        if after is None:
+            return WriteOutcome(old, None)
+        reading = _reading(self.device.id, plan, after, time.time())
+        return WriteOutcome(old, reading.value, reading.quality)
 
     # ------------------------------------------------------------------ subscribe
 

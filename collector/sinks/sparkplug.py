@@ -121,6 +121,22 @@ def set_value(metric: Any, datatype: int, value: Any) -> None:
         metric.is_null = True
 
 
+_SIGNED = frozenset({1, 2, 3, 4})  # Int8..Int64: two's complement in the uint32 int_value / uint64 long_value
+
+
+def metric_value(metric: Any) -> Any:
+    """The value a DCMD metric carries (the inverse of `set_value`; signed ints from two's complement)."""
+    kind = metric.WhichOneof("value")
+    if kind is None or metric.is_null:
+        return None
+    value = getattr(metric, kind)
+    if metric.datatype in _SIGNED and kind in ("int_value", "long_value"):
+        width = 32 if kind == "int_value" else 64
+        if value >= 1 << (width - 1):
+            value -= 1 << width
+    return value
+
+
 def _property(metric: Any, key: str, value: str) -> None:
     metric.properties.keys.append(key)
     metric.properties.values.add(type=STRING, string_value=value)
@@ -174,6 +190,8 @@ class SparkplugSink(MqttSink):
         if self.state_topic:
             self.subscriptions.append((self.state_topic, 1))
         self.on_message_hooks.append(self._command)
+        # DCMD metric -> (device, tag, value): the collector hands it to write-back (docs/writes.md)
+        self.on_device_command: Callable[[str, str, Any], None] | None = None
 
     # -- topics and payloads
 
@@ -366,9 +384,21 @@ class SparkplugSink(MqttSink):
                     log.info("sink=sparkplug event=rebirth_requested")
                     self.counts["NCMD"] += 1
                     self.rebirth()
-        else:
+        elif topic.startswith(self.topic("DCMD") + "/"):
             self.counts["DCMD"] += 1
-            log.warning("sink=sparkplug event=dcmd_ignored topic=%s (device writes are not supported)", topic)
+            device = topic.rsplit("/", 1)[1]
+            names = {alias: metric for (dev, metric), alias in self.aliases.items() if dev == device}
+            try:
+                metrics = pb.Payload.FromString(payload).metrics
+            except Exception:
+                log.warning("sink=sparkplug event=dcmd_undecodable topic=%s", topic)
+                return
+            for m in metrics:
+                name = m.name or names.get(m.alias)
+                if name and self.on_device_command is not None:  # write-back: collector/writes/
+                    self.on_device_command(device, name, metric_value(m))
+                elif self.on_device_command is None:
+                    log.warning("sink=sparkplug event=dcmd_ignored topic=%s (no write handler)", topic)
 
     # -- the outbox sender's transport
 
