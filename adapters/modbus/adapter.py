@@ -26,13 +26,13 @@ from typing import Any, ClassVar, Protocol
 
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from adapters.base import Adapter, AdapterError, DeviceSkipped, register
+from adapters.base import Adapter, AdapterContext, AdapterError, DeviceSkipped
 from adapters.modbus.codec import Converter, TagCodec, compile_tag
+from adapters.modbus.config import ModbusDevice, ModbusTag
 from adapters.modbus.identification import mac_of, read_identification
 from adapters.modbus.line import Line, ModbusClient, acquire_line
 from adapters.modbus.planner import ReadRequest, plan_device, span_request
 from adapters.modbus.tcp import MbapClient
-from collector.config import ModbusDevice, ModbusTag
 from collector.model import Quality, Reading
 
 __all__ = ["ILLEGAL_RECHECK_S", "ModbusAdapter", "forget_plans"]
@@ -143,14 +143,13 @@ class _Failure(Exception):
         self.timeout = timeout
 
 
-@register
 class ModbusAdapter(Adapter):
     """Polls one Modbus unit and returns one `Reading` per configured tag, in tag order."""
 
     protocol: ClassVar[str] = "modbus"
 
-    def __init__(self, device: ModbusDevice) -> None:
-        super().__init__(device)
+    def __init__(self, device: ModbusDevice, context: AdapterContext | None = None) -> None:
+        super().__init__(device, context)
         self.device: ModbusDevice = device
         self.codecs: list[TagCodec] = [compile_tag(t, device.byte_order) for t in device.tags]
         self._index = {t.name: i for i, t in enumerate(device.tags)}

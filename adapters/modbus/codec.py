@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from collector.config import BIT_TABLES, REGISTERS_PER_TYPE, ModbusTag
+from adapters.modbus.config import BIT_TABLES, REGISTERS_PER_TYPE, ModbusTag
 from collector.model import Quality, float32_shortest
 
 __all__ = [

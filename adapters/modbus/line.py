@@ -23,8 +23,9 @@ from pymodbus.exceptions import ConnectionException
 from pymodbus.framer import FramerType
 
 from adapters.base import AdapterError
+from adapters.modbus.config import ModbusDevice
 from adapters.modbus.tcp import MbapClient
-from collector.config import Endpoint, ModbusDevice
+from collector.config.base import Endpoint
 
 __all__ = ["Line", "LineKey", "acquire_line", "line_key", "open_lines", "serial_settings"]
 

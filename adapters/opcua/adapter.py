@@ -46,7 +46,8 @@ from typing import Any
 from asyncua import Client, ua
 from asyncua.client.ua_client import UaClientState
 
-from adapters.base import Adapter, AdapterError, ReadingsCallback, register
+from adapters.base import Adapter, AdapterContext, AdapterError, ReadingsCallback
+from adapters.opcua.config import OpcUaDevice, OpcUaTag
 from adapters.opcua.nodeids import (
     NodeRef,
     Unresolved,
@@ -59,7 +60,7 @@ from adapters.opcua.nodeids import (
 )
 from adapters.opcua.security import Pki, SecurityError, first_certificate, thumbprint
 from adapters.opcua.security import apply as apply_security
-from collector.config import OpcUaDevice, OpcUaTag, Settings, read_secret
+from collector.config.secrets import Settings, read_secret
 from collector.model import Quality, Reading, float32_shortest
 
 log = logging.getLogger(__name__)
@@ -217,15 +218,14 @@ class _TagPlan:
     local_band: float | None = None  # absolute band applied here when the server refused the filter
 
 
-@register
 class OpcUaAdapter(Adapter):
     """Polls one OPC UA server: `connect()`, then `read()` once per interval, `close()` at the end."""
 
     protocol = "opcua"
     supports_subscribe = True
 
-    def __init__(self, device: OpcUaDevice) -> None:
-        super().__init__(device)
+    def __init__(self, device: OpcUaDevice, context: AdapterContext | None = None) -> None:
+        super().__init__(device, context)
         self.device: OpcUaDevice = device
         self.url = device.parsed_endpoint.url
         self._client: Client | None = None
