@@ -30,12 +30,12 @@ from adapters.base import Adapter, AdapterContext, AdapterError, DeviceSkipped
 from adapters.modbus.codec import Converter, TagCodec, compile_tag
 from adapters.modbus.config import ModbusDevice, ModbusTag
 from adapters.modbus.identification import mac_of, read_identification
-from adapters.modbus.line import Line, ModbusClient, acquire_line
+from adapters.modbus.line import Line, Lines, ModbusClient
 from adapters.modbus.planner import ReadRequest, plan_device, span_request
 from adapters.modbus.tcp import MbapClient
 from collector.model import Quality, Reading
 
-__all__ = ["ILLEGAL_RECHECK_S", "ModbusAdapter", "forget_plans"]
+__all__ = ["ILLEGAL_RECHECK_S", "ModbusAdapter", "ModbusState"]
 
 ILLEGAL_RECHECK_S = 300.0
 """A request answered with exception 02 for a single address is asked again only after this many seconds."""
@@ -117,13 +117,15 @@ class _PlanMemory:
     illegal: dict[_Span, float] = field(default_factory=dict)
 
 
-# By (device id, endpoint, unit id); checked against the base plan so a changed tag map starts afresh.
-_MEMORY: dict[tuple[str, str, int], _PlanMemory] = {}
+@dataclass
+class ModbusState:
+    """What Modbus adapters learn, kept in the collector's adapter context (adapters/base.py), so it outlives
+    an adapter (a reload builds new ones) and is shared by the devices of one collector: the shared lines with
+    their timeout streaks, and each device's refined plan by (device id, endpoint, unit id), checked against
+    the base plan so a changed tag map starts afresh."""
 
-
-def forget_plans() -> None:
-    """Drop every remembered split (tests)."""
-    _MEMORY.clear()
+    lines: Lines = field(default_factory=Lines)
+    plans: dict[tuple[str, str, int], _PlanMemory] = field(default_factory=dict)
 
 
 def _halves(tags: list[ModbusTag]) -> tuple[list[ModbusTag], list[ModbusTag]]:
@@ -153,12 +155,13 @@ class ModbusAdapter(Adapter):
         self.device: ModbusDevice = device
         self.codecs: list[TagCodec] = [compile_tag(t, device.byte_order) for t in device.tags]
         self._index = {t.name: i for i, t in enumerate(device.tags)}
+        self._state = self.context.state("modbus", ModbusState)
         base = plan_device(device)
         key = (device.id, device.endpoint, device.unit_id)
-        memory = _MEMORY.get(key)
+        memory = self._state.plans.get(key)
         if memory is None or memory.base != [_span(r) for r in base]:
             memory = _PlanMemory([_span(r) for r in base], [[t.name for t, _ in r.tags] for r in base])
-            _MEMORY[key] = memory
+            self._state.plans[key] = memory
         self._memory = memory
         by_name = {t.name: t for t in device.tags}
         self.plan: list[ReadRequest] = [span_request(by_name[n] for n in names) for names in memory.plan]
@@ -183,7 +186,7 @@ class ModbusAdapter(Adapter):
     async def connect(self) -> None:
         """Join the endpoint's line and open it if no neighbour has; AdapterError with a readable reason."""
         await self.close()
-        line = acquire_line(self.device, self)
+        line = self._state.lines.acquire(self.device, self)
         try:
             await line.open(self.device)
         except AdapterError:
@@ -215,11 +218,8 @@ class ModbusAdapter(Adapter):
         if line is None or not line.connected or line.client is None:
             raise AdapterError("not connected")
         unit = self.device.unit_id
-        async with line.lock:
-            if line.client is None or not line.connected:
-                raise AdapterError("connection lost")
-            line.configure(self.device)
-            self._bind(line.client)
+        async with line.session(self.device) as client:
+            self._bind(client)
             started = time.perf_counter()
             try:
                 out = await self._cycle(line)
@@ -254,8 +254,7 @@ class ModbusAdapter(Adapter):
                     for i, name, unit_name, _conv, _off in entries:
                         out[i] = Reading(device_id, name, None, unit_name, Quality.BAD_ILLEGAL_ADDRESS, now, now)
                     continue
-            await line.quiet(delay)
-            resp = await self._request(line, req)
+            resp = await self._request(line, req, delay)
             if resp.isError() and resp.exception_code == ILLEGAL_ADDRESS:
                 pieces = await self._split(line, req, resp)
                 if [_span(p) for p, _ in pieces] != [_span(req)]:
@@ -342,15 +341,17 @@ class ModbusAdapter(Adapter):
         self._steps = [(r, self._entries(r)) for r in plan]
         self._memory.plan = [[t.name for t, _ in r.tags] for r in plan]
 
-    async def _request(self, line: Line, req: ReadRequest) -> Response:
-        """One request with the client's retries; every way of getting no usable answer becomes `_Failure`."""
+    async def _request(self, line: Line, req: ReadRequest, delay: float = 0.0) -> Response:
+        """One request with the client's retries (after `delay` s of quiet on the line); every way of getting
+        no usable answer becomes `_Failure`."""
         fn = self._read_fns.get(req.table)
         if fn is None:
             raise _Failure("not connected", timeout=False)
+        async with line.exchange(delay):
+            return await self._send(fn, line, req)
+
+    async def _send(self, fn: _ReadFn, line: Line, req: ReadRequest) -> Response:
         unit = self.device.unit_id
-        if line.settle_until:
-            await line.settle()
-        line.in_flight = True
         self._counters["requests"] += 1
         try:
             if not line.unframed:  # Modbus TCP: the client matched the answer by transaction id, fc and size
@@ -380,9 +381,6 @@ class ModbusAdapter(Adapter):
             raise _Failure(f"no answer from unit {unit}: {exc}", timeout=True) from None
         except (ModbusException, OSError) as exc:
             raise _Failure(f"request failed: {exc}", timeout=False) from None
-        finally:
-            line.in_flight = False
-            line.last_answer = time.monotonic()
 
     # -- identity (evidence; the engine calls it beside the poll loop, after connect and once a day)
 
@@ -395,22 +393,15 @@ class ModbusAdapter(Adapter):
             raise AdapterError("not connected")
         out: dict[str, Any] = {"protocol": "modbus"}
         unit = self.device.unit_id
-        async with line.lock:
-            client = line.client
-            if client is None or not line.connected:
-                raise AdapterError("connection lost")
-            line.configure(self.device)
+        async with line.session(self.device) as client:
             self._bind(client)
 
             async def ask(read_code: int, object_id: int) -> Any:
-                await line.quiet(self.device.inter_request_delay)
-                try:
+                async with line.exchange(self.device.inter_request_delay):
                     if isinstance(client, MbapClient):
                         return await client.read_device_identification(read_code, object_id, device_id=unit)
                     return await client.read_device_information(read_code=read_code, object_id=object_id,
                                                                 device_id=unit)
-                finally:
-                    line.last_answer = time.monotonic()
 
             try:
                 out.update(await read_identification(ask))
