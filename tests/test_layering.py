@@ -1,8 +1,9 @@
 """The layering rules of docs/architecture.md, checked on the import statements of every source file (`ast`):
 
 - `collector/` reaches adapters only through the registry (`adapters.base`);
-- an adapter imports from the core only the config (`collector.config*`) and the model (`collector.model`),
-  from adapters only `adapters.base` and its own folder; its plugin object may name its simulator
+- an adapter imports from the core only the config (`collector.config*`), the model (`collector.model`) and
+  the value stage every protocol shares (`collector.transform`), from adapters only `adapters.base` and its
+  own folder; its plugin object may name its simulator
   (`simulators.*`, imported inside the hook function only);
 - simulators import nothing from `collector/` but the config (`collector.config*`).
 """
@@ -42,7 +43,7 @@ def violations(rel: str, source: str) -> list[str]:
         elif parts[0] == "adapters" and len(parts) > 2:  # a protocol's folder
             own = f"adapters.{parts[1]}"
             if _under(module, "collector"):
-                bad = not _under(module, "collector.config", "collector.model")
+                bad = not _under(module, "collector.config", "collector.model", "collector.transform")
             elif _under(module, "adapters"):
                 bad = not _under(module, "adapters.base", own)
             elif _under(module, "simulators"):
