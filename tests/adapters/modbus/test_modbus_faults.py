@@ -14,7 +14,7 @@ from adapters.base import AdapterContext, AdapterError, DeviceSkipped
 from adapters.modbus.adapter import ModbusAdapter, ModbusState
 from collector.model import Quality
 from simulators.modbus import ModbusServerSim
-from tests.test_modbus_sim import build_device, by_tag, const, free_port
+from tests.adapters.modbus.test_modbus_sim import build_device, by_tag, const, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from collector.config import ModbusDevice, parse_config
 from collector.engine import Engine
 from collector.model import DeviceState, Quality, Reading
 from simulators.modbus import ModbusServerSim
-from tests.test_modbus_sim import by_tag, const, expected_value, free_port, typed_tags
+from tests.adapters.modbus.test_modbus_sim import by_tag, const, expected_value, free_port, typed_tags
 
 pytestmark = pytest.mark.integration
 
@@ -183,7 +183,7 @@ async def test_an_exception_answer_on_rtu_marks_only_its_tags(tmp_path: Path) ->
 
 @pytest.mark.parametrize("scheme", ["serial", "rtu+tcp"])
 async def test_a_cut_rtu_answer_then_a_good_retry_is_never_spliced(scheme: str, tmp_path: Path) -> None:
-    """The TCP splice (tests/test_modbus_faults.py) on the pymodbus RTU path: pymodbus empties its receive
+    """The TCP splice (tests/adapters/modbus/test_modbus_faults.py) on the pymodbus RTU path: pymodbus empties its receive
     buffer before every try, and a splice would fail the CRC anyway, so the retry's answer is read whole."""
     endpoint = (f"serial://{tmp_path}/ttyRS485?baudrate=19200" if scheme == "serial"
                 else f"rtu+tcp://127.0.0.1:{free_port()}")

@@ -211,7 +211,7 @@ async def test_values_follow_the_model() -> None:
 
 async def test_device_failure_inside_a_coalesced_range_costs_the_range() -> None:
     """Exception 04 (device failure) is transient: no split, the range's tags are bad for this cycle.
-    Exception 02 is split (tests/test_modbus_faults.py)."""
+    Exception 02 is split (tests/adapters/modbus/test_modbus_faults.py)."""
     code, quality = 4, Quality.BAD_DEVICE_EXCEPTION
     port = free_port()
     tags = [{"name": f"t{i}", "table": "holding_register", "address": i * 2, "sim": const(i)} for i in range(6)]

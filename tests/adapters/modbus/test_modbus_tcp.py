@@ -21,7 +21,7 @@ from adapters.modbus.adapter import ModbusAdapter
 from adapters.modbus.line import Line
 from adapters.modbus.tcp import Answer, MbapClient
 from collector.model import Quality
-from tests.test_modbus_sim import build_device, const
+from tests.adapters.modbus.test_modbus_sim import build_device, const
 
 pytestmark = pytest.mark.integration
 
@@ -279,7 +279,7 @@ async def test_retries_send_again_with_new_transaction_ids(device: Device) -> No
 
 async def test_an_answer_to_an_earlier_try_is_dropped(device: Device) -> None:
     """Only the pending try's answer counts: an earlier try's answer may have been cut short, and its stale
-    header would then frame the start of the retry's answer (tests/test_modbus_tcp_property.py)."""
+    header would then frame the start of the retry's answer (tests/adapters/modbus/test_modbus_tcp_property.py)."""
     async def slow_first(dev: Device, req: Request, w: asyncio.StreamWriter) -> None:
         if req.tid == 1:
             await asyncio.sleep(0.4)  # after the first try's timeout, during the second try

@@ -25,7 +25,7 @@ from collector.config import (
 )
 from collector.model import Quality
 from simulators.workshop import Workshop
-from tests.test_modbus_sim import free_port
+from tests.adapters.modbus.test_modbus_sim import free_port
 
 CONTEXT = AdapterContext()
 
@@ -36,7 +36,7 @@ def _fresh_context() -> None:
     CONTEXT = AdapterContext()
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "config/workshop.example.yaml"
 
 
