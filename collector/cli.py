@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("check", help="validate a config (exit 2 naming every bad field)")
     s.add_argument("-c", "--config", required=True, help="YAML config file")
-    s.add_argument("--tags", action="store_true", help="list every tag and where it is read (Modbus register)")
+    s.add_argument("--tags", action="store_true", help="list every tag and where it is read (Modbus register, OPC UA node, ...: the protocol says)")
     s.set_defaults(fn=cmd_check)
 
     s = sub.add_parser("simulate", help="serve every device of a config from the bundled simulators")

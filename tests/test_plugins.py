@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from collector.broker import MosquittoProcess, free_port
@@ -180,3 +181,17 @@ def test_an_outside_protocol_is_simulated_and_run(tmp_path: Path, broker: Mosqui
             run.kill()
         sim.send_signal(signal.SIGINT)
         assert sim.wait(15) == 0
+
+
+def test_an_endpoint_of_another_protocol_names_that_protocol() -> None:
+    """Each plugin's `schemes`: a Modbus device given an OPC UA URL is most likely a wrong `protocol:`."""
+    from collector.config import ConfigError, parse_config
+
+    data = {"site": {"enterprise_id": "e"}, "devices": [
+        {"id": "a", "protocol": "modbus", "endpoint": "opc.tcp://127.0.0.1:4840", "tags": [{"name": "t",
+                                                                                          "register": 40001}]},
+        {"id": "b", "protocol": "opcua", "endpoint": "tcp://127.0.0.1:502", "tags": [{"name": "t", "node": "i=1"}]}]}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data)
+    assert [line.rsplit("; ", 1)[-1] for line in caught.value.lines] == [
+        "opc.tcp:// is the endpoint of protocol: opcua", "tcp:// is the endpoint of protocol: modbus"]

@@ -128,6 +128,18 @@ def parse_endpoint(url: str, rule: EndpointRule) -> Endpoint:
     return Endpoint(scheme, parts.hostname, port, parts.path, params)
 
 
+def _other_protocol(url: str, model: type) -> str:
+    """`; opc.tcp:// is the endpoint of protocol: opcua` when another installed protocol takes the URL's scheme
+    (each plugin's `schemes`): the slip is then the protocol, not the URL."""
+    from adapters.base import registry  # at validation time: the registry has loaded every plugin by then
+
+    scheme = urlsplit(url).scheme.lower()
+    for plugin in registry:
+        if scheme and scheme in plugin.schemes and plugin.device_model is not model:
+            return f"; {scheme}:// is the endpoint of protocol: {plugin.name}"
+    return ""
+
+
 # --------------------------------------------------------------------------------------------- simulation
 
 
@@ -229,7 +241,10 @@ class DeviceBase(Strict):
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, v: str, info: ValidationInfo) -> str:
-        parse_endpoint(v, cls.endpoint_rule)
+        try:
+            parse_endpoint(v, cls.endpoint_rule)
+        except ValueError as exc:
+            raise ValueError(f"{exc}{_other_protocol(v, cls)}") from None
         return v
 
     @property
