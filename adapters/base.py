@@ -131,6 +131,7 @@ class Registry:
     def __init__(self, group: str = ENTRY_POINT_GROUP) -> None:
         self.group = group
         self._plugins: dict[str, ProtocolPlugin] | None = None
+        self.broken: dict[str, str] = {}  # entry point name -> why it did not load (named by `check`)
 
     def _load(self) -> dict[str, ProtocolPlugin]:
         import importlib
@@ -139,9 +140,16 @@ class Registry:
         specs = {ep.name: ep.value for ep in entry_points(group=self.group)}
         for name, value in {**BUILTIN, **specs}.items():
             module, _, attr = value.partition(":")
-            plugin = getattr(importlib.import_module(module), attr)
+            try:
+                plugin = getattr(importlib.import_module(module), attr)
+            except Exception as exc:  # a broken third-party plugin must not take the other protocols down
+                self.broken[name] = f"{value}: {type(exc).__name__}: {exc}"
+                log.error("protocol=%s event=plugin_not_loaded entry_point=%s error=%r", name, value, exc)
+                continue
             if not isinstance(plugin, ProtocolPlugin) or plugin.name != name:
-                raise TypeError(f"entry point {self.group} '{name} = {value}' is not a ProtocolPlugin named '{name}'")
+                self.broken[name] = f"{value} is not a ProtocolPlugin named '{name}'"
+                log.error("protocol=%s event=plugin_not_loaded entry_point=%s error=not_a_plugin", name, value)
+                continue
             found[name] = plugin
         return found
 

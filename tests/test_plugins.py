@@ -195,3 +195,26 @@ def test_an_endpoint_of_another_protocol_names_that_protocol() -> None:
         parse_config(data)
     assert [line.rsplit("; ", 1)[-1] for line in caught.value.lines] == [
         "opc.tcp:// is the endpoint of protocol: opcua", "tcp:// is the endpoint of protocol: modbus"]
+
+
+def test_a_broken_plugin_leaves_the_others_working_and_is_named(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    (site / "brokenproto").mkdir(parents=True)
+    (site / "brokenproto" / "__init__.py").write_text("raise ImportError('needs libfoo.so.3')\n")
+    info = site / "brokenproto-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenproto\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[shopfloor_collector.protocols]\nbrokenproto = brokenproto:PLUGIN\n")
+    modbus = tmp_path / "modbus.yaml"
+    modbus.write_text(yaml.safe_dump({"site": {"enterprise_id": "e"}, "http": {"enabled": False},
+                                      "state_dir": str(tmp_path / "state"), "devices": [
+        {"id": "m", "protocol": "modbus", "endpoint": "tcp://127.0.0.1:502", "tags": [{"name": "t",
+                                                                                      "register": 40001}]}]}))
+    ok = _collector("check", "-c", str(modbus), env=_env(site))
+    assert ok.returncode == 0 and "OK: 1 devices" in ok.stdout, ok.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(modbus.read_text().replace("protocol: modbus", "protocol: brokenproto"))
+    bad = _collector("check", "-c", str(broken), env=_env(site))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "brokenproto is installed but did not load: brokenproto:PLUGIN: ImportError: needs libfoo.so.3" \
+        in bad.stderr

@@ -124,6 +124,16 @@ def _installed(sep: str, quote: str = "'") -> str:
     return ", ".join(names[:-1]) + sep + names[-1] if len(names) > 1 else "".join(names)
 
 
+def _broken(protocol: object) -> str:
+    """`; <name> is installed but did not load: <why>` for a plugin whose entry point failed."""
+    from adapters.base import registry
+
+    if isinstance(protocol, dict):
+        protocol = protocol.get("protocol")
+    why = registry.broken.get(str(protocol))
+    return f"; {protocol} is installed but did not load: {why}" if why else ""
+
+
 def format_errors(exc: ValidationError) -> list[str]:
     lines: list[str] = []
     for err in exc.errors():
@@ -139,7 +149,7 @@ def format_errors(exc: ValidationError) -> list[str]:
             msg = (f"unknown key; did you mean '{guess}'?" if guess else "unknown key (check the spelling)") \
                 + " See docs/config.md for the allowed keys"
         elif err["type"] == "union_tag_invalid":
-            msg = f"protocol must be {_installed(' or ')} (the installed protocols)"
+            msg = f"protocol must be {_installed(' or ')} (the installed protocols){_broken(err.get('input'))}"
         elif err["type"] == "union_tag_not_found":
             msg = f"protocol is missing: give protocol: {_installed(' or ', quote='')} (or a template: that has one)"
         elif err["type"] == "missing":
