@@ -32,7 +32,6 @@ from adapters.modbus.config import ModbusDevice, ModbusTag
 from adapters.modbus.identification import mac_of, read_identification
 from adapters.modbus.line import Line, Lines, ModbusClient
 from adapters.modbus.planner import ReadRequest, plan_device, span_request
-from adapters.modbus.tcp import MbapClient
 from collector.model import Quality, Reading
 
 __all__ = ["ILLEGAL_RECHECK_S", "ModbusAdapter", "ModbusState"]
@@ -398,10 +397,7 @@ class ModbusAdapter(Adapter):
 
             async def ask(read_code: int, object_id: int) -> Any:
                 async with line.exchange(self.device.inter_request_delay):
-                    if isinstance(client, MbapClient):
-                        return await client.read_device_identification(read_code, object_id, device_id=unit)
-                    return await client.read_device_information(read_code=read_code, object_id=object_id,
-                                                                device_id=unit)
+                    return await client.read_device_identification(read_code, object_id, device_id=unit)
 
             try:
                 out.update(await read_identification(ask))

@@ -3,7 +3,7 @@
 A TCP gateway with several unit ids, an RS-485 line (`serial://`) or a serial server (`rtu+tcp://`) carries one
 request at a time. Every adapter whose device names the same endpoint gets the same `Line` from the collector's
 `Lines` (kept in its adapter context, adapters/base.py): one client (our lean `MbapClient` for `tcp://`, see
-adapters/modbus/tcp.py; pymodbus for `rtu+tcp://` and `serial://`), one turn at a time held for a whole poll
+adapters/modbus/tcp.py; pymodbus behind `RtuClient` for `rtu+tcp://` and `serial://`, see rtu.py), one turn at a time held for a whole poll
 cycle (`async with line.session(device)`: units are polled one after another), one request at a time inside it
 (`async with line.exchange()`: settling after late answers, the pause between requests), and per-unit timeout
 streaks that outlive a connection (to skip a dead unit, see `ModbusDevice.degrade_after`).
@@ -20,19 +20,16 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException
-from pymodbus.framer import FramerType
-
 from adapters.base import AdapterError
 from adapters.modbus.config import ModbusDevice
+from adapters.modbus.rtu import RtuClient
 from adapters.modbus.tcp import MbapClient
 from collector.config.base import Endpoint
 
 __all__ = ["Line", "LineKey", "Lines", "line_key", "serial_settings"]
 
 LineKey = tuple[str, str, int | str]
-ModbusClient = MbapClient | AsyncModbusTcpClient | AsyncModbusSerialClient
+ModbusClient = MbapClient | RtuClient
 
 SERIAL_DEFAULTS = {"baudrate": 9600, "bytesize": 8, "parity": "N", "stopbits": 1}
 
@@ -74,7 +71,6 @@ class Line:
         self._connect_lock = asyncio.Lock()
         self.client: ModbusClient | None = None
         self.users: set[int] = set()
-        self.in_flight = False
         self.connects = 0
         self.last_answer = 0.0  # monotonic time the line last went quiet (for inter_request_delay)
         self.settle_until = 0.0  # monotonic time before which no request is sent (late answers, RTU)
@@ -99,12 +95,8 @@ class Line:
         ep = self.endpoint
         if ep.scheme == "tcp":
             return MbapClient(ep.host, ep.port, timeout=device.timeout, retries=device.retries)
-        common: dict[str, Any] = {"name": f"line:{self.describe()}", "timeout": device.timeout,
-                                  "retries": device.retries, "reconnect_delay": 0,
-                                  "trace_connect": self._on_connection_change}
-        if ep.scheme == "serial":
-            return AsyncModbusSerialClient(ep.path, framer=FramerType.RTU, **serial_settings(ep), **common)
-        return AsyncModbusTcpClient(ep.host, port=ep.port, framer=FramerType.RTU, **common)  # rtu+tcp
+        return RtuClient(ep, timeout=device.timeout, retries=device.retries, name=f"line:{self.describe()}",
+                         serial=serial_settings(ep) if ep.scheme == "serial" else None)
 
     async def open(self, device: ModbusDevice) -> None:
         """Connect unless already connected (the first device to arrive opens the line for all)."""
@@ -113,10 +105,6 @@ class Line:
                 return
             self._close_client()
             client = self._build(device)
-            if not isinstance(client, MbapClient):
-                # pymodbus would close the connection after retries+3 unanswered requests in a row: on a
-                # shared line that would cut off the live neighbours of one dead unit. Giving up is our decision.
-                client.set_max_no_responses(1_000_000)
             try:
                 ok = await client.connect()
             except Exception as exc:  # pyserial and termios errors are not OSErrors
@@ -135,15 +123,6 @@ class Line:
                 await asyncio.sleep(device.pause_after_connect)
             self.last_answer = time.monotonic()
 
-    def _on_connection_change(self, connected: bool) -> None:
-        """pymodbus's trace_connect hook: when the peer drops the connection during a request, fail that
-        request now instead of waiting out the timeout and its retries (`MbapClient` does this itself)."""
-        if connected or not self.in_flight or isinstance(self.client, MbapClient | None):
-            return
-        future = getattr(self.client.ctx, "response_future", None)
-        if isinstance(future, asyncio.Future) and not future.done():
-            future.set_exception(ConnectionException("connection closed by the device"))
-
     def _close_client(self) -> None:
         client, self.client = self.client, None
         if client is not None:
@@ -155,17 +134,12 @@ class Line:
         self._close_client()
 
     def configure(self, device: ModbusDevice) -> None:
-        """Apply one device's timeout and retries to the shared client (call while holding `lock`).
-
-        pymodbus 3.16 keeps them in `comm_params.timeout_connect` and the transaction manager's `retries`,
-        read at every request; `MbapClient` has plain attributes."""
+        """Apply one device's timeout and retries to the shared client (call while holding `lock`); both
+        transports read them at every request."""
         client = self.client
-        if isinstance(client, MbapClient):
+        if client is not None:
             client.timeout = device.timeout
             client.retries = device.retries
-        elif client is not None:
-            client.comm_params.timeout_connect = device.timeout
-            client.ctx.retries = device.retries
 
     @contextlib.asynccontextmanager
     async def session(self, device: ModbusDevice) -> AsyncIterator[ModbusClient]:
@@ -181,16 +155,13 @@ class Line:
     @contextlib.asynccontextmanager
     async def exchange(self, delay: float = 0.0) -> AsyncIterator[None]:
         """One request and its answer (inside a `session`): waits out a settle time and `delay` seconds of
-        quiet, marks the request in flight (so a dropped connection fails it at once), and notes when the line
-        went quiet again."""
+        quiet, and notes when the line went quiet again."""
         await self.quiet(delay)
         if self.settle_until:
             await self.settle()
-        self.in_flight = True
         try:
             yield
         finally:
-            self.in_flight = False
             self.last_answer = time.monotonic()
 
     def settle_for(self, seconds: float) -> None:
