@@ -218,3 +218,14 @@ def test_a_broken_plugin_leaves_the_others_working_and_is_named(tmp_path: Path) 
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "brokenproto is installed but did not load: brokenproto:PLUGIN: ImportError: needs libfoo.so.3" \
         in bad.stderr
+
+
+def test_simulate_refuses_a_protocol_without_a_simulator(tmp_path: Path) -> None:
+    """The Workshop used to leave an unknown protocol out silently."""
+    site = _plugin_dir(tmp_path)
+    source = site / "linecounter" / "__init__.py"
+    source.write_text(source.read_text().replace("simulator=LineSim,", "simulator=None,"))
+    path = _config(tmp_path, free_port(), free_port())
+    done = _collector("simulate", "-c", str(path), env=_env(site))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "device 'lc-01': protocol linecounter has no simulator" in done.stderr
