@@ -1,6 +1,11 @@
-"""The adapter interface and the registry by protocol name.
+"""The adapter interface, the protocol plugin, and the registry of installed protocols.
 
-The engine knows adapters only through this module: it calls `create_adapter(device)` and then `connect`,
+A protocol is a `ProtocolPlugin` (adapters/<protocol>/__init__.py exports one as `PLUGIN`), found through the
+entry-point group `shopfloor_collector.protocols`: a package outside this repository adds a protocol by
+declaring one there. The core reaches protocols only through `registry` (config union, `check --tags`,
+`simulate`, CLI commands) and `create_adapter`.
+
+The engine calls `create_adapter(device, context)` once per device task and then `connect`,
 `read` (or `subscribe`), `identify` (after each connect and daily) and `close`. An adapter reports a bad tag through the tag's quality and raises
 `AdapterError` only when the device as a whole cannot be talked to; the engine turns that into backoff and a
 state change.
@@ -8,16 +13,19 @@ state change.
 
 from __future__ import annotations
 
-import importlib
+import argparse
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, TypeVar
 
-from collector.config import ModbusDevice, OpcUaDevice
+from pydantic import BaseModel
+
 from collector.model import Reading
 
-DeviceConfig = ModbusDevice | OpcUaDevice
+DeviceConfig = Any  # a validated device model of an installed plugin (its `protocol:` says which)
 ReadingsCallback = Callable[[list[Reading]], None]
 
 
@@ -52,13 +60,16 @@ class WriteOutcome:
 
 
 class Adapter(ABC):
-    """One device's connection. Built from the device's config; one instance per device task."""
+    """One device's connection, built once per device task as `adapter(device, context)`; `connect()` and
+    `close()` may alternate any number of times. What it learns that must outlive a connection or be shared
+    with other devices (split plans, shared serial lines, timeout streaks) lives in `context`."""
 
     protocol: ClassVar[str]
     supports_subscribe: ClassVar[bool] = False
 
-    def __init__(self, device: Any) -> None:
+    def __init__(self, device: Any, context: AdapterContext | None = None) -> None:
         self.device = device
+        self.context = context if context is not None else AdapterContext()
 
     @abstractmethod
     async def connect(self) -> None:
@@ -103,24 +114,93 @@ class Adapter(ABC):
         """Close the session; never raises."""
 
 
-_REGISTRY: dict[str, type[Adapter]] = {}
-_MODULES = {"modbus": "adapters.modbus.adapter", "opcua": "adapters.opcua.adapter"}
+_S = TypeVar("_S")
 
 
-def register(cls: type[Adapter]) -> type[Adapter]:
-    """Class decorator: make an adapter available under its `protocol` name."""
-    _REGISTRY[cls.protocol] = cls
-    return cls
+class AdapterContext:
+    """What adapters learn, owned by the running Collector (one per collector, handed to every adapter): each
+    protocol keeps one state object in it, made by `state(key, factory)` on first use. A reload keeps it, so a
+    device that stays keeps its learned plans; a new collector starts clean."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, Any] = {}
+
+    def state(self, key: str, factory: Callable[[], _S]) -> _S:
+        if key not in self._states:
+            self._states[key] = factory()
+        state: _S = self._states[key]
+        return state
 
 
-def adapter_class(protocol: str) -> type[Adapter]:
-    if protocol not in _REGISTRY and protocol in _MODULES:
-        importlib.import_module(_MODULES[protocol])
-    try:
-        return _REGISTRY[protocol]
-    except KeyError:
-        raise LookupError(f"no adapter for protocol '{protocol}'") from None
+@dataclass(frozen=True)
+class ProtocolPlugin:
+    """One protocol, as the core sees it. `adapters/<protocol>/__init__.py` exports one as `PLUGIN`."""
+
+    name: str                                   # the `protocol:` value
+    device_model: type[BaseModel]               # its device config model (field `protocol: Literal[name]`)
+    adapter: type[Adapter]                      # built as adapter(device, context)
+    describe_tag: Callable[[Any, Any], str]     # `collector check --tags`: where the tag is read
+    simulator: Callable[[Any], Any] | None = None   # device -> object with async start()/stop() serving it
+    commands: Callable[[argparse._SubParsersAction], None] | None = None   # extra CLI subcommands
+    schemes: tuple[str, ...] = ()               # endpoint URL schemes it accepts, for check's messages
 
 
-def create_adapter(device: DeviceConfig) -> Adapter:
-    return adapter_class(device.protocol)(device)
+ENTRY_POINT_GROUP = "shopfloor_collector.protocols"
+BUILTIN = {"modbus": "adapters.modbus:PLUGIN", "opcua": "adapters.opcua:PLUGIN"}
+"""Used only when the distribution's own entry points are missing (a source tree that was never installed)."""
+
+log = logging.getLogger(__name__)
+
+
+class Registry:
+    """The installed protocols by name, loaded once from the entry points on first use."""
+
+    def __init__(self, group: str = ENTRY_POINT_GROUP) -> None:
+        self.group = group
+        self._plugins: dict[str, ProtocolPlugin] | None = None
+        self.broken: dict[str, str] = {}  # entry point name -> why it did not load (named by `check`)
+
+    def _load(self) -> dict[str, ProtocolPlugin]:
+        import importlib
+
+        found: dict[str, ProtocolPlugin] = {}
+        specs = {ep.name: ep.value for ep in entry_points(group=self.group)}
+        for name, value in {**BUILTIN, **specs}.items():
+            module, _, attr = value.partition(":")
+            try:
+                plugin = getattr(importlib.import_module(module), attr)
+            except Exception as exc:  # a broken third-party plugin must not take the other protocols down
+                self.broken[name] = f"{value}: {type(exc).__name__}: {exc}"
+                log.error("protocol=%s event=plugin_not_loaded entry_point=%s error=%r", name, value, exc)
+                continue
+            if not isinstance(plugin, ProtocolPlugin) or plugin.name != name:
+                self.broken[name] = f"{value} is not a ProtocolPlugin named '{name}'"
+                log.error("protocol=%s event=plugin_not_loaded entry_point=%s error=not_a_plugin", name, value)
+                continue
+            found[name] = plugin
+        return found
+
+    def plugins(self) -> dict[str, ProtocolPlugin]:
+        if self._plugins is None:
+            self._plugins = self._load()
+        return self._plugins
+
+    def names(self) -> list[str]:
+        return list(self.plugins())
+
+    def __iter__(self) -> Iterator[ProtocolPlugin]:
+        return iter(self.plugins().values())
+
+    def get(self, protocol: str) -> ProtocolPlugin:
+        try:
+            return self.plugins()[protocol]
+        except KeyError:
+            raise LookupError(f"no adapter for protocol '{protocol}'; installed: {', '.join(self.names())}") \
+                from None
+
+
+registry = Registry()
+
+
+def create_adapter(device: DeviceConfig, context: AdapterContext | None = None) -> Adapter:
+    return registry.get(device.protocol).adapter(device, context)

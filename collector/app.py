@@ -116,7 +116,12 @@ class Collector:
             self.sink.latest = lambda device: self.pipeline.latest.get(device, {})  # type: ignore[attr-defined]
             self.status.listeners.append(self.sink.status_changed)
         self.sink.on_connect_hooks.append(self._republish)
-        self.engine = Engine(self._on_readings, self.status.set_state, self._identified)
+        from adapters.base import AdapterContext
+
+        # What the adapters learn (split plans, shared lines, timeout streaks) is the running collector's: it
+        # outlives a reload and each device's reconnects, and a new collector starts clean.
+        self.adapter_context = AdapterContext()
+        self.engine = Engine(self._on_readings, self.status.set_state, self._identified, self.adapter_context)
         from collector.states.service import StatesService  # machine states, 稼动率, OEE (docs/states.md)
 
         self.states = StatesService(self)

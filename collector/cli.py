@@ -15,7 +15,6 @@ from pathlib import Path
 from collector.config import (
     EXIT_BAD_CONFIG,
     CollectorConfig,
-    ModbusDevice,
     Settings,
     load_config_or_exit,
     print_problems,
@@ -67,17 +66,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{args.config}: OK: {len(cfg.devices)} devices, {tags} tags, {len(cfg.assets)} unconnected assets; "
           f"topic root {cfg.topic_root}")
     if args.tags:
+        from adapters.base import registry
+
         for dev in cfg.devices:
             print(f"{dev.id} ({dev.protocol} {dev.endpoint})")
+            describe = registry.get(dev.protocol).describe_tag
             for tag in dev.tags:
-                if isinstance(dev, ModbusDevice):
-                    assert tag.table is not None and tag.address is not None  # type: ignore[union-attr]
-                    where = f"{tag.table} {tag.address} (0-based wire address)"  # type: ignore[union-attr]
-                    if tag.register_count() > 1:  # type: ignore[union-attr]
-                        where += f" .. {tag.address + tag.register_count() - 1}"  # type: ignore[union-attr]
-                else:
-                    where = tag.node  # type: ignore[union-attr]
-                print(f"  {tag.name:<24} {tag.type or '-':<8} {where}")
+                print(f"  {tag.name:<24} {getattr(tag, 'type', None) or '-':<8} {describe(dev, tag)}")
     return 0
 
 
@@ -278,10 +273,14 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 async def _simulate(cfg: CollectorConfig, devices: list[str] | None) -> int:
-    from simulators.workshop import Workshop
+    from simulators.workshop import NoSimulator, Workshop
 
     stop = _stop_event()
-    workshop = Workshop(cfg, devices)
+    try:
+        workshop = Workshop(cfg, devices)
+    except NoSimulator as exc:
+        print(f"collector simulate: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     await workshop.start()
     for dev in cfg.devices:
         if dev.id in workshop.by_device:
@@ -330,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("check", help="validate a config (exit 2 naming every bad field)")
     s.add_argument("-c", "--config", required=True, help="YAML config file")
-    s.add_argument("--tags", action="store_true", help="list every tag and where it is read (Modbus register)")
+    s.add_argument("--tags", action="store_true", help="list every tag and where it is read (Modbus register, OPC UA node, ...: the protocol says)")
     s.set_defaults(fn=cmd_check)
 
     s = sub.add_parser("simulate", help="serve every device of a config from the bundled simulators")
@@ -370,9 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_write_parsers(sub)
 
-    from adapters.opcua.commands import add_parsers as add_opcua_parsers  # certs, discover
+    from adapters.base import registry  # each protocol's own commands (OPC UA: certs, discover)
 
-    add_opcua_parsers(sub)
+    for plugin in registry:
+        if plugin.commands is not None:
+            plugin.commands(sub)
     return p
 
 

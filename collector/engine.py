@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from adapters.base import Adapter, AdapterError, DeviceConfig, DeviceSkipped, create_adapter
+from adapters.base import Adapter, AdapterContext, AdapterError, DeviceConfig, DeviceSkipped, create_adapter
 from collector.failures import RepeatedFailure
 from collector.model import DeviceState, Reading
 from collector.tasks import cancel_and_wait
@@ -54,8 +54,9 @@ class DeviceTask:
     """The life of one device: connect, poll or subscribe, back off on failure, forever until stopped."""
 
     def __init__(self, device: DeviceConfig, on_readings: ReadingsSink, on_state: StateSink,
-                 backoff_cap: float = 30.0, adapter_factory: Callable[[DeviceConfig], Adapter] = create_adapter,
-                 on_identity: IdentitySink | None = None, identify_interval: float = IDENTIFY_INTERVAL) -> None:
+                 backoff_cap: float = 30.0, adapter_factory: Callable[[DeviceConfig], Adapter] | None = None,
+                 on_identity: IdentitySink | None = None, identify_interval: float = IDENTIFY_INTERVAL,
+                 context: AdapterContext | None = None) -> None:
         self.device = device
         self.on_readings = on_readings
         self.on_state = on_state
@@ -63,7 +64,9 @@ class DeviceTask:
         self.identify_interval = identify_interval
         self._identify_task: asyncio.Task[None] | None = None
         self.backoff = Backoff(base=min(0.5, device.interval), cap=backoff_cap)
-        self.adapter_factory = adapter_factory
+        shared = context if context is not None else AdapterContext()
+        self.adapter_factory: Callable[[DeviceConfig], Adapter] = (
+            adapter_factory if adapter_factory is not None else lambda d: create_adapter(d, shared))
         self.adapter: Adapter | None = None
         self.task: asyncio.Task[None] | None = None
         self.stopping = False
@@ -110,10 +113,10 @@ class DeviceTask:
 
     async def _run(self) -> None:
         dev = self.device
+        adapter = self.adapter_factory(dev)  # one per task: it connects and closes again on every attempt
+        self.adapter = adapter
+        self.subscribing = adapter.wants_subscribe
         while not self.stopping:
-            adapter = self.adapter_factory(dev)
-            self.adapter = adapter
-            self.subscribing = adapter.wants_subscribe
             try:
                 await adapter.connect()
                 self.sessions += 1
@@ -234,8 +237,9 @@ class DeviceTask:
 class Engine:
     """Starts and stops the device tasks; knows adapters only through `adapters.base`."""
 
-    def __init__(self, on_readings: ReadingsSink, on_state: StateSink, on_identity: IdentitySink | None = None
-                 ) -> None:
+    def __init__(self, on_readings: ReadingsSink, on_state: StateSink, on_identity: IdentitySink | None = None,
+                 context: AdapterContext | None = None) -> None:
+        self.context = context if context is not None else AdapterContext()  # what the adapters learn
         self.on_readings = on_readings
         self.on_state = on_state
         self.on_identity = on_identity
@@ -244,7 +248,8 @@ class Engine:
     def start_device(self, device: DeviceConfig) -> None:
         if device.id in self.tasks or not device.enabled:
             return
-        task = DeviceTask(device, self.on_readings, self.on_state, on_identity=self.on_identity)
+        task = DeviceTask(device, self.on_readings, self.on_state, on_identity=self.on_identity,
+                          context=self.context)
         self.tasks[device.id] = task
         task.start()
 

@@ -12,64 +12,18 @@ import errno
 import os
 import socket
 import ssl
-import stat
-import tempfile
 from pathlib import Path
 
 from collector.config import (
     CollectorConfig,
-    OpcUaDevice,
     Settings,
     effective_state_dir,
+    folder_errors,
+    loose_mode,
+    secret_file_problems,
     settings_errors,
     url_with_scheme,
 )
-
-
-def folder_errors(path: Path, field: str, what: str) -> list[str]:
-    """`path` is a folder the service can write in, or can be created: else one line naming `field` and the fix.
-    Writability is tried (an unnamed temporary file), not guessed from mode bits, so root and ACLs count."""
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        where = "is" if probe == path else f"cannot be created: {probe} is"
-        return [f"{field}: {path} {where} a file, not a folder; point {field} to a folder ({what})"]
-    try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as exc:
-        verb = "write in" if probe == path else f"create {path} in"
-        return [f"{field}: cannot {verb} {probe}: {exc.strerror or exc}; give the service user write access "
-                f"(chown) or choose another folder ({what})"]
-    return []
-
-
-def _loose_mode(path: Path) -> bool:
-    try:
-        return bool(path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO))
-    except OSError:
-        return False
-
-
-def secret_file_problems(path: Path, field: str) -> tuple[list[str], list[str]]:
-    """(errors, warnings) of a secret file: it must exist and hold the secret on its first line; readable by
-    others is legal but a warning (secrets are mode 0600)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return [f"{field}: {path} does not exist; create it with the secret on its first line (chmod 600)"], []
-    except IsADirectoryError:
-        return [f"{field}: {path} is a folder; name the file that holds the secret"], []
-    except OSError as exc:
-        return [f"{field}: cannot read {path}: {exc.strerror or exc}; give the service user read access"], []
-    except UnicodeDecodeError:
-        return [f"{field}: {path} is not UTF-8 text; put the secret on its first line as plain text"], []
-    if not next(iter(text.splitlines()), "").strip():
-        return [f"{field}: {path} has no secret on its first line; put it there (the rest is ignored)"], []
-    if _loose_mode(path):
-        return [], [f"{field}: {path} can be read by other users; chmod 600 {path}"]
-    return [], []
 
 
 def _no_password() -> bytes:
@@ -99,7 +53,7 @@ def tls_problems(ca_file: Path | None, cert_file: Path | None, key_file: Path | 
         except (ssl.SSLError, OSError, ValueError) as exc:
             errors.append(f"mqtt.cert_file: {cert_file} with key {key_file or '(in the same file)'} does not load "
                           f"as a PEM certificate and unencrypted key ({exc})")
-    if key_file is not None and _loose_mode(key_file):
+    if key_file is not None and loose_mode(key_file):
         warnings.append(f"mqtt.key_file: {key_file} can be read by other users; chmod 600 {key_file}")
     return errors, warnings
 
@@ -156,32 +110,11 @@ def startup_check(cfg: CollectorConfig, settings: Settings | None = None) -> tup
                 warnings.append(f"mqtt.{field}: ignored, the broker URL {url} is plain MQTT; use mqtts:// for TLS")
     if cfg.influx is not None and cfg.influx.token_file is not None and not os.environ.get(cfg.influx.token_env):
         add(secret_file_problems(cfg.influx.token_file, "influx.token_file"))
-    if cfg.http.token_file is not None and _loose_mode(cfg.http.token_file):
+    if cfg.http.token_file is not None and loose_mode(cfg.http.token_file):
         warnings.append(f"http.token_file: {cfg.http.token_file} can be read by other users; chmod 600 "
                         f"{cfg.http.token_file}")
-    pki_seen: set[Path] = set()
+    seen: set[object] = set()
     for i, dev in enumerate(cfg.devices):
-        if not isinstance(dev, OpcUaDevice):
-            continue
-        add(_opcua_problems(i, dev))
-        pki = dev.security.pki_dir
-        if dev.security.mode != "None" and pki is not None and pki not in pki_seen:
-            pki_seen.add(pki)
-            errors += folder_errors(pki, f"devices[{i}].security.pki_dir", "it holds the client certificate")
+        add(dev.start_problems(f"devices[{i}]", seen))
     warnings += _http_listen_warning(cfg)
     return errors, warnings
-
-
-def _opcua_problems(i: int, dev: OpcUaDevice) -> tuple[list[str], list[str]]:
-    where = f"devices[{i}]"
-    if dev.username is None:
-        fields = [f for f in ("password_env", "password_file") if getattr(dev, f) is not None]
-        return [], [f"{where}.{f}: ignored without {where}.username (anonymous login)" for f in fields]
-    if dev.password_env and os.environ.get(dev.password_env):
-        return [], []
-    if dev.password_file is not None:
-        return secret_file_problems(dev.password_file, f"{where}.password_file")
-    if dev.password_env:
-        return [], [f"{where}.password_env: {dev.password_env} is not set here; set it where the service runs "
-                    "(e.g. /etc/shopfloor-collector/collector.env), or the login fails"]
-    return [f"{where}.username: user '{dev.username}' needs a password: set password_env or password_file"], []

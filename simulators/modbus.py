@@ -51,7 +51,8 @@ from pymodbus.pdu.mei_message import ReadDeviceInformationRequest, ReadDeviceInf
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
 from adapters.modbus.codec import TagCodec, compile_tag
-from collector.config import ModbusDevice, parse_endpoint
+from adapters.modbus.config import ENDPOINT_RULE, ModbusDevice
+from collector.config.base import parse_endpoint
 from simulators.machine import MachineModel
 
 __all__ = ["SIM_IDENTIFICATION", "ModbusServerSim", "UnitStore"]
@@ -252,7 +253,7 @@ class ModbusServerSim:
     """
 
     def __init__(self, endpoint_url: str, devices: list[ModbusDevice], serve_port: str | None = None) -> None:
-        endpoint = parse_endpoint(endpoint_url)
+        endpoint = parse_endpoint(endpoint_url, ENDPOINT_RULE)
         if endpoint.scheme not in ("tcp", "rtu+tcp", "serial"):
             raise ValueError(f"the Modbus simulator serves tcp://, rtu+tcp:// and serial:// endpoints "
                              f"(got '{endpoint_url}')")
@@ -268,18 +269,23 @@ class ModbusServerSim:
         self.units: dict[int, UnitStore] = {}
         self._by_device: dict[str, UnitStore] = {}
         for dev in devices:
-            if dev.unit_id in self.units:
-                raise ValueError(f"devices '{self.units[dev.unit_id].device.id}' and '{dev.id}' share unit id "
-                                 f"{dev.unit_id} on {endpoint_url}")
-            model = MachineModel(dev.id, dev.simulate, [*dev.tags, *dev.identity])
-            unit = UnitStore(dev, model)
-            self.models[dev.id] = model
-            self.units[dev.unit_id] = unit
-            self._by_device[dev.id] = unit
+            self.add_device(dev)
         self._store = _Datastore(self.units, answer_unknown=self.scheme == "tcp")
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._socat: asyncio.subprocess.Process | None = None
         self._tasks: list[asyncio.Task[None]] = []
+
+    def add_device(self, dev: ModbusDevice) -> None:
+        """Serve one more unit id behind this endpoint (before `start`): how the Workshop shares one server
+        among the devices of one gateway."""
+        if dev.unit_id in self.units:
+            raise ValueError(f"devices '{self.units[dev.unit_id].device.id}' and '{dev.id}' share unit id "
+                             f"{dev.unit_id} on {self.endpoint_url}")
+        model = MachineModel(dev.id, dev.simulate, [*dev.tags, *dev.identity])
+        unit = UnitStore(dev, model)
+        self.models[dev.id] = model
+        self.units[dev.unit_id] = unit
+        self._by_device[dev.id] = unit
 
     @property
     def running(self) -> bool:

@@ -61,9 +61,10 @@ from asyncua.crypto.validator import CertificateValidator, CertificateValidatorO
 from asyncua.server.address_space import NodeData
 from asyncua.server.internal_server import InternalServer
 
+from adapters.opcua.config import OpcUaDevice, OpcUaTag
 from adapters.opcua.nodeids import make_node_id, parse_node
 from adapters.opcua.security import POLICY_TYPES, Pki, create_certificate
-from collector.config import OpcUaDevice, OpcUaTag, read_secret
+from collector.config.secrets import read_secret
 from simulators.machine import MachineModel
 
 log = logging.getLogger(__name__)

@@ -1,43 +1,48 @@
 """A whole workshop from a config: every enabled device served on its own endpoint.
 
-Modbus devices that share an endpoint (several unit ids behind one gateway) share one server. Devices can be
-stopped and started one by one, which is how tests and the demo take a machine off the network.
+Each device is served by its protocol plugin's `simulator` (adapters/base.py registry); a protocol without one
+is named at start, not skipped silently. Devices of one protocol that share an endpoint (several Modbus unit ids
+behind one gateway) share one server when that server can `add_device`. Devices can be stopped and started one
+by one, which is how tests and the demo take a machine off the network.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from typing import Any
 
-from collector.config import CollectorConfig, ModbusDevice, OpcUaDevice
+from adapters.base import registry
+from collector.config.root import CollectorConfig
 from simulators.machine import MachineModel
+
+
+class NoSimulator(ValueError):
+    """A chosen device's protocol has no simulator."""
 
 
 class Workshop:
     def __init__(self, cfg: CollectorConfig, device_ids: list[str] | None = None) -> None:
-        from simulators.modbus import ModbusServerSim
-        from simulators.opcua import OpcUaMachineSim
-
         self.cfg = cfg
         chosen = [d for d in cfg.devices if d.enabled and (device_ids is None or d.id in device_ids)]
         self.servers: list[Any] = []
         self.by_device: dict[str, Any] = {}
         self.shared: dict[str, list[str]] = {}
-        by_endpoint: dict[str, list[ModbusDevice]] = defaultdict(list)
+        groups: dict[tuple[str, str], list[str]] = {}
         for dev in chosen:
-            if isinstance(dev, ModbusDevice):
-                by_endpoint[dev.parsed_endpoint.url].append(dev)
-            elif isinstance(dev, OpcUaDevice):
-                sim = OpcUaMachineSim(dev)
-                self.servers.append(sim)
-                self.by_device[dev.id] = sim
-        for devs in by_endpoint.values():
-            server = ModbusServerSim(devs[0].endpoint, devs)
-            self.servers.append(server)
-            for dev in devs:
-                self.by_device[dev.id] = server
-                self.shared[dev.id] = [d.id for d in devs]
+            make = registry.get(dev.protocol).simulator
+            if make is None:
+                raise NoSimulator(f"device '{dev.id}': protocol {dev.protocol} has no simulator")
+            group = groups.setdefault((dev.protocol, dev.parsed_endpoint.url), [])
+            server = self.by_device[group[0]] if group else None
+            if server is not None and hasattr(server, "add_device"):
+                server.add_device(dev)
+            else:
+                server = make(dev)
+                self.servers.append(server)
+                group = groups[(dev.protocol, dev.parsed_endpoint.url)] = []
+            group.append(dev.id)
+            self.by_device[dev.id] = server
+            self.shared[dev.id] = group
         self.stopped: set[str] = set()
 
     async def start(self) -> None:

@@ -23,7 +23,7 @@ from collector.sinks.mqtt import encode_data
 from collector.sinks.sparkplug import DOUBLE, datatype_of, set_value
 from collector.sinks.sparkplug_b_pb2 import Payload
 from simulators.opcua import OpcUaMachineSim
-from tests.test_opcua_sim import NS, free_port, make_device
+from tests.adapters.opcua.test_opcua_sim import NS, free_port, make_device
 
 
 def f32(x: float) -> float:

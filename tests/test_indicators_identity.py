@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from adapters.base import Adapter, AdapterError
+from adapters.base import Adapter, AdapterContext, AdapterError
 from adapters.modbus.adapter import ModbusAdapter
 from adapters.modbus.identification import arp_table, mac_of
 from adapters.opcua.security import Pki, create_certificate, thumbprint
@@ -43,6 +43,15 @@ from collector.status import IdentityRecord, StatusStore
 from simulators.modbus import ModbusServerSim
 from simulators.opcua import OpcUaMachineSim, SimSecurity
 from tests.conftest import Recorder
+
+CONTEXT = AdapterContext()
+
+@pytest.fixture(autouse=True)
+def _fresh_context() -> None:
+    """What one test's adapters share, like one collector's (its plans, lines and timeout streaks)."""
+    global CONTEXT
+    CONTEXT = AdapterContext()
+
 
 TZ = "Asia/Shanghai"
 NS = "urn:shopfloor-collector:sim"
@@ -251,7 +260,7 @@ async def test_adapter_reads_an_fc43_answer_in_two_parts_from_a_struct_server() 
     port = server.sockets[0].getsockname()[1]
     dev = ModbusDevice.model_validate({"id": "drive", "endpoint": f"tcp://127.0.0.1:{port}", "unit_id": 5,
                                        "tags": [{"name": "t", "table": "holding_register", "address": 0}]})
-    adapter = ModbusAdapter(dev)
+    adapter = ModbusAdapter(dev, CONTEXT)
     try:
         await adapter.connect()
         identity = await adapter.identify()
@@ -381,7 +390,7 @@ async def test_rtu_line_identifies_each_unit_through_pymodbus() -> None:
             for u in (1, 2)]
     async with ModbusServerSim(devs[0].endpoint, devs) as sim:
         sim.set_identification("u2", None)
-        adapters = [ModbusAdapter(d) for d in devs]
+        adapters = [ModbusAdapter(d, CONTEXT) for d in devs]
         try:
             for a in adapters:
                 await a.connect()

@@ -1,0 +1,29 @@
+"""The Modbus protocol plugin (TCP, RTU over TCP, RTU on a serial line): README.md beside this file."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapters.base import ProtocolPlugin
+from adapters.modbus.adapter import ModbusAdapter
+from adapters.modbus.config import ENDPOINT_RULE, ModbusDevice, ModbusTag
+
+
+def describe_tag(device: ModbusDevice, tag: ModbusTag) -> str:
+    """`collector check --tags`: the table and the 0-based wire address(es) the tag reads."""
+    assert tag.table is not None and tag.address is not None  # set by the device's validation
+    where = f"{tag.table} {tag.address} (0-based wire address)"
+    if tag.register_count() > 1:
+        where += f" .. {tag.address + tag.register_count() - 1}"
+    return where
+
+
+def simulator(device: ModbusDevice) -> Any:
+    """A Modbus server serving `device`; more devices on the same endpoint join it with `add_device`."""
+    from simulators.modbus import ModbusServerSim
+
+    return ModbusServerSim(device.endpoint, [device])
+
+
+PLUGIN = ProtocolPlugin(name="modbus", device_model=ModbusDevice, adapter=ModbusAdapter, describe_tag=describe_tag,
+                        simulator=simulator, schemes=ENDPOINT_RULE.schemes)

@@ -26,16 +26,15 @@ from typing import Any, ClassVar, Protocol
 
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from adapters.base import Adapter, AdapterError, DeviceSkipped, WriteError, WriteOutcome, register
+from adapters.base import Adapter, AdapterContext, AdapterError, DeviceSkipped, WriteError, WriteOutcome
 from adapters.modbus.codec import Converter, TagCodec, compile_tag
+from adapters.modbus.config import ModbusDevice, ModbusTag
 from adapters.modbus.identification import mac_of, read_identification
-from adapters.modbus.line import Line, ModbusClient, acquire_line
+from adapters.modbus.line import Line, Lines, ModbusClient
 from adapters.modbus.planner import ReadRequest, plan_device, span_request
-from adapters.modbus.tcp import MbapClient
-from collector.config import ModbusDevice, ModbusTag
 from collector.model import Quality, Reading
 
-__all__ = ["ILLEGAL_RECHECK_S", "ModbusAdapter", "forget_plans"]
+__all__ = ["ILLEGAL_RECHECK_S", "ModbusAdapter", "ModbusState"]
 
 ILLEGAL_RECHECK_S = 300.0
 """A request answered with exception 02 for a single address is asked again only after this many seconds."""
@@ -119,13 +118,15 @@ class _PlanMemory:
     illegal: dict[_Span, float] = field(default_factory=dict)
 
 
-# By (device id, endpoint, unit id); checked against the base plan so a changed tag map starts afresh.
-_MEMORY: dict[tuple[str, str, int], _PlanMemory] = {}
+@dataclass
+class ModbusState:
+    """What Modbus adapters learn, kept in the collector's adapter context (adapters/base.py), so it outlives
+    an adapter (a reload builds new ones) and is shared by the devices of one collector: the shared lines with
+    their timeout streaks, and each device's refined plan by (device id, endpoint, unit id), checked against
+    the base plan so a changed tag map starts afresh."""
 
-
-def forget_plans() -> None:
-    """Drop every remembered split (tests)."""
-    _MEMORY.clear()
+    lines: Lines = field(default_factory=Lines)
+    plans: dict[tuple[str, str, int], _PlanMemory] = field(default_factory=dict)
 
 
 def _halves(tags: list[ModbusTag]) -> tuple[list[ModbusTag], list[ModbusTag]]:
@@ -145,24 +146,24 @@ class _Failure(Exception):
         self.timeout = timeout
 
 
-@register
 class ModbusAdapter(Adapter):
     """Polls one Modbus unit and returns one `Reading` per configured tag, in tag order."""
 
     protocol: ClassVar[str] = "modbus"
     supports_write: ClassVar[bool] = True
 
-    def __init__(self, device: ModbusDevice) -> None:
-        super().__init__(device)
+    def __init__(self, device: ModbusDevice, context: AdapterContext | None = None) -> None:
+        super().__init__(device, context)
         self.device: ModbusDevice = device
         self.codecs: list[TagCodec] = [compile_tag(t, device.byte_order) for t in device.tags]
         self._index = {t.name: i for i, t in enumerate(device.tags)}
+        self._state = self.context.state("modbus", ModbusState)
         base = plan_device(device)
         key = (device.id, device.endpoint, device.unit_id)
-        memory = _MEMORY.get(key)
+        memory = self._state.plans.get(key)
         if memory is None or memory.base != [_span(r) for r in base]:
             memory = _PlanMemory([_span(r) for r in base], [[t.name for t, _ in r.tags] for r in base])
-            _MEMORY[key] = memory
+            self._state.plans[key] = memory
         self._memory = memory
         by_name = {t.name: t for t in device.tags}
         self.plan: list[ReadRequest] = [span_request(by_name[n] for n in names) for names in memory.plan]
@@ -187,7 +188,7 @@ class ModbusAdapter(Adapter):
     async def connect(self) -> None:
         """Join the endpoint's line and open it if no neighbour has; AdapterError with a readable reason."""
         await self.close()
-        line = acquire_line(self.device, self)
+        line = self._state.lines.acquire(self.device, self)
         try:
             await line.open(self.device)
         except AdapterError:
@@ -219,11 +220,8 @@ class ModbusAdapter(Adapter):
         if line is None or not line.connected or line.client is None:
             raise AdapterError("not connected")
         unit = self.device.unit_id
-        async with line.lock:
-            if line.client is None or not line.connected:
-                raise AdapterError("connection lost")
-            line.configure(self.device)
-            self._bind(line.client)
+        async with line.session(self.device) as client:
+            self._bind(client)
             started = time.perf_counter()
             try:
                 out = await self._cycle(line)
@@ -258,8 +256,7 @@ class ModbusAdapter(Adapter):
                     for i, name, unit_name, _conv, _off in entries:
                         out[i] = Reading(device_id, name, None, unit_name, Quality.BAD_ILLEGAL_ADDRESS, now, now)
                     continue
-            await line.quiet(delay)
-            resp = await self._request(line, req)
+            resp = await self._request(line, req, delay)
             if resp.isError() and resp.exception_code == ILLEGAL_ADDRESS:
                 pieces = await self._split(line, req, resp)
                 if [_span(p) for p, _ in pieces] != [_span(req)]:
@@ -346,15 +343,17 @@ class ModbusAdapter(Adapter):
         self._steps = [(r, self._entries(r)) for r in plan]
         self._memory.plan = [[t.name for t, _ in r.tags] for r in plan]
 
-    async def _request(self, line: Line, req: ReadRequest) -> Response:
-        """One request with the client's retries; every way of getting no usable answer becomes `_Failure`."""
+    async def _request(self, line: Line, req: ReadRequest, delay: float = 0.0) -> Response:
+        """One request with the client's retries (after `delay` s of quiet on the line); every way of getting
+        no usable answer becomes `_Failure`."""
         fn = self._read_fns.get(req.table)
         if fn is None:
             raise _Failure("not connected", timeout=False)
+        async with line.exchange(delay):
+            return await self._send(fn, line, req)
+
+    async def _send(self, fn: _ReadFn, line: Line, req: ReadRequest) -> Response:
         unit = self.device.unit_id
-        if line.settle_until:
-            await line.settle()
-        line.in_flight = True
         self._counters["requests"] += 1
         try:
             if not line.unframed:  # Modbus TCP: the client matched the answer by transaction id, fc and size
@@ -384,9 +383,6 @@ class ModbusAdapter(Adapter):
             raise _Failure(f"no answer from unit {unit}: {exc}", timeout=True) from None
         except (ModbusException, OSError) as exc:
             raise _Failure(f"request failed: {exc}", timeout=False) from None
-        finally:
-            line.in_flight = False
-            line.last_answer = time.monotonic()
 
     # -- write-back (collector/writes/ checks the guard rails before it calls this)
 
@@ -409,14 +405,10 @@ class ModbusAdapter(Adapter):
         if line is None or not line.connected or line.client is None:
             raise AdapterError("not connected")
         req = span_request([cfg])
-        async with line.lock:
-            client = line.client
-            if client is None or not line.connected:
-                raise AdapterError("connection lost")
-            line.configure(self.device)
+        async with line.session(self.device) as client:
             self._bind(client)
             try:
-                before = await self._request(line, req)
+                before = await self._request(line, req, self.device.inter_request_delay)
                 old = self._value(codec, req, before)
                 if codec.bit is not None and not codec.is_bits:  # one bit of a register: keep the others
                     if before.isError():
@@ -431,8 +423,7 @@ class ModbusAdapter(Adapter):
                                      f"({_EXCEPTION_NAMES.get(code, 'device failure')})")
                 if not readback:
                     return WriteOutcome(old, None)
-                await line.quiet(self.device.inter_request_delay)
-                after = await self._request(line, req)
+                after = await self._request(line, req, self.device.inter_request_delay)
             except _Failure as exc:
                 if not exc.timeout:
                     line.drop()
@@ -460,29 +451,17 @@ class ModbusAdapter(Adapter):
         again); failures become `_Failure` as in `_request`."""
         unit, address = self.device.unit_id, codec.address
         fc = 5 if codec.is_bits else 6 if len(words) == 1 else 16
-        await line.quiet(self.device.inter_request_delay)
-        if line.settle_until:
-            await line.settle()
-        line.in_flight = True
         self._counters["requests"] += 1
         self._counters["writes"] = self._counters.get("writes", 0) + 1
+        client.retries = 0  # the lean TCP client's writes are one try anyway; pymodbus's RTU client retries
         try:
-            if isinstance(client, MbapClient):
-                if fc == 5:
-                    return await client.write_coil(address, bool(words[0]), device_id=unit)
-                if fc == 6:
-                    return await client.write_register(address, words[0], device_id=unit)
-                return await client.write_registers(address, words, device_id=unit)
-            client.ctx.retries = 0
-            try:
+            async with line.exchange(self.device.inter_request_delay):
                 if fc == 5:
                     resp = await client.write_coil(address, bool(words[0]), device_id=unit)
                 elif fc == 6:
                     resp = await client.write_register(address, words[0], device_id=unit)
                 else:
                     resp = await client.write_registers(address, words, device_id=unit)
-            finally:
-                client.ctx.retries = self.device.retries
             got = getattr(resp, "function_code", fc)
             if got not in (fc, fc | 0x80):
                 raise _Failure(f"answer does not match the write (function code {got}, expected {fc}): the line "
@@ -502,8 +481,7 @@ class ModbusAdapter(Adapter):
         except (ModbusException, OSError) as exc:
             raise _Failure(f"write failed: {exc}", timeout=False) from None
         finally:
-            line.in_flight = False
-            line.last_answer = time.monotonic()
+            client.retries = self.device.retries
 
     # -- identity (evidence; the engine calls it beside the poll loop, after connect and once a day)
 
@@ -516,22 +494,12 @@ class ModbusAdapter(Adapter):
             raise AdapterError("not connected")
         out: dict[str, Any] = {"protocol": "modbus"}
         unit = self.device.unit_id
-        async with line.lock:
-            client = line.client
-            if client is None or not line.connected:
-                raise AdapterError("connection lost")
-            line.configure(self.device)
+        async with line.session(self.device) as client:
             self._bind(client)
 
             async def ask(read_code: int, object_id: int) -> Any:
-                await line.quiet(self.device.inter_request_delay)
-                try:
-                    if isinstance(client, MbapClient):
-                        return await client.read_device_identification(read_code, object_id, device_id=unit)
-                    return await client.read_device_information(read_code=read_code, object_id=object_id,
-                                                                device_id=unit)
-                finally:
-                    line.last_answer = time.monotonic()
+                async with line.exchange(self.device.inter_request_delay):
+                    return await client.read_device_identification(read_code, object_id, device_id=unit)
 
             try:
                 out.update(await read_identification(ask))

@@ -1,7 +1,8 @@
 """Modbus tag codec: 16-bit registers <-> typed values, for every `ModbusType` and byte/word order.
 
 Pure and fast: each tag is compiled once into a `TagCodec` whose `convert(words, offset)` closure does the
-decode, scaling and range check with no branching on the config at read time.
+decode and the core's value stage (collector/transform.py: scale, finiteness, range) with no branching on the
+config at read time.
 
 Byte orders name the order of the value's bytes on the wire, A being the most significant byte:
 `ABCD` big-endian, `BADC` bytes swapped inside each register, `CDAB` registers reversed, `DCBA` little-endian.
@@ -21,8 +22,9 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from collector.config import BIT_TABLES, REGISTERS_PER_TYPE, ModbusTag
+from adapters.modbus.config import BIT_TABLES, REGISTERS_PER_TYPE, ModbusTag
 from collector.model import Quality, float32_shortest
+from collector.transform import make_transform
 
 __all__ = [
     "BYTE_ORDERS",
@@ -179,12 +181,11 @@ def encode(value: Any, type_: str, byte_order: str = "ABCD", count: int | None =
 
 def _make_converter(dec: Decoder, type_: str, scale: float, offset: float,
                     rng: tuple[float, float] | None) -> Converter:
-    """Stack the stages a tag needs (decode, scale, finite check, range check) into one closure.
+    """Decode, then the core's value stage (collector/transform.py: scale, finiteness, range), in one closure.
 
-    Scaling and range apply to numeric types only. A NaN or infinite float is `bad_decode` with value None
-    (it is no measurement, and JSON cannot carry it); an undecodable string is `bad_decode` too.
+    Only numeric types go through the stage; an undecodable string is `bad_decode`.
     """
-    good, out, bad = Quality.GOOD, Quality.BAD_OUT_OF_RANGE, Quality.BAD_DECODE
+    good, bad = Quality.GOOD, Quality.BAD_DECODE
     if type_ not in _NUM_FORMAT:
         if type_ == "string":
 
@@ -196,31 +197,10 @@ def _make_converter(dec: Decoder, type_: str, scale: float, offset: float,
 
             return conv_string
         return lambda w, o: (dec(w, o), good)
-    scaled = scale != 1.0 or offset != 0.0
-    if scaled:
-        base: Decoder = lambda w, o: dec(w, o) * scale + offset  # noqa: E731
-    else:
-        base = dec
-    if rng is None:
-        if type_ not in ("float32", "float64"):
-            return lambda w, o: (base(w, o), good)
-
-        def conv_finite(w: Sequence[int], o: int) -> tuple[Any, str]:
-            v = base(w, o)
-            return (v, good) if math.isfinite(v) else (None, bad)
-
-        return conv_finite
-    lo, hi = rng
-
-    def conv_range(w: Sequence[int], o: int) -> tuple[Any, str]:
-        v = base(w, o)
-        if lo <= v <= hi:
-            return v, good
-        if v != v or v in (math.inf, -math.inf):  # NaN / inf: not a measurement
-            return None, bad
-        return v, out  # out of range: the value is still recorded
-
-    return conv_range
+    transform = make_transform(scale, offset, rng, "float" if type_ in ("float32", "float64") else "int")
+    if transform is None:
+        return lambda w, o: (dec(w, o), good)
+    return lambda w, o: transform(dec(w, o), good)
 
 
 class TagCodec:

@@ -1,11 +1,12 @@
 """Shared Modbus lines: one connection per endpoint, used by every device (unit id) behind it.
 
 A TCP gateway with several unit ids, an RS-485 line (`serial://`) or a serial server (`rtu+tcp://`) carries one
-request at a time. Every adapter whose device names the same endpoint gets the same `Line`: one client (our
-lean `MbapClient` for `tcp://`, see adapters/modbus/tcp.py; pymodbus for `rtu+tcp://` and `serial://`), one
-lock held for a whole poll cycle (so units are polled one after another), and one place that remembers what
-must outlive an adapter instance (the engine builds a new adapter after each failure): per-unit timeout
-streaks (to skip a dead unit, see `ModbusDevice.degrade_after`).
+request at a time. Every adapter whose device names the same endpoint gets the same `Line` from the collector's
+`Lines` (kept in its adapter context, adapters/base.py): one client (our lean `MbapClient` for `tcp://`, see
+adapters/modbus/tcp.py; pymodbus behind `RtuClient` for `rtu+tcp://` and `serial://`, see rtu.py), one turn at a time held for a whole poll
+cycle (`async with line.session(device)`: units are polled one after another), one request at a time inside it
+(`async with line.exchange()`: settling after late answers, the pause between requests), and per-unit timeout
+streaks that outlive a connection (to skip a dead unit, see `ModbusDevice.degrade_after`).
 
 A timeout of one unit does not close a shared connection: both clients drop answers whose transaction id
 (TCP) or unit id (RTU) does not match the request, so a late answer cannot be taken for a neighbour's.
@@ -16,25 +17,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException
-from pymodbus.framer import FramerType
-
 from adapters.base import AdapterError
+from adapters.modbus.config import ModbusDevice
+from adapters.modbus.rtu import RtuClient
 from adapters.modbus.tcp import MbapClient
-from collector.config import Endpoint, ModbusDevice
+from collector.config.base import Endpoint
 
-__all__ = ["Line", "LineKey", "acquire_line", "line_key", "open_lines", "serial_settings"]
+__all__ = ["Line", "LineKey", "Lines", "line_key", "serial_settings"]
 
 LineKey = tuple[str, str, int | str]
-ModbusClient = MbapClient | AsyncModbusTcpClient | AsyncModbusSerialClient
-
-# Timeout streaks by (line key, unit id): they must survive the adapter and even the line (a single-device
-# TCP line closes when its adapter gives up). Bounded by the number of configured units.
-_STREAKS: dict[tuple[LineKey, int], int] = {}
-_LINES: dict[LineKey, Line] = {}
+ModbusClient = MbapClient | RtuClient
 
 SERIAL_DEFAULTS = {"baudrate": 9600, "bytesize": 8, "parity": "N", "stopbits": 1}
 
@@ -67,15 +62,15 @@ def serial_settings(endpoint: Endpoint) -> dict[str, Any]:
 class Line:
     """One connection to one endpoint, shared by the devices (unit ids) behind it."""
 
-    def __init__(self, key: LineKey, endpoint: Endpoint) -> None:
+    def __init__(self, key: LineKey, endpoint: Endpoint, owner: Lines | None = None) -> None:
         self.key = key
         self.endpoint = endpoint
+        self._owner = owner if owner is not None else Lines()
         self.loop = asyncio.get_running_loop()
         self.lock = asyncio.Lock()  # held for one unit's whole poll cycle
         self._connect_lock = asyncio.Lock()
         self.client: ModbusClient | None = None
         self.users: set[int] = set()
-        self.in_flight = False
         self.connects = 0
         self.last_answer = 0.0  # monotonic time the line last went quiet (for inter_request_delay)
         self.settle_until = 0.0  # monotonic time before which no request is sent (late answers, RTU)
@@ -100,12 +95,8 @@ class Line:
         ep = self.endpoint
         if ep.scheme == "tcp":
             return MbapClient(ep.host, ep.port, timeout=device.timeout, retries=device.retries)
-        common: dict[str, Any] = {"name": f"line:{self.describe()}", "timeout": device.timeout,
-                                  "retries": device.retries, "reconnect_delay": 0,
-                                  "trace_connect": self._on_connection_change}
-        if ep.scheme == "serial":
-            return AsyncModbusSerialClient(ep.path, framer=FramerType.RTU, **serial_settings(ep), **common)
-        return AsyncModbusTcpClient(ep.host, port=ep.port, framer=FramerType.RTU, **common)  # rtu+tcp
+        return RtuClient(ep, timeout=device.timeout, retries=device.retries, name=f"line:{self.describe()}",
+                         serial=serial_settings(ep) if ep.scheme == "serial" else None)
 
     async def open(self, device: ModbusDevice) -> None:
         """Connect unless already connected (the first device to arrive opens the line for all)."""
@@ -114,10 +105,6 @@ class Line:
                 return
             self._close_client()
             client = self._build(device)
-            if not isinstance(client, MbapClient):
-                # pymodbus would close the connection after retries+3 unanswered requests in a row: on a
-                # shared line that would cut off the live neighbours of one dead unit. Giving up is our decision.
-                client.set_max_no_responses(1_000_000)
             try:
                 ok = await client.connect()
             except Exception as exc:  # pyserial and termios errors are not OSErrors
@@ -136,15 +123,6 @@ class Line:
                 await asyncio.sleep(device.pause_after_connect)
             self.last_answer = time.monotonic()
 
-    def _on_connection_change(self, connected: bool) -> None:
-        """pymodbus's trace_connect hook: when the peer drops the connection during a request, fail that
-        request now instead of waiting out the timeout and its retries (`MbapClient` does this itself)."""
-        if connected or not self.in_flight or isinstance(self.client, MbapClient | None):
-            return
-        future = getattr(self.client.ctx, "response_future", None)
-        if isinstance(future, asyncio.Future) and not future.done():
-            future.set_exception(ConnectionException("connection closed by the device"))
-
     def _close_client(self) -> None:
         client, self.client = self.client, None
         if client is not None:
@@ -156,17 +134,35 @@ class Line:
         self._close_client()
 
     def configure(self, device: ModbusDevice) -> None:
-        """Apply one device's timeout and retries to the shared client (call while holding `lock`).
-
-        pymodbus 3.16 keeps them in `comm_params.timeout_connect` and the transaction manager's `retries`,
-        read at every request; `MbapClient` has plain attributes."""
+        """Apply one device's timeout and retries to the shared client (call while holding `lock`); both
+        transports read them at every request."""
         client = self.client
-        if isinstance(client, MbapClient):
+        if client is not None:
             client.timeout = device.timeout
             client.retries = device.retries
-        elif client is not None:
-            client.comm_params.timeout_connect = device.timeout
-            client.ctx.retries = device.retries
+
+    @contextlib.asynccontextmanager
+    async def session(self, device: ModbusDevice) -> AsyncIterator[ModbusClient]:
+        """The line for one unit's turn (a poll cycle, an identification): held until the block ends, with the
+        device's timeout and retries applied; AdapterError when the connection is gone."""
+        async with self.lock:
+            client = self.client
+            if client is None or not self.connected:
+                raise AdapterError("connection lost")
+            self.configure(device)
+            yield client
+
+    @contextlib.asynccontextmanager
+    async def exchange(self, delay: float = 0.0) -> AsyncIterator[None]:
+        """One request and its answer (inside a `session`): waits out a settle time and `delay` seconds of
+        quiet, and notes when the line went quiet again."""
+        await self.quiet(delay)
+        if self.settle_until:
+            await self.settle()
+        try:
+            yield
+        finally:
+            self.last_answer = time.monotonic()
 
     def settle_for(self, seconds: float) -> None:
         """Send nothing for `seconds`: a late answer then arrives while no request waits and is dropped."""
@@ -188,16 +184,17 @@ class Line:
     # -- per-unit timeout streaks
 
     def timeout_streak(self, unit: int) -> int:
-        return _STREAKS.get((self.key, unit), 0)
+        return self._owner.streaks.get((self.key, unit), 0)
 
     def count_timeout(self, unit: int) -> int:
         """One more poll cycle of `unit` ended without an answer; returns the streak."""
-        n = _STREAKS.get((self.key, unit), 0) + 1
-        _STREAKS[(self.key, unit)] = n
+        streaks = self._owner.streaks
+        n = streaks.get((self.key, unit), 0) + 1
+        streaks[(self.key, unit)] = n
         return n
 
     def count_answer(self, unit: int) -> None:
-        _STREAKS.pop((self.key, unit), None)
+        self._owner.streaks.pop((self.key, unit), None)
 
     # -- users
 
@@ -206,23 +203,34 @@ class Line:
         self.users.discard(id(owner))
         if not self.users:
             self._close_client()
-            if _LINES.get(self.key) is self:
-                del _LINES[self.key]
+            self._owner.forget(self)
 
 
-def acquire_line(device: ModbusDevice, owner: object) -> Line:
-    """The line for a device's endpoint, shared with every other device on it in this event loop."""
-    endpoint = device.parsed_endpoint
-    key = line_key(endpoint)
-    line = _LINES.get(key)
-    loop = asyncio.get_running_loop()
-    if line is None or line.loop is not loop or line.loop.is_closed():
-        line = Line(key, endpoint)
-        _LINES[key] = line
-    line.users.add(id(owner))
-    return line
+class Lines:
+    """The open lines of one collector by key, and the per-unit timeout streaks, which must outlive an adapter's
+    connection and even the line (a single-device TCP line closes when its adapter gives up); bounded by the
+    number of configured units. One per adapter context (`context.state("modbus.lines", Lines)`)."""
 
+    def __init__(self) -> None:
+        self.lines: dict[LineKey, Line] = {}
+        self.streaks: dict[tuple[LineKey, int], int] = {}
 
-def open_lines() -> dict[LineKey, Line]:
-    """The lines in use (status, tests)."""
-    return dict(_LINES)
+    def acquire(self, device: ModbusDevice, owner: object) -> Line:
+        """The line for a device's endpoint, shared with every other device on it in this event loop."""
+        endpoint = device.parsed_endpoint
+        key = line_key(endpoint)
+        line = self.lines.get(key)
+        loop = asyncio.get_running_loop()
+        if line is None or line.loop is not loop or line.loop.is_closed():
+            line = Line(key, endpoint, self)
+            self.lines[key] = line
+        line.users.add(id(owner))
+        return line
+
+    def forget(self, line: Line) -> None:
+        if self.lines.get(line.key) is line:
+            del self.lines[line.key]
+
+    def open_lines(self) -> dict[LineKey, Line]:
+        """The lines in use (status, tests)."""
+        return dict(self.lines)

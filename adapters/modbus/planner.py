@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from collector.config import BIT_TABLES, ModbusDevice, ModbusTag
+from adapters.modbus.config import BIT_TABLES, ModbusDevice, ModbusTag
 
 __all__ = ["TABLE_ORDER", "ReadRequest", "plan_device", "plan_reads", "span_request"]
 

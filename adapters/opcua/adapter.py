@@ -46,7 +46,8 @@ from typing import Any
 from asyncua import Client, ua
 from asyncua.client.ua_client import UaClientState
 
-from adapters.base import Adapter, AdapterError, ReadingsCallback, WriteError, WriteOutcome, register
+from adapters.base import Adapter, AdapterContext, AdapterError, ReadingsCallback, WriteError, WriteOutcome
+from adapters.opcua.config import OpcUaDevice, OpcUaTag
 from adapters.opcua.nodeids import (
     NodeRef,
     Unresolved,
@@ -60,8 +61,9 @@ from adapters.opcua.nodeids import (
 from adapters.opcua.security import Pki, SecurityError, first_certificate, thumbprint
 from adapters.opcua.security import apply as apply_security
 from adapters.opcua.writes import write_value
-from collector.config import OpcUaDevice, OpcUaTag, Settings, read_secret
+from collector.config.secrets import Settings, read_secret
 from collector.model import Quality, Reading, float32_shortest
+from collector.transform import Transform, make_transform
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +150,10 @@ def to_plain(raw: Any) -> Any:
 def make_converter(tag: OpcUaTag) -> Callable[[Any], Any]:
     """The tag's raw-value -> plain-value function, specialised once so the poll loop does no option checks.
 
-    Numbers get `value * scale + offset` (bools are never scaled); a declared `type` coerces compatible
-    values (an integral float for an int tag, an int for a float tag, ...). A value that cannot take the
-    declared type raises ValueError/TypeError, which the caller reports as `bad_decode`.
+    A declared `type` coerces compatible values (an integral float for an int tag, an int for a float tag,
+    ...). A value that cannot take the declared type raises ValueError/TypeError, which the caller reports as
+    `bad_decode`. Scale, offset, finiteness and range are the core's value stage after it (`tag_transform`).
     """
-    scale, offset = tag.scale, tag.offset
-    scaled = scale != 1.0 or offset != 0.0
     declared = tag.type
 
     def scalar(v: Any) -> Any:
@@ -176,11 +176,9 @@ def make_converter(tag: OpcUaTag) -> Callable[[Any], Any]:
             v = float(v)
         elif declared in _INT_TYPES and isinstance(v, float) and v.is_integer():
             v = int(v)
-        if scaled and isinstance(v, int | float) and not isinstance(v, bool):
-            v = v * scale + offset
         return v
 
-    if declared is None and not scaled:
+    if declared is None:
         return to_plain
 
     def convert(raw: Any) -> Any:
@@ -194,15 +192,11 @@ def make_converter(tag: OpcUaTag) -> Callable[[Any], Any]:
     return convert
 
 
-def in_range(value: Any, lo: float, hi: float) -> bool:
-    """Range check for numbers and arrays of numbers; other values are not range-checked."""
-    if isinstance(value, bool):
-        return True
-    if isinstance(value, int | float):
-        return lo <= value <= hi
-    if isinstance(value, list):
-        return all(in_range(v, lo, hi) for v in value)
-    return True
+def tag_transform(tag: OpcUaTag) -> Transform:
+    """The core's value stage for the tag (collector/transform.py), on the converted value."""
+    transform = make_transform(tag.scale, tag.offset, tag.range)
+    assert transform is not None  # "any" values always get one: NaN and inf are checked on every value
+    return transform
 
 
 @dataclasses.dataclass(slots=True)
@@ -213,12 +207,12 @@ class _TagPlan:
     unit: str | None
     ref: NodeRef | Unresolved
     convert: Callable[[Any], Any]
+    transform: Transform
     range: tuple[float, float] | None
     deadband: tuple[str, float] | None = None  # ("absolute" | "percent", value) requested from the server
     local_band: float | None = None  # absolute band applied here when the server refused the filter
 
 
-@register
 class OpcUaAdapter(Adapter):
     """Polls one OPC UA server: `connect()`, then `read()` once per interval, `close()` at the end."""
 
@@ -226,8 +220,8 @@ class OpcUaAdapter(Adapter):
     supports_subscribe = True
     supports_write = True
 
-    def __init__(self, device: OpcUaDevice) -> None:
-        super().__init__(device)
+    def __init__(self, device: OpcUaDevice, context: AdapterContext | None = None) -> None:
+        super().__init__(device, context)
         self.device: OpcUaDevice = device
         self.url = device.parsed_endpoint.url
         self._client: Client | None = None
@@ -238,7 +232,7 @@ class OpcUaAdapter(Adapter):
                 ref = parse_node(tag.node)
             except ValueError as exc:
                 ref = Unresolved("BadNodeIdInvalid", str(exc))
-            self._plans.append(_TagPlan(tag.name, tag.unit, ref, make_converter(tag), tag.range,
+            self._plans.append(_TagPlan(tag.name, tag.unit, ref, make_converter(tag), tag_transform(tag), tag.range,
                                         _deadband(device, tag)))
         #: after connect: the server's NamespaceArray and each tag's resolved node id (or why not)
         self.namespaces: list[str] = []
@@ -793,9 +787,9 @@ def _reading(device: str, plan: _TagPlan, dv: ua.DataValue, now: float) -> Readi
             value = plan.convert(raw)
         except (TypeError, ValueError, OverflowError):
             value, quality = None, Quality.BAD_DECODE
-        rng = plan.range
-        if rng is not None and value is not None and not in_range(value, rng[0], rng[1]):
-            quality = Quality.BAD_OUT_OF_RANGE
+        else:
+            if value is not None:
+                value, quality = plan.transform(value, quality)
     else:
         value, quality = None, bad_quality(code)
     return Reading(device, plan.name, value, plan.unit, quality, source_ts, now)

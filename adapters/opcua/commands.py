@@ -38,7 +38,8 @@ def _certs_targets(args: argparse.Namespace) -> list[tuple[Path, str]]:
     from adapters.opcua.security import DEFAULT_APPLICATION_URI
 
     if args.config:
-        from collector.config import OpcUaDevice, load_config_or_exit
+        from adapters.opcua.config import OpcUaDevice
+        from collector.config.loader import load_config_or_exit
 
         cfg = load_config_or_exit(args.config)
         targets: dict[tuple[Path, str], None] = {}
@@ -50,7 +51,7 @@ def _certs_targets(args: argparse.Namespace) -> list[tuple[Path, str]]:
             return list(targets)
         return [(Path(args.pki) if args.pki else cfg.state_dir / "pki",
                  args.application_uri or DEFAULT_APPLICATION_URI)]
-    from collector.config import Settings
+    from collector.config.secrets import Settings
 
     pki = Path(args.pki) if args.pki else (Settings().state_dir or Path("state")) / "pki"
     return [(pki, args.application_uri or DEFAULT_APPLICATION_URI)]
@@ -80,11 +81,12 @@ def cmd_discover(args: argparse.Namespace) -> int:
     import logging
     import os
 
+    from adapters.opcua.config import ENDPOINT_RULE
     from adapters.opcua.discovery import discover
-    from collector.config import parse_endpoint
+    from collector.config.base import parse_endpoint
 
     try:
-        parse_endpoint(args.url, "opcua")
+        parse_endpoint(args.url, ENDPOINT_RULE)
     except ValueError as exc:  # `discover 10.0.3.17:4840`: say what to write, not what the library missed
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -10,21 +10,22 @@ from typing import Any
 
 import pytest
 
-from adapters.base import AdapterError, DeviceSkipped
-from adapters.modbus.adapter import ModbusAdapter, forget_plans
-from adapters.modbus.line import open_lines
+from adapters.base import AdapterContext, AdapterError, DeviceSkipped
+from adapters.modbus.adapter import ModbusAdapter, ModbusState
 from collector.model import Quality
 from simulators.modbus import ModbusServerSim
-from tests.test_modbus_sim import build_device, by_tag, const, free_port
+from tests.adapters.modbus.test_modbus_sim import build_device, by_tag, const, free_port
 
 pytestmark = pytest.mark.integration
 
+CONTEXT = AdapterContext()
 
 @pytest.fixture(autouse=True)
 def _fresh_memory() -> Iterator[None]:
-    forget_plans()
+    """What one test's adapters share, like one collector's (its plans, lines and timeout streaks)."""
+    global CONTEXT
+    CONTEXT = AdapterContext()
     yield
-    forget_plans()
 
 
 def spans(adapter: ModbusAdapter) -> list[tuple[int, int]]:
@@ -43,7 +44,7 @@ async def test_one_illegal_address_costs_only_its_own_tag_and_the_split_is_remem
     port = free_port()
     dev = build_device(port, twenty_tags(), simulate={"exception_addresses": [14], "exception_code": 2})
     async with ModbusServerSim(dev.endpoint, [dev]):
-        adapter = ModbusAdapter(dev)
+        adapter = ModbusAdapter(dev, CONTEXT)
         assert spans(adapter) == [(0, 39), (500, 1)]
         await adapter.connect()
         try:
@@ -68,7 +69,7 @@ async def test_one_illegal_address_costs_only_its_own_tag_and_the_split_is_remem
             await adapter.close()
 
         # a new adapter for the same device (the engine builds one per reconnect) starts from the split
-        again = ModbusAdapter(dev)
+        again = ModbusAdapter(dev, CONTEXT)
         assert spans(again) == [(0, 13), (14, 1), (16, 23), (500, 1)]
         await again.connect()
         try:
@@ -83,7 +84,7 @@ async def test_illegal_address_in_a_hole_splits_the_range_and_loses_no_tag() -> 
     port = free_port()
     dev = build_device(port, twenty_tags(), simulate={"exception_addresses": [15]})  # between t7 and t8
     async with ModbusServerSim(dev.endpoint, [dev]):
-        adapter = ModbusAdapter(dev)
+        adapter = ModbusAdapter(dev, CONTEXT)
         await adapter.connect()
         try:
             got = by_tag(await adapter.read())
@@ -101,7 +102,7 @@ async def test_several_illegal_addresses_and_a_recheck_after_the_device_is_fixed
     port = free_port()
     dev = build_device(port, twenty_tags(), simulate={"exception_addresses": [0, 20, 38]})
     async with ModbusServerSim(dev.endpoint, [dev]) as sim:
-        adapter = ModbusAdapter(dev)
+        adapter = ModbusAdapter(dev, CONTEXT)
         await adapter.connect()
         try:
             got = by_tag(await adapter.read())
@@ -124,7 +125,7 @@ async def test_exception_04_is_not_split_and_control_api_switches_faults() -> No
     port = free_port()
     dev = build_device(port, twenty_tags())
     async with ModbusServerSim(dev.endpoint, [dev]) as sim:
-        adapter = ModbusAdapter(dev)
+        adapter = ModbusAdapter(dev, CONTEXT)
         await adapter.connect()
         try:
             sim.set_exceptions("m1", [14], code=4)
@@ -146,7 +147,7 @@ async def test_silent_unit_is_degraded_after_n_cycles_and_recovers() -> None:
     dev = build_device(port, [{"name": "x", "register": 40001, "sim": const(5)}], timeout=0.1,
                        degrade_after=3, degrade_for=5)
     async with ModbusServerSim(dev.endpoint, [dev]) as sim:
-        adapter = ModbusAdapter(dev)
+        adapter = ModbusAdapter(dev, CONTEXT)
         await adapter.connect()
         try:
             sim.set_silent("m1")
@@ -176,7 +177,7 @@ async def test_late_answers_time_out_without_confusing_the_next_request() -> Non
     dev = build_device(port, [{"name": "x", "register": 40001, "sim": const(5)},
                               {"name": "y", "register": 40201, "sim": const(6)}], timeout=0.15)
     async with ModbusServerSim(dev.endpoint, [dev]) as sim:
-        adapter = ModbusAdapter(dev)
+        adapter = ModbusAdapter(dev, CONTEXT)
         await adapter.connect()
         try:
             sim.set_delay("m1", 0.3)
@@ -195,7 +196,7 @@ async def test_unit_ids_behind_one_gateway_share_one_connection() -> None:
                                 {"name": "y", "register": 40101, "type": "float32", "sim": const(u + 0.5)}],
                          id=f"u{u}", unit_id=u, timeout=0.2) for u in (1, 2, 3)]
     async with ModbusServerSim(devs[0].endpoint, devs) as sim:
-        adapters = [ModbusAdapter(d) for d in devs]
+        adapters = [ModbusAdapter(d, CONTEXT) for d in devs]
         for a in adapters:
             await a.connect()
         try:
@@ -225,7 +226,8 @@ async def test_unit_ids_behind_one_gateway_share_one_connection() -> None:
         finally:
             for a in adapters:
                 await a.close()
-        assert not any(line.key[2] == port for line in open_lines().values())  # the last one closed it
+        lines = CONTEXT.state("modbus", ModbusState).lines.open_lines()
+        assert not any(line.key[2] == port for line in lines.values())  # the last one closed it
 
 
 async def test_inter_request_delay_and_pause_after_connect() -> None:
@@ -233,7 +235,7 @@ async def test_inter_request_delay_and_pause_after_connect() -> None:
     tags = [{"name": f"t{i}", "register": 40001 + 200 * i, "sim": const(i)} for i in range(3)]
     dev = build_device(port, tags, inter_request_delay=0.05, pause_after_connect=0.1)
     async with ModbusServerSim(dev.endpoint, [dev]):
-        adapter = ModbusAdapter(dev)
+        adapter = ModbusAdapter(dev, CONTEXT)
         started = time.perf_counter()
         await adapter.connect()
         assert time.perf_counter() - started >= 0.1
@@ -258,7 +260,7 @@ async def test_a_cut_answer_then_a_good_retry_never_publishes_a_wrong_value(kept
     port = free_port()
     dev = build_device(port, ten_registers(), timeout=0.2, retries=2)
     async with ModbusServerSim(dev.endpoint, [dev]) as sim:
-        adapter = ModbusAdapter(dev)
+        adapter = ModbusAdapter(dev, CONTEXT)
         await adapter.connect()
         try:
             sim.truncate_answers("m1", keep=kept)

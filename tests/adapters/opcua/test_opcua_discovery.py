@@ -16,10 +16,10 @@ from collector.broker import free_port
 from collector.cli import main
 from collector.config import OpcUaDevice, load_config
 from simulators.opcua import OpcUaMachineSim
-from tests.test_opcua_sim import NS, make_device
+from tests.adapters.opcua.test_opcua_sim import NS, make_device
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 async def discover(url: str, *args: str) -> str:

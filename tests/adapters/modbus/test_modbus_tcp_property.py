@@ -3,7 +3,7 @@
 The stream is scripted per try: the answers to this and earlier tries (whole, cut short, late), stray frames
 and junk, split into arbitrary `data_received` chunks. The client may time out, raise or return the right
 registers; it must never return others. The transport is a fake (the chunk boundaries must be exact, which
-real TCP does not promise); tests/test_modbus_tcp.py and tests/test_modbus_faults.py cover the same over TCP.
+real TCP does not promise); tests/adapters/modbus/test_modbus_tcp.py and tests/adapters/modbus/test_modbus_faults.py cover the same over TCP.
 
 What the model leaves out, because no Modbus TCP client can tell it from a device that means it (MBAP has no
 checksum): bytes that spell a well-formed answer to the pending try with other values, i.e. junk containing
@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from pymodbus.exceptions import ConnectionException, ModbusException
 
 from adapters.modbus.tcp import MbapClient
-from tests.test_modbus_tcp import Request, answer, frame
+from tests.adapters.modbus.test_modbus_tcp import Request, answer, frame
 
 UNIT = 1
 MAX_TRIES = 4

@@ -14,20 +14,27 @@ from typing import Any
 
 import pytest
 
-from adapters.base import AdapterError
-from adapters.modbus.adapter import ModbusAdapter, forget_plans
+from adapters.base import AdapterContext, AdapterError
+from adapters.modbus.adapter import ModbusAdapter
 from collector.config import ModbusDevice, parse_config
 from collector.engine import Engine
 from collector.model import DeviceState, Quality, Reading
 from simulators.modbus import ModbusServerSim
-from tests.test_modbus_sim import by_tag, const, expected_value, free_port, typed_tags
+from tests.adapters.modbus.test_modbus_sim import by_tag, const, expected_value, free_port, typed_tags
 
 pytestmark = pytest.mark.integration
+
+CONTEXT = AdapterContext()
+
+@pytest.fixture(autouse=True)
+def _fresh_context() -> None:
+    """What one test's adapters share, like one collector's (its plans, lines and timeout streaks)."""
+    global CONTEXT
+    CONTEXT = AdapterContext()
 
 
 @pytest.fixture(autouse=True)
 def _need_socat() -> None:
-    forget_plans()
     if shutil.which("socat") is None:
         pytest.fail("socat is not installed: `apt-get install socat` (.ci/run does it); the RTU tests serve "
                     "Modbus RTU on a pseudo-terminal pair made by socat")
@@ -50,7 +57,7 @@ async def test_rtu_round_trip_every_type_and_byte_order(scheme: str, tmp_path: P
     tags.append({"name": "door", "register": 10003, "type": "bool", "sim": const(True)})
     (dev,) = devices(endpoint, [{"id": "plc", "unit_id": 17, "tags": tags}])
     async with ModbusServerSim(endpoint, [dev]):
-        adapter = ModbusAdapter(dev)
+        adapter = ModbusAdapter(dev, CONTEXT)
         await adapter.connect()
         try:
             got = by_tag(await adapter.read())
@@ -105,7 +112,7 @@ async def test_two_units_on_one_line_one_dead_the_live_one_keeps_its_pace(tmp_pa
 async def test_a_missing_serial_port_is_a_readable_connect_error(tmp_path: Path) -> None:
     (dev,) = devices(f"serial://{tmp_path}/ttyNOPE?baudrate=9600", [
         {"id": "x", "tags": [{"name": "x", "register": 40001}]}])
-    adapter = ModbusAdapter(dev)
+    adapter = ModbusAdapter(dev, CONTEXT)
     with pytest.raises(AdapterError, match=rf"cannot open serial port {tmp_path}/ttyNOPE: missing"):
         await adapter.connect()
     await adapter.close()
@@ -123,7 +130,7 @@ async def test_a_late_answer_after_a_retry_is_never_taken_for_the_next_request(s
     (dev,) = devices(endpoint, [{"id": "slow", "unit_id": 3, "timeout": 0.2, "retries": 1,
                                  "simulate": {"delay": 0.3}, "tags": holding + inputs}])
     async with ModbusServerSim(endpoint, [dev]):
-        adapter = ModbusAdapter(dev)
+        adapter = ModbusAdapter(dev, CONTEXT)
         await adapter.connect()
         try:
             cycles = []
@@ -163,7 +170,7 @@ async def test_an_exception_answer_on_rtu_marks_only_its_tags(tmp_path: Path) ->
     (dev,) = devices(endpoint, [{"id": "plc", "unit_id": 5, "simulate": {"exception_addresses": [3]},
                                  "tags": tags}])
     async with ModbusServerSim(endpoint, [dev]):
-        adapter = ModbusAdapter(dev)
+        adapter = ModbusAdapter(dev, CONTEXT)
         await adapter.connect()
         try:
             got = by_tag(await adapter.read())
@@ -176,14 +183,14 @@ async def test_an_exception_answer_on_rtu_marks_only_its_tags(tmp_path: Path) ->
 
 @pytest.mark.parametrize("scheme", ["serial", "rtu+tcp"])
 async def test_a_cut_rtu_answer_then_a_good_retry_is_never_spliced(scheme: str, tmp_path: Path) -> None:
-    """The TCP splice (tests/test_modbus_faults.py) on the pymodbus RTU path: pymodbus empties its receive
+    """The TCP splice (tests/adapters/modbus/test_modbus_faults.py) on the pymodbus RTU path: pymodbus empties its receive
     buffer before every try, and a splice would fail the CRC anyway, so the retry's answer is read whole."""
     endpoint = (f"serial://{tmp_path}/ttyRS485?baudrate=19200" if scheme == "serial"
                 else f"rtu+tcp://127.0.0.1:{free_port()}")
     tags = [{"name": f"r{i}", "register": 40001 + i, "sim": const(1000 + i)} for i in range(10)]
     (dev,) = devices(endpoint, [{"id": "plc", "unit_id": 5, "retries": 2, "tags": tags}])
     async with ModbusServerSim(endpoint, [dev]) as sim:
-        adapter = ModbusAdapter(dev)
+        adapter = ModbusAdapter(dev, CONTEXT)
         await adapter.connect()
         try:
             for kept in (3, 12, 24):  # an RTU answer of 10 registers is 25 bytes

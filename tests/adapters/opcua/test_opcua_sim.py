@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from adapters.base import AdapterError, create_adapter
-from adapters.opcua.adapter import OpcUaAdapter, make_converter, to_plain
+from adapters.opcua.adapter import OpcUaAdapter, make_converter, tag_transform, to_plain
 from adapters.opcua.nodeids import Unresolved, parse_node, resolve_node_id
 from collector.broker import free_port as broker_free_port
 from collector.config import CollectorConfig, OpcUaDevice, OpcUaTag, parse_config
@@ -271,10 +271,15 @@ def test_node_id_forms_parse_and_resolve() -> None:
         parse_node("nonsense")
 
 
+def converted(tag: OpcUaTag, raw: Any) -> Any:
+    """The adapter's conversion, then the core's value stage (scale, offset; collector/transform.py)."""
+    return tag_transform(tag)(make_converter(tag)(raw), "good")[0]
+
+
 def test_value_conversion() -> None:
     tag = OpcUaTag(name="t", node="i=1", type="int32", scale=2.0, offset=1.0)
-    assert make_converter(tag)(10) == 21.0
-    assert make_converter(OpcUaTag(name="b", node="i=1", scale=2.0))(True) is True  # bools never scale
+    assert converted(tag, 10) == 21.0
+    assert converted(OpcUaTag(name="b", node="i=1", scale=2.0), True) is True  # bools never scale
     assert make_converter(OpcUaTag(name="f", node="i=1", type="float"))(3) == 3.0
     with pytest.raises((TypeError, ValueError)):
         make_converter(OpcUaTag(name="d", node="i=1", type="double"))("not a number")

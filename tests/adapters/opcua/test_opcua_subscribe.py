@@ -151,6 +151,7 @@ async def test_restart_resubscribes_with_one_session(running: Running, recorder:
     sim = running.sim
     await recorder.wait_for(lambda: len(data(recorder)) >= 2, 15, "data before the restart")
     assert (sim.session_count(), sim.subscription_count()) == (1, 1)
+    before = running.collector.engine.tasks["cnc"].adapter
 
     await sim.stop()  # the server is gone: sessions and subscriptions with it
     await recorder.wait_for(lambda: (m := recorder.last("/devices/cnc/status")) and m.json()["state"] == "offline",
@@ -170,7 +171,9 @@ async def test_restart_resubscribes_with_one_session(running: Running, recorder:
     assert set(new) == {"speed", "program", "level", "override"}  # re-created: initial values of every item
     assert new["program"]["value"] == "O4711"
     adapter = running.collector.engine.tasks["cnc"].adapter
-    assert adapter is not None and adapter.stats()["subscriptions"] == 1  # a fresh adapter, a fresh subscription
+    # one adapter per device, connected again: a fresh subscription for each of its two sessions, no more
+    assert adapter is before and adapter is not None
+    assert (adapter.stats()["connects"], adapter.stats()["subscriptions"]) == (2, 2)
 
 
 async def test_a_server_restart_logs_one_warning_per_state_change_and_no_library_traceback(

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from adapters.base import AdapterError, create_adapter
+from adapters.base import AdapterContext, AdapterError, create_adapter
 from adapters.modbus.adapter import ModbusAdapter
 from collector.broker import free_port as broker_free_port
 from collector.config import ModbusDevice, parse_config
@@ -25,6 +25,14 @@ from simulators.modbus import ModbusServerSim
 from tests.test_float32 import shortest_reference
 
 pytestmark = pytest.mark.integration
+
+CONTEXT = AdapterContext()
+
+@pytest.fixture(autouse=True)
+def _fresh_context() -> None:
+    """What one test's adapters share, like one collector's (its plans, lines and timeout streaks)."""
+    global CONTEXT
+    CONTEXT = AdapterContext()
 
 ORDERS = ("ABCD", "BADC", "CDAB", "DCBA")
 FORMATS = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "int64": "q", "uint64": "Q",
@@ -140,7 +148,7 @@ async def test_every_type_and_byte_order_on_the_wire_and_decoded(typed_sim: Any)
         assert wire[address:address + n] == wire_words(value, type_, order), (type_, order)
         assert wire[address + n:address + 4] == [0] * (4 - n)  # gaps read as 0
     # the adapter decodes them back
-    adapter = ModbusAdapter(dev)
+    adapter = ModbusAdapter(dev, CONTEXT)
     await adapter.connect()
     try:
         readings = await adapter.read()
@@ -161,7 +169,7 @@ async def test_strings_bits_scaling_and_tables(typed_sim: Any) -> None:
     assert wire[10:15] == list(struct.unpack("<5H", b"AX-200\x00\x00\x00\x00"))
     assert wire[20:23] == [1, 0xFFFF, 42]
     assert wire[30] == (1 << 3) | (1 << 12)
-    adapter = create_adapter(dev)
+    adapter = create_adapter(dev, CONTEXT)
     assert isinstance(adapter, ModbusAdapter)
     await adapter.connect()
     try:
@@ -188,7 +196,7 @@ async def test_values_follow_the_model() -> None:
         {"name": "alarm", "register": "00001", "type": "bool", "sim": {"kind": "alarm"}},
     ], simulate={"update_interval": 0.05, "initial": "running", "dwell": [1000, 1000]})
     async with ModbusServerSim(dev.endpoint, [dev]) as sim:
-        adapter = ModbusAdapter(dev)
+        adapter = ModbusAdapter(dev, CONTEXT)
         await adapter.connect()
         try:
             got = by_tag(await adapter.read())
@@ -203,14 +211,14 @@ async def test_values_follow_the_model() -> None:
 
 async def test_device_failure_inside_a_coalesced_range_costs_the_range() -> None:
     """Exception 04 (device failure) is transient: no split, the range's tags are bad for this cycle.
-    Exception 02 is split (tests/test_modbus_faults.py)."""
+    Exception 02 is split (tests/adapters/modbus/test_modbus_faults.py)."""
     code, quality = 4, Quality.BAD_DEVICE_EXCEPTION
     port = free_port()
     tags = [{"name": f"t{i}", "table": "holding_register", "address": i * 2, "sim": const(i)} for i in range(6)]
     tags.append({"name": "far", "table": "holding_register", "address": 100, "sim": const(7)})
     dev = build_device(port, tags, simulate={"exception_addresses": [5], "exception_code": code})
     async with ModbusServerSim(dev.endpoint, [dev]):
-        adapter = ModbusAdapter(dev)
+        adapter = ModbusAdapter(dev, CONTEXT)
         assert [(r.start, r.count) for r in adapter.plan] == [(0, 11), (100, 1)]
         await adapter.connect()
         try:
@@ -225,7 +233,7 @@ async def test_device_failure_inside_a_coalesced_range_costs_the_range() -> None
 
         # without coalescing no request touches address 5: every tag is good
         dev.coalesce = False
-        single = ModbusAdapter(dev)
+        single = ModbusAdapter(dev, CONTEXT)
         await single.connect()
         try:
             got = by_tag(await single.read())
@@ -241,7 +249,7 @@ async def test_stop_raises_and_restart_reconnects() -> None:
     dev = build_device(port, [{"name": "speed", "register": 40001, "type": "float32", "sim": const(1500.0)}])
     sim = ModbusServerSim(dev.endpoint, [dev])
     await sim.start()
-    adapter = ModbusAdapter(dev)
+    adapter = ModbusAdapter(dev, CONTEXT)
     try:
         await adapter.connect()
         assert [r.value for r in await adapter.read()] == [1500.0]
@@ -267,7 +275,7 @@ async def test_stop_during_a_slow_answer_fails_fast() -> None:
                        simulate={"delay": 0.3})
     sim = ModbusServerSim(dev.endpoint, [dev])
     await sim.start()
-    adapter = ModbusAdapter(dev)
+    adapter = ModbusAdapter(dev, CONTEXT)
     await adapter.connect()
     try:
         pending = asyncio.create_task(adapter.read())
@@ -290,7 +298,7 @@ async def test_silent_unit_and_slow_unit_raise_and_other_units_answer() -> None:
     b = build_device(port, [{"name": "x", "register": 40001, "sim": const(22)}], id="b", unit_id=2,
                      timeout=0.2)
     async with ModbusServerSim(a.endpoint, [a, b]) as sim:
-        ad_a, ad_b = ModbusAdapter(a), ModbusAdapter(b)
+        ad_a, ad_b = ModbusAdapter(a, CONTEXT), ModbusAdapter(b, CONTEXT)
         await ad_a.connect()
         await ad_b.connect()
         try:
@@ -313,7 +321,7 @@ async def test_silent_unit_and_slow_unit_raise_and_other_units_answer() -> None:
 
 async def test_connect_errors_are_readable() -> None:
     dev = build_device(free_port(), [{"name": "x", "register": 40001}])
-    adapter = ModbusAdapter(dev)
+    adapter = ModbusAdapter(dev, CONTEXT)
     with pytest.raises(AdapterError, match=r"cannot connect to 127\.0\.0\.1:\d+"):
         await adapter.connect()
     with pytest.raises(AdapterError, match="not connected"):
@@ -325,4 +333,4 @@ async def test_connect_errors_are_readable() -> None:
         "id": "r", "protocol": "modbus", "endpoint": f"rtu+tcp://127.0.0.1:{rtu_port}",
         "tags": [{"name": "x", "register": 40001}]}]}).devices[0]
     with pytest.raises(AdapterError, match=rf"cannot connect to 127\.0\.0\.1:{rtu_port}"):
-        await create_adapter(rtu).connect()
+        await create_adapter(rtu, CONTEXT).connect()

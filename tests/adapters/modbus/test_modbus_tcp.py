@@ -16,14 +16,22 @@ from typing import Any
 import pytest
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from adapters.base import AdapterError
-from adapters.modbus.adapter import ModbusAdapter, forget_plans
+from adapters.base import AdapterContext, AdapterError
+from adapters.modbus.adapter import ModbusAdapter
 from adapters.modbus.line import Line
 from adapters.modbus.tcp import Answer, MbapClient
 from collector.model import Quality
-from tests.test_modbus_sim import build_device, const
+from tests.adapters.modbus.test_modbus_sim import build_device, const
 
 pytestmark = pytest.mark.integration
+
+CONTEXT = AdapterContext()
+
+@pytest.fixture(autouse=True)
+def _fresh_context() -> None:
+    """What one test's adapters share, like one collector's (its plans, lines and timeout streaks)."""
+    global CONTEXT
+    CONTEXT = AdapterContext()
 
 
 @dataclass
@@ -271,7 +279,7 @@ async def test_retries_send_again_with_new_transaction_ids(device: Device) -> No
 
 async def test_an_answer_to_an_earlier_try_is_dropped(device: Device) -> None:
     """Only the pending try's answer counts: an earlier try's answer may have been cut short, and its stale
-    header would then frame the start of the retry's answer (tests/test_modbus_tcp_property.py)."""
+    header would then frame the start of the retry's answer (tests/adapters/modbus/test_modbus_tcp_property.py)."""
     async def slow_first(dev: Device, req: Request, w: asyncio.StreamWriter) -> None:
         if req.tid == 1:
             await asyncio.sleep(0.4)  # after the first try's timeout, during the second try
@@ -498,9 +506,8 @@ async def test_connect_gives_up_after_the_timeout(monkeypatch: pytest.MonkeyPatc
 
 
 async def test_tcp_lines_use_the_lean_client_and_a_garbled_answer_is_a_device_error(device: Device) -> None:
-    forget_plans()
     dev = build_device(device.port, [{"name": "x", "register": 40001, "sim": const(5)}], timeout=0.3)
-    adapter = ModbusAdapter(dev)
+    adapter = ModbusAdapter(dev, CONTEXT)
     await adapter.connect()
     try:
         line = adapter.line
@@ -525,4 +532,3 @@ async def test_tcp_lines_use_the_lean_client_and_a_garbled_answer_is_a_device_er
         assert [r.quality for r in await adapter.read()] == [Quality.BAD_ILLEGAL_ADDRESS]
     finally:
         await adapter.close()
-        forget_plans()

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from adapters.modbus.adapter import ModbusAdapter, forget_plans
+from adapters.base import AdapterContext
+from adapters.modbus.adapter import ModbusAdapter
 from collector.config import (
     ConfigError,
     ModbusDevice,
@@ -24,9 +25,18 @@ from collector.config import (
 )
 from collector.model import Quality
 from simulators.workshop import Workshop
-from tests.test_modbus_sim import free_port
+from tests.adapters.modbus.test_modbus_sim import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+CONTEXT = AdapterContext()
+
+@pytest.fixture(autouse=True)
+def _fresh_context() -> None:
+    """What one test's adapters share, like one collector's (its plans, lines and timeout streaks)."""
+    global CONTEXT
+    CONTEXT = AdapterContext()
+
+
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "config/workshop.example.yaml"
 
 
@@ -69,12 +79,11 @@ async def test_the_example_workshop_answers_with_good_values(tmp_path: Path) -> 
     if shutil.which("socat") is None:
         pytest.fail("socat is not installed: `apt-get install socat` (.ci/run does it); the example has an "
                     "RS-485 line that the simulator serves on a pty pair")
-    forget_plans()
     cfg = parse_config(on_free_endpoints(tmp_path))
     devices = [d for d in cfg.devices if isinstance(d, ModbusDevice)]
     workshop = Workshop(cfg)
     await workshop.start()
-    adapters = {d.id: ModbusAdapter(d) for d in devices}
+    adapters = {d.id: ModbusAdapter(d, CONTEXT) for d in devices}
     try:
         for a in adapters.values():
             await a.connect()

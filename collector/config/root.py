@@ -1,0 +1,303 @@
+"""The whole config (`CollectorConfig`): site, HTTP, templates and the devices, whose union is built from the
+installed protocol plugins (adapters/base.py `registry`), plus template expansion and the state folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import typing
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator, model_validator
+
+from adapters.base import registry
+from collector.config.assets import AssetEntry
+from collector.config.base import DeviceBase, Integer, Number, Strict, TagBase, _not_a_bool
+from collector.config.indicators import EvidenceConfig, IndicatorConfig
+from collector.config.secrets import Settings
+from collector.config.sinks import InfluxConfig, MqttConfig, OutboxConfig
+from collector.credit_code import credit_code_problem
+from collector.states.config import StatesConfig
+from collector.writes.config import WritesConfig
+
+
+def device_models() -> tuple[type[DeviceBase], ...]:
+    """The device model of every installed protocol, in registry order."""
+    models = []
+    for plugin in registry:
+        model = plugin.device_model
+        if not issubclass(model, DeviceBase):
+            raise TypeError(f"protocol '{plugin.name}': its device_model must build on collector.config.base."
+                            "DeviceBase")
+        models.append(model)
+    return tuple(models)
+
+
+def tag_model(device_model: type[BaseModel]) -> type[TagBase] | None:
+    """The tag model of a protocol's devices (the item type of its `tags:` list)."""
+    args = typing.get_args(device_model.model_fields["tags"].annotation)
+    return args[0] if args and isinstance(args[0], type) and issubclass(args[0], TagBase) else None
+
+
+PROTOCOLS: tuple[str, ...] = tuple(registry.names())
+_MODELS = device_models()
+_TAG_MODELS: dict[str, type[TagBase] | None] = {p: tag_model(m) for p, m in zip(PROTOCOLS, _MODELS, strict=True)}
+
+if TYPE_CHECKING:
+    Device = Any
+    ProtocolName = str
+else:
+    Device = (Annotated[typing.Union[_MODELS], Field(discriminator="protocol")] if len(_MODELS) > 1  # noqa: UP007
+              else _MODELS[0])
+    ProtocolName = Literal[PROTOCOLS]
+
+
+class TemplateConfig(Strict):
+    """A reusable tag list (and defaults) that devices name with `template:`."""
+
+    protocol: ProtocolName
+    description: str | None = None
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    tags: list[dict[str, Any]] = Field(min_length=1)
+
+
+
+class SiteConfig(Strict):
+    enterprise_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+    enterprise_name: str | None = None
+    credit_code: str | None = Field(default=None, description="统一社会信用代码 (GB 32100-2015, 18 characters, "
+                                    "check character verified): shown in the report header")
+    county: str | None = None
+    city: str | None = None
+    workshop: str = Field(default="main", max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+    timezone: str = "Asia/Shanghai"
+
+    @field_validator("credit_code")
+    @classmethod
+    def _credit_code(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        code = v.strip().upper()
+        problem = credit_code_problem(code)
+        if problem:
+            raise ValueError(f"'{v}' {problem}; copy it from the business licence (营业执照)")
+        return code
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone '{v}'; use an IANA name like Asia/Shanghai") from None
+        return v
+
+
+
+class HttpConfig(Strict):
+    """The status page, /healthz, /metrics and the JSON API (docs/operations.md).
+
+    On by default: a gateway runs unattended and this is how its keepers see it works. The token (env
+    `COLLECTOR_HTTP_TOKEN` or `token_file`) is required when `listen` is not a loopback address.
+    """
+
+    listen: str = "127.0.0.1:8321"
+    enabled: bool = True
+    token_file: Path | None = None
+    stall_after: Number = Field(default=120.0, gt=0, le=7 * 86400, description="/healthz fails when a non-empty outbox has "
+                               "delivered nothing for this many seconds")
+    allowed_hosts: list[str] = Field(default_factory=list, description="host names (no port) a request's Host "
+                                     "may carry besides the listen host, localhost, 127.0.0.1 and [::1]")
+    header_timeout: Number = Field(default=10.0, gt=0, le=300, description="seconds a new connection has to "
+                                  "send a complete request head")
+    idle_timeout: Number = Field(default=30.0, gt=0, le=3600, description="seconds a kept-alive connection may "
+                                "wait for its next request")
+    max_connections: Integer = Field(default=256, ge=4, le=65536, description="open connections at most (also "
+                                 "bounded by the file-descriptor limit); the oldest idle one makes room")
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, v: list[str]) -> list[str]:
+        out = []
+        for name in v:
+            host = name.strip().lower()
+            if host.startswith("[") and host.endswith("]"):
+                host = host[1:-1]
+            if not host or any(c in host for c in "/ @") or (":" in host and host.count(":") < 2):
+                raise ValueError(f"'{name}' is not a host name: give the name or address alone, without scheme "
+                                 "or port (e.g. gateway-07.plant.local, 192.168.10.7)")
+            out.append(host)
+        return out
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"'{v}' is not host:port (e.g. 127.0.0.1:8321, 0.0.0.0:8321, [::1]:8321)")
+        return v
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def loopback(self) -> bool:
+        import ipaddress
+
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+
+def _validate_repeated_tags(devices: list[Any]) -> list[Any]:
+    """Many configs list the same tags on many devices (one machine type, a template, an exported tag list).
+    Validate each distinct tag once and give every device listing it that one instance (pydantic keeps model
+    instances as they are): a hundred copies then cost the time and memory of one. A tag that does not
+    validate stays a plain dict, so pydantic reports it with its full path (`devices[3].tags[2].type`). Tags
+    given by a classic `register` are left to each device: its `address_base` resolves them."""
+    models = _TAG_MODELS
+    seen: dict[tuple[Any, ...], Any] = {}
+    out: list[Any] = []
+    for dev in devices:
+        model = models.get(str(dev.get("protocol"))) if isinstance(dev, dict) else None
+        if model is None or not isinstance(dev.get("tags"), list):
+            out.append(dev)
+            continue
+        tags: list[Any] = []
+        for raw in dev["tags"]:
+            if not isinstance(raw, dict) or "register" in raw:
+                tags.append(raw)  # a classic register is resolved per device (`_resolve_registers` sets it)
+                continue
+            try:
+                key = (model, json.dumps(raw, sort_keys=True))
+            except (TypeError, ValueError, RecursionError):
+                tags.append(raw)
+                continue
+            if key not in seen:
+                try:
+                    seen[key] = model.model_validate(raw)
+                except ValidationError:
+                    seen[key] = raw
+            tags.append(seen[key])
+        out.append({**dev, "tags": tags})
+    return out
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def expand_templates(data: Any) -> Any:
+    """Expand `template:` on devices: the template's defaults and tags, then the device's own on top.
+    Then validate each distinct tag once (`_validate_repeated_tags`)."""
+    if not isinstance(data, dict) or not isinstance(data.get("devices"), list):
+        return data
+    if not isinstance(data.get("templates"), dict):
+        return {**data, "devices": _validate_repeated_tags(data["devices"])}
+    templates = data["templates"]
+    devices = data["devices"]
+    expanded = []
+    for dev in devices:
+        name = dev.get("template") if isinstance(dev, dict) else None
+        tpl = templates.get(name) if isinstance(name, str) else None
+        if not isinstance(dev, dict) or not isinstance(tpl, dict):
+            expanded.append(dev)  # an unknown template name is reported by reference_errors
+            continue
+        # Parts of the wrong type are left out here: the validation of templates: and devices: names them.
+        defaults: dict[str, Any] = tpl["defaults"] if isinstance(tpl.get("defaults"), dict) else {}
+        merged = {**defaults, **{k: v for k, v in dev.items() if k != "tags"}}
+        merged.setdefault("protocol", tpl.get("protocol"))
+        tags: dict[object, Any] = {}
+        own = dev.get("tags")
+        for t in [*_listed(tpl.get("tags")), *_listed(own)]:
+            key = t.get("name") if isinstance(t, dict) and isinstance(t.get("name"), str) else object()
+            tags[key] = {**tags.get(key, {}), **t} if isinstance(t, dict) else t
+        merged["tags"] = list(tags.values()) if own is None or isinstance(own, list) else own
+        expanded.append(merged)
+    return {**data, "devices": _validate_repeated_tags(expanded)}
+
+
+
+class CollectorConfig(Strict):
+    version: Annotated[Literal[1], BeforeValidator(_not_a_bool)] = 1
+    site: SiteConfig
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    state_dir: Path = Path("state")
+    indicators: IndicatorConfig = Field(default_factory=IndicatorConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
+    writes: WritesConfig = Field(default_factory=WritesConfig)
+    influx: InfluxConfig | None = None
+    templates: dict[str, TemplateConfig] = Field(default_factory=dict)
+    devices: list[Device] = Field(default_factory=list)
+    assets: list[AssetEntry] = Field(default_factory=list)
+    assets_csv: Path | None = Field(default=None, description="a 设备台账 CSV read at start (docs/indicators.md)")
+    states: StatesConfig = Field(default_factory=StatesConfig)  # machine states, 稼动率, OEE (docs/states.md)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_templates(cls, data: Any) -> Any:
+        return expand_templates(data)
+
+    @model_validator(mode="after")
+    def _share_equal_tags(self) -> CollectorConfig:
+        """Keep one instance of equal tags, also of those `_validate_repeated_tags` left to each device
+        (classic registers, resolved by the device's `address_base`): copies of one machine's list then cost
+        the memory of one (docs/BENCHMARKS.md, memory). Tags are never changed after validation."""
+        seen: dict[tuple[Any, ...], Any] = {}
+        for dev in self.devices:
+            tags: list[Any] = dev.tags
+            for i, tag in enumerate(tags):
+                key = (type(tag), *(v if getattr(v, "__hash__", None) is not None else repr(v)
+                                    for v in tag.__dict__.values()))
+                tags[i] = seen.setdefault(key, tag)
+        return self
+
+    @model_validator(mode="after")
+    def _default_pki_dirs(self) -> CollectorConfig:
+        """OPC UA devices without `security.pki_dir` use `<state dir>/pki` (docs/opcua.md), where the state dir
+        is the one the collector really uses: COLLECTOR_STATE_DIR (the systemd unit sets it) over `state_dir`."""
+        set_default_pki_dirs(self)
+        return self
+
+    @property
+    def topic_root(self) -> str:
+        return self.mqtt.topic_root.format(enterprise=self.site.enterprise_id, workshop=self.site.workshop)
+
+    @property
+    def evidence_topic(self) -> str:
+        return self.evidence.topic.format(root=self.topic_root, enterprise=self.site.enterprise_id,
+                                          workshop=self.site.workshop)
+
+
+
+def set_default_pki_dirs(cfg: CollectorConfig) -> None:
+    """Defaults under the state folder for every device (`DeviceBase.use_state_dir`; OPC UA: `<state>/pki`)."""
+    state = effective_state_dir(cfg)
+    for dev in cfg.devices:
+        dev.use_state_dir(state)
+
+
+def effective_state_dir(cfg: CollectorConfig, settings: Settings | None = None) -> Path:
+    """Where the collector keeps its state: env COLLECTOR_STATE_DIR, else the config's `state_dir`."""
+    if settings is None:
+        try:
+            settings = Settings()
+        except ValidationError:  # another COLLECTOR_* variable is bad: collector.preflight names it
+            return Path(os.environ["COLLECTOR_STATE_DIR"]) if os.environ.get("COLLECTOR_STATE_DIR") else cfg.state_dir
+    return settings.state_dir or cfg.state_dir
+
+
