@@ -20,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from collector.broker import MosquittoProcess, free_port  # noqa: E402
 from collector.delivery import Sender  # noqa: E402
 from collector.model import Batch, Reading, Row  # noqa: E402
 from collector.outbox import Outbox  # noqa: E402
 from collector.sinks.mqtt import MqttSettings, MqttSink, encode_data  # noqa: E402
+from tests.support.broker import MosquittoProcess, free_port  # noqa: E402
 
 
 def payload(tags: int, seq: int) -> bytes:

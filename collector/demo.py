@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.live import Live
 
 from collector.app import Collector
-from collector.broker import DemoBroker, clear_retained
 from collector.config import CollectorConfig, Settings
+from collector.demo_broker import DemoBroker, clear_retained
 from collector.runtime import tune_gc
 from collector.view import render, render_plain
 

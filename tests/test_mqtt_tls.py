@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from collector.broker import MosquittoProcess, free_port
 from collector.sinks.mqtt import MqttSettings, MqttSink
+from tests.support.broker import MosquittoProcess, free_port
 
 
 def _name(cn: str) -> x509.Name:

@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from adapters.opcua.adapter import OpcUaAdapter
-from collector.broker import free_port
 from collector.cli import main
 from collector.config import OpcUaDevice, load_config
 from simulators.opcua import OpcUaMachineSim
+from tests.support.broker import free_port
 from tests.test_opcua_sim import NS, make_device
 
 pytestmark = pytest.mark.integration

@@ -24,11 +24,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.app import Collector
-from collector.broker import MosquittoProcess
 from collector.config import Settings, parse_config
 from collector.sinks import sparkplug_b_pb2 as pb
 from simulators.workshop import Workshop
 from tests.conftest import Message, Recorder
+from tests.support.broker import MosquittoProcess
 from tests.test_outbox_outage import load_config
 
 pytestmark = pytest.mark.integration
