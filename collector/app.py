@@ -27,7 +27,7 @@ from collector.pipeline import Pipeline
 from collector.runtime import loop_name
 from collector.sink_setup import build_sinks
 from collector.sinks.base import FollowsDevices, Sink
-from collector.sinks.mqtt_data import iso
+from collector.sinks.mqtt import iso
 from collector.status import StatusStore, StatusTracker, changed_keys
 from collector.tasks import cancel_and_wait
 

@@ -13,8 +13,7 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 
-from collector.sinks.mqtt import MqttConnection, Will
-from collector.sinks.mqtt_data import iso
+from collector.sinks.mqtt import MqttConnection, Will, iso
 
 log = logging.getLogger("collector.sinks.mqtt")
 

@@ -81,6 +81,13 @@ def connect_failure_reason(exc: BaseException | None) -> str:
     return str(exc) or type(exc).__name__
 
 
+def iso(ts: float | None) -> str | None:
+    """The time format of every JSON topic: UTC, milliseconds, `Z`."""
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+
+
 class AckOwner(Protocol):
     """Who published a tracked message: told its message id when the broker acknowledged it."""
 

@@ -8,7 +8,6 @@ rewritten for backlog: only a queue written before this layout holds them.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
@@ -24,12 +23,6 @@ _LEGACY_FALSE, _LEGACY_TRUE = b'"historical":false', b'"historical":true'
 
 def ms(ts: float | None) -> int | None:
     return None if ts is None else int(ts * 1000)  # truncated, as databases store ns timestamps in ms
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
 
 
 def encode_body(batch: Batch) -> bytes:
