@@ -14,13 +14,18 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev]'
+$(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[demo]'
 	touch $(VENV)/.installed $@
+
+# the tests run the demo's pieces too: dev and demo extras
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev,demo]'
+	touch $(VENV)/.installed $(VENV)/.installed-demo $@
 
 venv: $(VENV)/.installed
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed-demo
 	$(BIN)/collector demo -c config/demo.yaml $(if $(DURATION),--duration $(DURATION),)
 
 lint: $(STAMP)

@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 import modbus_poll  # noqa: E402  (the register maps are shared with the in-process bench)
 
-from collector.broker import MosquittoProcess, free_port  # noqa: E402
+from tests.support.broker import MosquittoProcess, free_port  # noqa: E402
 
 PY = str(ROOT / ".venv" / "bin" / "python")
 COLLECTOR = [PY, "-m", "collector.cli"]

@@ -26,7 +26,7 @@ import collector.model as model  # noqa: E402
 from adapters.modbus.codec import TagCodec  # noqa: E402
 from collector.config import ModbusTag  # noqa: E402
 from collector.model import Batch, Reading  # noqa: E402
-from collector.sinks.mqtt import encode_data  # noqa: E402
+from collector.sinks.mqtt_data import encode_data  # noqa: E402
 
 Conv = Callable[[Sequence[int], int], tuple[Any, str]]
 

@@ -20,17 +20,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from collector.broker import MosquittoProcess, free_port  # noqa: E402
 from collector.delivery import Sender  # noqa: E402
 from collector.model import Batch, Reading, Row  # noqa: E402
 from collector.outbox import Outbox  # noqa: E402
-from collector.sinks.mqtt import MqttSettings, MqttSink, encode_data  # noqa: E402
+from collector.sinks.mqtt import MqttConnection, MqttSettings  # noqa: E402
+from collector.sinks.mqtt_data import MqttDataSink, encode_body  # noqa: E402
+from tests.support.broker import MosquittoProcess, free_port  # noqa: E402
 
 
 def payload(tags: int, seq: int) -> bytes:
     now = time.time()
     readings = [Reading("bench-dev", f"tag_{i:03d}", 1000.0 + i * 0.5, "°C", "good", now, now) for i in range(tags)]
-    return encode_data(Batch("bench-dev", seq, now, readings))
+    return encode_body(Batch("bench-dev", seq, now, readings))  # the row the MQTT data sink stores
 
 
 def bench_append(path: Path, batches: int, tags: int, fsync: bool, group: int) -> float:
@@ -110,13 +111,13 @@ async def bench_drain_mqtt(path: Path, batches: int, tags: int) -> float:
         ob.ack("mqtt", row)
         acked[0] += 1
 
-    sink = MqttSink(MqttSettings(host=broker.host, port=broker.port, topic_root="bench", max_inflight=100),
-                    on_ack=on_ack)
-    await sink.start()
+    conn = MqttConnection(MqttSettings(host=broker.host, port=broker.port, topic_root="bench", max_inflight=100))
+    sink = MqttDataSink(conn, on_ack=on_ack)
+    await conn.start()
     try:
         rate = await drain(ob, sink, batches, lambda: acked[0])
     finally:
-        await sink.stop()
+        await conn.stop()
         broker.stop()
         ob.close()
     return rate * tags

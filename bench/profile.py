@@ -25,7 +25,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import e2e  # noqa: E402  (same simulators, configs and subscriber as the end-to-end bench)
 
-from collector.broker import MosquittoProcess, free_port  # noqa: E402
+from tests.support.broker import MosquittoProcess, free_port  # noqa: E402
 
 PY_SPY = Path(sys.executable).parent / "py-spy"
 

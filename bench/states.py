@@ -26,7 +26,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import e2e  # noqa: E402  (its process wrapper: CPU of a child from the OS)
 
-from collector.broker import MosquittoProcess, free_port  # noqa: E402
+from tests.support.broker import MosquittoProcess, free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,10 +10,11 @@ import asyncio
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from collector.config import CollectorConfig, MqttConfig, Settings, effective_state_dir, read_secret
+from collector.config import CollectorConfig, Settings, effective_state_dir
 from collector.delivery import Sender
 from collector.evidence import anchors, keys
 from collector.failures import RepeatedFailure
@@ -24,9 +25,9 @@ from collector.model import Batch, DeviceState, Row
 from collector.outbox import Outbox
 from collector.pipeline import Pipeline
 from collector.runtime import loop_name
-from collector.sinks.evidence import EvidenceSink
-from collector.sinks.influx import InfluxSettings, InfluxSink
-from collector.sinks.mqtt import MqttSettings, MqttSink, encode_data, iso
+from collector.sink_setup import build_sinks
+from collector.sinks.base import FollowsDevices, Sink
+from collector.sinks.mqtt import iso
 from collector.status import SHUTDOWN_REASON, StatusStore, StatusTracker, changed_keys
 from collector.tasks import cancel_and_wait
 
@@ -36,34 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def mqtt_settings(cfg: CollectorConfig, settings: Settings) -> MqttSettings:
-    """Resolve the broker settings: the config, then `COLLECTOR_*` overrides; the password only from env/file."""
-    m = cfg.mqtt
-    if settings.mqtt_url:
-        m = MqttConfig.model_validate({**m.model_dump(), "url": settings.mqtt_url})
-    password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else read_secret(
-        None, m.password_file)
-    return MqttSettings(
-        host=m.host, port=m.port, topic_root=cfg.topic_root, qos=m.qos,
-        client_id=m.client_id or f"shopfloor-collector-{cfg.site.enterprise_id}-{cfg.site.workshop}",
-        username=settings.mqtt_username or m.username, password=password, tls=m.tls,
-        ca_file=str(m.ca_file) if m.ca_file else None, cert_file=str(m.cert_file) if m.cert_file else None,
-        key_file=str(m.key_file) if m.key_file else None, keepalive=m.keepalive, max_inflight=m.max_inflight,
-        reconnect_max_delay=m.reconnect_max_delay,
-    )
-
-
 GATEWAY_STATUS_INTERVAL = 10.0  # seconds between retained gateway statuses (outbox figures)
-
-
-def influx_settings(cfg: CollectorConfig) -> InfluxSettings:
-    """The InfluxDB sink's settings; the token only from env or file."""
-    ic = cfg.influx
-    assert ic is not None
-    measurements = {d.id: ic.measurement or d.template or "device" for d in cfg.devices}
-    return InfluxSettings(url=ic.url, org=ic.org, bucket=ic.bucket, token=read_secret(ic.token_env, ic.token_file),
-                          enterprise=cfg.site.enterprise_id, workshop=cfg.site.workshop, measurements=measurements,
-                          batch_rows=ic.batch_rows, gzip=ic.gzip, timeout=ic.timeout)
 
 
 class _Failures(RepeatedFailure):
@@ -93,29 +67,29 @@ class Collector:
                  str(created).lower())
         self._reader: StatusStore | None = None  # a second connection for period figures, used off the loop
         self._periods: dict[str, Any] | None = None
-        self.sink = self._make_mqtt_sink()
-        self.influx: InfluxSink | None = None
-        if cfg.influx is not None:
-            self.influx = InfluxSink(influx_settings(cfg), on_ack=self._influx_acked)
-        sinks = ["mqtt", "evidence"] + (["influx"] if self.influx is not None else [])
+        built = build_sinks(cfg, self.settings, self.state_dir)
+        self.mqtt, self.control, self.sinks = built.mqtt, built.control, built.sinks
         o = cfg.outbox
-        self.outbox = Outbox(self.state_dir / "outbox.db", sinks, max_bytes=o.max_bytes, max_age=o.max_age,
-                             fsync=o.fsync, pending_max_bytes=o.memory_max_bytes)
-        self.outbox.held["mqtt"] = self.sink.in_flight
-        self.evidence = EvidenceSink(self.sink, cfg.evidence_topic, self._evidence_acked)
-        self.outbox.held["evidence"] = self.evidence.in_flight
-        self.senders = [Sender(self.outbox, "mqtt", self.sink, o.live_share),
-                        Sender(self.outbox, "evidence", self.evidence)]
-        if self.influx is not None:
-            self.senders.append(Sender(self.outbox, "influx", self.influx, o.live_share))
+        self.outbox = Outbox(self.state_dir / "outbox.db", [s.name for s in self.sinks], max_bytes=o.max_bytes,
+                             max_age=o.max_age, fsync=o.fsync, pending_max_bytes=o.memory_max_bytes)
+        self.senders = []
+        for sink in self.sinks:
+            sink.on_ack = self._ack_handler(sink)
+            self.outbox.held[sink.name] = sink.in_flight
+            self.senders.append(Sender(self.outbox, sink.name, sink,
+                                       o.live_share if sink.live_share is None else sink.live_share))
+        # each batch is encoded once per data sink; anchors go to the sinks that carry them
+        self._encoders = [(s.name, s.encode) for s in self.sinks if s.feeds == "data"]
+        self._anchor_sinks = [s.name for s in self.sinks if s.feeds == "anchors"]
         self.pipeline = Pipeline(self.status, cfg.indicators.stale_after, next_seq=self.outbox.next_seq)
         self.pipeline.add_sink(self._to_outbox)
-        self.sink.gateway_info = self.gateway_info
+        self.control.gateway_info = self.gateway_info
         self.status.listeners.append(self._status_changed)
-        if hasattr(self.sink, "status_changed"):  # Sparkplug: DBIRTH/DDEATH follow the device states
-            self.sink.latest = lambda device: self.pipeline.latest.get(device, {})  # type: ignore[attr-defined]
-            self.status.listeners.append(self.sink.status_changed)
-        self.sink.on_connect_hooks.append(self._republish)
+        for sink in self.sinks:
+            if isinstance(sink, FollowsDevices):  # Sparkplug: DBIRTH/DDEATH follow the device states
+                sink.latest = self.pipeline.latest_for
+                self.status.listeners.append(sink.status_changed)
+        self.mqtt.on_connect_hooks.append(self._republish)
         from adapters.base import AdapterContext
 
         # What the adapters learn (split plans, shared lines, timeout streaks) is the running collector's: it
@@ -148,45 +122,38 @@ class Collector:
             return st.state if st is not None else None
 
         service = WriteService(lambda: self.cfg, adapter_of, state_of, AuditLog(self.state_dir / AUDIT_FILE),
-                               lambda topic, payload: self.sink.publish_json(topic, payload, qos=1))
-        self.sink.subscriptions.append((service.request_filter, 1))
-        self.sink.on_message_hooks.append(service.on_mqtt)
-        if hasattr(self.sink, "on_device_command"):  # Sparkplug: DCMD metrics are write requests too
-            self.sink.on_device_command = service.on_command
+                               lambda topic, payload: self.control.publish_json(topic, payload, qos=1))
+        self.mqtt.subscriptions.append((service.request_filter, 1))
+        self.mqtt.on_message_hooks.append(service.on_mqtt)
+        for sink in self.sinks:
+            if hasattr(sink, "on_device_command"):  # Sparkplug: DCMD metrics are write requests too
+                sink.on_device_command = service.on_command
         return service
 
-    def _make_mqtt_sink(self) -> MqttSink:
-        """`mqtt.format`: JSON (docs/mqtt.md) or a Sparkplug B edge node (docs/sparkplug.md)."""
-        ms = mqtt_settings(self.cfg, self.settings)
-        if self.cfg.mqtt.format != "sparkplug":
-            return MqttSink(ms, on_ack=self._mqtt_acked)
-        from collector.sinks.sparkplug import SparkplugSettings, SparkplugSink
-
-        sp = self.cfg.mqtt.sparkplug
-        return SparkplugSink(ms, SparkplugSettings(group_id=sp.group_id or self.cfg.site.enterprise_id,
-                                                   edge_node_id=sp.edge_node_id or self.cfg.site.workshop,
-                                                   state_file=self.state_dir / "sparkplug.json",
-                                                   primary_host_id=sp.primary_host_id),
-                             on_ack=self._mqtt_acked)
+    @property
+    def sink(self) -> Sink:
+        """The MQTT data sink (JSON or Sparkplug): the link that /healthz and the status's `sink` report."""
+        return self.sinks[0]
 
     def _to_outbox(self, batch: Batch) -> None:
-        """Encode once per sink and queue durably; the senders deliver it."""
-        payloads = {"mqtt": encode_data(batch)}
-        if self.influx is not None:
-            payloads["influx"] = self.influx.encode(batch)
+        """Encode once per data sink and queue durably; the senders deliver it."""
+        payloads = {name: encode(batch) for name, encode in self._encoders}
         self.outbox.append(batch.device, batch.seq, batch.ts, batch.good_ts, len(batch.readings), payloads)
 
-    def _mqtt_acked(self, row: Row) -> None:
-        """The broker acknowledged a row: delete it, and it is evidence when it holds a good sample."""
-        self.outbox.ack("mqtt", row)
-        if row.good_ts is not None:
-            self.status.delivered(row.device, row.good_ts)
+    def _ack_handler(self, sink: Sink) -> Callable[[Row], None]:
+        """What a sink's acknowledgement does: the row is deleted at the next flush; a good batch a sink that
+        proves delivery acknowledged is 联网率 evidence; a receipt is recorded where the sink gives one."""
+        outbox_ack, name, proves = self.outbox.ack, sink.name, sink.proves_delivery
+        delivered, receipt = self.status.delivered, sink.receipt
 
-    def _evidence_acked(self, row: Row) -> None:
-        """The broker holds a copy of the head: the receipt the report shows."""
-        self.outbox.ack("evidence", row)
-        anchors.acked(self.state_dir / anchors.ANCHOR_FILE, anchors.anchor_id(row.seq, row.created),
-                      f"mqtt://{self.sink.s.host}:{self.sink.s.port}/{self.cfg.evidence_topic}")
+        def acked(row: Row) -> None:
+            outbox_ack(name, row)
+            if proves and row.good_ts is not None:
+                delivered(row.device, row.good_ts)
+            where = receipt(row)
+            if where is not None:  # the broker holds a copy of the chain's head: the receipt the report shows
+                anchors.acked(self.state_dir / anchors.ANCHOR_FILE, anchors.anchor_id(row.seq, row.created), where)
+        return acked
 
     def _reload_key(self) -> None:
         """After `collector keys rotate` the state directory holds a new key: sign with it from now on."""
@@ -210,14 +177,12 @@ class Collector:
         if head is None or reason is None:
             return None
         aid, payload = anchors.queue(head, reason, self.cfg.evidence_topic, log_path, now)
-        self.outbox.append("evidence", int(head["seq"]), now, None, 1, {"evidence": payload})
+        self.outbox.append("evidence", int(head["seq"]), now, None, 1,
+                           {name: payload for name in self._anchor_sinks})
         self.outbox.flush()
         log.info("event=anchor_queued seq=%s hash=%s reason=%s topic=%s id=%s", head["seq"], head["hash"][:12],
                  reason, self.cfg.evidence_topic, aid)
         return reason
-
-    def _influx_acked(self, row: Row) -> None:
-        self.outbox.ack("influx", row)
 
     def gateway_info(self) -> dict[str, Any]:
         """What the retained gateway status carries beside `online` (docs/mqtt.md)."""
@@ -244,15 +209,15 @@ class Collector:
                      self.cfg.indicators.allow_simulated)
 
     def _status_changed(self, st: Any) -> None:
-        self.sink.publish_status(st.to_dict())  # the log line is StatusTracker.set_state's
+        self.control.publish_status(st.to_dict())  # the log line is StatusTracker.set_state's
 
     def _republish(self) -> None:
         """On every (re)connect: every device's retained status and the indicator snapshot (once the first is
         out: before the first poll round it would say no device is networked)."""
         for st in self.status.devices.values():
-            self.sink.publish_status(st.to_dict())
+            self.control.publish_status(st.to_dict())
         if self._first_snapshot_out:
-            self.sink.publish_indicators(self.indicators())
+            self.control.publish_indicators(self.indicators())
 
     def indicators(self, now: float | None = None) -> dict[str, Any]:
         snap = live_snapshot(self.register, self.status.devices, self.cfg.indicators, self.cfg.site, now,
@@ -282,8 +247,7 @@ class Collector:
         self._reload_key()
         records = close_due_months(self.cfg, self.store, self.state_dir, now, self.signer, self.register_warnings)
         for rec in records:
-            self.sink.publish_json(f"{self.sink.root}/indicators/monthly/{rec['body']['period']['label']}", rec,
-                                   retain=True)
+            self.control.publish_monthly(rec)
         self.anchor(now)
         return records
 
@@ -292,7 +256,7 @@ class Collector:
     async def start(self) -> None:
         self.started = time.time()
         self.status.flush()
-        await self.sink.start(wait=1.0)  # the outbox keeps what the devices read while no broker answers
+        await self.mqtt.start(wait=1.0)  # the outbox keeps what the devices read while no broker answers
         for dev in self.cfg.devices:
             self.engine.start_device(dev)
         self._tasks = [
@@ -311,20 +275,21 @@ class Collector:
         except Exception:
             log.exception("event=month_close_failed")
         log.info("event=started devices=%d assets=%d broker=%s:%d loop=%s", len(self.cfg.devices),
-                 len(self.register), self.sink.s.host, self.sink.s.port, loop_name())
+                 len(self.register), self.mqtt.s.host, self.mqtt.s.port, loop_name())
 
     def _publish_gateway(self) -> None:
-        if self.sink.connected:
-            self.sink.publish_gateway()
+        if self.mqtt.connected:
+            self.control.publish_gateway()
 
     def _publish_indicators(self) -> None:
-        self.sink.publish_indicators(self.indicators())
+        self.control.publish_indicators(self.indicators())
 
     def _first_round_in(self) -> bool:
         """Every running device has answered once since the start (data, a failure or a skip), and the good
         sample it took, if any, has been acknowledged: the live 联网率 counts a device networked only then."""
-        for device_id, task in self.engine.tasks.items():
-            if not task.answered:
+        for device_id in self.engine.running():
+            task = self.engine.task_stats(device_id)
+            if task is None or not task.answered:
                 return False
             st = self.status.devices.get(device_id)
             if st is not None and st.last_good is not None and st.last_good >= self.started and (
@@ -379,9 +344,9 @@ class Collector:
         self.states.stop()
         self.outbox.flush()
         self._final_flush()
-        await self.sink.stop()
-        if self.influx is not None:
-            await self.influx.stop()
+        await self.mqtt.stop()
+        for sink in self.sinks:
+            await sink.close()
         self.outbox.close()
         self._final_flush()
         if self._reader is not None:
@@ -406,22 +371,10 @@ class Collector:
             log.error("event=status_flush_failed error=%s (the state store keeps its last committed figures)",
                       str(exc).replace(" ", "_"))
 
-    def device_rows(self) -> list[dict[str, Any]]:
-        """Per device: state, reason and last values, for the terminal view and `collector status`."""
-        rows = []
-        for dev in self.cfg.devices:
-            st = self.status.devices[dev.id]
-            latest = self.pipeline.latest.get(dev.id, {})
-            rows.append({"id": dev.id, "name": dev.name or dev.id, "protocol": dev.protocol,
-                         "state": str(st.state), "reason": st.reason, "last_good": st.last_good,
-                         "values": {t: (r.value, r.unit, r.quality) for t, r in latest.items()},
-                         "online": st.state in (DeviceState.ONLINE, DeviceState.DEGRADED)})
-        return rows
-
     def outbox_stats(self) -> dict[str, Any]:
         """Per sink: depth_batches, depth_readings, bytes, oldest_age_s, dropped_batches, dropped_readings,
         delivered_readings, delivery_rate (readings/s over 10 s). Read by /healthz, /metrics and the status."""
-        return {sink: self.outbox.stats(sink) for sink in self.outbox.queues}
+        return self.outbox.all_stats()
 
     # -- reload (SIGHUP, `collector reload`, POST /api/reload)
 
@@ -478,7 +431,7 @@ class Collector:
             for dev_id in removed:
                 self.pipeline.forget(dev_id)
             for dev_id in changed:
-                self.pipeline.latest.pop(dev_id, None)
+                self.pipeline.clear_latest(dev_id)
             self.states.reconfigure(removed + changed + added)
             for dev_id in changed + added:
                 self.engine.start_device(after[dev_id])

@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from collector.config import (
     EXIT_BAD_CONFIG,
@@ -210,10 +211,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     import json
     import urllib.error
 
-    from rich.console import Console
-
-    from collector.view import fmt_duration, render, render_outbox
-
     base, token, cfg = _api(args)
     try:
         code, body = _call(f"{base}/api/status", token)
@@ -230,13 +227,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(body, ensure_ascii=False, indent=2))
     else:
-        g = body["gateway"]
-        header = (f"{g.get('enterprise_name') or g['enterprise']} · {g['workshop']} · MQTT {g['topic_root']}/# · "
-                  f"up {fmt_duration(g['uptime_s'])}")
-        console = Console()
-        console.print(render(body["devices"], body["indicators"], header))
-        console.print(render_outbox(body["outbox"], body["sink"], body["health"]))
+        _print_status(body)
     return 0 if body["health"]["status"] == "ok" else 1
+
+
+def _print_status(body: dict[str, Any]) -> None:
+    """The tables with rich (the `demo` extra), else the same figures as plain text (a gateway install)."""
+    from collector.view import fmt_duration, render_outbox_plain, render_plain
+
+    g = body["gateway"]
+    header = (f"{g.get('enterprise_name') or g['enterprise']} · {g['workshop']} · MQTT {g['topic_root']}/# · "
+              f"up {fmt_duration(g['uptime_s'])}")
+    try:
+        from rich.console import Console
+    except ImportError:
+        print(header)
+        print(render_plain(body["devices"], body["indicators"]))
+        print(render_outbox_plain(body["outbox"], body["sink"], body["health"]))
+        return
+    from collector.view import render, render_outbox
+
+    console = Console()
+    console.print(render(body["devices"], body["indicators"], header))
+    console.print(render_outbox(body["outbox"], body["sink"], body["health"]))
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -304,7 +317,29 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------- demo
 
 
+DEMO_MODULES = ("rich", "amqtt")  # the `demo` extra of pyproject.toml
+
+
+def missing_demo_modules() -> list[str]:
+    """The `demo` extra's modules that cannot be imported: a gateway install has none of them."""
+    import importlib
+
+    missing = []
+    for name in DEMO_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    missing = missing_demo_modules()
+    if missing:
+        print(f"collector demo needs the `demo` extra, which is not installed (missing: {', '.join(missing)}).\n"
+              "  install it: pip install 'shopfloor-collector[demo]'  (in a checkout: make demo, or "
+              "pip install -e '.[demo]')", file=sys.stderr)
+        return 1
     from collector.demo import run_demo
     from collector.logs import setup_logging
 

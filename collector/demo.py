@@ -12,9 +12,10 @@ from rich.console import Console
 from rich.live import Live
 
 from collector.app import Collector
-from collector.broker import DemoBroker, clear_retained
 from collector.config import CollectorConfig, Settings
+from collector.demo_broker import DemoBroker, clear_retained
 from collector.runtime import tune_gc
+from collector.snapshot import devices_snapshot
 from collector.view import render, render_plain
 
 
@@ -59,14 +60,14 @@ async def run_demo(cfg: CollectorConfig, duration: float | None, plain: bool = F
             while not stop.is_set() and (deadline is None or loop.time() < deadline):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 2.0)
-                print(render_plain(collector.device_rows(), collector.indicators()), flush=True)
+                print(render_plain(devices_snapshot(collector), collector.indicators()), flush=True)
         else:
-            with Live(render(collector.device_rows(), collector.indicators(), header), console=console,
+            with Live(render(devices_snapshot(collector), collector.indicators(), header), console=console,
                       refresh_per_second=2, screen=False) as live:
                 while not stop.is_set() and (deadline is None or loop.time() < deadline):
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 1.0)
-                    live.update(render(collector.device_rows(), collector.indicators(), header))
+                    live.update(render(devices_snapshot(collector), collector.indicators(), header))
     finally:
         if http is not None:
             await http.stop()
@@ -79,7 +80,7 @@ async def run_demo(cfg: CollectorConfig, duration: float | None, plain: bool = F
 
 
 async def _clear_demo_topics(collector: Collector, console: Console) -> None:
-    s = collector.sink.s  # the broker settings the collector used (host, port, user, password)
+    s = collector.mqtt.s  # the broker settings the collector used (host, port, user, password)
     root = collector.cfg.topic_root
     try:
         if s.tls:

@@ -17,6 +17,7 @@ import random
 import time
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from adapters.base import Adapter, AdapterContext, AdapterError, DeviceConfig, DeviceSkipped, create_adapter
@@ -48,6 +49,24 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStats:
+    """A device task's counters as HTTP, /metrics and the views read them (a copy: readers change nothing).
+    A subscribing device is never polled: it counts the publishes it delivered instead."""
+
+    mode: str
+    subscribing: bool
+    polls: int
+    publishes: int
+    poll_seconds: float
+    last_poll_duration: float
+    readings: int
+    bad_readings: int
+    errors: int
+    reconnects: int
+    answered: bool
 
 
 class DeviceTask:
@@ -94,6 +113,11 @@ class DeviceTask:
     @property
     def mode(self) -> str:
         return "subscribe" if self.subscribing else "poll"
+
+    def stats(self) -> TaskStats:
+        return TaskStats(self.mode, self.subscribing, self.polls, self.publishes, self.poll_seconds,
+                         self.last_poll_duration, self.readings, self.bad_readings, self.errors, self.reconnects,
+                         self.answered)
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"device:{self.device.id}")
@@ -252,6 +276,15 @@ class Engine:
                           context=self.context)
         self.tasks[device.id] = task
         task.start()
+
+    def task_stats(self, device_id: str) -> TaskStats | None:
+        """The counters of a running device's task; None when it has none (disabled, removed)."""
+        task = self.tasks.get(device_id)
+        return None if task is None else task.stats()
+
+    def running(self) -> list[str]:
+        """The ids of the devices that have a task."""
+        return list(self.tasks)
 
     async def stop_device(self, device_id: str) -> None:
         task = self.tasks.pop(device_id, None)

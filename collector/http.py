@@ -46,7 +46,8 @@ import orjson
 from aiohttp import web
 
 from collector.config import HttpConfig, http_token
-from collector.metrics import Metrics, last_seq
+from collector.metrics import Metrics
+from collector.snapshot import device_snapshot, devices_snapshot
 
 if TYPE_CHECKING:
     from collector.app import Collector
@@ -342,15 +343,14 @@ class HttpServer:
         stalled_for = now - self._progress_at
         young = bool(ages) and max(ages) <= self.cfg.stall_after
         draining = depth == 0 or stalled_for <= self.cfg.stall_after or young
-        outbox = self.collector.outbox
+        outbox = self.collector.outbox.health()
         write_error = outbox.write_error
         ok = loop_ok and draining and write_error is None
         reasons = []
         if write_error is not None:
-            since = outbox.clock() - (outbox.write_error_since or outbox.clock())
-            reasons.append(f"the outbox cannot write {outbox.path} for {since:.0f} s ({write_error}); new data "
-                           f"is delivered from memory; while the sink cannot take it, the oldest beyond "
-                           f"{outbox.pending_max_bytes // 2**20} MB is dropped")
+            reasons.append(f"the outbox cannot write {outbox.path} for {outbox.failing_for:.0f} s ({write_error}); "
+                           f"new data is delivered from memory; while the sink cannot take it, the oldest beyond "
+                           f"{outbox.memory_cap // 2**20} MB is dropped")
         if not loop_ok:
             reasons.append(f"event loop lagging {max(since_beat, self.loop_lag):.1f} s")
         if not draining:
@@ -377,37 +377,10 @@ class HttpServer:
     # -- JSON API
 
     def device_json(self, dev_id: str) -> dict[str, Any] | None:
-        c = self.collector
-        dev = next((d for d in c.cfg.devices if d.id == dev_id), None)
-        st = c.status.devices.get(dev_id)
-        if dev is None or st is None:
-            return None
-        latest = c.pipeline.latest.get(dev_id, {})
-        task = c.engine.tasks.get(dev_id)
-        tags = []
-        for tag in dev.tags:
-            r = latest.get(tag.name)
-            tags.append({"name": tag.name, "value": None if r is None else r.value,
-                         "unit": tag.unit if r is None else r.unit, "quality": None if r is None else r.quality,
-                         "ts": None if r is None else r.source_ts})
-        return {
-            "id": dev.id, "name": dev.name or dev.id, "protocol": dev.protocol, "endpoint": dev.endpoint,
-            "enabled": dev.enabled, "interval": dev.interval, "state": str(st.state), "since": st.since,
-            "reason": st.reason, "last_good": st.last_good, "last_delivered": st.last_delivered,
-            "online": str(st.state) in ("online", "degraded"), "seq": last_seq(c, dev_id),
-            # a subscribing device is never polled: it counts the publishes it delivered instead
-            "mode": task.mode if task else None,
-            "polls": (None if task.subscribing else task.polls) if task else 0,
-            "publishes": (task.publishes if task.subscribing else None) if task else None,
-            "reconnects": task.reconnects if task else 0, "errors": task.errors if task else 0,
-            "last_poll_duration": task.last_poll_duration if task else None,
-            # `values` in the shape collector/view.py renders: tag -> [value, unit, quality]
-            "values": {t["name"]: [t["value"], t["unit"], t["quality"]] for t in tags if t["quality"] is not None},
-            "tags": tags,
-        }
+        return device_snapshot(self.collector, dev_id)
 
     def devices_json(self) -> list[dict[str, Any]]:
-        return [d for d in (self.device_json(dev.id) for dev in self.collector.cfg.devices) if d is not None]
+        return devices_snapshot(self.collector)
 
     def status_json(self) -> dict[str, Any]:
         c = self.collector

@@ -50,11 +50,6 @@ def _num(v: Any) -> float | None:
     return None
 
 
-def last_seq(collector: Collector, device: str) -> int:
-    """The last sequence number given to a device (the outbox numbers batches and persists them)."""
-    return int(collector.outbox.seqs.get(device, 0))
-
-
 class _Snapshot(RegistryCollector):
     """Reads the collector when Prometheus scrapes."""
 
@@ -119,8 +114,8 @@ class _Snapshot(RegistryCollector):
             since.add_metric([dev.id], st.since)
             if st.last_good is not None:
                 last_good.add_metric([dev.id], st.last_good)
-            seq.add_metric([dev.id], last_seq(c, dev.id))
-            task = c.engine.tasks.get(dev.id)
+            seq.add_metric([dev.id], c.outbox.last_seq(dev.id))
+            task = c.engine.task_stats(dev.id)
             if task is None:
                 continue
             polls.add_metric([dev.id], count_value=task.polls, sum_value=task.poll_seconds)
@@ -134,17 +129,21 @@ class _Snapshot(RegistryCollector):
         yield from (state, up, since, last_good, seq, polls, last_poll, readings, bad, errors, reconnects, publishes)
 
     def _sink(self) -> Iterator[Metric]:
-        s = self.c.sink.stats()
+        stats = [(sink.name, sink.stats()) for sink in self.c.sinks]
         g = GaugeMetricFamily(f"{PREFIX}_sink_connected", "1 when the sink is connected", labels=["sink"])
-        g.add_metric(["mqtt"], 1.0 if s.get("connected") else 0.0)
+        for name, s in stats:
+            g.add_metric([name], 1.0 if s.get("connected") else 0.0)
         yield g
         g = GaugeMetricFamily(f"{PREFIX}_sink_pending", "messages sent and not yet acknowledged", labels=["sink"])
-        g.add_metric(["mqtt"], float(s["in_flight"]))
+        for name, s in stats:
+            g.add_metric([name], float(s.get("in_flight", 0)))
         yield g
         for key, doc in (("published", "messages handed to the sink"), ("acked", "messages acknowledged"),
                          ("errors", "publish errors")):
             m = CounterMetricFamily(f"{PREFIX}_sink_{key}", doc, labels=["sink"])
-            m.add_metric(["mqtt"], s.get(key, 0))
+            for name, s in stats:
+                if key in s:
+                    m.add_metric([name], s[key])
             yield m
 
     def _outbox(self) -> Iterator[Metric]:
@@ -191,7 +190,7 @@ class Metrics:
             f"{PREFIX}_sink_latency_seconds",
             "time from a good batch leaving the pipeline to its acknowledgement by the sink (includes outbox time)",
             ["sink"], registry=self.registry, buckets=LATENCY_BUCKETS)
-        self._latency = self.sink_latency.labels("mqtt")
+        self._latency = self.sink_latency.labels(collector.sink.name)  # the sink whose acks prove delivery
         collector.status.delivery_listeners.append(self._delivered)
 
     def _delivered(self, device: str, good_ts: float) -> None:

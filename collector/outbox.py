@@ -74,7 +74,14 @@ class QueueState:
     drops_since_log: int = 0
 
 
-Encoder = Callable[[Any], bytes]
+@dataclass(frozen=True, slots=True)
+class OutboxHealth:
+    """Whether the outbox can write its database, for /healthz and the status (`Outbox.health()`)."""
+
+    write_error: str | None  # why the last commit failed; None while commits work
+    failing_for: float  # seconds since commits began to fail (0.0 while they work)
+    path: Path
+    memory_cap: int  # bytes per sink kept in memory while commits fail
 
 RETRY_INTERVAL = 1.0
 """Seconds between commit attempts while writes fail: a retry rebuilds the whole pending transaction."""
@@ -111,6 +118,7 @@ class Outbox:
             used = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (f"q_{sink}",)).fetchone()
             q.last_id = max(q.max_id, used[0] if used else 0)  # AUTOINCREMENT's rule: never reuse an id
             self.queues[sink] = q
+        self._log_other_queues(sinks)
         self.seqs: dict[str, int] = dict(self.db.execute("SELECT device, seq FROM seq_hw").fetchall())
         self.held: dict[str, Callable[[], set[int]]] = {}  # sink -> ids its transport holds (never dropped)
         self._seq_dirty: dict[str, int] = {}
@@ -132,6 +140,18 @@ class Outbox:
         self._last_write_error_log = -1e18
         self._last_attempt = -1e18
         self._trim_after_recovery = False
+
+    def _log_other_queues(self, sinks: list[str]) -> None:
+        """A queue of a sink this config does not have (the other `mqtt.format`, a removed `influx:`) is kept
+        as it is, for when the config has that sink again: say so when it holds rows, so none look lost."""
+        tables = [t for (t,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name "
+                                                "LIKE 'q\\_%' ESCAPE '\\'")]
+        for table in tables:
+            if table[2:] not in sinks:
+                (n,) = self.db.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()
+                if n:
+                    log.warning("outbox event=queue_kept sink=%s batches=%d (no such sink in this config: kept "
+                                "until it has it again)", table[2:], n)
 
     # ----------------------------------------------------------------------------------------- appending
 
@@ -391,6 +411,19 @@ class Outbox:
             pass
 
     # ----------------------------------------------------------------------------------------- seeing
+
+    def health(self) -> OutboxHealth:
+        since = self.write_error_since
+        return OutboxHealth(self.write_error, 0.0 if since is None else self.clock() - since, self.path,
+                            self.pending_max_bytes)
+
+    def last_seq(self, device: str) -> int:
+        """The last sequence number given to a device (0 before its first batch)."""
+        return self.seqs.get(device, 0)
+
+    def all_stats(self) -> dict[str, dict[str, Any]]:
+        """`stats` of every sink's queue, by sink name."""
+        return {sink: self.stats(sink) for sink in self.queues}
 
     def stats(self, sink: str) -> dict[str, Any]:
         """Depth counts the rows waiting in memory too while writes fail (`memory_batches` of them)."""

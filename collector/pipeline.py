@@ -8,12 +8,14 @@ advancing (INDICATORS.md: a value whose source timestamp stopped for longer than
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 from collector.model import Batch, Reading
 from collector.status import StatusTracker
 
 BatchSink = Callable[[Batch], None]
+_EMPTY: Mapping[str, Reading] = MappingProxyType({})
 
 
 class Pipeline:
@@ -30,6 +32,15 @@ class Pipeline:
 
     def add_sink(self, sink: BatchSink) -> None:
         self.sinks.append(sink)
+
+    def latest_for(self, device: str) -> Mapping[str, Reading]:
+        """The device's latest reading of each tag (read-only; empty before its first batch)."""
+        latest = self.latest.get(device)
+        return _EMPTY if latest is None else MappingProxyType(latest)
+
+    def clear_latest(self, device: str) -> None:
+        """A device changed by a reload: its old tags' values are not shown for the new config."""
+        self.latest.pop(device, None)
 
     def forget(self, device: str) -> None:
         """A device removed by a reload: drop its latest values and staleness state."""

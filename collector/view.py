@@ -1,15 +1,18 @@
-"""Terminal views of the running collector: the demo's live screen and `collector status`."""
+"""Terminal views of the running collector: the demo's live screen and `collector status`.
+
+The tables need rich (the `demo` extra); a gateway install has only the plain renderings, which need nothing.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
-
-from rich.console import Group
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from collector.indicators.rates import pct
+
+if TYPE_CHECKING:
+    from rich.console import Group
+    from rich.table import Table
 
 STATE_STYLE = {"online": "green", "degraded": "yellow", "offline": "red", "never_seen": "dim"}
 
@@ -51,6 +54,10 @@ def fmt_activity(row: dict[str, Any]) -> str:
 
 
 def render(rows: list[dict[str, Any]], indicators: dict[str, Any], header: str, max_values: int = 4) -> Group:
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=header, expand=True)
     table.add_column("device")
     table.add_column("name")
@@ -99,6 +106,9 @@ def render_plain(rows: list[dict[str, Any]], indicators: dict[str, Any]) -> str:
 
 def render_outbox(outbox: dict[str, Any], sink: dict[str, Any], health: dict[str, Any]) -> Table:
     """`collector status`: the outbox (per sink when it reports per sink), the MQTT link, the health verdict."""
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title="outbox & health", expand=True, show_header=False)
     table.add_column("what")
     table.add_column("value")
@@ -120,3 +130,17 @@ def render_outbox(outbox: dict[str, Any], sink: dict[str, Any], health: dict[str
     table.add_row("health", Text(health.get("status", "?") + ("" if ok else ": " + "; ".join(health.get("reasons", []))),
                                  style="green" if ok else "red"))
     return table
+
+
+def render_outbox_plain(outbox: dict[str, Any], sink: dict[str, Any], health: dict[str, Any]) -> str:
+    """`render_outbox` as plain lines, for a gateway without rich."""
+    lines = []
+    for name, s in outbox.items():
+        age = s.get("oldest_age_s")
+        lines.append(f"outbox {name}: depth {s.get('depth_batches', '—')}  oldest "
+                     f"{'—' if age is None else f'{age:.0f} s'}  dropped {s.get('dropped_batches', '—')}")
+    lines.append(f"MQTT: {'connected' if sink.get('connected') else 'disconnected'}  unacked "
+                 f"{sink.get('in_flight', 0)}  published {sink.get('published', 0)}  errors {sink.get('errors', 0)}")
+    ok = health.get("status") == "ok"
+    lines.append("health: " + health.get("status", "?") + ("" if ok else ": " + "; ".join(health.get("reasons", []))))
+    return "\n".join(lines)

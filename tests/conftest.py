@@ -14,7 +14,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.broker import MosquittoProcess, free_port
+from tests.support.broker import MosquittoProcess, free_port
 
 
 @pytest.fixture(scope="module")

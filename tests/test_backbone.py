@@ -22,10 +22,10 @@ import pytest
 import yaml
 
 from collector.app import Collector
-from collector.broker import MosquittoProcess, free_port
 from collector.config import CollectorConfig, Settings, parse_config
 from simulators.workshop import Workshop
 from tests.conftest import Recorder
+from tests.support.broker import MosquittoProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 INTERVAL = 0.3

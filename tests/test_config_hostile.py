@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 import yaml
 
-from collector.broker import MosquittoProcess, free_port
 from collector.cli import main
+from tests.support.broker import MosquittoProcess, free_port
 from tests.test_watchdog import FakeNotifySocket
 
 ROOT = Path(__file__).resolve().parents[1]

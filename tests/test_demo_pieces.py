@@ -10,10 +10,11 @@ from pathlib import Path
 import yaml
 
 from collector.app import Collector
-from collector.broker import DemoBroker, EmbeddedBroker, MosquittoProcess, free_port
 from collector.config import Settings, parse_config
+from collector.demo_broker import DemoBroker, EmbeddedBroker
 from simulators.workshop import Workshop
 from tests.conftest import Recorder
+from tests.support.broker import MosquittoProcess, free_port
 from tests.test_backbone import demo_on_free_ports
 
 
@@ -90,7 +91,7 @@ def test_demo_clears_its_retained_topics_on_a_broker_it_did_not_start(
     --keep-retained they stay (and show what was cleared otherwise). Other retained topics are untouched."""
     import time
 
-    from collector.broker import clear_retained
+    from collector.demo_broker import clear_retained
 
     other = Recorder(broker.host, broker.port, "nothing/#")
     other.client.publish("plant/line-1/status", b'{"state": "online"}', qos=1, retain=True).wait_for_publish(5)
@@ -132,3 +133,14 @@ def test_demo_clears_its_retained_topics_on_a_broker_it_did_not_start(
     # the kept run's topics, cleared by the same function the demo uses
     assert len(clear_retained(broker.host, broker.port, f"{roots[0]}/#")) == kept
     assert retained_under(roots[0]) == set()
+
+
+def test_demo_without_its_extra_names_the_extra_to_install(tmp_path: Path) -> None:
+    """A gateway install has neither rich nor amqtt: the demo says which extra brings them, no traceback."""
+    code = ("import sys; sys.modules.update(rich=None, amqtt=None); from collector.cli import main; "
+            "raise SystemExit(main(['demo', '--duration', '1']))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "shopfloor-collector[demo]" in result.stderr and "missing: rich, amqtt" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from collector.app import Collector
-from collector.broker import MosquittoProcess, free_port
 from collector.cli import main
 from collector.config import parse_config
 from collector.evidence import anchors, keys
@@ -20,6 +19,7 @@ from collector.evidence.records import verify_anchor
 from collector.indicators import chain
 from collector.status import StatusStore
 from tests.conftest import Recorder
+from tests.support.broker import MosquittoProcess, free_port
 
 SH = zoneinfo.ZoneInfo("Asia/Shanghai")
 

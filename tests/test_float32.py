@@ -19,7 +19,7 @@ from adapters.modbus.codec import compile_tag, decode
 from collector.config import ModbusTag
 from collector.model import Batch, Reading, float32_shortest
 from collector.sinks.influx import InfluxSettings, InfluxSink
-from collector.sinks.mqtt import encode_data
+from collector.sinks.mqtt_data import encode_data
 from collector.sinks.sparkplug import DOUBLE, datatype_of, set_value
 from collector.sinks.sparkplug_b_pb2 import Payload
 from simulators.opcua import OpcUaMachineSim

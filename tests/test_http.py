@@ -24,10 +24,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import collector.http as http_mod
 from collector.app import Collector
-from collector.broker import MosquittoProcess, free_port
 from collector.config import CollectorConfig, ConfigError, Settings, parse_config
 from collector.http import HttpServer
 from simulators.workshop import Workshop
+from tests.support.broker import MosquittoProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 INTERVAL = 0.3
@@ -397,6 +397,24 @@ async def test_collector_status_prints_the_same_picture(site: Site) -> None:
     assert re.search(r"up \d+ s", text) and "0.0 h" not in text, text  # a young collector's uptime
     from collector.view import fmt_duration
     assert [fmt_duration(s) for s in (4.2, 600, 7200, 3 * 86400 + 4 * 3600)] == ["4 s", "10 min", "2.0 h", "3 d 4 h"]
+
+
+HIDE_DEMO_EXTRA = ("import sys; sys.modules.update(rich=None, amqtt=None); from collector.cli import main; "
+                   "raise SystemExit(main(sys.argv[1:]))")  # a gateway install: no `demo` extra
+
+
+async def test_collector_status_without_the_demo_extra_prints_plain_text(site: Site) -> None:
+    await site.until(lambda: _d2_is(site, 5, 6), 10, "live 联网率 5/6")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HIDE_DEMO_EXTRA, "status", "--url", site.base,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={"PATH": "/usr/bin"})
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    text = out.decode()
+    assert proc.returncode == 0, err.decode()
+    for dev in CONNECTED:
+        assert dev in text
+    assert "数字化设备联网率 D2: 83.3 %" in text and "[5/6]" in text
+    assert "MQTT: connected" in text and "health: ok" in text and "outbox mqtt: depth" in text, text
 
 
 # --------------------------------------------------------------------------------------------- auth

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from collector.broker import MosquittoProcess, free_port
+from tests.support.broker import MosquittoProcess, free_port
 
 NOFILE = 256
 FLOOD = 300

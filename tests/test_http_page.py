@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-from collector.broker import MosquittoProcess
+from tests.support.broker import MosquittoProcess
 from tests.test_http import CONNECTED, Site, site  # noqa: F401 - the fixture
 
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")

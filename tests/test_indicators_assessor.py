@@ -23,7 +23,6 @@ import pytest
 import yaml
 
 from collector.app import Collector
-from collector.broker import MosquittoProcess, free_port
 from collector.cli import main
 from collector.config import CollectorConfig, ConfigError, IndicatorConfig, Settings, SiteConfig, parse_config
 from collector.credit_code import credit_code_problem
@@ -40,6 +39,7 @@ from collector.status import StatusStore, StatusTracker
 from collector.view import fmt_rate
 from simulators.workshop import Workshop
 from tests.conftest import Recorder
+from tests.support.broker import MosquittoProcess, free_port
 from tests.test_indicators_evidence import REGISTER_CSV, demo_config, fill_state
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,7 +29,6 @@ from adapters.modbus.adapter import ModbusAdapter
 from adapters.modbus.identification import arp_table, mac_of
 from adapters.opcua.security import Pki, create_certificate, thumbprint
 from collector.app import Collector
-from collector.broker import MosquittoProcess, free_port
 from collector.cli import main
 from collector.config import CollectorConfig, ModbusDevice, OpcUaDevice, Settings, parse_config
 from collector.engine import DeviceTask
@@ -43,6 +42,7 @@ from collector.status import IdentityRecord, StatusStore
 from simulators.modbus import ModbusServerSim
 from simulators.opcua import OpcUaMachineSim, SimSecurity
 from tests.conftest import Recorder
+from tests.support.broker import MosquittoProcess, free_port
 
 CONTEXT = AdapterContext()
 

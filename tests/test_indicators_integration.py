@@ -20,7 +20,6 @@ import pytest
 import yaml
 
 from collector.app import Collector
-from collector.broker import MosquittoProcess, free_port
 from collector.config import Settings, parse_config
 from collector.indicators import chain, periods
 from collector.indicators.figures import compute
@@ -28,6 +27,7 @@ from collector.indicators.register import load_register
 from collector.status import StatusStore
 from simulators.workshop import Workshop
 from tests.conftest import Recorder
+from tests.support.broker import MosquittoProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TZ = "Asia/Shanghai"

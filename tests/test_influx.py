@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from collector.app import Collector
-from collector.broker import MosquittoProcess
 from collector.config import Settings, parse_config
 from collector.model import Batch, Reading
 from collector.sinks.influx import InfluxSettings, InfluxSink
 from simulators.workshop import Workshop
 from tests.conftest import Recorder, VictoriaMetrics
+from tests.support.broker import MosquittoProcess
 from tests.test_outbox_outage import by_device, load_config
 
 TOKEN = "s3cret-influx-token"

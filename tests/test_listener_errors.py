@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from collector.app import Collector
-from collector.broker import MosquittoProcess
 from collector.config import Settings, parse_config
 from simulators.workshop import Workshop
 from tests.conftest import Recorder
+from tests.support.broker import MosquittoProcess
 from tests.test_backbone import demo_on_free_ports
 
 

@@ -93,9 +93,9 @@ async def test_a_malformed_http_request_writes_no_error_traceback(restore_root: 
                                                                  level: str) -> None:
     """The collector's own HTTP server (aiohttp) answers 400; aiohttp's ERROR traceback becomes DEBUG."""
     from collector.app import Collector
-    from collector.broker import free_port
     from collector.config import Settings, parse_config
     from collector.http import HttpServer
+    from tests.support.broker import free_port
 
     cfg = parse_config({"site": {"enterprise_id": "e"}, "state_dir": str(tmp_path),
                         "http": {"enabled": True, "listen": f"127.0.0.1:{free_port()}"}, "devices": []})
@@ -147,7 +147,7 @@ async def test_a_bug_in_an_http_handler_stays_an_error(restore_root: object) -> 
     """Only the client's malformed requests are quieted: an exception in our own handler is our bug."""
     from aiohttp import web
 
-    from collector.broker import free_port
+    from tests.support.broker import free_port
 
     async def broken(request: web.Request) -> web.Response:
         raise RuntimeError("a bug of ours")

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from collector.broker import MosquittoProcess, free_port
-from collector.sinks.mqtt import MqttSettings, MqttSink
+from collector.sinks.mqtt import MqttConnection, MqttSettings
+from tests.support.broker import MosquittoProcess, free_port
 
 
 def _name(cn: str) -> x509.Name:
@@ -80,8 +80,8 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mosqu
     proc.stop()
 
 
-async def _connect(host: str, port: int, ca_file: Path) -> MqttSink:
-    sink = MqttSink(MqttSettings(host=host, port=port, topic_root="t/tls", tls=True, ca_file=str(ca_file),
+async def _connect(host: str, port: int, ca_file: Path) -> MqttConnection:
+    sink = MqttConnection(MqttSettings(host=host, port=port, topic_root="t/tls", tls=True, ca_file=str(ca_file),
                                  client_id=f"tls-{free_port()}"))
     await sink.start(wait=2.0)
     return sink

@@ -31,10 +31,10 @@ import pytest
 import yaml
 
 from collector.app import Collector
-from collector.broker import MosquittoProcess, free_port
 from collector.config import Settings, parse_config
 from simulators.workshop import Workshop
 from tests.conftest import Recorder
+from tests.support.broker import MosquittoProcess, free_port
 from tests.test_outbox_outage import by_device, load_config
 
 DISK_MB = 64  # room, once the filler is gone, for the WAL and the table to take the 8 MiB held in memory

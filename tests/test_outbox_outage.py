@@ -19,10 +19,10 @@ from typing import Any
 import yaml
 
 from collector.app import Collector
-from collector.broker import MosquittoProcess, free_port
 from collector.config import Settings, parse_config
 from simulators.workshop import Workshop
 from tests.conftest import Recorder
+from tests.support.broker import MosquittoProcess, free_port
 
 OUTAGE_S = 30.0
 

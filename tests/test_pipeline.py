@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from collector.model import Batch, Quality, Reading
 from collector.pipeline import Pipeline
 
@@ -81,3 +83,16 @@ def test_the_state_counts_the_whole_tag_set_not_the_size_of_each_publish() -> No
     p.submit("d1", [r("g2", 3.0, 1002.0)])  # one changed
     p.submit("d1", [r("x0", 3.0, 1003.0)])  # a bad tag turns good
     assert [c[1:3] for c in polls.calls] == [(4, 7), (4, 7), (4, 7), (5, 7)]
+
+
+def test_latest_for_is_a_read_only_view_of_the_latest_readings() -> None:
+    p, _, _, _ = make()
+    assert dict(p.latest_for("d1")) == {}  # before the first batch
+    p.submit("d1", [r("a", 1.0, 1000.0, value=5), r("b", 1.0, 1000.0, value=6)])
+    p.submit("d1", [r("a", 2.0, 1001.0, value=7)])
+    view = p.latest_for("d1")
+    assert {t: x.value for t, x in view.items()} == {"a": 7, "b": 6}
+    with pytest.raises(TypeError):
+        view["a"] = r("a", 3.0, 1002.0)  # type: ignore[index]
+    p.clear_latest("d1")
+    assert dict(p.latest_for("d1")) == {}

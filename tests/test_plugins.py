@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from collector.broker import MosquittoProcess, free_port
 from tests.conftest import Recorder
+from tests.support.broker import MosquittoProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

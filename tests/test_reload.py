@@ -19,10 +19,11 @@ import pytest
 import yaml
 
 from collector.app import Collector
-from collector.broker import MosquittoProcess, free_port
 from collector.config import Settings, parse_config
+from collector.snapshot import devices_snapshot
 from simulators.workshop import Workshop
 from tests.conftest import Recorder
+from tests.support.broker import MosquittoProcess, free_port
 from tests.test_http import INTERVAL, workshop_config
 from tests.test_watchdog import FakeNotifySocket
 
@@ -79,7 +80,7 @@ async def test_reload_adds_removes_restarts_and_leaves_unchanged_devices_alone(
             assert collector.engine.tasks[dev] is tasks_before[dev]
         assert collector.engine.tasks["knit-01"] is not knit_before
         assert "comp-01" not in collector.engine.tasks and "comp-01" not in collector.status.devices
-        assert [r["id"] for r in collector.device_rows()] == ["cnc-01", "cnc-02", "imm-01", "knit-01", "meter-01"]
+        assert [r["id"] for r in devices_snapshot(collector)] == ["cnc-01", "cnc-02", "imm-01", "knit-01", "meter-01"]
 
         await rec.wait_for(lambda: len(seqs(rec, "meter-01")) >= 3, 15, "the added device's data")
         await rec.wait_for(lambda: all(len([m for m in rec.on(f"/devices/{d}/data") if m.received > done_at]) >= 4

@@ -24,11 +24,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.app import Collector
-from collector.broker import MosquittoProcess
 from collector.config import Settings, parse_config
 from collector.sinks import sparkplug_b_pb2 as pb
 from simulators.workshop import Workshop
 from tests.conftest import Message, Recorder
+from tests.support.broker import MosquittoProcess
 from tests.test_outbox_outage import load_config
 
 pytestmark = pytest.mark.integration
@@ -169,7 +169,7 @@ async def test_sparkplug_edge_node(broker: MosquittoProcess, state_dir: Path) ->
         assert all(x.alias != state_alias for p in live for x in p.metrics), "the constant state tag was resent"
 
         # -- the link dies without DISCONNECT: the broker publishes the will, then a new session with bdSeq 0
-        sock = collector.sink.client.socket()
+        sock = collector.mqtt.client.socket()
         assert isinstance(sock, socket.socket)
         sock.shutdown(socket.SHUT_RDWR)
         await rec.wait_for(lambda: len(sessions(spb(rec))) >= 2 and any(
@@ -275,7 +275,7 @@ async def test_primary_host_state_gates_the_births(broker: MosquittoProcess, sta
     try:
         await asyncio.sleep(2.0)
         assert spb(rec) == [], "born before the primary host was online"
-        assert collector.outbox.queues["mqtt"].readings > 0  # polled meanwhile, kept
+        assert collector.outbox.queues["sparkplug"].readings > 0  # polled meanwhile, kept
 
         state(True, 1000)
         await rec.wait_for(lambda: any(kind(m) == "DDATA" and any(x.is_historical for x in decode(m).metrics)

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 
 from collector.app import Collector
-from collector.broker import MosquittoProcess, free_port
 from collector.config import CollectorConfig, Settings, parse_config
 from collector.indicators import periods
 from collector.states.summary import period_figures
 from collector.status import StatusStore
 from simulators.workshop import Workshop
 from tests.conftest import Recorder
+from tests.support.broker import MosquittoProcess, free_port
 
 pytestmark = pytest.mark.integration
 INTERVAL = 0.2  # the poll interval: every transition must be seen within it (plus the simulator's tick)

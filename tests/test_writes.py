@@ -25,12 +25,12 @@ import pytest
 import yaml
 
 from collector.app import Collector
-from collector.broker import MosquittoProcess, free_port
 from collector.config import Settings, parse_config
 from collector.http import HttpServer
 from collector.writes.audit import AUDIT_FILE, read_audit
 from simulators.workshop import Workshop
 from tests.conftest import Recorder
+from tests.support.broker import MosquittoProcess, free_port
 
 TOKEN = "write-test-token-0123456789"
 NS = "nsu=urn:shopfloor-collector:sim"

@@ -6,39 +6,37 @@ Topic and payload: docs/mqtt.md (`evidence.topic`, default `{root}/evidence/head
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+from typing import Any
 
-from collector.model import Row
-
-
-class Connection(Protocol):
-    """What the evidence sink needs of the MQTT sink it rides on."""
-
-    @property
-    def connected(self) -> bool: ...
-
-    @property
-    def generation(self) -> int: ...
-
-    async def wait_connected(self) -> None: ...
-
-    def publish_tracked(self, topic: str, payload: bytes, on_ack: Callable[[], None],
-                        retain: bool = False) -> bool: ...
-
-    def resync(self) -> None: ...
+from collector.model import Batch, Row
+from collector.sinks.base import AckCallback, Feeds
+from collector.sinks.mqtt import MqttConnection
 
 
 class EvidenceSink:
-    """The outbox sender's transport for the `evidence` queue (collector/delivery.py)."""
+    """The outbox sender's transport for the anchors' queue (collector/delivery.py): one retained QoS 1
+    message per signed head, on the MQTT connection the data uses."""
 
     WINDOW = 8  # anchors in flight at once: a few a day, so a small window is plenty
+    feeds: Feeds = "anchors"
+    proves_delivery = False
+    live_share: float | None = 0.5  # anchors are few: the config's data share does not apply
 
-    def __init__(self, conn: Connection, topic: str, on_ack: Callable[[Row], None]) -> None:
+    def __init__(self, conn: MqttConnection, topic: str, name: str = "evidence",
+                 on_ack: AckCallback | None = None) -> None:
         self.conn = conn
         self.topic = topic
+        self.name = name
         self.on_ack = on_ack
         self._pending: dict[int, Row] = {}  # row id -> row, until its PUBACK
+        self._mids: dict[int, Row] = {}  # message id -> row
+
+    def encode(self, batch: Batch) -> bytes:
+        raise TypeError("the evidence sink takes signed heads (collector/evidence/anchors.py), not data")
+
+    def receipt(self, row: Row) -> str | None:
+        """The anchoring receipt's location: the broker holds a retained copy of the head there."""
+        return f"mqtt://{self.conn.s.host}:{self.conn.s.port}/{self.topic}"
 
     @property
     def connected(self) -> bool:
@@ -59,14 +57,23 @@ class EvidenceSink:
 
     async def send(self, rows: list[Row], historical: list[bool]) -> None:
         for row in rows:
-            self._pending[row.id] = row
-            if not self.conn.publish_tracked(self.topic, row.payload, self._acked_cb(row), retain=True):
-                self._pending.pop(row.id, None)
+            mid = self.conn.publish(self.topic, row.payload, qos=1, retain=True, owner=self)
+            if mid is None:
                 self.conn.resync()
                 return
+            self._pending[row.id] = row
+            self._mids[mid] = row
 
-    def _acked_cb(self, row: Row) -> Callable[[], None]:
-        def acked() -> None:
-            self._pending.pop(row.id, None)
+    def acked(self, mid: int) -> None:
+        row = self._mids.pop(mid, None)
+        if row is None:
+            return
+        self._pending.pop(row.id, None)
+        if self.on_ack is not None:
             self.on_ack(row)
-        return acked
+
+    async def close(self) -> None:
+        """Nothing of its own: the connection is stopped by the collector."""
+
+    def stats(self) -> dict[str, Any]:
+        return {"connected": self.connected, "in_flight": len(self._pending)}

@@ -13,16 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from collector.model import Batch, Row
+from collector.sinks.base import AckCallback, Feeds
 from collector.sinks.link import LinkState
 
 log = logging.getLogger(__name__)
-
-AckCallback = Callable[[Row], None]
 
 
 @dataclass
@@ -65,7 +63,12 @@ def _field_value(value: Any) -> str | None:
 class InfluxSink(LinkState):
     """The outbox sender's transport for one InfluxDB: one HTTP write per group of rows, acked on 2xx."""
 
-    def __init__(self, settings: InfluxSettings, on_ack: AckCallback | None = None) -> None:
+    feeds: Feeds = "data"
+    proves_delivery = False
+    live_share: float | None = None
+
+    def __init__(self, settings: InfluxSettings, on_ack: AckCallback | None = None, name: str = "influx") -> None:
+        self.name = name
         from influxdb_client import InfluxDBClient
         from influxdb_client.client.write_api import SYNCHRONOUS
 
@@ -157,7 +160,10 @@ class InfluxSink(LinkState):
             self.write_api.write(bucket=self.s.bucket, org=self.s.org, record=body,
                                  write_precision=WritePrecision.NS)  # type: ignore[arg-type]  # a str constant
 
-    async def stop(self) -> None:
+    def receipt(self, row: Row) -> str | None:
+        return None
+
+    async def close(self) -> None:
         await asyncio.to_thread(self.client.close)
 
     def stats(self) -> dict[str, Any]:

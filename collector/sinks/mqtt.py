@@ -1,4 +1,10 @@
-"""MQTT sink (paho-mqtt 2.x): data, retained statuses, the gateway's will, the indicator snapshot.
+"""The MQTT connection (paho-mqtt 2.x) that the data sink, the control publisher and the evidence sink share.
+
+It connects, reconnects, subscribes and routes: every acknowledgement goes to the object that published the
+message (`publish(..., owner=)`), every incoming message to the hooks. What is published is theirs:
+collector/sinks/mqtt_data.py (the data), collector/sinks/control.py (statuses, gateway, indicators, monthly
+records), collector/sinks/evidence.py (signed heads), collector/sinks/sparkplug.py (a Sparkplug node, which
+also owns the session: its will and when the link is up).
 
 paho runs its network loop in its own thread. Every callback from that thread is handed to the asyncio loop
 with `call_soon_threadsafe` and nothing else: taking our own lock inside a paho callback while the loop
@@ -11,26 +17,22 @@ Topics and payloads: docs/mqtt.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.model import Batch, Row
 from collector.sinks.link import LinkState
 
 log = logging.getLogger(__name__)
 
-AckCallback = Callable[[Row], None]
-HISTORICAL_FALSE = b'"historical":false'
-HISTORICAL_TRUE = b'"historical":true'
 
 
 @dataclass
@@ -51,28 +53,6 @@ class MqttSettings:
     keepalive: int = 30
     max_inflight: int = 100
     reconnect_max_delay: int = 10
-
-
-def ms(ts: float | None) -> int | None:
-    return None if ts is None else int(ts * 1000)  # truncated, as databases store ns timestamps in ms
-
-
-def encode_data(batch: Batch) -> bytes:
-    """`{root}/devices/{device}/data`: one message per device per cycle.
-
-    The hot path of every reading (docs/BENCHMARKS.md): a plain loop, the millisecond timestamp converted
-    once per distinct source time (a Modbus cycle shares one per request), and orjson without options, which
-    are slower; adapters hand over JSON-friendly values, `default=str` is only a safety net."""
-    tags: dict[str, dict[str, Any]] = {}
-    last_ts: float | None = None
-    last_ms: int | None = None
-    for r in batch.readings:
-        ts = r.source_ts
-        if ts != last_ts:
-            last_ts, last_ms = ts, ms(ts)
-        tags[r.tag] = {"value": r.value, "unit": r.unit, "quality": r.quality, "ts": last_ms}
-    return orjson.dumps({"device": batch.device, "seq": batch.seq, "ts": ms(batch.ts),
-                         "historical": batch.historical, "tags": tags}, default=str)
 
 
 # OpenSSL verify codes (X509_V_ERR_*) and what to check in the config
@@ -102,44 +82,59 @@ def connect_failure_reason(exc: BaseException | None) -> str:
 
 
 def iso(ts: float | None) -> str | None:
+    """The time format of every JSON topic: UTC, milliseconds, `Z`."""
     if ts is None:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
 
 
-class MqttSink(LinkState):
-    """Publishes outbox rows (the data) and statuses; calls `on_ack(row)` when the broker acknowledged a row.
+class AckOwner(Protocol):
+    """Who published a tracked message: told its message id when the broker acknowledged it."""
 
-    It is the outbox sender's transport (collector/delivery.py): it publishes only while connected, keeps its
-    in-flight rows by message id across a reconnect (paho re-sends them), and reports the rest through
-    `generation` so the sender starts again from the oldest row not in flight.
+    def acked(self, mid: int) -> None: ...
+
+
+class Session(Protocol):
+    """Who owns the MQTT session's rules (a Sparkplug node): told at every connect, and decides when the link
+    is up (`MqttConnection.ready()`); the default session is up at once."""
+
+    def session_started(self) -> bool:
+        """A new connection: True when the link is up now, False when the session calls `ready()` later."""
+
+
+Will = tuple[str, bytes, int, bool]  # topic, payload, qos, retain
+
+
+class MqttConnection(LinkState):
+    """One paho client: connects in the background, reconnects, and hands every callback over to the loop.
+
+    Its link state (`connected`, `generation`) is what every sink riding it reports to its sender; a new
+    connection raises `generation`, so each sender starts again from the oldest row its sink does not hold.
     """
 
-    def __init__(self, settings: MqttSettings, on_ack: AckCallback | None = None) -> None:
+    def __init__(self, settings: MqttSettings, will: Will | None = None) -> None:
         self.s = settings
         self.root = settings.topic_root.rstrip("/")
-        self.on_ack = on_ack
         self.loop: asyncio.AbstractEventLoop | None = None
         self.connected_event = asyncio.Event()
         LinkState.__init__(self)
         self.stopping = False
-        self.on_connect_hooks: list[Callable[[], None]] = []
+        self.session: Session | None = None
+        self.on_connect_hooks: list[Callable[[], None]] = []  # called once the link is up, in order
+        # called at stop() while connected, in order; each returns a message to wait for (or None)
+        self.closing_hooks: list[Callable[[], mqtt.MQTTMessageInfo | None]] = []
         # (topic filter, qos) subscribed at every connect; messages go to every hook as (topic, payload)
         self.subscriptions: list[tuple[str, int]] = []
         self.on_message_hooks: list[Callable[[str, bytes], None]] = []
-        self.data_qos = settings.qos
-        self.gateway_info: Callable[[], dict[str, Any]] | None = None
-        self._pending: dict[int, Row] = {}
-        self._tracked: dict[int, Callable[[], None]] = {}  # mid -> callback: publish_tracked()
-        self.published = 0
-        self.acked = 0
+        self._owners: dict[int, AckOwner] = {}  # mid -> who published it, until its PUBACK
         self.errors = 0
         self.connect_error: str | None = None  # why the last connection attempt failed (None once connected)
-        self.client = self._make_client()
+        self._session_ended = asyncio.Event()
+        self.client = self._make_client(will)
 
     # -- setup
 
-    def _make_client(self) -> mqtt.Client:
+    def _make_client(self, will: Will | None) -> mqtt.Client:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.s.client_id, clean_session=True)
         if self.s.username:
             c.username_pw_set(self.s.username, self.s.password)
@@ -148,8 +143,9 @@ class MqttSink(LinkState):
                       cert_reqs=ssl.CERT_REQUIRED)
         c.max_inflight_messages_set(self.s.max_inflight)
         c.reconnect_delay_set(min_delay=1, max_delay=self.s.reconnect_max_delay)
-        topic, payload, qos, retain = self.will()
-        c.will_set(topic, payload, qos=qos, retain=retain)
+        if will is not None:
+            topic, payload, qos, retain = will
+            c.will_set(topic, payload, qos=qos, retain=retain)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_connect_fail = self._on_connect_fail
@@ -157,21 +153,10 @@ class MqttSink(LinkState):
         c.on_message = self._on_message
         return c
 
-    def will(self) -> tuple[str, bytes, int, bool]:
-        """The will (topic, payload, qos, retain): the gateway's offline status; a subclass may send another."""
-        return self.gateway_topic, orjson.dumps({"state": "offline", "reason": "connection lost"}), 1, True
-
-    def row_message(self, row: Row, historical: bool) -> tuple[str, bytes] | None:
-        """The (topic, payload) an outbox row is published as; None acknowledges it without publishing."""
-        payload = row.payload.replace(HISTORICAL_FALSE, HISTORICAL_TRUE, 1) if historical else row.payload
-        return self.device_topic(row.device, "data"), payload
-
-    @property
-    def gateway_topic(self) -> str:
-        return f"{self.root}/gateway/status"
-
-    def device_topic(self, device: str, kind: str) -> str:
-        return f"{self.root}/devices/{device}/{kind}"
+    def set_will(self, will: Will) -> None:
+        """The will the next connection is made with."""
+        topic, payload, qos, retain = will
+        self.client.will_set(topic, payload, qos=qos, retain=retain)
 
     async def start(self, wait: float = 5.0) -> None:
         """Connect in the background; wait up to `wait` s for the first connection, never fail on a dead broker."""
@@ -188,13 +173,13 @@ class MqttSink(LinkState):
                 log.warning("sink=mqtt event=not_connected host=%s port=%s (will keep trying) reason=%s",
                             self.s.host, self.s.port, self.connect_error or "no answer yet")
 
-    async def stop(self, gateway_payload: dict[str, Any] | None = None, wait: float = 3.0) -> None:
-        """Publish the gateway's offline status (retained), wait for outstanding acks, disconnect."""
+    async def stop(self, wait: float = 3.0) -> None:
+        """The closing hooks' last messages (the gateway's offline status, NDEATH), up to `wait` s for them and
+        every outstanding acknowledgement, then disconnect."""
         if self.connected:
-            payload = gateway_payload or {"state": "offline", "reason": "shutdown", "ts": iso(time.time())}
-            info = self.client.publish(self.gateway_topic, orjson.dumps(payload), qos=1, retain=True)
+            infos = [info for info in (hook() for hook in self.closing_hooks) if info is not None]
             deadline = time.monotonic() + wait
-            while (self._pending or not info.is_published()) and time.monotonic() < deadline:
+            while (self._owners or not all(i.is_published() for i in infos)) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
         self.stopping = True
         self.client.disconnect()
@@ -242,23 +227,46 @@ class MqttSink(LinkState):
 
     def _connect_succeeded(self) -> None:
         self.connect_error = None
-        self._connected()
+        if self.session is None or self.session.session_started():
+            self.ready()
 
-    def _connected(self) -> None:
+    def ready(self) -> None:
+        """The link is up: senders start (the backlog as historical), subscriptions, then the hooks."""
         log.info("sink=mqtt event=connected host=%s port=%s", self.s.host, self.s.port)
         self.link_up()
         self.connected_event.set()
         for topic, qos in self.subscriptions:
             self.client.subscribe(topic, qos=qos)
-        self.publish_gateway()
         for hook in self.on_connect_hooks:
             hook()
+
+    def link_lost(self) -> None:
+        """The session ended without a disconnect yet (a Sparkplug primary host went offline)."""
+        self.link_down()
+        self.connected_event.clear()
 
     def _disconnected(self, reason: str) -> None:
         if self.connected and not self.stopping:
             log.warning("sink=mqtt event=disconnected reason=%s", reason)
-        self.link_down()
-        self.connected_event.clear()
+        self.link_lost()
+        self._session_ended.set()
+
+    async def new_session(self, last: mqtt.MQTTMessageInfo | None) -> None:
+        """`last` acknowledged, DISCONNECT sent (so the broker drops the will), then connect again. Each step
+        is bounded: a dead broker must not stall this."""
+        deadline = time.monotonic() + 3.0
+        while last is not None and not last.is_published() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        self._session_ended.clear()
+        self.client.disconnect()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3.0):
+                await self._session_ended.wait()
+        await asyncio.to_thread(self.client.loop_stop)
+        if self.stopping:
+            return
+        self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive)
+        self.client.loop_start()
 
     def _message(self, topic: str, payload: bytes) -> None:
         for hook in self.on_message_hooks:
@@ -268,87 +276,24 @@ class MqttSink(LinkState):
                 log.exception("sink=mqtt event=message_hook_failed topic=%s", topic)
 
     def _ack(self, mid: int) -> None:
-        tracked = self._tracked.pop(mid, None)
-        if tracked is not None:
-            tracked()
-            return
-        row = self._pending.pop(mid, None)
-        if row is None:
-            return
-        self.acked += 1
-        if self.on_ack is not None:
-            self.on_ack(row)
+        owner = self._owners.pop(mid, None)
+        if owner is not None:
+            owner.acked(mid)
 
-    # -- the outbox sender's transport (loop thread)
+    # -- publishing (loop thread)
 
     async def wait_connected(self) -> None:
         await self.connected_event.wait()
 
-    def capacity(self) -> int:
-        return max(0, 2 * self.s.max_inflight - len(self._pending))
-
-    def in_flight(self) -> set[int]:
-        return {row.id for row in self._pending.values()}
-
-    async def send(self, rows: list[Row], historical: list[bool]) -> None:
-        for row, hist in zip(rows, historical, strict=True):
-            msg = self.row_message(row, hist)
-            if msg is None:
-                if self.on_ack is not None:
-                    self.on_ack(row)  # nothing to publish (e.g. Sparkplug: no value changed)
-                continue
-            info = self.client.publish(msg[0], msg[1], qos=self.data_qos)
-            self.published += 1
-            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-                # paho refused it (e.g. its queue is full): start again from the oldest row not in flight
-                self.errors += 1
-                log.warning("sink=mqtt event=publish_refused device=%s rc=%s", row.device, info.rc)
-                self.resync()
-                return
-            if self.data_qos == 0:
-                if self.on_ack is not None:
-                    self.on_ack(row)  # QoS 0 has no acknowledgement: handed to a live link
-                continue
-            self._pending[info.mid] = row
-
-    def publish_tracked(self, topic: str, payload: bytes, on_ack: Callable[[], None], retain: bool = False) -> bool:
-        """Publish at QoS 1 on this connection and call `on_ack` at its PUBACK (another outbox sink's transport
-        rides the same connection: collector/sinks/evidence.py). False when paho refused it."""
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                owner: AckOwner | None = None) -> int | None:
+        """Hand a message to paho; its PUBACK goes to `owner.acked(mid)` (QoS 1). Returns the message id, or
+        None when paho refused it (e.g. its queue is full): logged and counted."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             self.errors += 1
             log.warning("sink=mqtt event=publish_refused topic=%s rc=%s", topic, info.rc)
-            return False
-        self._tracked[info.mid] = on_ack
-        return True
-
-    def publish_json(self, topic: str, payload: dict[str, Any], retain: bool = False, qos: int = 1) -> None:
-        info = self.client.publish(topic, orjson.dumps(payload), qos=qos, retain=retain)
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-            self.errors += 1
-            log.warning("sink=mqtt event=publish_failed topic=%s rc=%s", topic, info.rc)
-
-    def publish_gateway(self) -> None:
-        """The retained gateway status: `online` plus what `gateway_info` adds (outbox figures, counts)."""
-        payload: dict[str, Any] = {"state": "online", "ts": iso(time.time())}
-        if self.gateway_info is not None:
-            payload.update(self.gateway_info())
-        self.publish_json(self.gateway_topic, payload, retain=True)
-
-    def publish_status(self, status: dict[str, Any]) -> None:
-        payload = {
-            "device": status["device"],
-            "state": status["state"],
-            "since": iso(status.get("since")),
-            "reason": status.get("reason"),
-            "last_good_data": iso(status.get("last_good")),
-            "ts": iso(time.time()),
-        }
-        self.publish_json(self.device_topic(status["device"], "status"), payload, retain=True)
-
-    def publish_indicators(self, snapshot: dict[str, Any]) -> None:
-        self.publish_json(f"{self.root}/indicators", snapshot, retain=True)
-
-    def stats(self) -> dict[str, Any]:
-        return {"connected": self.connected, "published": self.published, "acked": self.acked,
-                "in_flight": len(self._pending), "errors": self.errors}
+            return None
+        if owner is not None and qos > 0:
+            self._owners[info.mid] = owner
+        return int(info.mid)

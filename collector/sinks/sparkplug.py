@@ -1,12 +1,14 @@
 """Sparkplug B edge node (Sparkplug 3.0): `mqtt.format: sparkplug`. Topics, rules and examples: docs/sparkplug.md.
 
-It is an `MqttSink`: the paho thread, reconnects, the outbox sender's transport contract and the JSON status and
-indicator topics are the same; what differs is the will (NDEATH), the topics and the payloads (the protobuf
-schema of the specification, `sparkplug_b.proto`).
+It rides the MQTT connection (collector/sinks/mqtt.py) as its session: it gives the will (NDEATH) and says
+when the link is up (after the births, and with a primary host only once it is online). The JSON statuses and
+the indicator snapshot are still the control publisher's (collector/sinks/control.py).
 
-The outbox keeps the format-neutral JSON batch (`encode_data`) and the Sparkplug payload is built in `send`,
-because `seq` counts the messages actually published on the current session and "only what changed" depends on
-what this session already sent; a backlog from a JSON run is delivered after a switch as well.
+Its own outbox queue (`sparkplug`) holds each batch encoded by `encode` from the batch itself: a Sparkplug
+payload naming every metric with its datatype, value, timestamp, unit and quality. The DDATA is built from it
+in `send`, because `seq` counts the messages actually published on the current session and "only what changed"
+depends on what this session already sent. A backlog of the JSON format stays in its own queue (`mqtt`) and is
+delivered when that format is configured again.
 
 Session rules (loop thread only):
 - bdSeq: the will of every connection is an NDEATH carrying only bdSeq; the next value (0..255, wrapping) is
@@ -23,23 +25,24 @@ Session rules (loop thread only):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
+import math
 import os
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
 
-from collector.model import DeviceState, Reading, Row
+from collector.model import Batch, DeviceState, Reading, Row
 from collector.sinks import sparkplug_b_pb2 as pb
-from collector.sinks.mqtt import AckCallback, MqttSettings, MqttSink
+from collector.sinks.base import AckCallback, DeviceStatus, Feeds
+from collector.sinks.mqtt import MqttConnection, Will
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +64,6 @@ class SparkplugSettings:
     edge_node_id: str
     state_file: Path  # where the next bdSeq is kept across restarts
     primary_host_id: str | None = None  # wait for its STATE online before NBIRTH (Sparkplug 3.0)
-
-
-class _Status(Protocol):
-    """What a status listener is told (collector.status.DeviceStatus); sinks import only collector.model."""
-
-    device: str
-    state: DeviceState
 
 
 @dataclass
@@ -160,10 +156,64 @@ class BdSeqStore:
         os.replace(tmp, self.path)
 
 
-class SparkplugSink(MqttSink):
-    """A Sparkplug B edge node publishing the outbox rows as DDATA, births and deaths from the device states."""
+def stored_value(value: Any) -> Any:
+    """What the stored payload carries for a reading's value: not finite is null, and a value of another kind
+    travels as its compact JSON text (as the JSON format would have carried it)."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list | tuple | dict):
+        return orjson.dumps(value, default=str).decode()
+    return str(value)
 
-    def __init__(self, settings: MqttSettings, sp: SparkplugSettings, on_ack: AckCallback | None = None) -> None:
+
+def encode_batch(batch: Batch) -> bytes:
+    """The stored row: one metric per reading, by name, with its datatype, value, timestamp, unit and quality."""
+    p = pb.Payload(timestamp=int(batch.ts * 1000))
+    add = p.metrics.add
+    for r in batch.readings:
+        value = stored_value(r.value)
+        dtype = datatype_of(value)
+        m = add(name=r.tag, datatype=dtype, timestamp=int(r.source_ts * 1000))
+        set_value(m, dtype, value)
+        if r.unit:
+            _property(m, "engUnit", r.unit)
+        if r.quality != "good":
+            _property(m, "Quality", r.quality)
+    return p.SerializeToString()
+
+
+def stored_values(payload: bytes) -> tuple[int | None, dict[str, _Value]]:
+    """A stored row: its timestamp (ms) and each metric's value, unit, quality and timestamp."""
+    p = pb.Payload.FromString(payload)
+    values: dict[str, _Value] = {}
+    for m in p.metrics:
+        unit, quality = None, "good"
+        props = m.properties
+        for key, pv in zip(props.keys, props.values, strict=False):
+            if key == "engUnit":
+                unit = pv.string_value
+            elif key == "Quality":
+                quality = pv.string_value
+        values[m.name] = _Value(metric_value(m), unit, quality, m.timestamp if m.HasField("timestamp") else None)
+    return (p.timestamp if p.HasField("timestamp") else None), values
+
+
+class SparkplugSink:
+    """A Sparkplug B edge node: the outbox rows as DDATA, births and deaths from the device states, and the
+    session rules of its MQTT connection."""
+
+    feeds: Feeds = "data"
+    proves_delivery = True  # QoS 0: a row handed to a live session counts as delivered (docs/sparkplug.md)
+    live_share: float | None = None
+
+    def __init__(self, conn: MqttConnection, sp: SparkplugSettings, name: str = "sparkplug",
+                 on_ack: AckCallback | None = None) -> None:
+        self.conn = conn
+        self.client = conn.client
+        self.name = name
+        self.on_ack = on_ack
         self.sp = sp
         self.bdseq_store = BdSeqStore(sp.state_file)
         self.will_bdseq = self.bdseq_store.load()  # the bdSeq in the will paho connects with next
@@ -177,21 +227,36 @@ class SparkplugSink(MqttSink):
         self.datatypes: dict[tuple[str, str], int] = {}
         self._dangling: set[str] = set()  # offline devices born only to carry backlog: DDEATH after the send
         self.counts: Counter[str] = Counter()
-        super().__init__(settings, on_ack)
-        self.data_qos = 0  # the specification: NBIRTH, DBIRTH, DDATA, DDEATH with QoS 0, not retained
-        self.subscriptions += [(self.topic("NCMD"), 1), (self.topic("DCMD", "+"), 1)]
+        self.published = 0
+        self.acked_count = 0
         # Primary Host Application awareness: its retained STATE decides when this node may be born
         self.state_topic = f"{NAMESPACE}/STATE/{sp.primary_host_id}" if sp.primary_host_id else None
         self.host_online = False
         self.host_ts = -1  # the newest STATE timestamp seen: an older STATE is stale and ignored
         self.awaiting_host = False
         self._session_tasks: set[asyncio.Task[None]] = set()
-        self._session_ended = asyncio.Event()
+        conn.session = self
+        conn.set_will(self.will())
+        conn.subscriptions += [(self.topic("NCMD"), 1), (self.topic("DCMD", "+"), 1)]
         if self.state_topic:
-            self.subscriptions.append((self.state_topic, 1))
-        self.on_message_hooks.append(self._command)
+            conn.subscriptions.append((self.state_topic, 1))
+        conn.on_message_hooks.append(self._command)
+        conn.closing_hooks.append(self._end_session)
         # DCMD metric -> (device, tag, value): the collector hands it to write-back (docs/writes.md)
         self.on_device_command: Callable[[str, str, Any], None] | None = None
+
+    encode = staticmethod(encode_batch)
+
+    def receipt(self, row: Row) -> str | None:
+        return None
+
+    @property
+    def connected(self) -> bool:
+        return self.conn.connected
+
+    @property
+    def generation(self) -> int:
+        return self.conn.generation
 
     # -- topics and payloads
 
@@ -204,9 +269,8 @@ class SparkplugSink(MqttSink):
         p.metrics.add(name=BDSEQ, datatype=INT64, long_value=bdseq)
         return p.SerializeToString()
 
-    def will(self) -> tuple[str, bytes, int, bool]:
+    def will(self) -> Will:
         return self.topic("NDEATH"), self._ndeath(self.will_bdseq), 1, False
-
     def _publish(self, kind: str, payload: Any, device: str | None = None) -> None:
         """Publish a birth or death with the next seq (QoS 0, not retained)."""
         payload.seq = self._next_seq()
@@ -226,30 +290,32 @@ class SparkplugSink(MqttSink):
 
     # -- session
 
-    def _connected(self) -> None:
-        """A new session: its bdSeq is the one in the will it connected with; the next connection's is saved."""
+    def session_started(self) -> bool:
+        """A new session: its bdSeq is the one in the will it connected with; the next connection's is saved.
+        The link is up after the births; with a primary host, only once its STATE says online."""
         self.session_bdseq = self.will_bdseq
         self.will_bdseq = (self.session_bdseq + 1) % 256
         try:
             self.bdseq_store.save(self.will_bdseq)
         except OSError:
             log.exception("sink=sparkplug event=bdseq_not_saved path=%s", self.bdseq_store.path)
-        topic, payload, qos, retain = self.will()
-        self.client.will_set(topic, payload, qos=qos, retain=retain)
+        self.conn.set_will(self.will())
         if self.state_topic:
             # Sparkplug 3.0: no NBIRTH before the primary host's STATE says online, on every new session
             self.host_online = False
             self.awaiting_host = True
-            self.client.subscribe(self.state_topic, qos=1)  # the rest at the births (MqttSink._connected)
+            self.client.subscribe(self.state_topic, qos=1)  # the rest once the link is up (ready())
             log.info("sink=sparkplug event=awaiting_primary_host host=%s", self.sp.primary_host_id)
-            return
-        self._born_session()
+            return False
+        self.awaiting_host = False
+        self.births()
+        return True
 
     def _born_session(self) -> None:
         """NBIRTH and DBIRTHs, then the link is up: the outbox sender starts (backlog as historical)."""
         self.awaiting_host = False
         self.births()
-        super()._connected()
+        self.conn.ready()
 
     def _host_state(self, payload: bytes) -> None:
         """The primary host's STATE: `{"online": bool, "timestamp": ms}`; a STATE older than one seen is stale."""
@@ -280,35 +346,13 @@ class SparkplugSink(MqttSink):
                     self.sp.primary_host_id)
         ndeath = self._end_session()
         self.awaiting_host = True
-        self.link_down()
-        self.connected_event.clear()
+        self.conn.link_lost()
         self.born.clear()
         self.sent.clear()
-        if self.loop is not None and not self.stopping:
-            task = self.loop.create_task(self._new_session(ndeath), name="sparkplug-new-session")
+        if self.conn.loop is not None and not self.conn.stopping:
+            task = self.conn.loop.create_task(self.conn.new_session(ndeath), name="sparkplug-new-session")
             self._session_tasks.add(task)
             task.add_done_callback(self._session_tasks.discard)
-
-    async def _new_session(self, ndeath: mqtt.MQTTMessageInfo | None) -> None:
-        """NDEATH acknowledged, DISCONNECT sent (so the broker drops the will, which names the next bdSeq),
-        then connect again. Each step is bounded: a dead broker must not stall this."""
-        deadline = time.monotonic() + 3.0
-        while ndeath is not None and not ndeath.is_published() and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        self._session_ended.clear()
-        self.client.disconnect()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(3.0):
-                await self._session_ended.wait()
-        await asyncio.to_thread(self.client.loop_stop)
-        if self.stopping:
-            return
-        self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive)
-        self.client.loop_start()
-
-    def _disconnected(self, reason: str) -> None:
-        super()._disconnected(reason)
-        self._session_ended.set()
 
     def births(self) -> None:
         """NBIRTH (seq 0, this session's bdSeq, Rebirth) and a DBIRTH for every online device."""
@@ -357,7 +401,7 @@ class SparkplugSink(MqttSink):
             self.sent.pop(device, None)
             self._publish("DDEATH", pb.Payload(), device)
 
-    def status_changed(self, st: _Status) -> None:
+    def status_changed(self, st: DeviceStatus) -> None:
         """A status listener: the host sees the same device states as the indicators."""
         online = st.state in ONLINE_STATES
         self.online[st.device] = online
@@ -404,10 +448,8 @@ class SparkplugSink(MqttSink):
 
     def row_message(self, row: Row, historical: bool) -> tuple[str, bytes] | None:
         """DDATA for one stored batch; None when nothing changed (the row is acknowledged as delivered)."""
-        body = orjson.loads(row.payload)
+        ts, values = stored_values(row.payload)
         device = row.device
-        values = {tag: _Value(t.get("value"), t.get("unit"), t.get("quality", "good"), t.get("ts"))
-                  for tag, t in body.get("tags", {}).items()}
         types = self.born.get(device)
         if types is None or any(tag not in types or not fits(types[tag], v.value) for tag, v in values.items()):
             # not born in this session, a new metric, or a value the birth's datatype cannot carry
@@ -433,26 +475,41 @@ class SparkplugSink(MqttSink):
         if not p.metrics:
             return None
         p.seq = self._next_seq()
-        p.timestamp = body.get("ts") or now_ms()
+        p.timestamp = ts or now_ms()
         self.counts["DDATA"] += 1
         return self.topic("DDATA", device), p.SerializeToString()
 
+    async def wait_connected(self) -> None:
+        await self.conn.wait_connected()
+
+    def capacity(self) -> int:
+        return max(0, 2 * self.conn.s.max_inflight)
+
+    def in_flight(self) -> set[int]:
+        return set()  # QoS 0: nothing is held once handed over
+
     async def send(self, rows: list[Row], historical: list[bool]) -> None:
-        await super().send(rows, historical)
-        for device in list(self._dangling):
-            if not self.online.get(device, False):
-                self._ddeath(device)
-        self._dangling.clear()
+        """QoS 0, not retained (the specification): a row handed to a live session is delivered."""
+        try:
+            for row, hist in zip(rows, historical, strict=True):
+                msg = self.row_message(row, hist)
+                if msg is not None:
+                    mid = self.conn.publish(msg[0], msg[1], qos=0)
+                    self.published += 1
+                    if mid is None:  # paho refused it: again from the oldest row not acknowledged
+                        self.conn.resync()
+                        return
+                self.acked_count += 1
+                if self.on_ack is not None:
+                    self.on_ack(row)  # also when nothing changed: nothing to publish
+        finally:
+            for device in list(self._dangling):
+                if not self.online.get(device, False):
+                    self._ddeath(device)
+            self._dangling.clear()
 
-    # -- JSON topics that do not fit Sparkplug
-
-    def publish_gateway(self) -> None:
-        """No retained JSON `online`: without the will (now NDEATH) it would outlive a crash. NBIRTH says it."""
-
-    async def stop(self, gateway_payload: dict[str, Any] | None = None, wait: float = 3.0) -> None:
-        """An intentional disconnect sends no will: publish NDEATH with this session's bdSeq first."""
-        self._end_session()
-        await super().stop(gateway_payload, wait)
+    async def close(self) -> None:
+        """NDEATH is a closing hook of the connection, which the collector stops."""
 
     def _end_session(self) -> mqtt.MQTTMessageInfo | None:
         """NDEATH with this session's bdSeq, when the node is born (a DISCONNECT will follow: no will then)."""
@@ -462,6 +519,7 @@ class SparkplugSink(MqttSink):
         return self.client.publish(self.topic("NDEATH"), self._ndeath(self.session_bdseq), qos=1)
 
     def stats(self) -> dict[str, Any]:
-        return {**super().stats(), "sparkplug": {"bdseq": self.session_bdseq, "seq": self.seq,
-                                                 "born": len(self.born), "messages": dict(self.counts)}}
-
+        return {"connected": self.connected, "published": self.published, "acked": self.acked_count,
+                "in_flight": 0, "errors": self.conn.errors,
+                "sparkplug": {"bdseq": self.session_bdseq, "seq": self.seq, "born": len(self.born),
+                              "messages": dict(self.counts)}}

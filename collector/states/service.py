@@ -38,7 +38,7 @@ class StatesService:
         c.pipeline.add_sink(self.tracker.on_batch)
         c.status.listeners.append(self.tracker.status_changed)
         self.tracker.listeners.append(self._changed)
-        c.sink.on_connect_hooks.append(self._republish)
+        c.mqtt.on_connect_hooks.append(self._republish)
         self._wired = True
 
     def reconfigure(self, devices: list[str]) -> None:
@@ -49,7 +49,7 @@ class StatesService:
 
     @property
     def root(self) -> str:
-        return str(self.c.sink.root)
+        return str(self.c.control.root)
 
     def payload(self, device: str) -> dict[str, Any]:
         cur = self.tracker.current()[device]
@@ -58,13 +58,13 @@ class StatesService:
 
     def _changed(self, device: str, state: str, since: float, before: str) -> None:
         log.info("device=%s event=machine_state state=%s from=%s", device, state, before)
-        self.c.sink.publish_json(f"{self.root}/devices/{device}/state", self.payload(device), retain=True)
+        self.c.control.publish_json(f"{self.root}/devices/{device}/state", self.payload(device), retain=True)
 
     def _republish(self) -> None:
         for device in self.tracker.machines:
-            self.c.sink.publish_json(f"{self.root}/devices/{device}/state", self.payload(device), retain=True)
+            self.c.control.publish_json(f"{self.root}/devices/{device}/state", self.payload(device), retain=True)
         if self.shift is not None:
-            self.c.sink.publish_json(self.summary_topic, self.shift, retain=True)
+            self.c.control.publish_json(self.summary_topic, self.shift, retain=True)
 
     @property
     def summary_topic(self) -> str:
@@ -87,9 +87,9 @@ class StatesService:
         if before is not None and self.shift is not None and before["key"] != self.shift["key"]:
             ended = await asyncio.to_thread(_final, self.c, self._reader_store(), before)
             if ended is not None:
-                self.c.sink.publish_json(self.summary_topic, ended, retain=True)
+                self.c.control.publish_json(self.summary_topic, ended, retain=True)
         if self.shift is not None:
-            self.c.sink.publish_json(self.summary_topic, self.shift, retain=True)
+            self.c.control.publish_json(self.summary_topic, self.shift, retain=True)
 
     def page(self) -> dict[str, Any] | None:
         """What the status page shows: today's strip per device (what the last flush, at most a second ago,

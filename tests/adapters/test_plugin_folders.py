@@ -11,11 +11,11 @@ import yaml
 from pydantic import BaseModel
 
 from adapters.base import AdapterContext, create_adapter, registry
-from collector.broker import free_port
 from collector.config import parse_config
 from collector.config.base import DeviceBase
 from collector.config.root import tag_model
 from simulators.workshop import Workshop
+from tests.support.broker import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILTIN = ["modbus", "opcua"]

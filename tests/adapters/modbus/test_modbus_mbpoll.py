@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from collector.app import Collector
-from collector.broker import MosquittoProcess, free_port
 from collector.config import Settings, parse_config
 from simulators.modbus import ModbusServerSim
 from tests.conftest import Recorder
+from tests.support.broker import MosquittoProcess, free_port
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(shutil.which("mbpoll") is None,

@@ -10,8 +10,8 @@ import pytest
 from adapters.base import AdapterContext, AdapterError
 from adapters.modbus.adapter import ModbusAdapter
 from adapters.modbus.rtu import RtuClient
-from collector.broker import free_port
 from collector.config import parse_config
+from tests.support.broker import free_port
 
 
 def _device(port: int, timeout: float, retries: int = 2) -> object:

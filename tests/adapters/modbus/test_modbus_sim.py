@@ -18,10 +18,10 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from adapters.base import AdapterContext, AdapterError, create_adapter
 from adapters.modbus.adapter import ModbusAdapter
-from collector.broker import free_port as broker_free_port
 from collector.config import ModbusDevice, parse_config
 from collector.model import Quality, Reading
 from simulators.modbus import ModbusServerSim
+from tests.support.broker import free_port as broker_free_port
 from tests.test_float32 import shortest_reference
 
 pytestmark = pytest.mark.integration

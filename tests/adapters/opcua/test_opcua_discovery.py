@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 from adapters.opcua.adapter import OpcUaAdapter
-from collector.broker import free_port
 from collector.cli import main
 from collector.config import OpcUaDevice, load_config
 from simulators.opcua import OpcUaMachineSim
 from tests.adapters.opcua.test_opcua_sim import NS, make_device
+from tests.support.broker import free_port
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[3]

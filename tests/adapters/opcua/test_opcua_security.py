@@ -19,11 +19,11 @@ from cryptography import x509
 from adapters.base import AdapterError
 from adapters.opcua.adapter import OpcUaAdapter
 from adapters.opcua.security import Pki, certificate_uris, load_certificate
-from collector.broker import free_port
 from collector.cli import main
 from collector.config import OpcUaDevice, parse_config
 from collector.model import Quality
 from simulators.opcua import OpcUaMachineSim, SimSecurity
+from tests.support.broker import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -17,10 +17,10 @@ import pytest
 from adapters.base import AdapterError, create_adapter
 from adapters.opcua.adapter import OpcUaAdapter, make_converter, tag_transform, to_plain
 from adapters.opcua.nodeids import Unresolved, parse_node, resolve_node_id
-from collector.broker import free_port as broker_free_port
 from collector.config import CollectorConfig, OpcUaDevice, OpcUaTag, parse_config
 from collector.model import Quality, Reading
 from simulators.opcua import MACHINE_TOOL_NS, OpcUaMachineSim
+from tests.support.broker import free_port as broker_free_port
 
 pytestmark = pytest.mark.integration
 

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from collector.app import Collector
-from collector.broker import MosquittoProcess, free_port
 from collector.config import CollectorConfig, OpcUaDevice, Settings, parse_config
 from simulators.opcua import OpcUaMachineSim
 from tests.conftest import Recorder
+from tests.support.broker import MosquittoProcess, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,8 @@
-"""A local MQTT broker for the demo (and the tests): mosquitto when installed, else the embedded amqtt.
+"""A local MQTT broker for `collector demo`: mosquitto when installed, else the embedded amqtt (the `demo`
+extra), and the clean-up of the demo's retained topics on a broker it did not start.
 
-A gateway uses the broker of its config; this module exists so that `make demo` needs nothing but Python.
+A gateway uses the broker of its config; this module exists so that `make demo` needs nothing but Python. The
+test suite's restartable mosquitto runner builds on `Mosquitto` in tests/support/broker.py.
 """
 
 from __future__ import annotations
@@ -27,21 +29,6 @@ def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now, never the same one twice in this process: the kernel may hand a just
-    closed ephemeral port out again, and two simulators asked for in a row must not get the same one."""
-    while True:
-        with socket.socket() as s:
-            s.bind((host, 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
 
 
 def clear_retained(host: str, port: int, topic_filter: str, quiet: float = 0.5, timeout: float = 10.0,
@@ -90,32 +77,28 @@ def clear_retained(host: str, port: int, topic_filter: str, quiet: float = 0.5, 
     return list(retained)
 
 
-class MosquittoProcess:
-    """A private mosquitto on host:port with a throw-away config; can be stopped and started again."""
+class Mosquitto:
+    """mosquitto on host:port with a throw-away config, started and stopped by this process."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", persistence_dir: Path | None = None,
-                 listener_options: list[str] | None = None) -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
         self.host, self.port = host, port
         self.dir = Path(tempfile.mkdtemp(prefix="mosquitto-"))
-        self.persistence_dir = persistence_dir
-        self.listener_options = listener_options or []  # e.g. certfile/keyfile lines for a TLS listener
         self.proc: subprocess.Popen[bytes] | None = None
 
     @staticmethod
     def available() -> bool:
         return shutil.which("mosquitto") is not None
 
+    def config_lines(self) -> list[str]:
+        """The broker's config; `user`: started as root, mosquitto would switch to user mosquitto and lose
+        access to our folders."""
+        return [f"listener {self.port} {self.host}", "allow_anonymous true", "max_queued_messages 0",
+                "max_inflight_messages 0", f"user {getpass.getuser()}", "log_dest stderr", "log_type error",
+                "log_type warning", "persistence false"]
+
     def start(self, timeout: float = 10.0) -> None:
         conf = self.dir / "mosquitto.conf"
-        # `user`: started as root, mosquitto would switch to user mosquitto and lose access to our folders
-        lines = [f"listener {self.port} {self.host}", *self.listener_options, "allow_anonymous true", "max_queued_messages 0",
-                 "max_inflight_messages 0", f"user {getpass.getuser()}", "log_dest stderr", "log_type error",
-                 "log_type warning"]
-        if self.persistence_dir is not None:
-            lines += ["persistence true", f"persistence_location {self.persistence_dir}/"]
-        else:
-            lines.append("persistence false")
-        conf.write_text("\n".join(lines) + "\n")
+        conf.write_text("\n".join(self.config_lines()) + "\n")
         self.proc = subprocess.Popen([shutil.which("mosquitto") or "mosquitto", "-c", str(conf)],
                                      stdout=subprocess.DEVNULL, stderr=open(self.dir / "log", "ab"))  # noqa: SIM115
         deadline = time.monotonic() + timeout
@@ -168,14 +151,14 @@ class DemoBroker:
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.kind = "external"
-        self._mosq: MosquittoProcess | None = None
+        self._mosq: Mosquitto | None = None
         self._amqtt: EmbeddedBroker | None = None
 
     async def start(self) -> str:
         if port_answers(self.host, self.port):
             return self.kind
-        if MosquittoProcess.available():
-            self._mosq = MosquittoProcess(self.port, self.host)
+        if Mosquitto.available():
+            self._mosq = Mosquitto(self.port, self.host)
             await asyncio.to_thread(self._mosq.start)
             self.kind = "mosquitto"
         else:
