@@ -332,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     from adapters.opcua.commands import add_parsers as add_opcua_parsers  # certs, discover
 
     add_opcua_parsers(sub)
+
+    from collector.hub.commands import add_parsers as add_hub_parsers  # hub migrate|enroll|key|run|bulletin
+
+    add_hub_parsers(sub)
     return p
 
 
