@@ -93,10 +93,12 @@ def clear_retained(host: str, port: int, topic_filter: str, quiet: float = 0.5, 
 class MosquittoProcess:
     """A private mosquitto on host:port with a throw-away config; can be stopped and started again."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", persistence_dir: Path | None = None) -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1", persistence_dir: Path | None = None,
+                 extra: list[str] | None = None) -> None:
         self.host, self.port = host, port
         self.dir = Path(tempfile.mkdtemp(prefix="mosquitto-"))
         self.persistence_dir = persistence_dir
+        self.extra = extra or []  # e.g. password_file / acl_file lines; `allow_anonymous false` wins over ours
         self.proc: subprocess.Popen[bytes] | None = None
 
     @staticmethod
@@ -106,13 +108,15 @@ class MosquittoProcess:
     def start(self, timeout: float = 10.0) -> None:
         conf = self.dir / "mosquitto.conf"
         # `user`: started as root, mosquitto would switch to user mosquitto and lose access to our folders
-        lines = [f"listener {self.port} {self.host}", "allow_anonymous true", "max_queued_messages 0",
+        anonymous = "false" if "allow_anonymous false" in self.extra else "true"
+        lines = [f"listener {self.port} {self.host}", f"allow_anonymous {anonymous}", "max_queued_messages 0",
                  "max_inflight_messages 0", f"user {getpass.getuser()}", "log_dest stderr", "log_type error",
                  "log_type warning"]
         if self.persistence_dir is not None:
             lines += ["persistence true", f"persistence_location {self.persistence_dir}/"]
         else:
             lines.append("persistence false")
+        lines += [x for x in self.extra if not x.startswith("allow_anonymous")]
         conf.write_text("\n".join(lines) + "\n")
         self.proc = subprocess.Popen([shutil.which("mosquitto") or "mosquitto", "-c", str(conf)],
                                      stdout=subprocess.DEVNULL, stderr=open(self.dir / "log", "ab"))  # noqa: SIM115

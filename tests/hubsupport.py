@@ -96,3 +96,130 @@ class Collector:
 
 def payload(msg: dict[str, Any]) -> bytes:
     return json.dumps(msg, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+
+# ------------------------------------------------------------------ a hub broker, hub processes, an enterprise
+
+ROOT = Path(__file__).resolve().parent.parent
+ACL = ROOT / "deploy" / "hub" / "hub.acl"
+
+
+def password_file(path: Path, users: dict[str, str]) -> Path:
+    """A mosquitto password file made by mosquitto's own tool."""
+    import subprocess
+
+    for i, (user, pw) in enumerate(users.items()):
+        subprocess.run(["mosquitto_passwd", *(["-c"] if i == 0 else []), "-b", str(path), user, pw], check=True,
+                       capture_output=True)
+    path.chmod(0o600)
+    return path
+
+
+def hub_yaml(path: Path, *, db_url: str, port: int, state_dir: Path, client_id: str, pw_file: Path,
+             http_port: int | None) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump({
+        "database": db_url, "state_dir": str(state_dir), "hub_id": "test-hub",
+        "mqtt": {"host": "127.0.0.1", "port": port, "username": "hub", "password_file": str(pw_file),
+                 "client_id": client_id, "keepalive_s": 5},
+        "http": {"listen": f"127.0.0.1:{http_port}" if http_port else None}}, allow_unicode=True))
+    return path
+
+
+class HubProcess:
+    """`collector hub run` as its own process (the real command line), so a test can kill it."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config, self.log = config, log
+        self.proc: Any = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        import os
+        import subprocess
+        import sys
+        import time
+
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        self.proc = subprocess.Popen([sys.executable, "-m", "collector.cli", "hub", "run", "-c", str(self.config)],
+                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"),  # noqa: SIM115
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + timeout
+        while "subscribed" not in self.log.read_text(encoding="utf-8", errors="replace")[offset:]:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"hub did not start: {self.log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class Enterprise:
+    """An enterprise's MQTT client (MQTT 5, its own credentials): publishes evidence, collects its receipts."""
+
+    def __init__(self, port: int, user: str, password: str, prefix: str = "cityhub") -> None:
+        import threading
+
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.user, self.prefix = user, prefix
+        self.receipts: list[dict[str, Any]] = []
+        self.topics: list[str] = []  # of every message received
+        self.acks: dict[int, Any] = {}  # mid -> PUBACK reason code
+        self.lock = threading.Lock()
+        ready = threading.Event()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"ent-{user}", protocol=mqtt.MQTTv5)
+        c.username_pw_set(user, password)
+        c.max_inflight_messages_set(1000)
+        c.on_connect = lambda cl, u, f, rc, p=None: (cl.subscribe(f"{prefix}/{user}/receipt", qos=1), ready.set())
+        c.on_message = self._on_message
+        c.on_publish = self._on_publish
+        self.subacks: dict[int, list[Any]] = {}
+        c.on_subscribe = self._on_subscribe
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        if not ready.wait(10):
+            raise RuntimeError(f"{user} could not connect")
+        self.client = c
+        import time
+        time.sleep(0.2)
+
+    def _on_message(self, c: Any, u: Any, msg: Any) -> None:
+        with self.lock:
+            self.topics.append(msg.topic)
+            if msg.topic == f"{self.prefix}/{self.user}/receipt":
+                self.receipts.append(json.loads(msg.payload))
+
+    def _on_publish(self, c: Any, u: Any, mid: int, rc: Any, props: Any = None) -> None:
+        with self.lock:
+            self.acks[mid] = rc
+
+    def _on_subscribe(self, c: Any, u: Any, mid: int, codes: list[Any], props: Any = None) -> None:
+        with self.lock:
+            self.subacks[mid] = list(codes)
+
+    def subscribe(self, topic: str) -> int:
+        return int(self.client.subscribe(topic, qos=1)[1])
+
+    def publish(self, msg: dict[str, Any], as_enterprise: str | None = None) -> int:
+        info = self.client.publish(f"{self.prefix}/{as_enterprise or self.user}/evidence", payload(msg), qos=1)
+        return int(info.mid)
+
+    def receipts_for(self, workshop: str, seq: int) -> list[dict[str, Any]]:
+        with self.lock:
+            return [r for r in self.receipts if r.get("workshop") == workshop and r.get("seq") == seq]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
