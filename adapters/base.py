@@ -1,7 +1,7 @@
 """The adapter interface and the registry by protocol name.
 
 The engine knows adapters only through this module: it calls `create_adapter(device)` and then `connect`,
-`read` (or `subscribe`) and `close`. An adapter reports a bad tag through the tag's quality and raises
+`read` (or `subscribe`), `identify` (after each connect and daily) and `close`. An adapter reports a bad tag through the tag's quality and raises
 `AdapterError` only when the device as a whole cannot be talked to; the engine turns that into backoff and a
 state change.
 """
@@ -57,6 +57,14 @@ class Adapter(ABC):
     @property
     def wants_subscribe(self) -> bool:
         return self.supports_subscribe and getattr(self.device, "mode", "poll") == "subscribe"
+
+    async def identify(self) -> dict[str, Any]:
+        """What identifies the device behind the endpoint (evidence, INDICATORS.md): flat `key: value` pairs,
+        a value None when the device definitely has none. Called by the engine after every connect and once a
+        day, beside (never inside) the poll loop. A part that failed for now (a timeout) is left out rather
+        than set to None, so a passing hiccup does not look like a change of device. Never raises for a
+        device that simply has no identification; an `AdapterError` only for a dead connection."""
+        return {}
 
     def stats(self) -> dict[str, Any]:
         """Counters for status and metrics (requests per cycle, errors, ...)."""

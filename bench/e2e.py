@@ -59,6 +59,7 @@ SIZES = modbus_poll.SIZES
 TB_TYPES = {"uint16": "16uint", "int16": "16int", "float32": "32float", "uint32": "32uint", "int32": "32int",
             "float64": "64float"}
 SATURATED = 0.9  # delivered below this share of offered: the step is saturated, stop stepping down
+PEER_RETRIES = 2  # per measured run: fresh peer processes tried after a window that delivered nothing
 
 
 def log(msg: str) -> None:
@@ -496,6 +497,39 @@ def wait_data(sub: Subscriber, proc: Proc, timeout: float = 90.0) -> float:
 # ------------------------------------------------------------------------------------------- the peer
 
 
+def peer_errors(workdir: Path, proc_log: str, n: int = 3) -> list[str]:
+    """The peer's last `n` error lines: its own log files (`logs/` under its folder) and its stdout."""
+    lines: list[str] = []
+    for path in sorted((workdir / "logs").glob("*.log")):
+        with contextlib.suppress(OSError):
+            lines += path.read_text(errors="replace").splitlines()[-200:]
+    lines += proc_log.splitlines()
+    marks = ("ERROR", "Error", "Exception", "Traceback", "timed out", "Timeout")
+    return [line.strip()[-300:] for line in lines if any(m in line for m in marks)][-n:]
+
+
+def empty_window(run: Run, alive: bool, errors: Sequence[str]) -> str | None:
+    """Why a measured window of the peer delivered no readings, or None when it delivered some.
+
+    A window with nothing in it is no measurement of the peer's throughput: in a quick run two of three such
+    windows made the peer's median 0 and left the ratio out. The reason names what is known: the process gone,
+    its last logged error, or, with neither, whether it was busy (working through a backlog) or idle."""
+    if run.rate > 0:
+        return None
+    if not alive:
+        return "the peer process exited" + (f"; its last error: {errors[-1]}" if errors else "")
+    if errors:
+        return f"no readings reached the broker; the peer's last error: {errors[-1]}"
+    state = "busy" if run.cpu >= 0.5 else "idle"
+    return (f"no readings reached the broker and the peer logged no error; it was {state} "
+            f"({run.cpu:.2f} cores) during the window")
+
+
+def retry_peer(reason: str | None, retries: int, limit: int = PEER_RETRIES) -> bool:
+    """Measure again with a fresh peer process: only after an empty window, at most `limit` times per run."""
+    return reason is not None and retries < limit
+
+
 def peer_install(logdir: Path) -> str | None:
     """Install the peer into bench/.peer-venv once; returns an error text, or None."""
     py = PEER_VENV / "bin" / "python"
@@ -673,20 +707,36 @@ class Bench:
         p = self.plan
         runs: list[Run] = []
         proc: Proc | None = None
+        d = self.work
         responder = SessionLimitsResponder(self.broker.port)
         try:
             for i in range(p.runs):
-                if proc is None:
-                    d = self.fresh(f"peer-{fleet.kind}-{interval}")
-                    conf = peer_config(d, fleet, interval, self.broker.port)
-                    proc = Proc("peer", [str(PEER_VENV / "bin" / "thingsboard-gateway")], d, cwd=d,
-                                env={"TB_GW_CONFIG_DIR": str(conf), "PYTHONPATH": ""})
-                    wait_data(sub, proc, timeout=120)
-                    time.sleep(p.warm)
-                runs.append(measure(proc, sub, p.window, sims, self.broker))
-                r = runs[-1]
-                log(f"  peer {fleet.kind} {interval * 1000:.0f} ms run {i + 1}: {r.rate:,.0f} readings/s, "
-                    f"CPU {r.cpu:.2f}, RSS {r.rss:.0f} MB, p50/p99 {r.p50}/{r.p99} ms, sims {r.sim_cpu:.2f}")
+                retries = 0
+                while True:
+                    if proc is None:
+                        d = self.fresh(f"peer-{fleet.kind}-{interval}")
+                        conf = peer_config(d, fleet, interval, self.broker.port)
+                        proc = Proc("peer", [str(PEER_VENV / "bin" / "thingsboard-gateway")], d, cwd=d,
+                                    env={"TB_GW_CONFIG_DIR": str(conf), "PYTHONPATH": ""})
+                        wait_data(sub, proc, timeout=120)
+                        time.sleep(p.warm)
+                    r = measure(proc, sub, p.window, sims, self.broker)
+                    log(f"  peer {fleet.kind} {interval * 1000:.0f} ms run {i + 1}: {r.rate:,.0f} readings/s, "
+                        f"CPU {r.cpu:.2f}, RSS {r.rss:.0f} MB, p50/p99 {r.p50}/{r.p99} ms, sims {r.sim_cpu:.2f}")
+                    reason = empty_window(r, proc.alive(), peer_errors(d, proc.tail()))
+                    if reason is None:
+                        break
+                    note = f"{fleet.kind}, {interval * 1000:.0f} ms, run {i + 1}: nothing delivered: {reason}"
+                    if not retry_peer(reason, retries):
+                        log(f"  {note}; kept as 0 after {retries} fresh starts")
+                        self.peer_notes.append(f"{note}; kept as 0 after {retries} fresh peer processes")
+                        break
+                    retries += 1
+                    log(f"  {note}; measuring again with a fresh peer process ({retries} of {PEER_RETRIES})")
+                    self.peer_notes.append(f"{note}; measured again with a fresh peer process")
+                    proc.stop()
+                    proc = None
+                runs.append(r)
                 if p.restart or i == p.runs - 1:
                     proc.stop()
                     proc = None
@@ -1006,7 +1056,11 @@ def comparison(rows: list[Row]) -> str:
              "| --- | --- | --- | --- | --- | --- |"]
     for kind in ("contiguous", "sparse"):
         o, pr = best(rows, "shopfloor-collector", kind), best(rows, "ThingsBoard IoT Gateway", kind)
-        if o is None or pr is None or not pr.median_rate() or not o.median_cpu() or not pr.median_cpu():
+        if o is not None and pr is not None and not pr.median_rate():
+            lines.append(f"| {kind} | {o.median_rate():,.0f} at {o.median_cpu():.2f} | 0: the peer delivered "
+                         "nothing in most windows (why: the peer notes above) | – | – | – |")
+            continue
+        if o is None or pr is None or not o.median_cpu() or not pr.median_cpu():
             continue
         opc = o.median_rate() / o.median_cpu()
         ppc = pr.median_rate() / pr.median_cpu()
@@ -1035,6 +1089,8 @@ def targets(b: Bench) -> str:
         if o and pr and pr.median_rate() and pr.median_cpu() and o.median_cpu():
             ratio = (o.median_rate() / o.median_cpu()) / (pr.median_rate() / pr.median_cpu())
             add(f"≥ 20× the peer's throughput per core ({kind})", f"{ratio:.1f}×", ratio >= 20)
+        elif o and pr:
+            add(f"≥ 20× the peer's throughput per core ({kind})", "the peer delivered nothing (peer notes)", None)
     mem = getattr(b, "memory", {})
     if mem.get(20_000):
         m = statistics.median(mem[20_000])
@@ -1048,12 +1104,14 @@ def targets(b: Bench) -> str:
     if drain:
         add("Outbox drain ≥ 50,000 readings/s", f"{statistics.median(drain):,.0f}/s",
             statistics.median(drain) >= 50_000)
-    below = [r for r in b.rows if r.who == "shopfloor-collector" and r.scenario == "1" and not r.saturated()]
-    if below:
-        worst = max(below, key=lambda r: statistics.median(x.p99 or 0 for x in r.runs))
-        p99 = statistics.median(x.p99 or 0 for x in worst.runs)
-        add("p99 read-to-publish ≤ 250 ms below saturation",
-            f"worst {p99:.0f} ms ({worst.map}, {(worst.interval or 0) * 1000:.0f} ms)", p99 <= 250)
+    for scenario, protocol in (("1", "Modbus"), ("3", "OPC UA")):  # every row below saturation counts
+        below = [r for r in b.rows if r.who == "shopfloor-collector" and r.scenario == scenario
+                 and not r.saturated()]
+        if below:
+            worst = max(below, key=lambda r: statistics.median(x.p99 or 0 for x in r.runs))
+            p99 = statistics.median(x.p99 or 0 for x in worst.runs)
+            add(f"p99 read-to-publish ≤ 250 ms below saturation ({protocol})",
+                f"worst {p99:.0f} ms ({worst.map}, {(worst.interval or 0) * 1000:.0f} ms)", p99 <= 250)
     return "\n".join(out) + "\n"
 
 
@@ -1088,7 +1146,8 @@ def render(b: Bench, command: str) -> str:
     if b.peer_error:
         parts += ["\n**The peer could not be measured in this run:**\n", f"```\n{b.peer_error}\n```\n"]
     if b.peer_notes:
-        parts += ["\n**Peer steps that failed in this run** (the tail of its log):\n",
+        parts += ["\n**Peer notes**: steps that failed, and windows that delivered nothing (why, and whether they "
+                  "were measured again with a fresh peer process):\n",
                   "".join(f"```\n{n}\n```\n" for n in b.peer_notes)]
     if "5" in b.sections:
         parts += ["## Memory by configured tags (scenario 5)\n",
@@ -1163,7 +1222,7 @@ and 20 k tags take 98–99 MB instead of 151 MB.
   Against the peer this is 22.8× and 31.0× the readings per core in the two runs (target 20×: met). The
   spread comes from the peer's own figure.
 - **Sparse map: requests, on both sides of the socket.** 200 tags over ~2,000 registers with `max_gap: 10`
-  (issue 3's default) need ~67 requests per device cycle.
+  (the default) need ~67 requests per device cycle.
   - The collector spends ~70 % of its loop in socket work: ~20 µs per request in the loop and kernel, plus
     ~2.3 µs per tag.
   - The two pymodbus simulator processes reach ~0.9 core between them, so the 2-core machine is full at
@@ -1176,9 +1235,14 @@ and 20 k tags take 98–99 MB instead of 151 MB.
     cycle): 181–193 k readings/s at ~0.7 core. That is 21–24× the peer per core, and the simulators are no longer
     the wall. Reading over holes is nearly free on TCP; on a slow RS-485 line each extra register costs ~2 ms
     at 9,600 baud, so the default stays.
-- **Latency p99 (target ≤ 250 ms below saturation: met).**
-  - Worst below saturation: 131–144 ms, on the `max_gap 20` row at 180–190 k readings/s. On the standard maps
-    at 1 s it is 53–65 ms.
+- **Latency p99 (target ≤ 250 ms below saturation: met for Modbus, missed for OPC UA).**
+  - Modbus, worst below saturation: 131–144 ms, on the `max_gap 20` row at 180–190 k readings/s. On the
+    standard maps at 1 s it is 53–65 ms.
+  - OPC UA: 427 ms (subscribe) and 380 ms (poll) at 100 ms, **over the target**. Both rows deliver 93–96 % of
+    the 40,000 changes/s offered, so they count as below saturation. A value's `ts` there is the server's
+    SourceTimestamp: a value waits up to one interval (100 ms, the publishing interval or the poll period)
+    before the collector sees it, and the four asyncua servers use ~1.4 of the 2 cores beside the collector.
+    This run does not measure how the rest divides between the servers and the collector.
   - Saturated rows show 260–320 ms on the sparse map. A tag's `ts` is the moment its request was answered, and
     a device publishes once per cycle, so the first tags of a 67-request cycle wait for the rest.
 - **Memory (target ≤ 150 MB at 20 k tags: met, 98–99 MB).**
@@ -1195,7 +1259,7 @@ and 20 k tags take 98–99 MB instead of 151 MB.
   queues. Its figures move a lot from run to run (its sparse row was 19.6 k/s in a quick run ten minutes earlier),
   and the ratio moves with them.
 - **OPC UA (target ≤ 33 µs per value: met, 7.3 µs).** The four asyncua servers (~1.4 cores) limit what is
-  offered, as LIBRARY-FACTS predicts. Batched polling costs 11.4–11.7 µs per value.
+  offered: asyncua's server, not its client, saturates first. Batched polling costs 11.4–11.7 µs per value.
 """
 
 

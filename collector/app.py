@@ -14,15 +14,19 @@ from typing import Any
 
 from collector.config import CollectorConfig, MqttConfig, Settings, effective_state_dir, read_secret
 from collector.delivery import Sender
+from collector.evidence import anchors, keys
+from collector.failures import RepeatedFailure
+from collector.indicators.identity import simulated_devices, simulator_reason
 from collector.indicators.live import live_snapshot
 from collector.indicators.register import Asset, load_register
 from collector.model import Batch, DeviceState, Row
 from collector.outbox import Outbox
 from collector.pipeline import Pipeline
 from collector.runtime import loop_name
+from collector.sinks.evidence import EvidenceSink
 from collector.sinks.influx import InfluxSettings, InfluxSink
 from collector.sinks.mqtt import MqttSettings, MqttSink, encode_data, iso
-from collector.status import StatusStore, StatusTracker
+from collector.status import StatusStore, StatusTracker, changed_keys
 from collector.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -58,29 +62,11 @@ def influx_settings(cfg: CollectorConfig) -> InfluxSettings:
                           batch_rows=ic.batch_rows, gzip=ic.gzip, timeout=ic.timeout)
 
 
-class _Failures:
-    """Logs a periodic job's failures without flooding the journal: the first with its traceback, then one
-    line a minute with the count (a full disk fails the status flush every second), and the recovery."""
+class _Failures(RepeatedFailure):
+    """A periodic job's failures, logged by this module (collector/failures.py)."""
 
     def __init__(self, name: str) -> None:
-        self.name = name
-        self.count = 0
-        self.logged_at = 0.0
-
-    def failed(self) -> None:
-        self.count += 1
-        now = time.monotonic()
-        if self.count == 1:
-            log.exception("event=periodic_failed fn=%s", self.name)
-            self.logged_at = now
-        elif now - self.logged_at >= 60:
-            log.error("event=periodic_failing fn=%s failures=%d", self.name, self.count, exc_info=True)
-            self.logged_at = now
-
-    def ok(self) -> None:
-        if self.count:
-            log.warning("event=periodic_recovered fn=%s after_failures=%d", self.name, self.count)
-            self.count = 0
+        super().__init__(name, "periodic", log)
 
 
 class Collector:
@@ -96,18 +82,26 @@ class Collector:
         self.register: list[Asset] = load_register(cfg, self.state_dir, self.register_warnings)
         for w in self.register_warnings:
             log.warning("event=register_warning %s", w)
+        # the chain's signing key: created at the first start, logged as its fingerprint only
+        self.signer, created = keys.init(self.state_dir)
+        self._key_mtime = (self.state_dir / keys.PRIVATE_FILE).stat().st_mtime_ns
+        log.info("event=evidence_key fingerprint=%s created=%s", keys.show_fingerprint(self.signer.fingerprint),
+                 str(created).lower())
         self._reader: StatusStore | None = None  # a second connection for period figures, used off the loop
         self._periods: dict[str, Any] | None = None
         self.sink = self._make_mqtt_sink()
         self.influx: InfluxSink | None = None
         if cfg.influx is not None:
             self.influx = InfluxSink(influx_settings(cfg), on_ack=self._influx_acked)
-        sinks = ["mqtt"] + (["influx"] if self.influx is not None else [])
+        sinks = ["mqtt", "evidence"] + (["influx"] if self.influx is not None else [])
         o = cfg.outbox
         self.outbox = Outbox(self.state_dir / "outbox.db", sinks, max_bytes=o.max_bytes, max_age=o.max_age,
                              fsync=o.fsync)
         self.outbox.held["mqtt"] = self.sink.in_flight
-        self.senders = [Sender(self.outbox, "mqtt", self.sink, o.live_share)]
+        self.evidence = EvidenceSink(self.sink, cfg.evidence_topic, self._evidence_acked)
+        self.outbox.held["evidence"] = self.evidence.in_flight
+        self.senders = [Sender(self.outbox, "mqtt", self.sink, o.live_share),
+                        Sender(self.outbox, "evidence", self.evidence)]
         if self.influx is not None:
             self.senders.append(Sender(self.outbox, "influx", self.influx, o.live_share))
         self.pipeline = Pipeline(self.status, cfg.indicators.stale_after, next_seq=self.outbox.next_seq)
@@ -118,11 +112,12 @@ class Collector:
             self.sink.latest = lambda device: self.pipeline.latest.get(device, {})  # type: ignore[attr-defined]
             self.status.listeners.append(self.sink.status_changed)
         self.sink.on_connect_hooks.append(self._republish)
-        self.engine = Engine(self._on_readings, self.status.set_state)
+        self.engine = Engine(self._on_readings, self.status.set_state, self._identified)
         self._tasks: list[asyncio.Task[None]] = []
         self.started = 0.0
         self.reload_counts = {"applied": 0, "rejected": 0}
         self._reload_lock = asyncio.Lock()
+        self._first_snapshot_out = False  # no snapshot before the first poll round is in (_indicators_loop)
 
     # -- wiring
 
@@ -153,6 +148,40 @@ class Collector:
         if row.good_ts is not None:
             self.status.delivered(row.device, row.good_ts)
 
+    def _evidence_acked(self, row: Row) -> None:
+        """The broker holds a copy of the head: the receipt the report shows."""
+        self.outbox.ack("evidence", row)
+        anchors.acked(self.state_dir / anchors.ANCHOR_FILE, anchors.anchor_id(row.seq, row.created),
+                      f"mqtt://{self.sink.s.host}:{self.sink.s.port}/{self.cfg.evidence_topic}")
+
+    def _reload_key(self) -> None:
+        """After `collector keys rotate` the state directory holds a new key: sign with it from now on."""
+        path = self.state_dir / keys.PRIVATE_FILE
+        mtime = path.stat().st_mtime_ns
+        if mtime != self._key_mtime:
+            signer = keys.load(self.state_dir)
+            if signer is not None:
+                self.signer, self._key_mtime = signer, mtime
+                log.info("event=evidence_key_changed fingerprint=%s", keys.show_fingerprint(signer.fingerprint))
+
+    def anchor(self, now: float | None = None) -> str | None:
+        """Queue the chain's signed head in the outbox when it changed or a day passed; returns the reason."""
+        from collector.indicators import chain
+        from collector.indicators.monthly import chain_path
+
+        now = time.time() if now is None else now
+        log_path = self.state_dir / anchors.ANCHOR_FILE
+        head = chain.head(chain_path(self.state_dir))
+        reason = anchors.due(head, log_path, now, self.cfg.evidence.anchor_interval)
+        if head is None or reason is None:
+            return None
+        aid, payload = anchors.queue(head, reason, self.cfg.evidence_topic, log_path, now)
+        self.outbox.append("evidence", int(head["seq"]), now, None, 1, {"evidence": payload})
+        self.outbox.flush()
+        log.info("event=anchor_queued seq=%s hash=%s reason=%s topic=%s id=%s", head["seq"], head["hash"][:12],
+                 reason, self.cfg.evidence_topic, aid)
+        return reason
+
     def _influx_acked(self, row: Row) -> None:
         self.outbox.ack("influx", row)
 
@@ -167,19 +196,33 @@ class Collector:
     def _on_readings(self, device: str, readings: list[Any]) -> None:
         self.pipeline.submit(device, readings)
 
+    def _identified(self, device: str, identity: dict[str, Any]) -> None:
+        """An adapter told what identifies its device: kept in status.db; a change is logged as a warning (and
+        is a warning in the month's report)."""
+        before = self.status.identified(device, identity)
+        if before is not None:
+            changed = changed_keys(before.values, identity)
+            log.warning("event=identity_changed device=%s keys=%s before=%s after=%s", device, ",".join(changed),
+                        {k: before.values[k] for k in changed}, {k: identity[k] for k in changed})
+        reason = simulator_reason(identity)
+        if reason is not None:
+            log.info("event=simulated_device device=%s evidence=%r counted=%s", device, reason,
+                     self.cfg.indicators.allow_simulated)
+
     def _status_changed(self, st: Any) -> None:
-        log.info("device=%s event=state state=%s reason=%s", st.device, st.state,
-                 (st.reason or "").replace(" ", "_") or "-")
-        self.sink.publish_status(st.to_dict())
+        self.sink.publish_status(st.to_dict())  # the log line is StatusTracker.set_state's
 
     def _republish(self) -> None:
-        """On every (re)connect: every device's retained status and the indicator snapshot."""
+        """On every (re)connect: every device's retained status and the indicator snapshot (once the first is
+        out: before the first poll round it would say no device is networked)."""
         for st in self.status.devices.values():
             self.sink.publish_status(st.to_dict())
-        self.sink.publish_indicators(self.indicators())
+        if self._first_snapshot_out:
+            self.sink.publish_indicators(self.indicators())
 
     def indicators(self, now: float | None = None) -> dict[str, Any]:
-        snap = live_snapshot(self.register, self.status.devices, self.cfg.indicators, self.cfg.site, now)
+        snap = live_snapshot(self.register, self.status.devices, self.cfg.indicators, self.cfg.site, now,
+                             simulated_devices(self.status.identities))
         if self._periods is not None:
             snap["periods"] = self._periods  # today and this month so far (docs/mqtt.md)
         return snap
@@ -196,15 +239,18 @@ class Collector:
 
     def close_months(self, now: float | None = None) -> list[dict[str, Any]]:
         """Chain and publish (retained, `{root}/indicators/monthly/YYYY-MM`) every month that closed since the
-        last check; runs once a minute and at start. Returns the new chain records."""
+        last check, then anchor the chain's head when due; runs once a minute and at start. Returns the new chain
+        records."""
         from collector.indicators.monthly import close_due_months
 
         self.status.flush()  # the buckets acknowledged up to now belong in the summary
-        records = close_due_months(self.cfg, self.register, self.store, self.state_dir,
-                                   time.time() if now is None else now, self.register_warnings)
+        now = time.time() if now is None else now
+        self._reload_key()
+        records = close_due_months(self.cfg, self.store, self.state_dir, now, self.signer, self.register_warnings)
         for rec in records:
             self.sink.publish_json(f"{self.sink.root}/indicators/monthly/{rec['body']['period']['label']}", rec,
                                    retain=True)
+        self.anchor(now)
         return records
 
     # -- life cycle
@@ -220,8 +266,7 @@ class Collector:
             asyncio.create_task(self._every(self.cfg.outbox.commit_interval, self.outbox.flush), name="outbox-flush"),
             *(asyncio.create_task(sender.run(), name=f"sender-{sender.sink}") for sender in self.senders),
             asyncio.create_task(self._every(GATEWAY_STATUS_INTERVAL, self._publish_gateway), name="gateway-status"),
-            asyncio.create_task(self._every(self.cfg.indicators.publish_interval, self._publish_indicators),
-                                name="indicators"),
+            asyncio.create_task(self._indicators_loop(), name="indicators"),
             asyncio.create_task(self._every(60.0, self.close_months), name="month-close"),
             asyncio.create_task(self._every_async(self.cfg.indicators.publish_interval, self.refresh_periods),
                                 name="period-figures"),
@@ -239,6 +284,33 @@ class Collector:
 
     def _publish_indicators(self) -> None:
         self.sink.publish_indicators(self.indicators())
+
+    def _first_round_in(self) -> bool:
+        """Every running device has answered once since the start (data, a failure or a skip), and the good
+        sample it took, if any, has been acknowledged: the live 联网率 counts a device networked only then."""
+        for device_id, task in self.engine.tasks.items():
+            if not task.answered:
+                return False
+            st = self.status.devices.get(device_id)
+            if st is not None and st.last_good is not None and st.last_good >= self.started and (
+                    st.last_delivered is None or st.last_delivered < self.started):
+                return False
+        return True
+
+    async def _indicators_loop(self) -> None:
+        """The first snapshot once the first poll round is in (at the latest one `publish_interval` after the
+        start, as before), then one every `publish_interval`. Published at once, it showed D2 0 of n for up to
+        a minute while every device was online."""
+        interval = self.cfg.indicators.publish_interval
+        deadline = time.monotonic() + interval
+        while not self._first_round_in() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self._first_snapshot_out = True
+        try:
+            self._publish_indicators()
+        except Exception:
+            log.exception("event=indicators_failed")
+        await self._every(interval, self._publish_indicators)
 
     async def _every(self, seconds: float, fn: Any) -> None:
         failures = _Failures(getattr(fn, "__name__", str(fn)))
@@ -263,9 +335,11 @@ class Collector:
             await asyncio.sleep(seconds)
 
     async def stop(self) -> None:
-        """Close device sessions, publish the gateway's offline status, write the state store."""
+        """Close device sessions, publish every device's and the gateway's offline status, write the state
+        store."""
         await asyncio.gather(*(cancel_and_wait(t, t.get_name()) for t in self._tasks))
         await self.engine.stop()
+        self._devices_shut_down()
         self.outbox.flush()
         self.status.flush()
         await self.sink.stop()
@@ -277,6 +351,15 @@ class Collector:
             self._reader.close()
         self.store.close()
         log.info("event=stopped")
+
+    def _devices_shut_down(self) -> None:
+        """Every device with a session is `offline` (reason shutdown) before the sink disconnects: the listeners
+        publish the retained statuses, which would otherwise say `online` until the next start. The broker
+        acknowledges QoS 1 messages of one connection in order, so the gateway's offline status that
+        `sink.stop()` waits for comes after these. A device never seen keeps `never_seen`, which stays true."""
+        for device, st in list(self.status.devices.items()):
+            if st.state != DeviceState.NEVER_SEEN:
+                self.status.set_state(device, DeviceState.OFFLINE, "shutdown")
 
     def device_rows(self) -> list[dict[str, Any]]:
         """Per device: state, reason and last values, for the terminal view and `collector status`."""
@@ -297,7 +380,7 @@ class Collector:
 
     # -- reload (SIGHUP, `collector reload`, POST /api/reload)
 
-    RESTART_ONLY = ("site", "mqtt", "http", "state_dir", "indicators", "outbox", "influx")
+    RESTART_ONLY = ("site", "mqtt", "http", "state_dir", "indicators", "outbox", "evidence", "influx")
 
     async def reload_file(self, path: str | Path) -> dict[str, Any]:
         """Re-read and validate a config file, then `reload()`; an invalid file changes nothing."""

@@ -94,10 +94,11 @@ class MosquittoProcess:
     """A private mosquitto on host:port with a throw-away config; can be stopped and started again."""
 
     def __init__(self, port: int, host: str = "127.0.0.1", persistence_dir: Path | None = None,
-                 extra: list[str] | None = None) -> None:
+                 listener_options: list[str] | None = None, extra: list[str] | None = None) -> None:
         self.host, self.port = host, port
         self.dir = Path(tempfile.mkdtemp(prefix="mosquitto-"))
         self.persistence_dir = persistence_dir
+        self.listener_options = listener_options or []  # e.g. certfile/keyfile lines for a TLS listener
         self.extra = extra or []  # e.g. password_file / acl_file lines; `allow_anonymous false` wins over ours
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -109,7 +110,8 @@ class MosquittoProcess:
         conf = self.dir / "mosquitto.conf"
         # `user`: started as root, mosquitto would switch to user mosquitto and lose access to our folders
         anonymous = "false" if "allow_anonymous false" in self.extra else "true"
-        lines = [f"listener {self.port} {self.host}", f"allow_anonymous {anonymous}", "max_queued_messages 0",
+        lines = [f"listener {self.port} {self.host}", *self.listener_options, f"allow_anonymous {anonymous}",
+                 "max_queued_messages 0",
                  "max_inflight_messages 0", f"user {getpass.getuser()}", "log_dest stderr", "log_type error",
                  "log_type warning"]
         if self.persistence_dir is not None:

@@ -74,8 +74,14 @@ async def _run(cfg: CollectorConfig, path: str | None = None) -> int:
     from collector.runtime import tune_gc
 
     stop = _stop_event()
+    from collector.evidence.keys import KeyFileError
+
     notifier = Notifier.from_env()
-    collector = Collector(cfg, Settings())
+    try:
+        collector = Collector(cfg, Settings())
+    except KeyFileError as exc:  # the evidence signing key is unusable: say which file and the fix
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     try:  # before the devices start: a collector whose port answers for another one must not run
         http = await start_http(collector, path)
     except HttpUnavailable as exc:

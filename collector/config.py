@@ -31,6 +31,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from collector.credit_code import credit_code_problem
+
 
 class Strict(BaseModel):
     """Base of every config model: unknown keys are errors."""
@@ -351,6 +353,8 @@ class ModbusDevice(DeviceBase):
     degrade_after: int = Field(default=3, ge=1)
     degrade_for: float = Field(default=30.0, ge=0)
     tags: list[ModbusTag] = Field(min_length=1)
+    # Read once per connect and once a day as identity evidence (a serial-number register), never polled
+    identity: list[ModbusTag] = Field(default_factory=list)
 
     @field_validator("byte_order", mode="before")
     @classmethod
@@ -360,7 +364,7 @@ class ModbusDevice(DeviceBase):
     @model_validator(mode="after")
     def _resolve_registers(self) -> ModbusDevice:
         """Turn classic `register:` references into table + address with this device's address_base."""
-        for tag in self.tags:
+        for tag in [*self.tags, *self.identity]:
             if tag.register_ref is not None:
                 tag.table, tag.address = parse_classic_register(tag.register_ref, self.address_base)
                 if tag.table in BIT_TABLES and tag.type != "bool":
@@ -419,10 +423,23 @@ class TemplateConfig(Strict):
 class SiteConfig(Strict):
     enterprise_id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_\-]+$")
     enterprise_name: str | None = None
+    credit_code: str | None = Field(default=None, description="统一社会信用代码 (GB 32100-2015, 18 characters, "
+                                    "check character verified): shown in the report header")
     county: str | None = None
     city: str | None = None
     workshop: str = Field(default="main", pattern=r"^[A-Za-z0-9_\-]+$")
     timezone: str = "Asia/Shanghai"
+
+    @field_validator("credit_code")
+    @classmethod
+    def _credit_code(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        code = v.strip().upper()
+        problem = credit_code_problem(code)
+        if problem:
+            raise ValueError(f"'{v}' {problem}; copy it from the business licence (营业执照)")
+        return code
 
     @field_validator("timezone")
     @classmethod
@@ -563,6 +580,35 @@ class OutboxConfig(Strict):
                               "backlog drains")
 
 
+class EvidenceConfig(Strict):
+    """Anchoring the evidence chain (docs/indicators.md): where the signed chain heads are sent."""
+
+    topic: str = Field(default="{root}/evidence/head", description="MQTT topic of the signed heads (retained, "
+                       "QoS 1, through the outbox); {root}, {enterprise} and {workshop} are filled in")
+    anchor_interval: float = Field(default=86400.0, ge=60, description="seconds between anchors of an unchanged "
+                                   "head (a changed head is anchored at once)")
+    hub: str | None = Field(default=None, description="reserved for the city hub's address (a later release)")
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, v: str) -> str:
+        if not v or any(c in v for c in "#+") or v.startswith("/"):
+            raise ValueError(f"'{v}' is not a topic to publish to (no wildcards # +, no leading /)")
+        try:
+            v.format(root="r", enterprise="e", workshop="w")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError(f"'{v}': only {{root}}, {{enterprise}} and {{workshop}} can be filled in") from None
+        return v
+
+    @field_validator("hub")
+    @classmethod
+    def _hub(cls, v: str | None) -> str | None:
+        if v is not None:
+            raise ValueError("sending heads to the city hub is not built yet (a later release); remove "
+                             "evidence.hub: the heads go to evidence.topic on the MQTT broker meanwhile")
+        return v
+
+
 class InfluxConfig(Strict):
     """An InfluxDB 2.x (or any `/api/v2/write` server) sink; the token comes from env or a file."""
 
@@ -635,6 +681,10 @@ class IndicatorConfig(Strict):
     stale_after: float = Field(default=900.0, gt=0)
     live_window: float | None = Field(default=None, gt=0, description="default 2 x bucket")
     scope: Literal["all", "key_process"] = "all"
+    pledge: str | None = Field(default=None, description="企业承诺 text in the report footer (default: a standard "
+                               "pledge in the report's language)")
+    # Count devices whose identity says simulator (demos only): every output then carries SIMULATED_BANNER
+    allow_simulated: bool = False
     targets: IndicatorTargets = Field(default_factory=IndicatorTargets)
     calendar: CalendarConfig | None = None
 
@@ -685,6 +735,7 @@ class CollectorConfig(Strict):
     state_dir: Path = Path("state")
     indicators: IndicatorConfig = Field(default_factory=IndicatorConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
     influx: InfluxConfig | None = None
     templates: dict[str, TemplateConfig] = Field(default_factory=dict)
     devices: list[Device] = Field(default_factory=list)
@@ -746,6 +797,11 @@ class CollectorConfig(Strict):
     @property
     def topic_root(self) -> str:
         return self.mqtt.topic_root.format(enterprise=self.site.enterprise_id, workshop=self.site.workshop)
+
+    @property
+    def evidence_topic(self) -> str:
+        return self.evidence.topic.format(root=self.topic_root, enterprise=self.site.enterprise_id,
+                                          workshop=self.site.workshop)
 
 
 # --------------------------------------------------------------------------------------------- settings

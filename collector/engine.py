@@ -3,6 +3,10 @@
 A device task connects, polls at its interval (or subscribes), and on any failure closes the session,
 reports the device `offline` with the reason and retries with jittered, capped exponential backoff. An
 exception in one device's task never reaches another device or the process.
+
+After every connect, a side task asks the adapter what identifies the device (`identify()`) and again once a
+day while the connection lasts; it never delays a poll and its failures never fail the device (identity is
+evidence, not a condition for being online).
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import random
 import time
 import zlib
 from collections.abc import Callable
+from typing import Any
 
 from adapters.base import Adapter, AdapterError, DeviceConfig, DeviceSkipped, create_adapter
+from collector.failures import RepeatedFailure
 from collector.model import DeviceState, Reading
 from collector.tasks import cancel_and_wait
 
@@ -22,6 +28,8 @@ log = logging.getLogger(__name__)
 
 ReadingsSink = Callable[[str, list[Reading]], object]
 StateSink = Callable[[str, DeviceState, str | None], None]
+IdentitySink = Callable[[str, dict[str, Any]], None]
+IDENTIFY_INTERVAL = 86400.0  # seconds between identity checks on one connection (and one at every connect)
 
 
 class Backoff:
@@ -46,11 +54,14 @@ class DeviceTask:
     """The life of one device: connect, poll or subscribe, back off on failure, forever until stopped."""
 
     def __init__(self, device: DeviceConfig, on_readings: ReadingsSink, on_state: StateSink,
-                 backoff_cap: float = 30.0, adapter_factory: Callable[[DeviceConfig], Adapter] = create_adapter
-                 ) -> None:
+                 backoff_cap: float = 30.0, adapter_factory: Callable[[DeviceConfig], Adapter] = create_adapter,
+                 on_identity: IdentitySink | None = None, identify_interval: float = IDENTIFY_INTERVAL) -> None:
         self.device = device
         self.on_readings = on_readings
         self.on_state = on_state
+        self.on_identity = on_identity
+        self.identify_interval = identify_interval
+        self._identify_task: asyncio.Task[None] | None = None
         self.backoff = Backoff(base=min(0.5, device.interval), cap=backoff_cap)
         self.adapter_factory = adapter_factory
         self.adapter: Adapter | None = None
@@ -63,6 +74,11 @@ class DeviceTask:
         self.readings = 0
         self.bad_readings = 0
         self.errors = 0
+        # True after the first answer since start: data, a failure or a skip (the first snapshot waits for it).
+        self.answered = False
+        # A state or readings listener that raises is logged once (then once a minute) and survived.
+        self._state_failures = RepeatedFailure(f"{device.id}:on_state", "listener", log, "listener")
+        self._pipeline_failures = RepeatedFailure(device.id, "pipeline", log, "device")
         self.sessions = 0  # successful connects; every one after the first is a reconnect
         self.publishes = 0  # subscription notifications delivered (a subscribing device is never polled)
         self.subscribing = False
@@ -104,25 +120,29 @@ class DeviceTask:
                 if self.sessions > 1:
                     log.info("device=%s event=reconnected reconnects=%d", dev.id, self.reconnects)
                 self.backoff.reset()
+                self._start_identify(adapter)
                 if adapter.wants_subscribe:
                     await adapter.subscribe(self._published)
                     raise AdapterError("subscription ended")
                 await self._poll_loop(adapter)
             except asyncio.CancelledError:
+                self._stop_identify()
                 await adapter.close()
                 raise
             except DeviceSkipped as exc:
-                self.on_state(dev.id, DeviceState.DEGRADED, exc.reason)
+                self._set_state(DeviceState.DEGRADED, exc.reason)
+                self._stop_identify()
                 await adapter.close()
                 await asyncio.sleep(getattr(dev, "degrade_for", dev.interval))
                 continue
             except AdapterError as exc:
                 self.errors += 1
-                self.on_state(dev.id, DeviceState.OFFLINE, exc.reason)
+                self._set_state(DeviceState.OFFLINE, exc.reason)
             except Exception as exc:  # a bug or an unexpected library error must not kill the task
                 self.errors += 1
                 log.exception("device=%s event=unexpected_error", dev.id)
-                self.on_state(dev.id, DeviceState.OFFLINE, f"internal error: {type(exc).__name__}: {exc}")
+                self._set_state(DeviceState.OFFLINE, f"internal error: {type(exc).__name__}: {exc}")
+            self._stop_identify()
             await adapter.close()
             if self.stopping:
                 return
@@ -134,13 +154,57 @@ class DeviceTask:
         self.publishes += 1
         self._deliver(readings)
 
+    def _start_identify(self, adapter: Adapter) -> None:
+        if self.on_identity is not None:
+            self._identify_task = asyncio.create_task(self._identify_loop(adapter),
+                                                      name=f"identify:{self.device.id}")
+
+    def _stop_identify(self) -> None:
+        """Cancel the identity task of the ending connection (no wait: a cancellation that a library swallows
+        is caught by the loop's own check, so the task ends anyway before its next sleep)."""
+        task, self._identify_task = self._identify_task, None
+        if task is not None:
+            task.cancel()
+
+    async def _identify_loop(self, adapter: Adapter) -> None:
+        """Identify now and then every `identify_interval` on this connection; a failure is logged only."""
+        dev = self.device.id
+        me = asyncio.current_task()
+        while self._identify_task is me:
+            try:
+                identity = await adapter.identify()
+            except AdapterError as exc:
+                log.info("device=%s event=identify_failed reason=%s", dev, exc.reason.replace(" ", "_"))
+            except Exception:
+                log.warning("device=%s event=identify_error", dev, exc_info=True)
+            else:
+                if identity and self.on_identity is not None and self._identify_task is me:
+                    try:
+                        self.on_identity(dev, identity)
+                    except Exception:
+                        log.exception("device=%s event=identity_record_failed", dev)
+            await asyncio.sleep(self.identify_interval)
+
+    def _set_state(self, state: DeviceState, reason: str | None) -> None:
+        """Report a state change; a listener's failure is logged and never ends this task (it is called from the
+        `except` branches, outside the retry loop's `try`)."""
+        self.answered = True
+        try:
+            self.on_state(self.device.id, state, reason)
+        except Exception:
+            self._state_failures.failed()
+
     def _deliver(self, readings: list[Reading]) -> None:
+        self.answered = True
         self.readings += len(readings)
         self.bad_readings += sum(1 for r in readings if r.quality != "good")
         try:
             self.on_readings(self.device.id, readings)
         except Exception:
-            log.exception("device=%s event=pipeline_error", self.device.id)
+            self._pipeline_failures.failed()
+        else:
+            if self._pipeline_failures.count:
+                self._pipeline_failures.ok()
 
     @property
     def phase(self) -> float:
@@ -170,15 +234,17 @@ class DeviceTask:
 class Engine:
     """Starts and stops the device tasks; knows adapters only through `adapters.base`."""
 
-    def __init__(self, on_readings: ReadingsSink, on_state: StateSink) -> None:
+    def __init__(self, on_readings: ReadingsSink, on_state: StateSink, on_identity: IdentitySink | None = None
+                 ) -> None:
         self.on_readings = on_readings
         self.on_state = on_state
+        self.on_identity = on_identity
         self.tasks: dict[str, DeviceTask] = {}
 
     def start_device(self, device: DeviceConfig) -> None:
         if device.id in self.tasks or not device.enabled:
             return
-        task = DeviceTask(device, self.on_readings, self.on_state)
+        task = DeviceTask(device, self.on_readings, self.on_state, on_identity=self.on_identity)
         self.tasks[device.id] = task
         task.start()
 

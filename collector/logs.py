@@ -35,6 +35,37 @@ class KvFormatter(logging.Formatter):
         return line
 
 
+class LibraryNoise(logging.Filter):
+    """Library records about failures the collector handles itself become DEBUG records.
+
+    asyncua logs ERROR tracebacks from its loops when an OPC UA server goes away, and a WARNING "... was called
+    but connection is closed" for each teardown step of such a session; aiohttp logs an ERROR traceback for
+    every malformed HTTP request. The collector reports what matters (one WARNING `event=state` line per
+    device state change, with the reason, and a 400 to the client): at WARNING and ERROR these would drown it
+    in `journalctl -p warning`; at DEBUG they are there when asked for (`--log-level debug`). An exception in
+    one of our HTTP handlers stays an ERROR: that is our bug, not the client's. A handler filter, because it
+    must see the records of every child logger.
+    """
+
+    TEARDOWN = "was called but connection is closed"  # asyncua's close_session / close_secure_channel
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.DEBUG or not self._noise(record):
+            return True
+        if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+            return False
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return True
+
+    def _noise(self, record: logging.LogRecord) -> bool:
+        library = record.name.partition(".")[0]
+        exc = record.exc_info[1] if record.exc_info else None
+        if library == "asyncua":
+            return exc is not None or (isinstance(record.msg, str) and record.msg.endswith(self.TEARDOWN))
+        # aiohttp: a request it could not parse (aiohttp.http_exceptions: BadHttpMessage, LineTooLong, ...)
+        return library == "aiohttp" and exc is not None and type(exc).__module__ == "aiohttp.http_exceptions"
+
+
 def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
@@ -46,6 +77,7 @@ def setup_logging(level: str = "INFO", fmt: str = "kv", stream: object = None) -
     else:
         stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
         handler.setFormatter(KvFormatter(stamp + "level=%(levelname)s logger=%(name)s %(message)s"))
+    handler.addFilter(LibraryNoise())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -49,7 +49,6 @@ class Pipeline:
             advance = self._advance[device] = {}
         stale_after = self.stale_after
         fresh_good = 0
-        good = 0
         for r in readings:
             tag = r.tag
             latest[tag] = r
@@ -58,15 +57,14 @@ class Pipeline:
             if prev is None or ts != prev[0]:
                 advance[tag] = (ts, r.receive_ts)
                 if r.quality == "good":
-                    good += 1
                     fresh_good += 1  # its source time just advanced
-            elif r.quality == "good":
-                good += 1
-                if r.receive_ts - prev[1] <= stale_after:
-                    fresh_good += 1
+            elif r.quality == "good" and r.receive_ts - prev[1] <= stale_after:
+                fresh_good += 1
         batch = Batch(device=device, seq=self.next_seq(device), ts=now, readings=readings,
                       good_ts=now if fresh_good else None)
-        self.status.polled(device, good, len(readings), now)
+        # The state counts the device's whole tag set (its latest reading of each): a subscription's publish
+        # carries only what changed, and "n of m tags bad" must not follow the size of each publish.
+        self.status.polled(device, sum(1 for r in latest.values() if r.quality == "good"), len(latest), now)
         for sink in self.sinks:
             sink(batch)
         return batch

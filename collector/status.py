@@ -6,10 +6,16 @@ skipped) ⇄ `offline` (no session: connection refused, timeout, session lost). 
 Evidence (INDICATORS.md): a device's time bucket is *good* when a good sample of it was **delivered** (the
 sink acknowledged it); the collector's own running buckets are recorded too, so its downtime does not count
 against devices. Both survive restarts, so a month's figures do.
+
+Identity (INDICATORS.md, "Evidence that proves"): what identifies the device behind each endpoint, one row per
+distinct identity with its first and last sighting (`identities`); a row that follows another of the same
+device is a change of identity. Identities are observed rarely (each connect, once a day), so they are
+written at once rather than with the next flush.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -18,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from collector.failures import RepeatedFailure
 from collector.model import DeviceState
 
 log = logging.getLogger(__name__)
@@ -31,7 +38,26 @@ CREATE TABLE IF NOT EXISTS good_buckets (device TEXT NOT NULL, bucket INTEGER NO
 CREATE TABLE IF NOT EXISTS uptime_buckets (bucket INTEGER PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state_log (device TEXT NOT NULL, ts REAL NOT NULL, state TEXT NOT NULL, reason TEXT);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS identities (device TEXT NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL,
+    identity TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS identities_by_device ON identities (device, first_seen);
 """
+
+
+@dataclass
+class IdentityRecord:
+    """One identity of a device and when it was seen first and last (POSIX seconds)."""
+
+    device: str
+    first_seen: float
+    last_seen: float
+    values: dict[str, Any]
+
+
+def changed_keys(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """Keys both identities carry with different values. A key only one of them has is no change: a part
+    that did not answer this time (a timeout) is left out of an observation, never set to None."""
+    return sorted(k for k in before.keys() & after.keys() if before[k] != after[k])
 
 
 @dataclass
@@ -129,12 +155,45 @@ class StatusStore:
         row = self.db.execute("SELECT MIN(bucket) FROM uptime_buckets").fetchone()
         return None if row is None else row[0]
 
+    def first_run(self) -> float | None:
+        """When the collector first started on this store (its first uptime bucket may begin earlier)."""
+        v = self.meta_get("first_run")
+        return None if v is None else float(v)
+
     def meta_get(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
     def meta_set(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def record_identity(self, device: str, values: Mapping[str, Any], ts: float) -> IdentityRecord | None:
+        """One observation: extends the device's latest identity (adding keys it lacked) when nothing it holds
+        differs, else starts a new one. Returns the previous identity when this is a change."""
+        row = self.db.execute("SELECT rowid, first_seen, last_seen, identity FROM identities WHERE device = ? "
+                              "ORDER BY first_seen DESC, rowid DESC LIMIT 1", (device,)).fetchone()
+        if row is not None:
+            before = IdentityRecord(device, row[1], row[2], json.loads(row[3]))
+            if not changed_keys(before.values, values):
+                merged = {**before.values, **values}
+                self.db.execute("UPDATE identities SET last_seen = ?, identity = ? WHERE rowid = ?",
+                                (max(ts, before.last_seen), json.dumps(merged, sort_keys=True, ensure_ascii=False),
+                                 row[0]))
+                return None
+        self.db.execute("INSERT INTO identities VALUES (?, ?, ?, ?)",
+                        (device, ts, ts, json.dumps(dict(values), sort_keys=True, ensure_ascii=False)))
+        return None if row is None else before
+
+    def identities(self, before: float | None = None) -> list[IdentityRecord]:
+        """Every identity row (first seen before `before`, if given), by device and time: a row that follows
+        another of its device is a change of identity at its `first_seen`."""
+        sql = "SELECT device, first_seen, last_seen, identity FROM identities"
+        args: tuple[Any, ...] = ()
+        if before is not None:
+            sql += " WHERE first_seen < ?"
+            args = (before,)
+        rows = self.db.execute(sql + " ORDER BY device, first_seen, rowid", args).fetchall()
+        return [IdentityRecord(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
 
     def uptime_buckets(self, start: float, end: float) -> list[int]:
         rows = self.db.execute("SELECT bucket FROM uptime_buckets WHERE bucket >= ? AND bucket < ? ORDER BY bucket",
@@ -143,6 +202,11 @@ class StatusStore:
 
     def close(self) -> None:
         self.db.close()
+
+
+_RESTARTED = "collector restarted"
+_ADDED = "added by reload"
+_NO_NEWS = (_RESTARTED, _ADDED)  # reasons the tracker gives itself: the next answer after them is no news
 
 
 class StatusTracker:
@@ -158,11 +222,14 @@ class StatusTracker:
         saved = store.load_statuses()
         self.devices: dict[str, DeviceStatus] = {}
         now = clock()
+        if store.first_run() is None:  # evidence never shows good data from before the collector first ran
+            earlier = store.first_uptime()  # a store from before first_run was kept: its first bucket, not now
+            store.meta_set("first_run", repr(now if earlier is None else float(earlier)))
         for dev in devices:
             st = saved.get(dev, DeviceStatus(dev, since=now))
             # After a restart nothing is known about the session: keep evidence, restart the state machine.
             if st.state != DeviceState.NEVER_SEEN:
-                st.state, st.since, st.reason = DeviceState.OFFLINE, now, "collector restarted"
+                st.state, st.since, st.reason = DeviceState.OFFLINE, now, _RESTARTED
             self.devices[dev] = st
         self.listeners: list[StatusListener] = []
         # Told (device, good_ts) on every acknowledged good batch: /metrics measures the sink latency from it.
@@ -173,24 +240,51 @@ class StatusTracker:
         self._good_done: set[tuple[str, int]] = set()
         self._uptime: set[int] = set()
         self._last_flush: float | None = None
+        # the latest identity of each device (values), for the live figures and the status
+        self.identities: dict[str, dict[str, Any]] = {}
+        for rec in store.identities():
+            if rec.device in self.devices:
+                self.identities[rec.device] = rec.values
+        self._listener_failures: dict[str, RepeatedFailure] = {}
+
+    def _tell(self, listener: Callable[..., None], *args: Any) -> None:
+        """Call one listener. Its failure is logged once (then once a minute, collector/failures.py) and never
+        reaches the caller: a listener that raises (a publish the broker client refuses, a bug) must not end a
+        device task, nor the handling of the sink's acknowledgements."""
+        try:
+            listener(*args)
+        except Exception:
+            name = getattr(listener, "__qualname__", None) or repr(listener)
+            failure = self._listener_failures.get(name)
+            if failure is None:
+                failure = self._listener_failures[name] = RepeatedFailure(name, "listener", log, "listener")
+            failure.failed()
 
     # -- fed by the engine
 
     def set_state(self, device: str, state: DeviceState, reason: str | None = None) -> None:
+        """Change a device's state or reason; a change of state is one WARNING line with its reason (what
+        `journalctl -p warning` shows), a new reason in the same state and a first contact are INFO."""
         st = self.devices[device]
         if st.state == state and st.reason == reason:
             return
         now = self.clock()
-        if st.state != state:
+        before = st.state
+        first_contact = state == DeviceState.ONLINE and (before == DeviceState.NEVER_SEEN or st.reason in _NO_NEWS)
+        if before != state:
             st.since = now
             self._log.append((device, now, str(state), reason))
         st.state, st.reason = state, reason
+        log.log(logging.WARNING if before != state and not first_contact else logging.INFO,
+                "device=%s event=state state=%s from=%s reason=%s", device, state, before,
+                (reason or "").replace(" ", "_") or "-")
         self._dirty.add(device)
         for listener in self.listeners:
-            listener(st)
+            self._tell(listener, st)
 
     def polled(self, device: str, good: int, total: int, ts: float) -> None:
-        """A poll answered: `good` of `total` tags came back good."""
+        """A poll or publish answered: `good` of the device's `total` tags are good, counted over the latest
+        reading of every tag (a publish carries only what changed)."""
         st = self.devices[device]
         if good:
             st.last_good = ts
@@ -203,6 +297,13 @@ class StatusTracker:
             self.set_state(device, DeviceState.DEGRADED, f"all {total} tags bad")
 
 
+    def identified(self, device: str, values: Mapping[str, Any]) -> IdentityRecord | None:
+        """The adapter told what identifies the device (after a connect, or the daily check); returns the
+        previous identity when it changed."""
+        before = self.store.record_identity(device, values, self.clock())
+        self.identities[device] = {**({} if before is not None else self.identities.get(device, {})), **values}
+        return before
+
     # -- fed by a config reload (Collector.reload)
 
     def add_device(self, device: str) -> None:
@@ -212,7 +313,7 @@ class StatusTracker:
         now = self.clock()
         st = self.store.load_statuses().get(device, DeviceStatus(device, since=now))
         if st.state != DeviceState.NEVER_SEEN:
-            st.state, st.since, st.reason = DeviceState.OFFLINE, now, "added by reload"
+            st.state, st.since, st.reason = DeviceState.OFFLINE, now, _ADDED
         self.devices[device] = st
         self._dirty.add(device)
 
@@ -226,7 +327,7 @@ class StatusTracker:
     def delivered(self, device: str, good_ts: float) -> None:
         """A batch holding a good sample taken at `good_ts` was acknowledged by the sink."""
         for hook in self.delivery_listeners:
-            hook(device, good_ts)
+            self._tell(hook, device, good_ts)
         st = self.devices.get(device)
         if st is None:
             return

@@ -9,6 +9,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from collector.indicators.rates import pct
+
 STATE_STYLE = {"online": "green", "degraded": "yellow", "offline": "red", "never_seen": "dim"}
 
 
@@ -32,12 +34,11 @@ def fmt_duration(seconds: float) -> str:
 
 
 def fmt_rate(fig: dict[str, Any]) -> str:
-    value = fig.get("value")
-    pct = "—" if value is None else f"{value * 100:.1f} %"
+    shown = pct(fig["numerator"], fig["denominator"])  # truncated to 0.1 %, as the report shows it
     target = fig.get("target")
     mark = "" if fig.get("passed") is None else (" ✔ pass" if fig["passed"] else " ✘ below target")
     goal = f" (target ≥ {target * 100:.0f} %)" if target is not None else ""
-    return f"{pct}  [{fig['numerator']:g}/{fig['denominator']:g}]{goal}{mark}"
+    return f"{shown}  [{fig['numerator']:g}/{fig['denominator']:g}]{goal}{mark}"
 
 
 def fmt_activity(row: dict[str, Any]) -> str:
@@ -76,6 +77,9 @@ def render(rows: list[dict[str, Any]], indicators: dict[str, Any], header: str, 
     for key in ("D2", "D1", "D3", "D2a"):
         f = figs[key]
         ind.add_row(f"{f['name_zh']} {key} — {f['name_en']}", fmt_rate(f))
+    if indicators.get("banner"):  # simulated devices counted (indicators.allow_simulated)
+        return Group(Text(f" {indicators['banner']} · {indicators.get('banner_en') or ''} ",
+                          style="bold white on red"), table, ind)
     return Group(table, ind)
 
 
@@ -88,6 +92,8 @@ def render_plain(rows: list[dict[str, Any]], indicators: dict[str, Any]) -> str:
     for key in ("D2", "D1"):
         f = indicators["figures"][key]
         lines.append(f"{f['name_zh']} {key}: {fmt_rate(f)}")
+    if indicators.get("banner"):
+        lines.append(f"!!! {indicators['banner']} / {indicators.get('banner_en') or ''} !!!")
     return "\n".join(lines)
 
 

@@ -14,9 +14,14 @@ Behaviour a collector sees:
 - addresses between tags read as 0 (coalesced reads work); a request past the last tag of a table, or a
   table the unit has no tag in, answers exception 02;
 - fault injection, from the device's `simulate:` block or at run time through the control methods
-  (`set_exceptions`, `set_delay`, `set_silent`, `drop_connections`): exception 02/04 on chosen addresses (any
-  request touching one), answering late, not answering at all, connections dropped;
+  (`set_exceptions`, `set_delay`, `set_silent`, `truncate_answers`, `drop_connections`): exception 02/04 on
+  chosen addresses (any request touching one), answering late, not answering at all, answers cut short (the
+  first bytes of a frame, the rest never sent, the connection kept), connections dropped;
 - an unknown unit id answers exception 0B (gateway target failed to respond) over TCP, nothing over RTU;
+- FC 43/14 Read Device Identification answers, per unit, that it is a simulator (`SIM_IDENTIFICATION`:
+  VendorName "shopfloor-collector", ProductCode "SIMULATOR"); `set_identification(device, None)` makes a
+  unit answer exception 01 instead, like the many real devices without identification;
+- the device's `identity:` tags (a serial-number register) are served like its tags;
 - `stop()` closes the listener and every client connection.
 """
 
@@ -37,13 +42,15 @@ from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
 from pymodbus.framer import FramerType
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
+from pymodbus.pdu.mei_message import ReadDeviceInformationRequest, ReadDeviceInformationResponse
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
 from adapters.modbus.codec import TagCodec, compile_tag
 from collector.config import ModbusDevice, parse_endpoint
 from simulators.machine import MachineModel
 
-__all__ = ["ModbusServerSim", "UnitStore"]
+__all__ = ["SIM_IDENTIFICATION", "ModbusServerSim", "UnitStore"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,11 @@ _FC_TABLE = {1: "coil", 5: "coil", 15: "coil", 2: "discrete_input", 4: "input_re
              23: "holding_register"}
 _TABLES = ("coil", "discrete_input", "input_register", "holding_register")
 
+SIM_IDENTIFICATION: dict[int, str] = {0x00: "shopfloor-collector", 0x01: "SIMULATOR", 0x02: "1.0",
+                                      0x04: "shopfloor-collector simulator (Modbus)"}
+"""FC 43/14 objects every simulated unit answers (0x05 ModelName is the device id): a collector that reads
+them marks the device 模拟设备 and never counts it as networked unless `indicators.allow_simulated`."""
+
 
 class UnitStore:
     """The four tables of one simulated unit and the machine model that fills them."""
@@ -60,7 +72,8 @@ class UnitStore:
     def __init__(self, device: ModbusDevice, model: MachineModel) -> None:
         self.device = device
         self.model = model
-        self.codecs: list[TagCodec] = [compile_tag(t, device.byte_order) for t in device.tags]
+        self.codecs: list[TagCodec] = [compile_tag(t, device.byte_order) for t in [*device.tags, *device.identity]]
+        self.identification: dict[int, str] | None = {**SIM_IDENTIFICATION, 0x05: device.id}
         sizes = dict.fromkeys(_TABLES, 0)
         for c in self.codecs:
             sizes[c.table] = max(sizes[c.table], c.address + c.size)
@@ -75,6 +88,8 @@ class UnitStore:
         self.delay = sim.delay
         self.silent = sim.silent
         self.update_interval = sim.update_interval
+        self.truncate_to = 0  # bytes kept of each of the next `truncate_left` answers
+        self.truncate_left = 0
 
     def update(self) -> None:
         """Advance the model one tick and write every tag's value into the tables."""
@@ -167,6 +182,40 @@ class _Datastore(ModbusServerContext):
         return None
 
 
+class _DeviceIdentification(ReadDeviceInformationRequest):
+    """FC 43/14 answered per unit from `UnitStore.identification` (pymodbus's own answer is one identity per
+    process). `sub_function_code` stays -1 so pymodbus's decoder keeps this class instead of its own."""
+
+    sub_function_code = -1
+
+    @classmethod
+    def decode_sub_function_code(cls, data: bytes) -> int:
+        return -1
+
+    def decode(self, data: bytes) -> None:
+        mei, self.read_code, self.object_id = data[0], data[1], data[2]
+        self.mei_type = mei
+
+    async def datastore_update(self, context: Any, device_id: int) -> ModbusPDU:
+        store: _Datastore = context
+        unit = await store._unit(device_id)
+        if unit is None:
+            return ExceptionResponse(self.function_code, ExcCodes.GATEWAY_NO_RESPONSE)
+        if getattr(self, "mei_type", 0x0E) != 0x0E or unit.identification is None:
+            return ExceptionResponse(self.function_code, ExcCodes.ILLEGAL_FUNCTION)
+        if not 1 <= self.read_code <= 4:
+            return ExceptionResponse(self.function_code, ExcCodes.ILLEGAL_VALUE)
+        wanted = {1: range(0, 3), 2: range(0, 7), 3: range(0, 256), 4: range(self.object_id, self.object_id + 1)}
+        objects = {oid: text.encode() for oid, text in unit.identification.items()
+                   if oid in wanted[self.read_code] and (self.read_code == 4 or oid >= self.object_id)}
+        if not objects:
+            return ExceptionResponse(self.function_code, ExcCodes.ILLEGAL_ADDRESS)
+        resp = ReadDeviceInformationResponse(read_code=self.read_code, information=objects, dev_id=device_id,
+                                             transaction_id=self.transaction_id)
+        resp.conformity = 0x82  # basic + regular, stream and individual access
+        return resp
+
+
 def _exist(*paths: Path) -> bool:
     return all(p.exists() for p in paths)
 
@@ -198,7 +247,7 @@ class ModbusServerSim:
             if dev.unit_id in self.units:
                 raise ValueError(f"devices '{self.units[dev.unit_id].device.id}' and '{dev.id}' share unit id "
                                  f"{dev.unit_id} on {endpoint_url}")
-            model = MachineModel(dev.id, dev.simulate, dev.tags)
+            model = MachineModel(dev.id, dev.simulate, [*dev.tags, *dev.identity])
             unit = UnitStore(dev, model)
             self.models[dev.id] = model
             self.units[dev.unit_id] = unit
@@ -225,11 +274,14 @@ class ModbusServerSim:
             settings = serial_settings(self.endpoint)
             port = self.serve_port or await self._start_pty_pair()
             server = ModbusSerialServer(self._store, framer=FramerType.RTU, port=port,
-                                        ignore_missing_devices=True, **settings)
+                                        ignore_missing_devices=True, custom_pdu=[_DeviceIdentification],
+                                        trace_packet=self._cut,
+                                        **settings)
         else:
             framer = FramerType.RTU if self.scheme == "rtu+tcp" else FramerType.SOCKET
             server = ModbusTcpServer(self._store, address=(self.host, self.port), framer=framer,
-                                     ignore_missing_devices=True)
+                                     ignore_missing_devices=True, custom_pdu=[_DeviceIdentification],
+                                     trace_packet=self._cut)
         try:
             await server.serve_forever(background=True)
         except Exception as exc:  # RuntimeError from pymodbus, termios/pyserial errors on a serial port
@@ -318,6 +370,29 @@ class ModbusServerSim:
         unit.exception_addresses = sorted(set(addresses))
         unit.exception_code = ExcCodes(code)
 
+    def set_identification(self, device_id: str, objects: dict[int, str] | None) -> None:
+        """The FC 43/14 objects a unit answers (object id -> text); None: answer exception 01 (unsupported)."""
+        self._by_device[device_id].identification = None if objects is None else dict(objects)
+
+    def truncate_answers(self, device_id: str, keep: int, count: int = 1) -> None:
+        """Send only the first `keep` bytes of the unit's next `count` answers (the rest never comes, the
+        connection stays open): a device or gateway that cuts a frame short and then answers the retry."""
+        if keep < 1:
+            raise ValueError("keep at least 1 byte (a silent unit is set_silent)")
+        unit = self._by_device[device_id]
+        unit.truncate_to = keep
+        unit.truncate_left = max(0, count)
+
+    def _cut(self, sending: bool, packet: bytes) -> bytes:
+        """pymodbus's trace_packet hook (every frame in and out): applies `truncate_answers`."""
+        if not sending or len(packet) < 8:
+            return packet
+        unit = self.units.get(packet[6] if self.scheme == "tcp" else packet[0])  # MBAP unit id / RTU address
+        if unit is None or unit.truncate_left <= 0:
+            return packet
+        unit.truncate_left -= 1
+        return packet[:unit.truncate_to]
+
     def drop_connections(self) -> int:
         """Close every client connection now (the listener stays): clients see the device drop them.
         Returns how many were dropped; a serial line has no connection to drop (0)."""
@@ -334,7 +409,8 @@ class ModbusServerSim:
         """The faults currently injected for a device."""
         unit = self._by_device[device_id]
         return {"silent": unit.silent, "delay": unit.delay, "exception_addresses": list(unit.exception_addresses),
-                "exception_code": int(unit.exception_code)}
+                "exception_code": int(unit.exception_code), "truncate_to": unit.truncate_to,
+                "truncate_left": unit.truncate_left}
 
     def unit(self, device_id: str) -> UnitStore:
         """The unit serving a device (tests poke its tables)."""

@@ -24,6 +24,10 @@ Address space (node ids are strings in the device's `namespace_uri`, shown here 
 Any other tag with a `ns=N;s=...`/`nsu=...;s=...` (or numeric, non-zero namespace) node id is created under
 Tags, typed from `tag.type` (default Double; Boolean/String when its simulated value is one).
 
+The server identifies itself as a simulator: BuildInfo ProductUri `urn:shopfloor-collector:simulator`,
+ProductName "shopfloor-collector simulator (OPC UA)", Identification.Manufacturer "shopfloor-collector
+simulator" (the collector's identity evidence, docs/indicators.md).
+
 Values follow a `MachineModel` ticked every `simulate.update_interval` and are written with source timestamps
 from the sim's clock, only when they change (OPC UA semantics: SourceTimestamp is when the value changed).
 
@@ -66,6 +70,11 @@ log = logging.getLogger(__name__)
 MACHINE_TOOL_NS = "http://opcfoundation.org/UA/MachineTool/"
 MACHINERY_NS = "http://opcfoundation.org/UA/Machinery/"
 DI_NS = "http://opcfoundation.org/UA/DI/"
+# How the simulator identifies itself (BuildInfo, Machinery Identification): a collector that reads this marks
+# the device 模拟设备 and never counts it as networked unless `indicators.allow_simulated`
+SIM_PRODUCT_URI = "urn:shopfloor-collector:simulator"
+SIM_MANUFACTURER = "shopfloor-collector"
+SIM_PRODUCT = "shopfloor-collector simulator (OPC UA)"
 GROUP_SIZE = 100  # variables per object: asyncua slows down sharply with thousands under one parent
 
 VARIANT_TYPES: dict[str, ua.VariantType] = {
@@ -214,7 +223,7 @@ class MachineContext:
     def __init__(self, device: OpcUaDevice, model: MachineModel, clock: Callable[[], float]) -> None:
         self.model = model
         self.clock = clock
-        self.manufacturer = "Shopfloor Sim"
+        self.manufacturer = "shopfloor-collector simulator"
         self.model_name = device.name or "CNC-SIM"
         self.serial_number = f"SIM-{zlib.crc32(device.id.encode()):08X}"
         self.parts = 0.0
@@ -325,16 +334,19 @@ class OpcUaMachineSim:
     """
 
     def __init__(self, device: OpcUaDevice, *, clock: Callable[[], float] = time.time,
-                 extra_namespaces: Sequence[str] = (), security: SimSecurity | None = None) -> None:
+                 extra_namespaces: Sequence[str] = (), security: SimSecurity | None = None,
+                 min_keepalive_count: int = 1) -> None:
         """`clock` stamps values and drives the model (tests shift it to tell source from receive time);
         `extra_namespaces` are registered before the device's namespace, to move its index (tests of
         `nsu=` resolution); `security` makes it a secured server (default: what the device config asks for,
-        see `security_from_device`)."""
+        see `security_from_device`); `min_keepalive_count` makes it revise a subscription's requested
+        MaxKeepAliveCount up to at least that, as some servers do (keep-alives only every few cycles)."""
         self.device = device
         self.security = security if security is not None else security_from_device(device)
         self.application_uri = f"urn:shopfloor-collector:sim:{device.id}"
         self.clock = clock
         self.extra_namespaces = list(extra_namespaces)
+        self.min_keepalive_count = max(1, min_keepalive_count)
         self.model = MachineModel(device.id, device.simulate, device.tags, clock=clock)
         self.machine = MachineContext(device, self.model, clock)
         self.server: Server | None = None
@@ -372,9 +384,15 @@ class OpcUaMachineSim:
         server = Server(iserver=_FastInternalServer())
         await server.init()
         server.disable_clock()
+        if self.min_keepalive_count > 1:
+            service = server.iserver.subscription_service
+            clamp, floor = service._clamp_keep_alive_count, self.min_keepalive_count
+            service._clamp_keep_alive_count = lambda requested: max(floor, clamp(requested))  # type: ignore[method-assign]
         server.set_endpoint(self.device.endpoint)
         server.set_server_name(f"shopfloor-collector sim {self.device.id}")
         await server.set_application_uri(self.application_uri)
+        await server.set_build_info(SIM_PRODUCT_URI, SIM_MANUFACTURER, SIM_PRODUCT, "1.0", "0",
+                                    datetime(2026, 1, 1, tzinfo=UTC))
         await self._apply_security(server)
         await self._build(server)
         await self._flush(server, self._collect(force=True))

@@ -37,6 +37,7 @@ MODBUS_CONSTANTS = [
     ("k_int32", "int32", {}, -123456789, -123456789),
     ("k_uint32_cdab", "uint32", {"byte_order": "CDAB"}, 3_000_000_000, 3_000_000_000),
     ("k_float32", "float32", {}, 3.25, 3.25),
+    ("k_float32_volts", "float32", {"unit": "V"}, 230.0057, 230.0057),
     ("k_scaled", "int16", {"scale": 0.1, "unit": "°C"}, 61.5, 61.5),
 ]
 OPCUA_CONSTANTS = [
@@ -51,7 +52,7 @@ def demo_on_free_ports(state_dir: Path, broker_port: int) -> dict[str, Any]:
     data["mqtt"]["url"] = f"mqtt://127.0.0.1:{broker_port}"
     data["http"] = {"listen": f"127.0.0.1:{free_port()}"}
     data["state_dir"] = str(state_dir)
-    data["indicators"] = {"publish_interval": 0.5, "bucket": 1.0, "live_window": 1.5}
+    data["indicators"] = {"publish_interval": 0.5, "bucket": 1.0, "live_window": 1.5, "allow_simulated": True}
     for dev in data["devices"]:
         scheme = dev["endpoint"].split("://")[0]
         dev["endpoint"] = f"{scheme}://127.0.0.1:{free_port()}"
@@ -113,6 +114,10 @@ async def test_every_device_delivers_decoded_values_with_rising_seq(running: Run
     assert imm["k_scaled"]["unit"] == "°C"
     # float32 read back from its two registers, computed here with struct, not by the codec
     assert imm["k_float32"]["value"] == struct.unpack(">f", struct.pack(">f", 3.25))[0]
+    # the shortest decimal that reads back as the same float32, not 230.00570678710938
+    assert imm["k_float32_volts"]["value"] == 230.0057
+    raw = next(m.payload for m in reversed(recorder.on("/devices/imm-01/data")))
+    assert b'"k_float32_volts":{"value":230.0057,' in raw
     # in subscribe mode a message carries what changed: take each tag's latest value over all messages
     cnc: dict[str, Any] = {}
     for msg in data_of(recorder, "cnc-01"):
@@ -196,6 +201,17 @@ def test_run_command_shuts_down_cleanly_on_sigterm(broker: MosquittoProcess, sta
         assert run.wait(15) == 0
         gw = rec.last("/gateway/status")
         assert gw is not None and gw.json()["state"] == "offline" and gw.json()["reason"] == "shutdown"
+        # every device's retained status says so too (it said `online` until the next start)
+        late = Recorder(broker.host, broker.port, f"{cfg.topic_root}/devices/+/status")
+        try:
+            ran = ("knit-01", "comp-01")  # earlier tests of this module left others of the same root
+            asyncio.run(late.wait_for(lambda: all(late.on(f"/{d}/status") for d in ran), 10,
+                                      "retained device statuses"))
+            statuses = {m.json()["device"]: (m.json()["state"], m.json()["reason"], m.retain)
+                        for m in late.on("/status") if m.json()["device"] in ran}
+            assert statuses == {d: ("offline", "shutdown", True) for d in ran}, statuses
+        finally:
+            late.close()
         logs = run.stderr.read() if run.stderr else ""
         assert "event=stopped" in logs
         assert "loop=uvloop" in logs  # the service runs on uvloop where it is installed (collector/runtime.py)
@@ -203,3 +219,32 @@ def test_run_command_shuts_down_cleanly_on_sigterm(broker: MosquittoProcess, sta
         rec.close()
         sim.send_signal(signal.SIGINT)
         assert sim.wait(15) == 0
+
+
+async def test_first_snapshot_waits_for_the_first_poll_round(broker: MosquittoProcess, state_dir: Path,
+                                                            recorder: Recorder) -> None:
+    """Published at connect, the first retained snapshot said D2 0 of 6 until the next one, a minute later."""
+    data = demo_on_free_ports(state_dir, broker.port)
+    data["indicators"] = {"publish_interval": 30, "bucket": 5.0, "live_window": 10, "allow_simulated": True}
+    cfg = parse_config(data)
+    workshop = Workshop(cfg)
+    await workshop.start()
+    collector = Collector(cfg, Settings())
+    started = time.time()
+    await collector.start()
+    try:
+        def snapshots() -> list[Any]:  # published by this collector (not retained ones of earlier tests)
+            return [m for m in recorder.on("/indicators") if not m.retain and m.received >= started]
+
+        first = (await recorder.wait_for(snapshots, 25, "the first snapshot"))[0]
+        assert first.received - started < 25  # long before the first periodic one
+        d2 = first.json()["figures"]["D2"]
+        assert (d2["numerator"], d2["denominator"]) == (5, 6), d2
+        assert first.json()["networked_now"] == sorted(first.json()["networked_now"]) and len(
+            first.json()["networked_now"]) == 5
+        data_at = {d: min(m.received for m in recorder.on(f"/devices/{d}/data")) for d in CONNECTED}
+        assert all(t <= first.received for t in data_at.values()), (first.received, data_at)
+        assert len(snapshots()) == 1
+    finally:
+        await collector.stop()
+        await workshop.stop()

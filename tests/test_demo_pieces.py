@@ -81,6 +81,7 @@ def test_demo_command_exits_zero_after_its_duration(broker: MosquittoProcess, st
     assert "broker: external" in result.stdout
     assert "数字化设备联网率 D2" in result.stdout and "装备数控化率 D1: 71.4 %  [5/7]" in result.stdout
     assert "cnc-01" in result.stdout and "online" in result.stdout
+    assert "含模拟设备，不可用于评价" in result.stdout  # the demo counts its simulators, and says so
 
 
 def test_demo_clears_its_retained_topics_on_a_broker_it_did_not_start(

@@ -7,6 +7,8 @@ import random
 import time
 from typing import Any
 
+import pytest
+
 from adapters.base import Adapter, AdapterError
 from collector.config import parse_config
 from collector.engine import Backoff, Engine
@@ -91,3 +93,27 @@ async def test_stop_ends_a_task_whose_adapter_swallows_the_cancellation() -> Non
     await asyncio.wait_for(engine.stop(), 5)
     assert inner is not None and inner.done()
     assert SwallowsCancel.swallowed >= 1
+
+
+async def test_a_raising_state_sink_never_ends_the_task_and_is_logged_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[str] = []
+
+    def on_state(dev: str, st: DeviceState, why: str | None) -> None:
+        calls.append(dev)
+        raise ValueError("Publish topic cannot contain wildcards.")
+
+    engine = Engine(lambda dev, r: None, on_state)
+    engine.start_device(device("dead", interval=0.01))
+    task = engine.tasks["dead"]
+    task.adapter_factory = Dead
+    task.backoff.cap = 0.02  # retry fast
+    caplog.set_level("INFO", logger="collector.engine")
+    deadline = time.monotonic() + 5
+    while task.errors < 5 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    alive = task.task is not None and not task.task.done()
+    await engine.stop()
+    assert task.errors >= 5 and alive and len(calls) >= 5
+    failed = [r.getMessage() for r in caplog.records if "listener" in r.getMessage()]
+    assert failed == ["event=listener_failed listener=dead:on_state"]

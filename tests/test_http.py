@@ -39,7 +39,7 @@ def workshop_config(state_dir: Path, broker_port: int, http_port: int | None = N
     data = copy.deepcopy(yaml.safe_load((ROOT / "config/demo.yaml").read_text(encoding="utf-8")))
     data["mqtt"]["url"] = f"mqtt://127.0.0.1:{broker_port}"
     data["state_dir"] = str(state_dir)
-    data["indicators"] = {"publish_interval": 0.5, "bucket": 1.0, "live_window": 1.5}
+    data["indicators"] = {"publish_interval": 0.5, "bucket": 1.0, "live_window": 1.5, "allow_simulated": True}
     data["http"] = {"listen": f"127.0.0.1:{http_port or free_port()}", "stall_after": 1.0}
     for dev in data["devices"]:
         scheme = dev["endpoint"].split("://")[0]

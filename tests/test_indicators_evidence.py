@@ -6,7 +6,6 @@ import csv
 import datetime as dt
 import io
 import json
-import os
 import shutil
 import subprocess
 import zoneinfo
@@ -17,6 +16,7 @@ import yaml
 
 from collector.cli import main
 from collector.config import parse_config
+from collector.evidence import keys
 from collector.indicators import chain
 from collector.indicators.csv_import import CsvImportError, parse_register_csv
 from collector.indicators.register import load_register
@@ -89,9 +89,21 @@ def test_assets_import_command_installs_all_or_nothing(tmp_path: Path, capsys: p
     assert assets["M-001"].source == "import" and assets["M-001"].device is None
 
     clash = tmp_path / "clash.csv"
-    clash.write_text("设备编号,设备名称\ngrd-01,重复的磨床\n", encoding="utf-8")
-    assert main(["assets", "import", str(clash), "-c", str(cfg_path)]) == 1
-    assert "already defined in the config" in capsys.readouterr().err
+    capsys.readouterr()
+    # a row using a configured device's id: imported, the config wins for it, with a warning (docs/indicators.md)
+    clash.write_text("设备编号,设备名称,绑定设备\ngrd-01,重复的磨床,\nM-010,新钻床,\nM-011,新磨床,grd-99\n",
+                     encoding="utf-8")
+    assert main(["assets", "import", str(clash), "-c", str(cfg_path)]) == 0
+    out, err = capsys.readouterr()
+    assert f"warning: {clash}: asset 'grd-01' is already defined in the config; the config's entry is used" in err
+    assert f"warning: {clash}: asset 'M-011': 绑定设备 'grd-99' is not a configured device id; counted as not " \
+        "connected" in err
+    assert "2 row(s) clash with the config, which wins" in err and "put the device id in 绑定设备" in err
+    assert "collector reload" in out
+    assets = {a.id: a for a in load_register(cfg)}
+    assert assets["grd-01"].source == "config" and assets["grd-01"].name != "重复的磨床"
+    assert assets["M-010"].source == "import" and "M-001" not in assets
+    assert assets["M-011"].source == "import" and assets["M-011"].device is None
 
 
 def test_assets_csv_key_in_the_config(tmp_path: Path) -> None:
@@ -106,32 +118,36 @@ def test_assets_csv_key_in_the_config(tmp_path: Path) -> None:
 
 def test_chain_verifies_and_one_edited_byte_is_found(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "chain.jsonl"
+    signer, _ = keys.init(tmp_path)
+    ids = {"enterprise": "e1", "workshop": "main"}
     for m in (9, 10, 11):
         chain.append(path, {"period": {"label": f"2026-{m:02d}"}, "figures": {"D2": {"numerator": m}}, "名": "嘉兴"},
-                     ("period.label",))
-    assert chain.append(path, {"period": {"label": "2026-10"}}, ("period.label",)) is None  # already there
+                     signer, unique_key=("period.label",), **ids)
+    assert chain.append(path, {"period": {"label": "2026-10"}}, signer, unique_key=("period.label",),
+                        **ids) is None  # already there
     assert main(["verify", str(path)]) == 0
-    assert "3 record(s)" in capsys.readouterr().out
+    assert "4 record(s)" in capsys.readouterr().out  # the key record, then three months
     raw = bytearray(path.read_bytes())
-    second = raw.index(b"\n") + 1
-    pos = raw.index(b'"numerator":10', second) + len('"numerator":')
+    third = raw.index(b"\n", raw.index(b"\n") + 1) + 1
+    pos = raw.index(b'"numerator":10', third) + len('"numerator":')
     raw[pos] = ord("9")  # 10 -> 90: one byte
     path.write_bytes(bytes(raw))
     assert main(["verify", str(path)]) == 1
     out = capsys.readouterr().out
-    assert "BROKEN at record 2 (seq 2)" in out and "1 record(s) before it are intact" in out
-    with pytest.raises(ValueError, match="broken at record 2"):
-        chain.append(path, {"period": {"label": "2026-12"}})
+    assert "BROKEN at record 3 (seq 3)" in out and "2 record(s) before it are intact" in out
+    with pytest.raises(ValueError, match="broken at record 3"):
+        chain.append(path, {"period": {"label": "2026-12"}}, signer, **ids)
 
 
 def test_chain_detects_a_removed_record(tmp_path: Path) -> None:
     path = tmp_path / "chain.jsonl"
+    signer, _ = keys.init(tmp_path)
     for m in (1, 2, 3):
-        chain.append(path, {"n": m})
+        chain.append(path, {"n": m}, signer, enterprise="e1", workshop="main")
     lines = path.read_bytes().splitlines(keepends=True)
-    path.write_bytes(lines[0] + lines[2])
+    path.write_bytes(lines[0] + lines[1] + lines[3])
     res = chain.verify(path)
-    assert not res.ok and res.broken_line == 2 and "seq" in (res.reason or "")
+    assert not res.ok and res.broken_line == 3 and "seq" in (res.reason or "")
 
 
 def fill_state(state: Path) -> None:
@@ -164,7 +180,7 @@ def test_report_package_html_csv_json_and_chain(tmp_path: Path, capsys: pytest.C
     assert {"是否数控", "是否数字化", "原值（元）", "覆盖率", "首次有效数据", "最后有效数据", "协议", "接入地址",
             "是否联网"} <= set(rows[0])
     by_id = {r["设备编号"]: r for r in rows}
-    assert by_id["imm-01"]["是否联网"] == "否" and by_id["imm-01"]["覆盖率"] == f"{11 / 30:.4f}"
+    assert by_id["imm-01"]["是否联网"] == "否" and by_id["imm-01"]["覆盖率"] == "0.3666"  # 11/30 truncated
     assert by_id["cnc-01"]["是否联网"] == "是" and by_id["cnc-01"]["协议"] == "opcua"
     assert by_id["lathe-07"]["是否数字化"] == "否" and by_id["meter-01"]["计入统计范围"] == "否"
     figs = {r["figure"]: r for r in csv.DictReader(io.StringIO(
@@ -172,7 +188,7 @@ def test_report_package_html_csv_json_and_chain(tmp_path: Path, capsys: pytest.C
     assert (figs["D1"]["numerator"], figs["D1"]["denominator"], figs["D1"]["passed"]) == ("5", "7", "true")
     assert (figs["D2"]["numerator"], figs["D2"]["denominator"], figs["D2"]["passed"]) == ("4", "6", "true")
     data = json.loads((out / "report-2025-11.json").read_text(encoding="utf-8"))
-    assert data["status"] == "closed" and data["chain"]["seq"] == 1 and len(data["daily"]) == 30
+    assert data["status"] == "closed" and data["chain"]["seq"] == 2 and len(data["daily"]) == 30
     assert data["daily"][10]["numerator"] == 5 and data["daily"][11]["numerator"] == 4
     page = (out / "report-2025-11.html").read_text(encoding="utf-8")
     assert "<svg" in page and "目标 55%" in page and "数字化设备联网率" in page
@@ -182,7 +198,8 @@ def test_report_package_html_csv_json_and_chain(tmp_path: Path, capsys: pytest.C
     assert main(["report", "-c", str(cfg_path), "--period", "2025-11", "--format", "json", "--out", str(out),
                  "--lang", "en"]) == 0
     records = chain.read(chain_file)
-    assert len(records) == 1 and records[0]["body"]["figures"]["D2"]["numerator"] == 4
+    assert [r["body"].get("kind") for r in records] == ["key", "monthly_summary"]  # the key, then the month
+    assert records[1]["body"]["figures"]["D2"]["numerator"] == 4
     assert main(["verify", str(chain_file)]) == 0
     capsys.readouterr()
     assert main(["indicators", "-c", str(cfg_path), "--period", "2025-11"]) == 0
@@ -207,5 +224,4 @@ def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000  # a page with charts, not a blank one
-    if os.environ.get("REPORT_SCREENSHOT"):  # REPORT_SCREENSHOT=docs/img/report-example.png refreshes the docs
-        shutil.copy(shot, os.environ["REPORT_SCREENSHOT"])
+    # the text on the page: tests/test_indicators_assessor.py (which also refreshes docs/img/report-example.png)

@@ -42,7 +42,8 @@ def demo(state_dir: Path, broker_port: int) -> dict[str, Any]:
     data = copy.deepcopy(yaml.safe_load((ROOT / "config/demo.yaml").read_text(encoding="utf-8")))
     data["mqtt"]["url"] = f"mqtt://127.0.0.1:{broker_port}"
     data["state_dir"] = str(state_dir)
-    data["indicators"] = {"publish_interval": 0.5, "bucket": 1.0, "live_window": 1.5, "coverage": COVERAGE}
+    data["indicators"] = {"publish_interval": 0.5, "bucket": 1.0, "live_window": 1.5, "coverage": COVERAGE,
+                         "allow_simulated": True}  # the bundled simulators identify as such
     for dev in data["devices"]:
         dev["endpoint"] = f"{dev['endpoint'].split('://')[0]}://127.0.0.1:{free_port()}"
         dev["interval"] = 0.3

@@ -10,6 +10,7 @@ import pytest
 
 from collector.cli import main
 from collector.config import CollectorConfig, IndicatorConfig, SiteConfig
+from collector.evidence import keys
 from collector.indicators.figures import compute
 from collector.indicators.monthly import chain_path, ensure_chained
 from collector.indicators.report import report_data
@@ -31,7 +32,7 @@ def collector_month(tmp_path: Path, enterprise: str, workshop: str, county: str,
                           indicators=IndicatorConfig(bucket=H))
     result = compute(cfg, assets, hist.store, NOV, AFTER_CLOSE)
     assert result.closed
-    assert ensure_chained(result, state) is not None
+    assert ensure_chained(result, state, keys.init(state)[0]) is not None
     (state / "report-2026-11.json").write_text(json.dumps(report_data(result), ensure_ascii=False))
     return chain_path(state)
 
@@ -91,7 +92,7 @@ def test_an_edited_chain_is_refused_and_named(chains: dict[str, Path], capsys: p
     captured = capsys.readouterr()
     err = captured.err
     assert captured.out == ""  # no figures at all
-    assert f"{path}: the evidence chain is BROKEN at record 1" in err and "Not pooled" in err
+    assert f"{path}: the evidence chain is BROKEN at record 2" in err and "Not pooled" in err
 
 
 def test_a_report_json_counts_but_is_marked_unverified_and_a_chain_copy_wins(

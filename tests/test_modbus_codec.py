@@ -11,6 +11,7 @@ import pytest
 from adapters.modbus.codec import compile_tag, decode, encode
 from collector.config import ModbusTag, parse_config
 from collector.model import Quality
+from tests.test_float32 import shortest_reference
 
 FORMATS = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "int64": "q", "uint64": "Q",
            "float32": "f", "float64": "d"}
@@ -43,8 +44,8 @@ def wire_words(value: Any, type_: str, order: str) -> list[int]:
 
 
 def as_stored(value: Any, type_: str) -> Any:
-    """A float32 comes back as the nearest single-precision value."""
-    return struct.unpack(">f", struct.pack(">f", value))[0] if type_ == "float32" else value
+    """A float32 comes back as the shortest decimal of the nearest single-precision value."""
+    return shortest_reference(struct.unpack(">f", struct.pack(">f", value))[0]) if type_ == "float32" else value
 
 
 CASES = [(t, o, v) for t, values in SAMPLES.items() for o in ("ABCD", "BADC", "CDAB", "DCBA") for v in values]

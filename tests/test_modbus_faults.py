@@ -129,7 +129,7 @@ async def test_exception_04_is_not_split_and_control_api_switches_faults() -> No
         try:
             sim.set_exceptions("m1", [14], code=4)
             assert sim.faults("m1") == {"silent": False, "delay": 0.0, "exception_addresses": [14],
-                                        "exception_code": 4}
+                                        "exception_code": 4, "truncate_to": 0, "truncate_left": 0}
             got = by_tag(await adapter.read())
             assert [n for n, r in got.items() if r.quality == Quality.BAD_DEVICE_EXCEPTION] == \
                 [f"t{i}" for i in range(20)]
@@ -241,5 +241,34 @@ async def test_inter_request_delay_and_pause_after_connect() -> None:
             started = time.perf_counter()
             assert [r.value for r in await adapter.read()] == [0, 1, 2]
             assert time.perf_counter() - started >= 0.1  # two gaps of 50 ms between three requests
+        finally:
+            await adapter.close()
+
+
+def ten_registers() -> list[dict[str, Any]]:
+    """r0..r9 at holding registers 0..9 holding 1000..1009: the field trial's map (one request)."""
+    return [{"name": f"r{i}", "register": 40001 + i, "sim": const(1000 + i)} for i in range(10)]
+
+
+@pytest.mark.parametrize("kept", [5, 15, 28])
+async def test_a_cut_answer_then_a_good_retry_never_publishes_a_wrong_value(kept: int) -> None:
+    """The simulator cuts one answer after `kept` bytes and answers the retry in full. The client used to
+    splice the two and publish 8 of 10 registers wrong with quality good; now the request fails (the stream
+    cannot be realigned), the line reconnects and the next cycle reads the right values."""
+    port = free_port()
+    dev = build_device(port, ten_registers(), timeout=0.2, retries=2)
+    async with ModbusServerSim(dev.endpoint, [dev]) as sim:
+        adapter = ModbusAdapter(dev)
+        await adapter.connect()
+        try:
+            sim.truncate_answers("m1", keep=kept)
+            assert sim.faults("m1")["truncate_left"] == 1
+            with pytest.raises(AdapterError, match=f"request failed: .*truncated answer .*: {kept} bytes"):
+                await adapter.read()
+            assert sim.faults("m1")["truncate_left"] == 0
+            assert not adapter.line.connected
+            await adapter.connect()
+            got = await adapter.read()
+            assert [(r.value, r.quality) for r in got] == [(1000 + i, Quality.GOOD) for i in range(10)]
         finally:
             await adapter.close()

@@ -172,3 +172,24 @@ async def test_an_exception_answer_on_rtu_marks_only_its_tags(tmp_path: Path) ->
     assert got["r3"].quality == Quality.BAD_ILLEGAL_ADDRESS
     assert [(got[f"r{i}"].value, got[f"r{i}"].quality) for i in (0, 1, 2, 4, 5)] == \
         [(10 + i, Quality.GOOD) for i in (0, 1, 2, 4, 5)]
+
+
+@pytest.mark.parametrize("scheme", ["serial", "rtu+tcp"])
+async def test_a_cut_rtu_answer_then_a_good_retry_is_never_spliced(scheme: str, tmp_path: Path) -> None:
+    """The TCP splice (tests/test_modbus_faults.py) on the pymodbus RTU path: pymodbus empties its receive
+    buffer before every try, and a splice would fail the CRC anyway, so the retry's answer is read whole."""
+    endpoint = (f"serial://{tmp_path}/ttyRS485?baudrate=19200" if scheme == "serial"
+                else f"rtu+tcp://127.0.0.1:{free_port()}")
+    tags = [{"name": f"r{i}", "register": 40001 + i, "sim": const(1000 + i)} for i in range(10)]
+    (dev,) = devices(endpoint, [{"id": "plc", "unit_id": 5, "retries": 2, "tags": tags}])
+    async with ModbusServerSim(endpoint, [dev]) as sim:
+        adapter = ModbusAdapter(dev)
+        await adapter.connect()
+        try:
+            for kept in (3, 12, 24):  # an RTU answer of 10 registers is 25 bytes
+                sim.truncate_answers("plc", keep=kept)
+                got = await adapter.read()
+                assert sim.faults("plc")["truncate_left"] == 0
+                assert [(r.value, r.quality) for r in got] == [(1000 + i, Quality.GOOD) for i in range(10)]
+        finally:
+            await adapter.close()

@@ -22,6 +22,7 @@ from collector.broker import free_port as broker_free_port
 from collector.config import ModbusDevice, parse_config
 from collector.model import Quality, Reading
 from simulators.modbus import ModbusServerSim
+from tests.test_float32 import shortest_reference
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +48,8 @@ def wire_words(value: Any, type_: str, order: str) -> list[int]:
 
 
 def expected_value(type_: str, value: Any) -> Any:
-    return struct.unpack(">f", struct.pack(">f", value))[0] if type_ == "float32" else value
+    """A float32 comes back as the shortest decimal of the nearest single-precision value."""
+    return shortest_reference(struct.unpack(">f", struct.pack(">f", value))[0]) if type_ == "float32" else value
 
 
 def const(value: Any) -> dict[str, Any]:

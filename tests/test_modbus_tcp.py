@@ -269,20 +269,96 @@ async def test_retries_send_again_with_new_transaction_ids(device: Device) -> No
         client.close()
 
 
-async def test_a_slow_answer_to_an_earlier_try_still_counts(device: Device) -> None:
+async def test_an_answer_to_an_earlier_try_is_dropped(device: Device) -> None:
+    """Only the pending try's answer counts: an earlier try's answer may have been cut short, and its stale
+    header would then frame the start of the retry's answer (tests/test_modbus_tcp_property.py)."""
     async def slow_first(dev: Device, req: Request, w: asyncio.StreamWriter) -> None:
         if req.tid == 1:
-            await asyncio.sleep(0.15)  # after the first try's timeout, during the second try
+            await asyncio.sleep(0.4)  # after the first try's timeout, during the second try
+            w.write(answer(req, words=[999]))
+        elif req.tid == 2:
+            await asyncio.sleep(0.15)  # after the late answer to try 1
             w.write(answer(req))
 
     device.handler = slow_first
-    client = await connected(device, timeout=0.1, retries=3)
+    client = await connected(device, timeout=0.3, retries=3)
     try:
+        late = client.data_received
+        frames: list[bytes] = []
+        client.data_received = lambda data: (frames.append(data), late(data))[-1]  # type: ignore[method-assign]
         got = await client.read_holding_registers(0, count=1, device_id=1)
-        assert list(got.registers) == [1000]
+        assert list(got.registers) == [1000]  # not the late 999
         assert [r.tid for r in device.requests] == [1, 2]
+        assert frames[0][:2] == b"\x00\x01"  # the late answer did arrive first
+        assert client.connected  # a whole late frame leaves the stream aligned
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("kept", [1, 7, 8, 9, 15, 28])
+async def test_a_cut_answer_and_the_retry_answer_are_never_spliced(device: Device, kept: int) -> None:
+    """The field trial: 10 registers, the first answer cut after `kept` bytes, the try times out, the retry is
+    answered in full. The client used to append the retry's answer to the stale partial frame and return
+    [1000, 1001, 768, 512, 0, 5889, 788, 1000, 1001, 1002] for 1000..1009."""
+    async def cut_first(dev: Device, req: Request, w: asyncio.StreamWriter) -> None:
+        w.write(answer(req)[:kept] if len(dev.requests) == 1 else answer(req))
+
+    device.handler = cut_first
+    client = await connected(device, timeout=0.15, retries=2)
+    started = time.monotonic()
+    with pytest.raises(ModbusException, match=f"truncated answer .*: {kept} bytes") as info:
+        await client.read_holding_registers(0, count=10, device_id=1)
+    assert not isinstance(info.value, ModbusIOException | ConnectionException)
+    assert 0.14 < time.monotonic() - started < 0.5
+    assert not client.connected  # the stream cannot be realigned: the line reconnects
+    assert [r.tid for r in device.requests] == [1]  # no retry on a broken stream
+    fresh = await connected(device, timeout=0.15, retries=2)
+    try:
+        assert list((await fresh.read_holding_registers(0, count=10, device_id=1)).registers) == \
+            [1000 + i for i in range(10)]
+    finally:
+        fresh.close()
+
+
+@pytest.mark.parametrize("kept", [7, 15, 28])
+async def test_a_late_cut_answer_before_the_retry_answer_is_never_spliced(device: Device, kept: int) -> None:
+    """The same cut, but the first answer's piece arrives during the second try, just before its answer."""
+    first: list[Request] = []
+
+    async def late_cut(dev: Device, req: Request, w: asyncio.StreamWriter) -> None:
+        if req.tid == 1:
+            first.append(req)
+        elif req.tid == 2:
+            w.write(answer(first[0])[:kept] + answer(req))
+        else:
+            w.write(answer(req))
+
+    device.handler = late_cut
+    client = await connected(device, timeout=0.15, retries=2)
+    try:
+        got = await client.read_holding_registers(0, count=10, device_id=1)
+    except ModbusException:
+        pass  # garbled or truncated: the request failed, nothing wrong was returned
+    else:
+        assert list(got.registers) == [1000 + i for i in range(10)]
+    finally:
+        client.close()
+
+
+async def test_cancelling_mid_frame_closes_the_connection(device: Device) -> None:
+    """A request cancelled while part of its answer is buffered: the rest would frame the next answer."""
+    async def dribble(dev: Device, req: Request, w: asyncio.StreamWriter) -> None:
+        w.write(answer(req)[:5])
+
+    device.handler = dribble
+    client = await connected(device, timeout=5.0)
+    task = asyncio.create_task(client.read_holding_registers(0, count=2, device_id=1))
+    while not client._buffer:
+        await asyncio.sleep(0.005)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not client.connected
 
 
 async def test_exception_answer(device: Device) -> None:

@@ -116,7 +116,7 @@ async def test_values_types_units_quality_and_source_timestamps(started: Callabl
     assert r["program"].value == "O4711"
     assert type(r["parts"].value) is int and r["parts"].value >= 0
     assert r["alarm"].value is False
-    assert r["manufacturer"].value == "Shopfloor Sim"  # LocalizedText -> its text
+    assert r["manufacturer"].value == "shopfloor-collector simulator"  # LocalizedText -> its text
     assert r["override"].value == 100.0
     assert r["rotating"].value is True
     assert r["channel_state"].value == 0  # ChannelState.Active while running

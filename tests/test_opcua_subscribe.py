@@ -171,3 +171,94 @@ async def test_restart_resubscribes_with_one_session(running: Running, recorder:
     assert new["program"]["value"] == "O4711"
     adapter = running.collector.engine.tasks["cnc"].adapter
     assert adapter is not None and adapter.stats()["subscriptions"] == 1  # a fresh adapter, a fresh subscription
+
+
+async def test_a_server_restart_logs_one_warning_per_state_change_and_no_library_traceback(
+        running: Running, recorder: Recorder) -> None:
+    """The documented `journalctl -p warning` must show the device going offline and back, each once with
+    its reason, and none of asyncua's tracebacks of the failed reconnects (those are DEBUG now)."""
+    import io
+    import logging
+
+    from collector.logs import setup_logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    out = io.StringIO()
+    setup_logging("INFO", "kv", out)
+    try:
+        sim = running.sim
+        await recorder.wait_for(lambda: len(data(recorder)) >= 2, 15, "data before the restart")
+        await sim.stop()
+        await recorder.wait_for(lambda: (m := recorder.last("/devices/cnc/status")) and
+                                m.json()["state"] == "offline", 10, "cnc offline")
+        await asyncio.sleep(2.0)  # failed reconnects while the server is down
+        await sim.start()
+        await recorder.wait_for(lambda: (m := recorder.last("/devices/cnc/status")) and
+                                m.json()["state"] == "online", 15, "cnc online again")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    lines = out.getvalue().splitlines()
+    loud = [line for line in lines if "level=WARNING" in line or "level=ERROR" in line]
+    states = [line for line in loud if "event=state" in line]
+    assert len(states) == 2 and "state=offline from=online reason=" in states[0], loud
+    assert "state=online from=offline" in states[1]
+    assert not [line for line in lines if "level=ERROR" in line or 'exc="Traceback' in line], loud
+    assert not [line for line in loud if "logger=asyncua" in line], loud  # no disconnect of a closed socket
+
+
+async def test_a_server_that_revises_the_keepalive_count_still_gets_one_heartbeat_per_interval(
+        broker: MosquittoProcess, state_dir: Path, recorder: Recorder) -> None:
+    """docs/opcua.md promises one message per `interval` from a static machine. This server revises the
+    requested MaxKeepAliveCount 1 to 8, so its keep-alives come every 2 s; the heartbeat must not follow them."""
+    cfg = make_config(state_dir, broker.port)
+    device = cfg.devices[0]
+    assert isinstance(device, OpcUaDevice)
+    device.tags = [t for t in device.tags if t.name != "speed"]  # nothing changes
+    sim = OpcUaMachineSim(device, clock=skewed_clock, min_keepalive_count=8)
+    await sim.start()
+    collector = Collector(cfg, Settings())
+    await collector.start()
+    try:
+        await recorder.wait_for(lambda: len(data(recorder)) >= 1, 15, "the first data message")
+        start = len(recorder.on("/devices/cnc/data"))
+        await asyncio.sleep(12 * INTERVAL)
+        times = [m["ts"] / 1000 for m in data(recorder)[start:]]  # when the batch was made, not delivered
+        adapter = collector.engine.tasks["cnc"].adapter
+        assert adapter is not None and adapter.keepalive_s == pytest.approx(8 * INTERVAL)  # the revised count
+        assert 9 <= len(times) <= 13, times  # one per interval, not one per 2 s keep-alive
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        assert min(gaps) > 0.4 * INTERVAL and max(gaps) < 2.2 * INTERVAL, gaps  # no doubles, no holes
+        assert all(set(m["tags"]) == {"program", "level", "override"} for m in data(recorder))
+    finally:
+        await collector.stop()
+        await sim.stop()
+
+
+async def test_the_status_reason_counts_the_whole_tag_set(broker: MosquittoProcess, state_dir: Path,
+                                                          recorder: Recorder) -> None:
+    """Seven tags, three of them on nodes the server does not have, one walking: every status says "3 of 7
+    tags bad" with good data, whatever each publish carries (it used to flip between "all 3 tags bad" with
+    `last_good_data` null, "3 of 7" and "3 of 4")."""
+    from collector.config import OpcUaTag
+
+    cfg = make_config(state_dir, broker.port)
+    device = cfg.devices[0]
+    assert isinstance(device, OpcUaDevice)
+    sim = OpcUaMachineSim(device.model_copy(deep=True), clock=skewed_clock)  # serves the four real tags
+    device.tags += [OpcUaTag(name=f"ghost{i}", node=f"nsu={NS};s=Ghost.{i}") for i in range(3)]
+    await sim.start()
+    collector = Collector(cfg, Settings())
+    await collector.start()
+    try:
+        await recorder.wait_for(lambda: len(data(recorder)) >= 6, 15, "data messages")
+        await asyncio.sleep(2 * INTERVAL)
+        assert any(set(m["tags"]) == {"speed", "ghost0", "ghost1", "ghost2"} for m in data(recorder)[1:])
+    finally:
+        await collector.stop()
+        await sim.stop()
+    statuses = [m.json() for m in recorder.on("/devices/cnc/status") if not m.retain]  # not an earlier test's
+    live = [s for s in statuses if s["state"] != "never_seen" and s["reason"] != "shutdown"]
+    assert live and all((s["state"], s["reason"]) == ("degraded", "3 of 7 tags bad") for s in live), statuses
+    assert all(s["last_good_data"] is not None for s in live), statuses

@@ -70,3 +70,14 @@ def test_devices_are_tracked_apart_and_forget_drops_one() -> None:
     p.submit("d1", [r("a", 1.0, 1002.0)])
     assert batches[-1].good_ts == 1002.0  # forgotten: seen for the first time again
     assert p.submit("d1", []) is None
+
+
+def test_the_state_counts_the_whole_tag_set_not_the_size_of_each_publish() -> None:
+    """A subscription publishes what changed (plus its bad tags): the counts stay over all seven tags."""
+    p, polls, _batches, _clock = make()
+    bad = [r(f"x{i}", 1.0, 1000.0, "bad_NodeIdUnknown", None) for i in range(3)]
+    p.submit("d1", [r(f"g{i}", 1.0, 1000.0) for i in range(4)] + bad)  # the first publish: every tag
+    p.submit("d1", [r("g0", 2.0, 1001.0), r("g1", 2.0, 1001.0)] + bad)  # two changed, the bad ones along
+    p.submit("d1", [r("g2", 3.0, 1002.0)])  # one changed
+    p.submit("d1", [r("x0", 3.0, 1003.0)])  # a bad tag turns good
+    assert [c[1:3] for c in polls.calls] == [(4, 7), (4, 7), (4, 7), (5, 7)]

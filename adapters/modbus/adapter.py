@@ -17,6 +17,8 @@ What the device says decides who pays:
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,8 +28,10 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 
 from adapters.base import Adapter, AdapterError, DeviceSkipped, register
 from adapters.modbus.codec import Converter, TagCodec, compile_tag
+from adapters.modbus.identification import mac_of, read_identification
 from adapters.modbus.line import Line, ModbusClient, acquire_line
 from adapters.modbus.planner import ReadRequest, plan_device, span_request
+from adapters.modbus.tcp import MbapClient
 from collector.config import ModbusDevice, ModbusTag
 from collector.model import Quality, Reading
 
@@ -53,6 +57,22 @@ class Response(Protocol):
 
 
 _ReadFn = Callable[..., Awaitable[Response]]
+
+
+async def _mac(device: ModbusDevice) -> dict[str, Any]:
+    """`mac` of a TCP endpoint from the neighbour table (None on loopback); nothing off-link, for serial lines
+    or on an OS without the table."""
+    ep = device.parsed_endpoint
+    if ep.scheme == "serial":
+        return {}
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(ep.host, None, family=socket.AF_INET)
+    except OSError:
+        return {}
+    if not infos:
+        return {}
+    known, mac = mac_of(str(infos[0][4][0]))
+    return {"mac": mac} if known else {}
 _Span = tuple[str, int, int]
 ILLEGAL_ADDRESS = 2
 
@@ -364,6 +384,62 @@ class ModbusAdapter(Adapter):
         finally:
             line.in_flight = False
             line.last_answer = time.monotonic()
+
+    # -- identity (evidence; the engine calls it beside the poll loop, after connect and once a day)
+
+    async def identify(self) -> dict[str, Any]:
+        """FC 43/14 device identification, the configured `identity:` tags (`tag.<name>`) and the endpoint's
+        MAC (`mac`, TCP endpoints). A part without an answer in time is left out; exception 01 to FC 43 is a
+        definite "unsupported" (many devices have no identification: that is never held against them)."""
+        line = self.line
+        if line is None or not line.connected or line.client is None:
+            raise AdapterError("not connected")
+        out: dict[str, Any] = {"protocol": "modbus"}
+        unit = self.device.unit_id
+        async with line.lock:
+            client = line.client
+            if client is None or not line.connected:
+                raise AdapterError("connection lost")
+            line.configure(self.device)
+            self._bind(client)
+
+            async def ask(read_code: int, object_id: int) -> Any:
+                await line.quiet(self.device.inter_request_delay)
+                try:
+                    if isinstance(client, MbapClient):
+                        return await client.read_device_identification(read_code, object_id, device_id=unit)
+                    return await client.read_device_information(read_code=read_code, object_id=object_id,
+                                                                device_id=unit)
+                finally:
+                    line.last_answer = time.monotonic()
+
+            try:
+                out.update(await read_identification(ask))
+            except (ModbusIOException, TimeoutError) as exc:
+                if line.unframed:  # a late answer must not be taken for the next poll's
+                    line.settle_for(self.device.timeout)
+                self._counters["last_error"] = f"identification: no answer: {exc}"
+            except ConnectionException as exc:
+                raise AdapterError(f"connection lost: {exc}") from None
+            except ModbusException as exc:  # a garbled identification answer: the connection is closed
+                line.drop()
+                raise AdapterError(f"identification answer garbled: {exc}") from None
+            for tag in self.device.identity:
+                try:
+                    resp = await self._request(line, span_request([tag]))
+                except _Failure as exc:
+                    if not exc.timeout:
+                        line.drop()
+                        raise AdapterError(exc.reason) from None
+                    continue
+                if resp.isError():
+                    out[f"tag.{tag.name}"] = None
+                    continue
+                words = resp.bits if tag.table in ("coil", "discrete_input") else resp.registers
+                value, quality = compile_tag(tag, self.device.byte_order).convert(words, 0)
+                out[f"tag.{tag.name}"] = value if quality == Quality.GOOD else None
+        out.update(await _mac(self.device))
+        return out
 
     def stats(self) -> dict[str, Any]:
         """Requests per cycle, request/exception/failure counters, last cycle duration."""

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from collector.config import BIT_TABLES, REGISTERS_PER_TYPE, ModbusTag
-from collector.model import Quality
+from collector.model import Quality, float32_shortest
 
 __all__ = [
     "BYTE_ORDERS",
@@ -110,6 +110,8 @@ def make_decoder(type_: str, byte_order: str = "ABCD", count: int | None = None,
         return dec_i32
     pack_w = struct.Struct(f"{word_prefix}{n}H").pack
     unpack_v = struct.Struct(value_prefix + _NUM_FORMAT[type_]).unpack
+    if type_ == "float32":  # the shortest decimal of the float32, not the float64's noise digits
+        return lambda w, o: float32_shortest(unpack_v(pack_w(w[o], w[o + 1]))[0])
     if n == 2:
         return lambda w, o: unpack_v(pack_w(w[o], w[o + 1]))[0]
     if n == 4:

@@ -1,4 +1,4 @@
-"""A lean Modbus TCP client (MBAP framing, function codes 1-4) for `tcp://` endpoints.
+"""A lean Modbus TCP client (MBAP framing, function codes 1-4, and 43/14 for identity evidence) for `tcp://`
 
 Why not pymodbus here: its client spends ~50-90 µs of CPU per request (transaction manager, `wait_for`, framer,
 PDU objects, log formatting), which dominates a collector polling sparse maps. This one is an
@@ -6,11 +6,16 @@ PDU objects, log formatting), which dominates a collector polling sparse maps. T
 fraction of that. `rtu+tcp://` and `serial://` stay on pymodbus (adapters/modbus/line.py).
 
 What it guarantees, and how the adapter (adapters/modbus/adapter.py) reads it:
-- an answer is taken only if its transaction id is one sent for the pending request, and its unit id and
-  function code match; anything else (a late answer after a timeout, a stray frame) is dropped. Each try
-  gets a new transaction id (1..65535, wrapping); an answer to an earlier try of the same request is still
-  accepted, as pymodbus does by reusing the id;
+- an answer is taken only if its transaction id is the pending try's, and its unit id and function code
+  match; anything else (a late answer after a timeout, a stray frame) is dropped. Each try gets a new
+  transaction id (1..65535, wrapping), and an answer to an earlier try of the same request is dropped too:
+  if that answer was cut short, its stale header would claim the first bytes of the retry's answer (MBAP
+  has no checksum), so a splice of two answers could pass as one;
 - no answer within `timeout`: resend up to `retries` times, then `ModbusIOException` (-> timeout);
+- framing is kept across tries only at a frame boundary: a try that ends without its answer (timeout or
+  cancellation) while part of a frame is buffered closes the connection, since no byte received before the
+  try ended may be joined to bytes received after it. A timeout then fails the request with `ModbusException`
+  (a truncated answer is a protocol error, not silence) instead of retrying on a broken stream;
 - the peer closes the connection: the pending request fails at once with `ConnectionException`, and so
   does every later request (no reconnect here: the line decides);
 - a garbled answer (bad MBAP header, byte count not matching the request or the frame) is a protocol error:
@@ -27,11 +32,14 @@ import asyncio
 import logging
 import struct
 from collections.abc import Coroutine, Sequence
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-__all__ = ["Answer", "MbapClient"]
+from adapters.modbus.identification import FUNCTION_CODE as _MEI_FC
+from adapters.modbus.identification import MEI_DEVICE_IDENTIFICATION, parse_device_identification
+
+__all__ = ["Answer", "MbapClient", "MeiAnswer"]
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +72,23 @@ class Answer:
         return f"Answer(fc={self.function_code}, registers={list(self.registers)}, bits={list(self.bits)})"
 
 
+class MeiAnswer(Answer):
+    """An FC 43/14 Read Device Identification answer (attribute names as pymodbus's response has them)."""
+
+    __slots__ = ("conformity", "information", "more_follows", "next_object_id", "read_code")
+
+    def __init__(self, pdu: bytes) -> None:
+        super().__init__(_MEI_FC, (), (), 0)
+        parsed = parse_device_identification(pdu)
+        self.read_code = parsed.read_code
+        self.conformity = parsed.conformity
+        self.more_follows = parsed.more_follows
+        self.next_object_id = parsed.next_object_id
+        self.information = parsed.information
+
+
 _Read = Coroutine[Any, Any, Answer]
+_MEI_REQUEST = struct.Struct(">HHHBBBBB")  # tid, protocol 0, length 5, unit, 0x2B, 0x0E, read code, object id
 
 
 def _expire(waiter: asyncio.Future[Answer | None]) -> None:
@@ -89,7 +113,6 @@ class MbapClient(asyncio.Protocol):
         # the pending request
         self._waiter: asyncio.Future[Answer | None] | None = None
         self._tid = 0
-        self._old_tids: tuple[int, ...] = ()  # of earlier tries of the pending request
         self._unit = 0
         self._fc = 0
         self._count = 0
@@ -183,7 +206,6 @@ class MbapClient(asyncio.Protocol):
             self._fc = fc
             self._count = count
             self._byte_count = count * 2 if fc > 2 else (count + 7) >> 3
-            self._old_tids = ()
             tries = 0
             try:
                 while True:
@@ -196,18 +218,65 @@ class MbapClient(asyncio.Protocol):
                     timer = loop.call_later(self.timeout, _expire, waiter)
                     try:
                         answer = await waiter
+                    except asyncio.CancelledError:
+                        if self._buffer:
+                            self.close()  # mid-frame: the rest, if it ever comes, would misalign the next answer
+                        raise
                     finally:
                         timer.cancel()
                     if answer is not None:
                         return answer
+                    if self._buffer:
+                        self._truncated()
                     if tries >= self.retries:
                         raise ModbusIOException(
                             f"No response received after {self.retries} retries, continue with next request",
                             fc, transaction_id=tid, dev_id=device_id)
                     tries += 1
-                    self._old_tids += (tid,)
             finally:
                 self._waiter = None
+
+    async def read_device_identification(self, read_code: int = 1, object_id: int = 0, *,
+                                         device_id: int = 1) -> Answer:
+        """FC 43 / MEI 14: one request, one try (identity evidence is asked once per connect and once a day,
+        never on the poll path); a `MeiAnswer`, or an `Answer` with the exception code; no answer within
+        `timeout` raises ModbusIOException."""
+        async with self._lock:
+            transport = self._transport
+            if transport is None:
+                raise ConnectionException(f"not connected to {self.host}:{self.port}")
+            loop = asyncio.get_running_loop()
+            self._unit, self._fc, self._count, self._byte_count = device_id, _MEI_FC, 0, 0
+            tid = self._tid = self._tid % 0xFFFF + 1
+            waiter = self._waiter = loop.create_future()
+            transport.write(_MEI_REQUEST.pack(tid, 0, 5, device_id, _MEI_FC, MEI_DEVICE_IDENTIFICATION, read_code,
+                                              object_id))
+            timer = loop.call_later(self.timeout, _expire, waiter)
+            try:
+                answer = await waiter
+            except asyncio.CancelledError:
+                if self._buffer:
+                    self.close()  # mid-frame: as in _request
+                raise
+            finally:
+                timer.cancel()
+                self._waiter = None
+            if answer is None:
+                if self._buffer:
+                    self._truncated()
+                raise ModbusIOException("no answer to Read Device Identification", _MEI_FC, transaction_id=tid,
+                                        dev_id=device_id)
+            return answer
+
+    def _take_mei(self, waiter: asyncio.Future[Answer | None], pdu: bytes) -> bool:
+        """An FC 43 answer to our FC 43 request (no byte count to check: the objects carry their lengths);
+        False when it is garbled (the connection is closed)."""
+        try:
+            waiter.set_result(MeiAnswer(pdu))
+        except ValueError as exc:
+            self._garbled(f"device identification: {exc}")
+            return False
+        return True
 
     # -- answers
 
@@ -226,9 +295,12 @@ class MbapClient(asyncio.Protocol):
             if end > size:
                 break
             waiter = self._waiter
-            if (waiter is not None and not waiter.done() and (tid == self._tid or tid in self._old_tids)
+            if (waiter is not None and not waiter.done() and tid == self._tid
                     and (unit == self._unit or not self._unit)):
-                if fc == self._fc:
+                if fc == self._fc == _MEI_FC:  # Read Device Identification: its own layout
+                    if not self._take_mei(waiter, data[pos + 8:end]):
+                        return
+                elif fc == self._fc:
                     byte_count = data[pos + 8]
                     if byte_count != self._byte_count or length != byte_count + 3:
                         self._garbled(f"byte count {byte_count} in a frame of length {length} answering "
@@ -252,6 +324,16 @@ class MbapClient(asyncio.Protocol):
             pos = end
         if pos < size:
             self._buffer = data[pos:]
+
+    def _truncated(self) -> NoReturn:
+        """A try timed out with part of a frame buffered: the device cut an answer short (or is too slow to
+        finish one in `timeout`). Its stale header must never frame the next try's bytes, so close."""
+        held = self._buffer
+        length = _HEADER.unpack_from(held)[2] + 6 if len(held) >= 8 else 0
+        whole = f" of a {length}-byte frame" if length else ""
+        self.close()
+        raise ModbusException(f"truncated answer from {self.host}:{self.port}: {len(held)} bytes{whole}, then "
+                              f"nothing for {self.timeout:g} s; the connection is closed")
 
     def _garbled(self, why: str) -> None:
         """The byte stream cannot be trusted any more: fail the pending request and close."""

@@ -14,9 +14,11 @@ Why it looks like this:
 - Subscribe mode (the default) puts every resolved tag on ONE subscription per device, created with the raw
   session services rather than asyncua's `Subscription` class: the publish callback sees each PublishResponse
   whole, so one publish becomes one `callback(readings)` call (one MQTT message), nothing sits in an
-  iterator queue that could drop the oldest events, and keep-alives are visible. A keep-alive (a publish cycle
-  with no change) re-delivers the last values as a heartbeat, so a healthy but static machine still sends one
-  message per cycle, like poll mode, and stays `online`.
+  iterator queue that could drop the oldest events, and keep-alives are visible. A publishing cycle without a
+  change re-delivers the last values as a heartbeat, so a healthy but static machine still sends one message
+  per cycle, like poll mode, and stays `online`. The cycle is kept by our own clock, anchored on the server's
+  publishes: a server may revise the requested keep-alive count (1) upwards and then sends keep-alives only
+  every few cycles.
 - Recovery: `subscribe()` returns only by raising `AdapterError` when the session is gone: transport lost,
   the client's session probe failing (BadSessionIdInvalid, BadSessionClosed, ...), a bad StatusChange from the
   server (BadTimeout: the server dropped the subscription), the publish loop ending, or no publish response
@@ -55,16 +57,17 @@ from adapters.opcua.nodeids import (
     resolve_node_id,
     status_name,
 )
-from adapters.opcua.security import Pki, SecurityError
+from adapters.opcua.security import Pki, SecurityError, first_certificate, thumbprint
 from adapters.opcua.security import apply as apply_security
 from collector.config import OpcUaDevice, OpcUaTag, Settings, read_secret
-from collector.model import Quality, Reading
+from collector.model import Quality, Reading, float32_shortest
 
 log = logging.getLogger(__name__)
 
 _SEVERITY_MASK = 0xC0000000
 _UNCERTAIN = 0x40000000
 _PLAIN_TYPES = frozenset({float, int, bool, str, type(None)})
+_FLOAT = ua.VariantType.Float
 _INT_TYPES = frozenset({"int16", "uint16", "int32", "uint32", "int64", "uint64"})
 _BAD_QUALITY_CACHE: dict[int, str] = {}
 #: ActivateSession refusals of the user identity, and refusals of our certificate, told apart for the message
@@ -78,6 +81,18 @@ _CERT_REFUSED = frozenset({"BadSecurityChecksFailed", "BadCertificateUntrusted",
 _FILTER_REFUSED = frozenset({ua.StatusCodes.BadFilterNotAllowed, ua.StatusCodes.BadMonitoredItemFilterUnsupported,
                              ua.StatusCodes.BadDeadbandFilterInvalid, ua.StatusCodes.BadMonitoredItemFilterInvalid})
 _PUBLISH_MARGIN = 1.5  # keep-alive periods without a publish response before the session counts as dead
+#: identity evidence read by `identify()`: key -> standard node (namespace 0)
+_IDENTITY_NODES = {
+    "application_uri": ua.ObjectIds.Server_ServerArray,  # ServerArray[0] is this server's ApplicationUri
+    "product_uri": ua.ObjectIds.Server_ServerStatus_BuildInfo_ProductUri,
+    "build.manufacturer": ua.ObjectIds.Server_ServerStatus_BuildInfo_ManufacturerName,
+    "build.product": ua.ObjectIds.Server_ServerStatus_BuildInfo_ProductName,
+    "build.software_version": ua.ObjectIds.Server_ServerStatus_BuildInfo_SoftwareVersion,
+    "build.build_number": ua.ObjectIds.Server_ServerStatus_BuildInfo_BuildNumber,
+}
+MACHINERY_NS = "http://opcfoundation.org/UA/Machinery/"
+DI_NS = "http://opcfoundation.org/UA/DI/"
+_BEAT_GRACE = 0.25  # of a publishing interval: how late a cycle's publish may be before we beat ourselves
 
 
 def bad_quality(code: int) -> str:
@@ -240,6 +255,13 @@ class OpcUaAdapter(Adapter):
         self._last_publish = 0.0
         self.subscription_id: int | None = None
         self.keepalive_s = 0.0
+        self.publishing_s = 0.0  # the server's revised publishing interval: the heartbeat cycle
+        self._anchor = 0.0  # monotonic time of the last publish response: the server's cycle grid
+        self._beats = 0  # heartbeats of our own since the anchor
+        self._last_beat = 0.0
+        # publishes that came while the monitored items were still being created (which are refused is not
+        # known yet): handled once they are, so the first batch holds every tag, the refused ones too
+        self._early: list[ua.PublishResult] | None = None
         self._callback: ReadingsCallback = _discard
         self._bad: set[int] = set()  # subscribe mode: plan indices whose last reading is not good
 
@@ -426,31 +448,36 @@ class OpcUaAdapter(Adapter):
         self._callback = callback
         self._last = [None] * len(self._plans)
         self._bad = set()
+        self._early = []
         try:
             await self._create_subscription(client)
         except AdapterError:
             raise
         except Exception as exc:
             raise AdapterError(f"cannot subscribe on {self.url}: {_describe(exc, dev.timeout)}") from exc
-        # bad tags (unresolved, refused monitored items) are told once now, and with every heartbeat
+        finally:
+            early, self._early = self._early, None
+        # bad tags (unresolved, refused monitored items) ride along with the first publish (which carries every
+        # other tag's value too) and every later one: told alone, they would make the device look all bad
         now = time.time()
-        bad: list[Reading] = []
         for i, quality in self._unresolved:
             plan = self._plans[i]
-            reading = self._last[i] = Reading(dev.id, plan.name, None, plan.unit, quality, now, now)
-            bad.append(reading)
+            self._last[i] = Reading(dev.id, plan.name, None, plan.unit, quality, now, now)
             self._bad.add(i)
-        if bad:
-            self._emit(bad)
+        for result in early or ():
+            self._on_publish(result)
         stale_after = self.keepalive_s * _PUBLISH_MARGIN + dev.timeout
-        self._last_publish = time.monotonic()
+        self._last_publish = self._anchor = time.monotonic()
+        self._beats = 0
         async with client.subscribe_state() as states:
             while True:
-                # wake on: a bad StatusChange (self._wake), a client state change, or a periodic check
+                # wake on: a bad StatusChange (self._wake), a client state change, a heartbeat falling due, or
+                # a periodic check
                 wake = asyncio.ensure_future(self._wake.wait())
                 change = asyncio.ensure_future(states.next_change())
+                beat_in = max(0.01, self._beat_due() - time.monotonic())
                 try:
-                    await asyncio.wait({wake, change}, timeout=min(1.0, self.keepalive_s),
+                    await asyncio.wait({wake, change}, timeout=min(1.0, self.keepalive_s, beat_in),
                                        return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     for t in (wake, change):
@@ -463,6 +490,22 @@ class OpcUaAdapter(Adapter):
                 if silent > stale_after:
                     raise AdapterError(f"no publish response from {self.url} for {silent:.1f} s "
                                        f"(keep-alive {self.keepalive_s:g} s): session presumed dead")
+                self._beat_on_time()
+
+    def _beat_due(self) -> float:
+        """When our next heartbeat is due: a little after the next cycle of the server's grid (its last
+        publish + whole publishing intervals) that brought no publish."""
+        cycle = self.publishing_s
+        return self._anchor + (self._beats + 1) * cycle + min(_BEAT_GRACE * cycle, 1.0)
+
+    def _beat_on_time(self) -> None:
+        """A cycle passed without a publish response (the server sends keep-alives only every
+        RevisedMaxKeepAliveCount cycles): deliver the heartbeat ourselves, once, skipping cycles we overslept."""
+        now = time.monotonic()
+        if self.publishing_s <= 0 or now < self._beat_due():
+            return
+        self._beats = max(self._beats + 1, int((now - self._anchor) / self.publishing_s))
+        self._heartbeat()
 
     async def _create_subscription(self, client: Client) -> None:
         """One subscription, every resolved tag a monitored item (deadband filters where configured)."""
@@ -480,8 +523,11 @@ class OpcUaAdapter(Adapter):
         result = await client.uaclient.session.create_subscription(params, callback=self._on_publish)
         self.subscription_id = int(result.SubscriptionId)
         self._stats["subscriptions"] += 1
-        self.keepalive_s = max(0.05, result.RevisedPublishingInterval / 1000.0) * max(
-            1, int(result.RevisedMaxKeepAliveCount))
+        self.publishing_s = max(0.05, result.RevisedPublishingInterval / 1000.0)
+        self.keepalive_s = self.publishing_s * max(1, int(result.RevisedMaxKeepAliveCount))
+        if int(result.RevisedMaxKeepAliveCount) > 1:
+            log.info("device %s: the server revised the keep-alive count to %d: heartbeats are timed here, every "
+                     "%g s", dev.id, int(result.RevisedMaxKeepAliveCount), self.publishing_s)
 
         items: list[tuple[int, ua.NodeId]] = [(i, node) for i, (plan, node) in
                                               enumerate(zip(self._plans, self.resolved.values(), strict=True))
@@ -541,13 +587,18 @@ class OpcUaAdapter(Adapter):
 
     def _on_publish(self, result: ua.PublishResult) -> None:
         """The session's publish loop calls this for every PublishResponse of our subscription (never awaits)."""
-        self._last_publish = time.monotonic()
+        if self._early is not None:  # still creating the monitored items
+            self._early.append(result)
+            return
+        self._last_publish = self._anchor = time.monotonic()
+        self._beats = 0
         stats = self._stats
         stats["publishes"] += 1
         data = result.NotificationMessage.NotificationData
         if not data:
             stats["keepalives"] += 1
-            self._heartbeat()
+            if self._anchor - self._last_beat >= self.publishing_s / 2:  # not just beaten on time
+                self._heartbeat()
             return
         now = time.time()
         device = self.device.id
@@ -587,7 +638,8 @@ class OpcUaAdapter(Adapter):
             self._emit(readings)
 
     def _heartbeat(self) -> None:
-        """A keep-alive: nothing changed, the last values are still current; deliver them again."""
+        """A cycle without change: the last values are still current; deliver them again."""
+        self._last_beat = time.monotonic()
         now = time.time()
         readings = [dataclasses.replace(r, receive_ts=now) for r in self._last if r is not None]
         if readings:
@@ -607,6 +659,60 @@ class OpcUaAdapter(Adapter):
         return {**self._stats, "chunks": len(self._chunks), "unresolved": len(self._unresolved),
                 "server_max_nodes_per_read": self.server_max_nodes_per_read,
                 "mode": "subscribe" if self.wants_subscribe else "poll", "subscription_id": self.subscription_id}
+
+    # ------------------------------------------------------------------ identity
+
+    async def identify(self) -> dict[str, Any]:
+        """ApplicationUri, BuildInfo, the server certificate's SHA-1 thumbprint and, where the server has the
+        Machinery structure, the first machine's Identification (manufacturer, serial number, model).
+        A few Read/Browse requests on the open session; the engine runs this beside the poll loop."""
+        client = self._client
+        if client is None:
+            raise AdapterError("not connected")
+        out: dict[str, Any] = {"protocol": "opcua"}
+        params = ua.ReadParameters()
+        for oid in _IDENTITY_NODES.values():
+            rv = ua.ReadValueId()
+            rv.NodeId = make_node_id(oid, 0)
+            rv.AttributeId = ua.AttributeIds.Value
+            params.NodesToRead.append(rv)
+        try:
+            values = await client.uaclient.read(params)
+        except Exception as exc:
+            raise AdapterError(f"identify {self.url}: {_describe(exc, self.device.timeout)}") from exc
+        for key, dv in zip(_IDENTITY_NODES, values, strict=True):
+            value = to_plain(_good_value(dv))
+            if key == "application_uri":
+                value = value[0] if isinstance(value, list) and value else None
+            out[key] = value if value not in ("", []) else None
+        peer = getattr(client.security_policy, "peer_certificate", None)
+        out["certificate_thumbprint"] = thumbprint(first_certificate(peer)) if peer else None
+        out.update(await self._machine_identification(client))
+        return out
+
+    async def _machine_identification(self, client: Client) -> dict[str, Any]:
+        """OPC 40001-1 Machinery: Objects/Machines/<machine>/Identification/{Manufacturer, SerialNumber, Model}
+        of the first machine; nothing when the server has no Machinery namespace or no machine."""
+        if MACHINERY_NS not in self.namespaces or DI_NS not in self.namespaces:
+            return {}
+        mns, dins = self.namespaces.index(MACHINERY_NS), self.namespaces.index(DI_NS)
+        try:
+            machines = await client.nodes.objects.get_child(f"{mns}:Machines")
+            children = await machines.get_children(refs=ua.ObjectIds.HierarchicalReferences,
+                                                   nodeclassmask=ua.NodeClass.Object)
+        except ua.UaStatusCodeError:
+            return {}
+        if not children:
+            return {}
+        out: dict[str, Any] = {}
+        for key, name in (("machine.manufacturer", "Manufacturer"), ("machine.serial_number", "SerialNumber"),
+                          ("machine.model", "Model")):
+            try:
+                node = await children[0].get_child([f"{dins}:Identification", f"{dins}:{name}"])
+                out[key] = to_plain(await node.read_value())
+            except ua.UaStatusCodeError:
+                out[key] = None
+        return out
 
     # ------------------------------------------------------------------ close
 
@@ -639,8 +745,11 @@ def _reading(device: str, plan: _TagPlan, dv: ua.DataValue, now: float) -> Readi
     if severity == 0 or severity == _UNCERTAIN:
         quality = Quality.GOOD if severity == 0 else Quality.UNCERTAIN
         variant = dv.Value
+        raw = variant.Value if variant is not None else None
+        if type(raw) is float and variant is not None and variant.VariantType is _FLOAT:
+            raw = float32_shortest(raw)  # 230.0057, not the float64 expansion of the Float
         try:
-            value = plan.convert(variant.Value if variant is not None else None)
+            value = plan.convert(raw)
         except (TypeError, ValueError, OverflowError):
             value, quality = None, Quality.BAD_DECODE
         rng = plan.range

@@ -1,10 +1,9 @@
-"""The evidence chain: monthly summaries as JSON lines, each holding the hash of the previous record.
+"""The evidence chain file: monthly summaries (and register imports, key records) as signed JSON lines.
 
-A record is one line: the canonical JSON (UTF-8, keys sorted, no spaces, non-ASCII as is) of
-`{"seq", "ts", "prev", "body", "hash"}`, where `hash` = SHA-256 (hex) of the canonical JSON of the record
-without `hash`, and `prev` is the previous record's `hash` (64 zeros for the first). Changing any byte of a
-record breaks its own hash or the canonical form, and removing or reordering records breaks `prev`/`seq`, so
-`collector verify` finds the first record that was edited.
+The record format, its hash, signature and verification live in `collector/evidence/` (the hub reuses them);
+this module owns the file: appending under a lock, never to a chain that does not verify, signing with the
+state directory's key. The first record a key signs on a chain introduces it (a chain kept by an older,
+unsigning version keeps its records; the first signed one commits to them through `prev`).
 """
 
 from __future__ import annotations
@@ -12,23 +11,22 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-GENESIS = "0" * 64
+from collector.evidence.canonical import GENESIS, canonical
+from collector.evidence.keys import Signer, show_fingerprint
+from collector.evidence.records import VerifyResult, key_body, sign_record, verify_lines
+
 CHAIN_FILE = "evidence-chain.jsonl"
 
-
-def canonical(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+__all__ = ["CHAIN_FILE", "GENESIS", "ChainKeyError", "VerifyResult", "append", "head", "read", "rotate", "verify"]
 
 
-def record_hash(record: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical({k: v for k, v in record.items() if k != "hash"})).hexdigest()
+class ChainKeyError(ValueError):
+    """The state directory's key is not the key the chain is signed with: nothing is appended."""
 
 
 @contextlib.contextmanager
@@ -50,33 +48,76 @@ def read(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
-def append(path: Path, body: dict[str, Any], unique_key: tuple[str, ...] | None = None) -> dict[str, Any] | None:
-    """Append a record holding `body`; with `unique_key` (body fields), skip it when a record with the same
-    values is already there (returns None then). The chain must verify before anything is added to it."""
+def head(path: Path) -> dict[str, Any] | None:
+    """The last record, if any."""
+    records = read(path)
+    return records[-1] if records else None
+
+
+def _now_iso(now: float | None) -> str:
+    t = dt.datetime.now(dt.UTC) if now is None else dt.datetime.fromtimestamp(now, dt.UTC)
+    return t.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _open_chain(f: IO[bytes], path: Path) -> tuple[list[dict[str, Any]], VerifyResult]:
+    f.seek(0)
+    lines = f.read().splitlines()
+    result = verify_lines(lines)
+    if not result.ok:
+        raise ValueError(f"{path}: the chain is broken at record {result.broken_line}: {result.reason}; "
+                         "nothing appended")
+    return [json.loads(ln) for ln in lines], result
+
+
+def _write(f: IO[bytes], records: list[dict[str, Any]], signer: Signer, enterprise: str, workshop: str,
+           body: dict[str, Any], ts: str) -> dict[str, Any]:
+    prev = records[-1] if records else None
+    rec = sign_record(signer, enterprise=enterprise, workshop=workshop, seq=(prev["seq"] + 1) if prev else 1,
+                      ts=max(ts, prev["ts"]) if prev else ts, prev=prev["hash"] if prev else GENESIS, body=body)
+    f.seek(0, 2)
+    f.write(canonical(rec) + b"\n")
+    f.flush()
+    records.append(rec)
+    return rec
+
+
+def append(path: Path, body: dict[str, Any], signer: Signer, *, enterprise: str, workshop: str,
+           unique_key: tuple[str, ...] | None = None, now: float | None = None) -> dict[str, Any] | None:
+    """Append a signed record holding `body`; with `unique_key` (body fields), skip it when a record with the
+    same values is already there (returns None then). The chain must verify before anything is added, and be
+    signed with `signer`'s key (a chain without a key gets a record introducing it first)."""
     with _locked(path) as f:
-        f.seek(0)
-        lines = f.read().splitlines()
-        result = verify_records(lines)
-        if not result.ok:
-            raise ValueError(f"{path}: the chain is broken at record {result.broken_line}: {result.reason}; "
-                             "nothing appended")
-        records = [json.loads(ln) for ln in lines]
+        records, result = _open_chain(f, path)
         if unique_key is not None:
             key = tuple(_get(body, k) for k in unique_key)
             if any(tuple(_get(r["body"], k) for k in unique_key) == key for r in records):
                 return None
-        prev = records[-1] if records else None
-        record: dict[str, Any] = {
-            "seq": (prev["seq"] + 1) if prev else 1,
-            "ts": dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-            "prev": prev["hash"] if prev else GENESIS,
-            "body": body,
-        }
-        record["hash"] = record_hash(record)
-        f.seek(0, 2)
-        f.write(canonical(record) + b"\n")
-        f.flush()
-        return record
+        ts = _now_iso(now)
+        current = result.keys[-1] if result.keys else None
+        if current is None:
+            _write(f, records, signer, enterprise, workshop, key_body(signer.public, None), ts)
+        elif current != signer.fingerprint:
+            raise ChainKeyError(
+                f"{path} is signed with key {show_fingerprint(current)}, but this state directory's key is "
+                f"{show_fingerprint(signer.fingerprint)}: restore evidence-key.pem of {show_fingerprint(current)} "
+                "from the backup (or start a new chain file and enrol the new key with the assessor); nothing "
+                "appended")
+        return _write(f, records, signer, enterprise, workshop, body, ts)
+
+
+def rotate(path: Path, old: Signer, new: Signer, *, enterprise: str, workshop: str,
+           now: float | None = None) -> dict[str, Any]:
+    """Introduce `new` in a record signed by `old` (the chain's key); later records are signed by `new`."""
+    with _locked(path) as f:
+        records, result = _open_chain(f, path)
+        current = result.keys[-1] if result.keys else None
+        ts = _now_iso(now)
+        if current is None:
+            _write(f, records, old, enterprise, workshop, key_body(old.public, None), ts)
+        elif current != old.fingerprint:
+            raise ChainKeyError(f"{path} is signed with key {show_fingerprint(current)}, not with "
+                                f"{show_fingerprint(old.fingerprint)}: only the chain's key can introduce another")
+        return _write(f, records, old, enterprise, workshop, key_body(new.public, old.fingerprint), ts)
 
 
 def _get(body: dict[str, Any], dotted: str) -> Any:
@@ -86,52 +127,14 @@ def _get(body: dict[str, Any], dotted: str) -> Any:
     return cur
 
 
-@dataclass
-class VerifyResult:
-    ok: bool
-    records: int
-    broken_line: int | None = None  # 1-based line of the first broken record
-    broken_seq: int | None = None
-    reason: str | None = None
-
-
-def verify_records(lines: list[bytes]) -> VerifyResult:
-    prev_hash = GENESIS
-    for i, line in enumerate(lines, start=1):
-        seq: int | None = None
-        try:
-            rec = json.loads(line)
-            if not isinstance(rec, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as exc:
-            return VerifyResult(False, i - 1, i, None, f"not a JSON record ({exc})")
-        seq = rec.get("seq") if isinstance(rec.get("seq"), int) else None
-        missing = {"seq", "ts", "prev", "body", "hash"} - set(rec)
-        if missing:
-            return VerifyResult(False, i - 1, i, seq, f"missing {', '.join(sorted(missing))}")
-        if rec["seq"] != i:
-            return VerifyResult(False, i - 1, i, seq, f"seq is {rec['seq']}, expected {i} (record removed or moved)")
-        if rec["prev"] != prev_hash:
-            return VerifyResult(False, i - 1, i, seq, "prev does not match the previous record's hash")
-        if record_hash(rec) != rec["hash"]:
-            return VerifyResult(False, i - 1, i, seq, "hash does not match the record's content (edited)")
-        if canonical(rec) != line.rstrip(b"\r"):
-            return VerifyResult(False, i - 1, i, seq, "the line is not in canonical form (edited)")
-        prev_hash = rec["hash"]
-    return VerifyResult(True, len(lines))
-
-
-def verify(path: Path) -> VerifyResult:
+def verify(path: Path, enrolled: Any = None) -> VerifyResult:
+    """The file's chain: hashes, order, signatures and, with `enrolled` (public key or fingerprint), the key."""
     raw = path.read_bytes()
     lines = raw.splitlines()
-    # an empty line in the middle is an edit too; only the final newline is expected
-    if lines and not raw.endswith(b"\n"):
-        return _with_truncation_check(lines)
-    return verify_records(lines)
-
-
-def _with_truncation_check(lines: list[bytes]) -> VerifyResult:
-    result = verify_records(lines)
-    if result.ok:
-        return VerifyResult(False, len(lines) - 1, len(lines), len(lines), "the last record lost its line end")
+    result = verify_lines(lines, enrolled)
+    # only the final newline is expected: a record without its line end may have been cut short
+    if result.ok and lines and not raw.endswith(b"\n"):
+        n = len(lines)
+        return VerifyResult(False, n - 1, n, n, "the last record lost its line end", result.unsigned, result.keys,
+                            result.enrolled)
     return result

@@ -215,33 +215,78 @@ def read_register_csv(path: Path) -> RegisterCsv:
 
 
 def check_against_config(reg: RegisterCsv, cfg: CollectorConfig, source: str) -> list[str]:
-    """Clashes with the config: ids already used, bindings to unknown or already bound devices."""
+    """Clashes with the config (ids already used, bindings to unknown or already bound devices), each with what
+    the register does about it (`register.build_register`: the config wins)."""
     device_ids = {d.id for d in cfg.devices}
     bound = {a.device for a in cfg.assets if a.device}
     taken = {a.id for a in cfg.assets} | (device_ids - bound)
     errors = []
     for e in reg.entries:
         if e.id in taken:
-            errors.append(f"{source}: asset '{e.id}' is already defined in the config")
+            errors.append(f"{source}: asset '{e.id}' is already defined in the config; the config's entry is used")
         if e.device is not None and e.device not in device_ids:
-            errors.append(f"{source}: asset '{e.id}': 绑定设备 '{e.device}' is not a configured device id")
+            errors.append(f"{source}: asset '{e.id}': 绑定设备 '{e.device}' is not a configured device id; counted "
+                          "as not connected")
         elif e.device is not None and e.device in bound:
-            errors.append(f"{source}: asset '{e.id}': device '{e.device}' is already bound in the config")
+            errors.append(f"{source}: asset '{e.id}': device '{e.device}' is already bound in the config; counted "
+                          "as not connected")
         elif e.device is not None:
             bound.add(e.device)
     return errors
 
 
-def install(reg: RegisterCsv, source: Path, target: Path) -> None:
-    """Write the validated register atomically (a temp file renamed over the old one): all or nothing."""
+REGISTER_VERSIONS = "registers"  # every imported register, kept: a closed month is computed with its own
+
+
+def install(reg: RegisterCsv, source: Path, target: Path, now: float | None = None) -> dict[str, Any]:
+    """Write the validated register atomically (a temp file renamed over the old one): all or nothing; keep a
+    copy as a version (`registers/<time>-<sha>.json`) and return the version (time, content hash, rows)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    body = {"source": str(source), "sha256": reg.sha256, "imported_at": time.time(),
+    imported_at = time.time() if now is None else now
+    body = {"source": str(source), "sha256": reg.sha256, "imported_at": imported_at, "rows": len(reg.entries),
             "assets": [e.model_dump(mode="json", exclude_none=True) for e in reg.entries]}
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps(body, ensure_ascii=False, indent=1), encoding="utf-8")
-    os.replace(tmp, target)
+    text = json.dumps(body, ensure_ascii=False, indent=1)
+    versions = target.parent / REGISTER_VERSIONS
+    versions.mkdir(exist_ok=True)
+    for path in (versions / f"{int(imported_at * 1000)}-{reg.sha256[:12]}.json", target):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    return version_of(body)
+
+
+def version_of(body: dict[str, Any]) -> dict[str, Any]:
+    """What names a register version in the chain and the report."""
+    return {"imported_at": body["imported_at"], "sha256": body["sha256"],
+            "rows": body.get("rows", len(body.get("assets", []))), "source": body.get("source")}
 
 
 def read_imported(path: Path) -> list[AssetEntry]:
     body = json.loads(path.read_text(encoding="utf-8"))
     return [AssetEntry.model_validate(a) for a in body["assets"]]
+
+
+def register_in_force(state_dir: Path, at: float | None) -> tuple[Path, dict[str, Any]] | None:
+    """The imported register in force at `at` (None: the one installed now): the last version imported at or
+    before it. A register installed by an older version (no copy under `registers/`) counts from its import
+    time. None when no import was in force: the config's register alone."""
+    current = state_dir / "register-import.json"
+    if at is None:
+        return (current, _version_file(current)) if current.exists() else None
+    found: list[tuple[float, Path, dict[str, Any]]] = []
+    for path in [*sorted((state_dir / REGISTER_VERSIONS).glob("*.json")), current]:
+        if not path.exists():
+            continue
+        v = _version_file(path)
+        if v["imported_at"] <= at and not any(f[2]["sha256"] == v["sha256"] and f[0] == v["imported_at"]
+                                              for f in found):
+            found.append((v["imported_at"], path, v))
+    if not found:
+        return None
+    _, path, v = max(found, key=lambda f: f[0])
+    return path, v
+
+
+def _version_file(path: Path) -> dict[str, Any]:
+    body = json.loads(path.read_text(encoding="utf-8"))
+    return version_of(body)

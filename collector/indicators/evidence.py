@@ -5,8 +5,9 @@ Expected buckets of a device in P = the buckets in which the collector itself wa
 buckets only. Its good buckets = the buckets holding a good, fresh sample that the sink acknowledged no later
 than P closes, counted only inside the expected buckets (so coverage never exceeds 100 %).
 
-networked(d, P) ⇔ d is bound to a configured device, expected > 0,
-good ≥ coverage × expected and good days ≥ day_share × expected days — compared as exact fractions.
+networked(d, P) ⇔ d is bound to a configured device, its identity does not say simulator (unless
+`allow_simulated`), expected > 0, good ≥ coverage × expected and good days ≥ day_share × expected days —
+compared as exact fractions.
 
 Everything is grouped per local day once, so the month figure, the daily chart and the per-device coverage
 come from the same counts.
@@ -101,13 +102,17 @@ class DeviceEvidence:
 class Verdict:
     networked: bool
     reason: str | None  # why not, in English (the report translates the code)
-    code: str  # networked, not_bound, not_digital, no_expected_time, coverage, day_share
+    code: str  # networked, not_bound, simulated, not_digital, no_expected_time, coverage, day_share
 
 
-def judge(asset: Asset, ev: DeviceEvidence, cfg: IndicatorConfig) -> Verdict:
-    """networked(d, P) from the counts, with the reason when it fails."""
+def judge(asset: Asset, ev: DeviceEvidence, cfg: IndicatorConfig, simulated: str | None = None) -> Verdict:
+    """networked(d, P) from the counts, with the reason when it fails; `simulated` is why the device's identity
+    says simulator (collector/indicators/identity.py), if it does."""
     if asset.device is None:
         return Verdict(False, "not bound to a configured device", "not_bound")
+    if simulated is not None and not cfg.allow_simulated:
+        return Verdict(False, f"simulated device: its identity says {simulated} (counted only with "
+                       "indicators.allow_simulated)", "simulated")
     if ev.expected == 0:
         return Verdict(False, "no expected time in the period (collector not running / outside shifts)",
                        "no_expected_time")
@@ -126,13 +131,14 @@ class EvidenceData:
 
     uptime: list[int]
     good: dict[str, list[tuple[int, float | None]]]
+    first_run: float | None = None  # the collector's first start: no good data is shown from before it
 
     @classmethod
     def load(cls, store: StatusStore, start: float, end: float) -> EvidenceData:
         good: dict[str, list[tuple[int, float | None]]] = defaultdict(list)
         for device, bucket, acked in store.good_bucket_rows(start, end):
             good[device].append((bucket, acked))
-        return cls(store.uptime_buckets(start, end), dict(good))
+        return cls(store.uptime_buckets(start, end), dict(good), store.first_run())
 
 
 def expected_mask(uptime: Iterable[int], period: Period, cfg: IndicatorConfig, now: float,
@@ -173,7 +179,8 @@ def collect(assets: Iterable[Asset], data: EvidenceData, period: Period, cfg: In
                 if d_ is None or (since is not None and d_ < since):
                     continue
                 ev.by_day[d_][1] += 1
-                ev.first_good = b if ev.first_good is None else min(ev.first_good, b)
+                shown = b if data.first_run is None else max(b, data.first_run)  # a bucket may start before it
+                ev.first_good = shown if ev.first_good is None else min(ev.first_good, shown)
                 ev.last_good = b + cfg.bucket if ev.last_good is None else max(ev.last_good, b + cfg.bucket)
         out[a.id] = ev
     return out

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from collector.config import CollectorConfig
+from collector.evidence.keys import Signer
 from collector.indicators import chain, periods
 from collector.indicators.figures import PeriodResult, chain_body, compute
-from collector.indicators.register import Asset
+from collector.indicators.register import Asset, load_register, register_version
 from collector.status import StatusStore
 
 log = logging.getLogger(__name__)
@@ -36,21 +37,32 @@ def find_record(path: Path, cfg: CollectorConfig, label: str) -> dict[str, Any] 
     return None
 
 
-def ensure_chained(result: PeriodResult, state_dir: Path) -> dict[str, Any] | None:
+def ensure_chained(result: PeriodResult, state_dir: Path, signer: Signer) -> dict[str, Any] | None:
     """Append a closed month's summary unless the chain already holds it; returns its record.
 
-    An open month is never chained (its figures may still change)."""
-    if result.period.kind != "month" or not result.closed:
+    An open month is never chained (its figures may still change), nor a month in which the collector never
+    ran (无采集记录: there is nothing to seal, and a sealed zero could never be undone)."""
+    if result.period.kind != "month" or not result.closed or not result.measured:
         return None
     path = chain_path(state_dir)
     existing = find_record(path, result.cfg, result.period.label)
     if existing is not None:
         return existing
-    return chain.append(path, chain_body(result), UNIQUE) or find_record(path, result.cfg, result.period.label)
+    body = chain_body(result)
+    body["register"] = register_version(result.cfg, state_dir, result.period.end)
+    site = result.cfg.site
+    return chain.append(path, body, signer, enterprise=site.enterprise_id, workshop=site.workshop,
+                        unique_key=UNIQUE, now=result.now) or find_record(path, result.cfg, result.period.label)
+
+
+def month_register(cfg: CollectorConfig, state_dir: Path, period: periods.Period,
+                   warnings: list[str] | None = None) -> list[Asset]:
+    """The register a month is computed with: the one in force at its end (a later import changes nothing)."""
+    return load_register(cfg, state_dir, warnings, at=period.end)
 
 
 def due_months(cfg: CollectorConfig, store: StatusStore, state_dir: Path, now: float) -> list[periods.Period]:
-    """Closed months since the collector first ran that the chain does not hold yet."""
+    """Closed months since the collector first ran, in which it ran, that the chain does not hold yet."""
     first = store.first_uptime()
     if first is None:
         return []
@@ -59,16 +71,20 @@ def due_months(cfg: CollectorConfig, store: StatusStore, state_dir: Path, now: f
     last = periods.last_closed_month(now, tz)
     path = chain_path(state_dir)
     return [p for y, m in periods.months_from((start.year, start.month), last)
-            if find_record(path, cfg, (p := periods.month(y, m, tz)).label) is None]
+            if find_record(path, cfg, (p := periods.month(y, m, tz)).label) is None
+            and store.uptime_buckets(p.start, p.end)]
 
 
-def close_due_months(cfg: CollectorConfig, assets: list[Asset], store: StatusStore, state_dir: Path, now: float,
+def close_due_months(cfg: CollectorConfig, store: StatusStore, state_dir: Path, now: float, signer: Signer,
                      warnings: list[str] | None = None) -> list[dict[str, Any]]:
-    """Summarise and chain every month that closed and is not chained yet; returns the new records."""
+    """Summarise and chain every month that closed and is not chained yet, each with the register in force at
+    its end; returns the new records."""
     out = []
     for p in due_months(cfg, store, state_dir, now):
-        result = compute(cfg, assets, store, p, now, warnings=warnings)
-        rec = ensure_chained(result, state_dir)
+        month_warnings = list(warnings or [])
+        assets = month_register(cfg, state_dir, p, month_warnings)
+        result = compute(cfg, assets, store, p, now, warnings=month_warnings)
+        rec = ensure_chained(result, state_dir, signer)
         if rec is not None:
             log.info("event=month_closed period=%s D1=%s/%s D2=%s/%s hash=%s", p.label,
                      result.figure("D1").numerator, result.figure("D1").denominator,

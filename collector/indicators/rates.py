@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
 from collector.indicators.register import Asset
@@ -22,6 +23,24 @@ NAMES: dict[str, tuple[str, str]] = {
     "D2a": ("设备联网率（全部设备）", "networking rate of all equipment"),
     "D3": ("设备数字化率", "digitalisation rate of equipment"),
 }
+
+
+def truncated(num: float | Decimal, den: float, places: int = 3) -> Decimal | None:
+    """num / den cut (never rounded) to `places` decimals: 1/13 -> 0.076, 5496/10000 -> 0.549.
+
+    What machine-readable outputs carry beside the numerator and denominator: a value that never exceeds the
+    exact fraction, so it never looks like it meets a target the fraction misses."""
+    if den == 0:
+        return None
+    q = Decimal(1).scaleb(-places)
+    return (Decimal(str(num)) / Decimal(str(den))).quantize(q, rounding=ROUND_DOWN)
+
+
+def pct(num: float, den: float) -> str:
+    """The one display rule of every rate (report, `collector status`, status page, MQTT snapshot): truncated
+    to 0.1 % (1/13 shows "7.6 %", 54.96 % shows "54.9 %"); "—" without a denominator."""
+    v = truncated(Decimal(str(num)) * 100, den, 1)
+    return "—" if v is None else f"{v} %"
 
 
 @dataclass
@@ -49,17 +68,21 @@ class Figure:
     def to_dict(self) -> dict[str, Any]:
         zh, en = NAMES[self.id]
         d = asdict(self)
-        d.update(name_zh=zh, name_en=en, value=self.value, passed=self.passed, defset=DEFSET)
+        d.update(name_zh=zh, name_en=en, value=self.value, passed=self.passed, defset=DEFSET,
+                 display=pct(self.numerator, self.denominator))
         return d
 
 
-def cnc_figures(assets: Iterable[Asset], on: dt.date, target: float) -> list[Figure]:
-    """D1 (by count), D1v (by original value), D1k (key processes) on a date: a stock figure."""
-    universe = [a for a in assets if a.in_universe(on)]
+def cnc_figures(assets: Iterable[Asset], on: dt.date, target: float, scope: str = "all") -> list[Figure]:
+    """D1 (by count), D1v (by original value), D1k (key processes) on a date: a stock figure.
+
+    `scope: key_process` restricts U for every figure (INDICATORS.md), so D1 and D1v count key processes only
+    (and D1k equals D1)."""
+    universe = [a for a in assets if a.in_universe(on, scope)]
     cnc = [a for a in universe if a.is_cnc]
     key = [a for a in universe if a.is_key_process]
     valued = [a for a in universe if a.original_value is not None]
-    params = {"on": on.isoformat()}
+    params = {"on": on.isoformat(), "scope": scope}
     return [
         Figure("D1", len(cnc), len(universe), target, params),
         Figure("D1v", sum(a.original_value or 0 for a in valued if a.is_cnc),

@@ -11,9 +11,12 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from collector.config import AssetEntry, AssetFields, CollectorConfig
+from collector.indicators.notices import Notice
 
+SOURCE_ZH = {"assets_csv": "台账CSV（assets_csv）", "import": "导入台账"}
 PRODUCTIVE_USAGE = ("production", "auxiliary")
 COUNTED_STATUS = ("in_service", "idle")
 
@@ -42,11 +45,20 @@ class Asset:
 
     def in_universe(self, on: dt.date, scope: str = "all") -> bool:
         """Membership of U (INDICATORS.md) on a date."""
-        if self.usage not in PRODUCTIVE_USAGE or self.status not in COUNTED_STATUS:
-            return False
+        return self.excluded(on, scope) is None
+
+    def excluded(self, on: dt.date, scope: str = "all") -> str | None:
+        """Why the asset is outside U on a date (the report says it beside the row), or None when it is in U:
+        scrapped, sealed, non_production, not_commissioned or not_key_process."""
+        if self.status not in COUNTED_STATUS:
+            return self.status
+        if self.usage not in PRODUCTIVE_USAGE:
+            return self.usage
         if self.commissioned is not None and self.commissioned > on:
-            return False
-        return scope != "key_process" or self.is_key_process
+            return "not_commissioned"
+        if scope == "key_process" and not self.is_key_process:
+            return "not_key_process"
+        return None
 
 
 def _asset(id_: str, f: AssetFields, default_workshop: str, device: str | None,
@@ -77,11 +89,14 @@ def build_register(cfg: CollectorConfig, extra: list[tuple[AssetEntry, str]] | N
     device_ids = {d.id for d in cfg.devices}
     for entry, source in extra or []:
         if entry.id in taken:
-            warn.append(f"{source}: asset '{entry.id}' is also in the config; the config's entry is used")
+            warn.append(Notice(f"{source}: asset '{entry.id}' is also in the config; the config's entry is used",
+                               f"{SOURCE_ZH.get(source, source)}：设备 {entry.id} 在配置文件中也有，采用配置文件的条目"))
             continue
         if entry.device is not None and (entry.device not in device_ids or entry.device in bound_ids):
-            warn.append(f"{source}: asset '{entry.id}' binds device '{entry.device}', which is not configured "
-                        "or already bound; it is counted as not connected")
+            warn.append(Notice(f"{source}: asset '{entry.id}' binds device '{entry.device}', which is not configured "
+                               "or already bound; it is counted as not connected",
+                               f"{SOURCE_ZH.get(source, source)}：设备 {entry.id} 绑定的采集设备 {entry.device} "
+                               "未配置或已被绑定，按未接入采集计"))
             entry = entry.model_copy(update={"device": None})
         taken.add(entry.id)
         if entry.device is not None:
@@ -103,11 +118,17 @@ IMPORTED_REGISTER = "register-import.json"
 
 
 def load_register(cfg: CollectorConfig, state_dir: Path | None = None,
-                  warnings: list[str] | None = None) -> list[Asset]:
-    """The whole register: config, `assets_csv:`, and the register `collector assets import` installed.
+                  warnings: list[str] | None = None, at: float | None = None) -> list[Asset]:
+    """The whole register: config, `assets_csv:`, and the register `collector assets import` installed (with
+    `at`, the imported register that was in force at that time: a closed month keeps its register).
 
     A CSV that no longer reads is told in `warnings` and skipped: a gateway must keep collecting."""
-    from collector.indicators.csv_import import CsvImportError, read_imported, read_register_csv
+    from collector.indicators.csv_import import (
+        CsvImportError,
+        read_imported,
+        read_register_csv,
+        register_in_force,
+    )
 
     warn = warnings if warnings is not None else []
     extra: list[tuple[AssetEntry, str]] = []
@@ -115,11 +136,25 @@ def load_register(cfg: CollectorConfig, state_dir: Path | None = None,
         try:
             extra += [(e, "assets_csv") for e in read_register_csv(cfg.assets_csv).entries]
         except CsvImportError as exc:
-            warn.extend(f"assets_csv: {line}" for line in exc.lines)
+            warn.extend(Notice(f"assets_csv: {line}", f"台账CSV（assets_csv）无法读取，已跳过：{line}")
+                        for line in exc.lines)
     state = state_dir if state_dir is not None else cfg.state_dir
-    if (state / IMPORTED_REGISTER).exists():
-        try:
-            extra += [(e, "import") for e in read_imported(state / IMPORTED_REGISTER)]
-        except (OSError, ValueError) as exc:
-            warn.append(f"{state / IMPORTED_REGISTER}: unreadable ({exc}); imported register skipped")
+    try:
+        found = register_in_force(state, at)
+        if found is not None:
+            extra += [(e, "import") for e in read_imported(found[0])]
+    except (OSError, ValueError, KeyError) as exc:
+        warn.append(Notice(f"{state / IMPORTED_REGISTER}: unreadable ({exc}); imported register skipped",
+                           f"{state / IMPORTED_REGISTER}：导入的台账无法读取（{exc}），已跳过"))
     return build_register(cfg, extra, warn)
+
+
+def register_version(cfg: CollectorConfig, state_dir: Path, at: float | None = None) -> dict[str, Any] | None:
+    """The imported register version in force at `at` (time, sha256, rows), None for the config's alone."""
+    from collector.indicators.csv_import import register_in_force
+
+    try:
+        found = register_in_force(state_dir, at)
+    except (OSError, ValueError, KeyError):
+        return None
+    return None if found is None else found[1]

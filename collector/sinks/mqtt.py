@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,6 +75,32 @@ def encode_data(batch: Batch) -> bytes:
                          "historical": batch.historical, "tags": tags}, default=str)
 
 
+# OpenSSL verify codes (X509_V_ERR_*) and what to check in the config
+_VERIFY_HINTS = {
+    18: "unknown CA: the broker's certificate is self-signed; put it or its CA in mqtt.ca_file",
+    19: "unknown CA: the broker's chain ends in a CA that mqtt.ca_file does not hold",
+    20: "unknown CA: the broker's certificate is not signed by a CA in mqtt.ca_file",
+    21: "unknown CA: the broker's certificate is not signed by a CA in mqtt.ca_file",
+    10: "the broker's certificate has expired",
+    9: "the broker's certificate is not valid yet (check the gateway's clock)",
+    62: "hostname mismatch: the host in mqtt.url is not among the certificate's names",
+    64: "hostname mismatch: the IP address in mqtt.url is not among the certificate's addresses",
+}
+
+
+def connect_failure_reason(exc: BaseException | None) -> str:
+    """Why a connection attempt failed, in words an operator can act on: for TLS the certificate check that
+    failed (unknown CA, hostname mismatch, expired) and OpenSSL's own message, else the socket error."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        hint = _VERIFY_HINTS.get(exc.verify_code, "the broker's certificate was not accepted")
+        return f"TLS: {hint} ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    if exc is None:
+        return "unknown"
+    return str(exc) or type(exc).__name__
+
+
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
@@ -103,9 +130,11 @@ class MqttSink(LinkState):
         self.data_qos = settings.qos
         self.gateway_info: Callable[[], dict[str, Any]] | None = None
         self._pending: dict[int, Row] = {}
+        self._tracked: dict[int, Callable[[], None]] = {}  # mid -> callback: publish_tracked()
         self.published = 0
         self.acked = 0
         self.errors = 0
+        self.connect_error: str | None = None  # why the last connection attempt failed (None once connected)
         self.client = self._make_client()
 
     # -- setup
@@ -123,6 +152,7 @@ class MqttSink(LinkState):
         c.will_set(topic, payload, qos=qos, retain=retain)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
+        c.on_connect_fail = self._on_connect_fail
         c.on_publish = self._on_publish
         c.on_message = self._on_message
         return c
@@ -155,8 +185,8 @@ class MqttSink(LinkState):
             if self.client.is_connected():  # e.g. a Sparkplug node waiting for its primary host
                 log.info("sink=mqtt event=connected_not_ready host=%s port=%s", self.s.host, self.s.port)
             else:
-                log.warning("sink=mqtt event=not_connected host=%s port=%s (will keep trying)", self.s.host,
-                            self.s.port)
+                log.warning("sink=mqtt event=not_connected host=%s port=%s (will keep trying) reason=%s",
+                            self.s.host, self.s.port, self.connect_error or "no answer yet")
 
     async def stop(self, gateway_payload: dict[str, Any] | None = None, wait: float = 3.0) -> None:
         """Publish the gateway's offline status (retained), wait for outstanding acks, disconnect."""
@@ -184,7 +214,12 @@ class MqttSink(LinkState):
         if rc.is_failure:
             log.warning("sink=mqtt event=connect_refused reason=%s", rc)
         else:
-            self._hand_over(self._connected)
+            self._hand_over(self._connect_succeeded)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        """paho calls this inside its `except OSError` around a connection attempt and passes no exception:
+        the reason (an unknown CA, a hostname mismatch, a refused port) is only in `sys.exc_info()`."""
+        self._hand_over(self._connect_failed, connect_failure_reason(sys.exc_info()[1]))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         self._hand_over(self._disconnected, str(rc))
@@ -196,6 +231,18 @@ class MqttSink(LinkState):
         self._hand_over(self._message, msg.topic, bytes(msg.payload))
 
     # -- loop thread
+
+    def _connect_failed(self, reason: str) -> None:
+        """Log the reason when it is new (the first failure, or another one than before): paho retries every
+        few seconds and the same line each time would flood the journal."""
+        if reason != self.connect_error:
+            log.warning("sink=mqtt event=connect_failed host=%s port=%s reason=%s", self.s.host, self.s.port,
+                        reason)
+        self.connect_error = reason
+
+    def _connect_succeeded(self) -> None:
+        self.connect_error = None
+        self._connected()
 
     def _connected(self) -> None:
         log.info("sink=mqtt event=connected host=%s port=%s", self.s.host, self.s.port)
@@ -221,6 +268,10 @@ class MqttSink(LinkState):
                 log.exception("sink=mqtt event=message_hook_failed topic=%s", topic)
 
     def _ack(self, mid: int) -> None:
+        tracked = self._tracked.pop(mid, None)
+        if tracked is not None:
+            tracked()
+            return
         row = self._pending.pop(mid, None)
         if row is None:
             return
@@ -259,6 +310,17 @@ class MqttSink(LinkState):
                     self.on_ack(row)  # QoS 0 has no acknowledgement: handed to a live link
                 continue
             self._pending[info.mid] = row
+
+    def publish_tracked(self, topic: str, payload: bytes, on_ack: Callable[[], None], retain: bool = False) -> bool:
+        """Publish at QoS 1 on this connection and call `on_ack` at its PUBACK (another outbox sink's transport
+        rides the same connection: collector/sinks/evidence.py). False when paho refused it."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            self.errors += 1
+            log.warning("sink=mqtt event=publish_refused topic=%s rc=%s", topic, info.rc)
+            return False
+        self._tracked[info.mid] = on_ack
+        return True
 
     def publish_json(self, topic: str, payload: dict[str, Any], retain: bool = False, qos: int = 1) -> None:
         info = self.client.publish(topic, orjson.dumps(payload), qos=qos, retain=retain)
