@@ -31,7 +31,7 @@ from tests.hubsupport import (
 )
 
 pytestmark = pytest.mark.integration
-A, B = "91330402MA2B3C4D5E", "91330411MA2B3C4D6F"
+A, B = "91330402MA2B3C4D53", "91330411MA2B3C4D67"
 PW = {"hub": "hub-secret", A: "a-secret", B: "b-secret"}
 
 

@@ -17,7 +17,7 @@ from collector.hub.ingest import ingest
 from collector.hub.receipts import verify_receipt
 from tests.hubsupport import Collector, month_body, pg_url  # noqa: F401  (fixture)
 
-A, B = "91330402MA2B3C4D5E", "91330411MA2B3C4D6F"
+A, B = "91330402MA2B3C4D53", "91330411MA2B3C4D67"
 HUB = Signer(generate())
 
 
@@ -75,7 +75,8 @@ def test_enrolment_csv_is_all_or_nothing_and_names_each_bad_cell(conn: Any) -> N
     assert enrol(conn, rows).keys_new == 0  # re-enrolling the same file changes nothing
     bad = (f"统一社会信用代码,企业名称,县（市、区）,行业,行业骨干企业,公钥\n"
            f"{B},秀洲精工,上海市,x,也许,{c1.public_key}\n"
-           f"12345,,南湖区,x,否,not-a-key\n")
+           f"12345,,南湖区,x,否,not-a-key\n"
+           f"91330402MA2B3C4D54,恒达机械,南湖区,x,否,{c2.public_key}\n")
     with pytest.raises(EnrolError) as err:
         parse_csv(bad, "t.csv", JIAXING)
     text = "\n".join(err.value.lines)
@@ -84,6 +85,7 @@ def test_enrolment_csv_is_all_or_nothing_and_names_each_bad_cell(conn: Any) -> N
     assert "row 3: 统一社会信用代码 '12345'" in text
     assert "row 3: 企业名称 is empty" in text
     assert "row 3: 公钥" in text
+    assert "row 4: 统一社会信用代码 '91330402MA2B3C4D54' check character is '4' but" in text
     assert count(conn, "SELECT count(*) AS n FROM enterprises") == 1
 
 
@@ -112,7 +114,7 @@ def test_records_are_verified_stored_once_and_receipted(conn: Any) -> None:
 def test_what_is_refused_stores_nothing(conn: Any) -> None:
     c, other = Collector("jx-hengda", "ws-1"), Collector("jx-xiuzhou", "ws-1")
     enrol_two(conn, c, other)
-    assert put(conn, c.records[0], sender="91330100MA2B3C4D7G").status == "refused"  # not enrolled
+    assert put(conn, c.records[0], sender="91330100MA2B3C4D7W").status == "refused"  # not enrolled
     out = put(conn, other.records[0], sender=A)  # B's record, sent by A
     assert out.status == "refused" and "names enterprise 'jx-xiuzhou'" in str(out.reason)
     stranger = Collector("jx-hengda", "ws-9")  # a key never enrolled

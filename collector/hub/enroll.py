@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
+from collector.credit_code import credit_code_problem
 from collector.evidence.keys import KeyFileError, fingerprint, load_public, normal_fingerprint, public_b64
 
 HEADERS: dict[str, tuple[str, ...]] = {
@@ -34,7 +34,6 @@ HEADERS: dict[str, tuple[str, ...]] = {
 REQUIRED = ("credit_code", "name", "county")
 YES = {"是", "y", "yes", "true", "1", "骨干"}
 NO = {"否", "n", "no", "false", "0", ""}
-CREDIT_CODE = re.compile(r"[0-9A-HJ-NPQRTUWXY]{2}[0-9]{6}[0-9A-HJ-NPQRTUWXY]{10}")
 
 
 class EnrolError(ValueError):
@@ -102,9 +101,9 @@ def parse_csv(text: str, source: str, counties: list[str], base: Path | None = N
 
         where = f"row {n}"
         code = cell("credit_code").upper()
-        if not CREDIT_CODE.fullmatch(code):
-            errors.append(f"{where}: 统一社会信用代码 '{code}' is not an 18-character credit code "
-                          "(digits and capital letters except I, O, S, V, Z)")
+        problem = credit_code_problem(code)
+        if problem is not None:
+            errors.append(f"{where}: 统一社会信用代码 '{code}' {problem}")
         name, county = cell("name"), cell("county")
         if not name:
             errors.append(f"{where}: 企业名称 is empty")
