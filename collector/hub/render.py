@@ -38,6 +38,19 @@ T: dict[str, dict[str, str]] = {
 }
 
 
+KINDS = (("rewritten", "历史记录被改写", "rewritten history"), ("back-dated", "记录时间倒签", "back-dated"),
+         ("rotated away", "使用已轮换的密钥签名", "signed by a rotated key"),
+         ("replaces", "密钥轮换记录不符", "key rotation mismatch"))
+
+
+def incident_kind(reason: str, lang: str) -> str:
+    """The incident's kind in the reader's language (the reason itself, from the hub's check, is English)."""
+    for needle, zh, en in KINDS:
+        if needle in reason:
+            return en if lang == "en" else zh
+    return "contradicts the held record" if lang == "en" else "与已存记录矛盾"
+
+
 def t(key: str, lang: str, **kw: str) -> str:
     return T[key]["en" if lang == "en" else "zh"].format(**kw)
 
@@ -128,7 +141,8 @@ def to_html(bulletin: dict[str, Any], lang: str = "zh") -> str:
             lists.append(f'<tr class="nonrep"><td>{e(b["name"])}</td><td>{e(ent["name"])}<br><small>{e(ent["id"])}'
                          f'</small></td><td>{e(t("nonrep", lang))}</td></tr>')
         for ent in b["anomalies"]:
-            why = "；".join(i["reason"] for i in ent["incidents"])
+            why = "；".join(f"{incident_kind(i['reason'], lang)}（{i['workshop']} #{i['seq']}: {i['reason']}）"
+                           for i in ent["incidents"])
             lists.append(f'<tr class="anomaly"><td>{e(b["name"])}</td><td>{e(ent["name"])}<br><small>{e(ent["id"])}'
                          f'</small></td><td><b>{e(t("anom", lang))}</b>：{e(why)}</td></tr>')
     trend_head = "".join(f"<th>{e(p['period'])}</th>" for p in bulletin["trend"])
@@ -153,7 +167,7 @@ table {{ border-collapse: collapse; margin: 12px 0 20px; }}
 th, td {{ border: 1px solid #bbb; padding: 4px 8px; font-size: 13px; text-align: right; }}
 th {{ background: #eef2f6; }} td:first-child {{ text-align: left; }}
 tr.total td {{ font-weight: bold; background: #f7f7f0; }} tr.anomaly td {{ color: #b71c1c; }}
-small {{ color: #666; }}
+small {{ color: #666; }} #lists td {{ text-align: left; }}
 </style></head><body>
 <h1 id="title">{e(title)}</h1>
 <p>{e(t("scope", lang))} · {e(t("generated", lang))} {e(bulletin["generated_at"])}</p>
