@@ -212,8 +212,9 @@ class Enterprise:
     def subscribe(self, topic: str) -> int:
         return int(self.client.subscribe(topic, qos=1)[1])
 
-    def publish(self, msg: dict[str, Any], as_enterprise: str | None = None) -> int:
-        info = self.client.publish(f"{self.prefix}/{as_enterprise or self.user}/evidence", payload(msg), qos=1)
+    def publish(self, msg: dict[str, Any], as_enterprise: str | None = None, suffix: str = "") -> int:
+        info = self.client.publish(f"{self.prefix}/{as_enterprise or self.user}/evidence{suffix}", payload(msg),
+                                   qos=1)
         return int(info.mid)
 
     def receipts_for(self, workshop: str, seq: int) -> list[dict[str, Any]]:

@@ -69,3 +69,13 @@ def test_the_hub_imports_the_evidence_verification_never_the_engine() -> None:
                                        "collector.delivery", "collector.sinks") or
               m.split(".")[0] in ("adapters", "asyncua", "pymodbus")}
     assert not banned, banned
+
+
+def test_the_sender_is_the_level_after_the_prefix() -> None:
+    from collector.hub.service import sender_of
+
+    assert sender_of("cityhub", "cityhub/91330402MA2B3C4D53/evidence") == "91330402MA2B3C4D53"
+    assert sender_of("cityhub", "cityhub/X/evidence/ws-1/indicators/monthly/2026-11") == "X"
+    assert sender_of("city/jx", "city/jx/X/evidence/ws-1/evidence/head") == "X"
+    for topic in ("cityhub/X/receipt", "cityhub/evidence", "other/X/evidence", "cityhub//evidence"):
+        assert sender_of("cityhub", topic) is None, topic

@@ -109,7 +109,8 @@ async def test_two_enterprises_three_collectors_end_to_end(city: dict[str, Any])
         ent = ents[A if c.enterprise == "jx-hengda" else B]
         for rec in c.records:
             ent.publish(rec)
-            ent.publish(c.anchor(rec))  # the head as the outbox anchors it: the same record, stored once
+            # the head as the outbox anchors it, under the topic a bridge maps it to: the same record, stored once
+            ent.publish(c.anchor(rec), suffix=f"/{c.workshop}/evidence/head")
             sent += 1
     await wait_for(lambda: sum(len(e.receipts) for e in ents.values()) >= 2 * sent, what="every receipt")
     for c in city["collectors"]:

@@ -25,7 +25,7 @@ class HubMqtt(_Strict):
     password_file: Path | None = None  # else HUB_MQTT_PASSWORD; mode 0600
     client_id: str = "hub-1"  # one per hub process: its persistent session keeps what it has not yet acked
     topic_prefix: str = "cityhub"
-    group: str = "hub"  # the shared-subscription group: $share/{group}/{topic_prefix}/+/evidence
+    group: str = "hub"  # the shared-subscription group: $share/{group}/{topic_prefix}/+/evidence/#
     session_expiry_s: int = Field(default=7 * 86400, ge=0)
     keepalive_s: int = Field(default=30, ge=5)
     ca_file: Path | None = None  # TLS to the broker when set

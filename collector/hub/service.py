@@ -1,7 +1,7 @@
 """`collector hub run`: ingest from the broker's shared subscription, store, answer with receipts.
 
 Each hub process has its own client id and a persistent MQTT 5 session, and subscribes to
-`$share/{group}/{prefix}/+/evidence` at QoS 1: the broker hands each message to one process of the group. A
+`$share/{group}/{prefix}/+/evidence/#` at QoS 1: the broker hands each message to one process of the group. A
 message is acknowledged (manual PUBACK) only after its transaction committed and its receipt was published, so a
 process killed at any moment loses nothing: what it had not acknowledged is redelivered (to its session when it
 comes back, or, once the broker drops it, to the others), and a redelivered record is a duplicate, stored once.
@@ -31,7 +31,7 @@ log = logging.getLogger("collector.hub")
 
 
 def evidence_filter(cfg: HubConfig) -> str:
-    return f"$share/{cfg.mqtt.group}/{cfg.mqtt.topic_prefix}/+/evidence"
+    return f"$share/{cfg.mqtt.group}/{cfg.mqtt.topic_prefix}/+/evidence/#"
 
 
 def receipt_topic(prefix: str, enterprise: str) -> str:
@@ -39,11 +39,12 @@ def receipt_topic(prefix: str, enterprise: str) -> str:
 
 
 def sender_of(prefix: str, topic: str) -> str | None:
-    """The enterprise level of `{prefix}/{enterprise}/evidence` (the broker's ACL made it the sender's user)."""
-    if not topic.startswith(prefix + "/") or not topic.endswith("/evidence"):
+    """The enterprise level of `{prefix}/{enterprise}/evidence[/…]` (the broker's ACL made it the sender's user
+    name). Anything below `evidence` is free: an enterprise broker's bridge maps its collectors' topics there."""
+    if not topic.startswith(prefix + "/"):
         return None
-    middle = topic[len(prefix) + 1:-len("/evidence")]
-    return middle if middle and "/" not in middle else None
+    levels = topic[len(prefix) + 1:].split("/")
+    return levels[0] if len(levels) >= 2 and levels[0] and levels[1] == "evidence" else None
 
 
 @dataclass
