@@ -151,6 +151,17 @@ async def test_two_enterprises_three_collectors_end_to_end(city: dict[str, Any])
     assert stored(db_url, "SELECT (body->'figures'->'D2'->>'numerator')::int FROM records WHERE workshop = %s "
                           "AND seq = %s", "ws-machining", real["seq"]) == 4  # the held record is untouched
 
+    # a message PostgreSQL cannot hold (a NUL in the workshop name) is refused alone; the batch around it is kept
+    poison = sign_record(machining.signer, enterprise="jx-hengda", workshop="ws\u0000x", seq=1,
+                         ts="2026-12-05T00:00:00+08:00", prev="0" * 64, body={"kind": "register"})
+    ents[A].publish(poison)
+    ents[A].publish(machining.records[0])
+    await wait_for(lambda: [r for r in ents[A].receipts if r["status"] == "refused"], what="the poison's receipt")
+    await wait_for(lambda: len(ents[A].receipts_for("ws-machining", 1)) == 3, what="the next message's receipt")
+    refused = [r for r in ents[A].receipts if r["status"] == "refused"]
+    assert len(refused) == 1 and "the database refused it" in refused[0]["reason"]
+    assert stored(db_url) == 6
+
     out = cli("bulletin", "-c", str(city["configs"][0]), "--period", "2026-11", "--format", "json")
     assert out.returncode == 0, out.stderr
     bulletin = json.loads(out.stdout)

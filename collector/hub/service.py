@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -25,7 +26,8 @@ from psycopg_pool import ConnectionPool
 
 from collector.evidence.keys import Signer
 from collector.hub.config import HubConfig
-from collector.hub.ingest import ingest
+from collector.hub.ingest import Outcome, ingest_batch, iso_now
+from collector.hub.receipts import make_receipt
 
 log = logging.getLogger("collector.hub")
 
@@ -108,42 +110,65 @@ class HubService:
                     batch.append(self.inbox.get_nowait())
                 except queue.Empty:
                     break
-            self._process(batch)
+            while not self.stopping.is_set():
+                try:
+                    self._process(batch)
+                    break
+                except Exception:  # a bug, not bad input: say so loudly, keep the batch, try again
+                    log.exception("ingest failed on a batch of %d; retrying in 5 s", len(batch))
+                    self.stopping.wait(5.0)
 
     def _process(self, batch: list[mqtt.MQTTMessage]) -> None:
         prefix = self.cfg.mqtt.topic_prefix
+        items: list[tuple[str, Any]] = []
+        for msg in batch:
+            sender = sender_of(prefix, msg.topic)
+            if sender is None:
+                continue  # the subscription only matches our topics; nothing to answer
+            try:
+                items.append((sender, json.loads(msg.payload)))
+            except ValueError:
+                items.append((sender, None))
         while not self.stopping.is_set():
             try:
-                answers: list[tuple[str, dict[str, Any]]] = []
-                with self.pool.connection() as conn, conn.transaction():
-                    for msg in batch:
-                        sender = sender_of(prefix, msg.topic)
-                        if sender is None:
-                            continue
-                        try:
-                            payload = json.loads(msg.payload)
-                        except ValueError:
-                            payload = None
-                        out = ingest(conn, payload, sender, self.signer, self.cfg.hub_id)
-                        answers.append((sender, out.receipt))
-                        self.counters.by_status[out.status] = self.counters.by_status.get(out.status, 0) + 1
-                        if out.status in ("incident", "refused"):
-                            log.warning("%s from %s (%s seq %s): %s", out.status, sender,
-                                        out.receipt.get("workshop"), out.receipt.get("seq"), out.reason)
+                outcomes = self._store(items)
                 break
-            except Exception as exc:  # the database went away: keep the batch, unacknowledged, and retry
+            except psycopg.OperationalError as exc:  # the database went away: keep the batch unacknowledged
                 self.counters.db_errors += 1
-                log.error("database error, retrying the batch of %d in 2 s: %s", len(batch), exc)
+                log.error("database unavailable, retrying the batch of %d in 2 s: %s", len(items), exc)
                 self.stopping.wait(2.0)
         else:
             return  # stopping: unacknowledged messages are redelivered by the broker
-        for sender, receipt in answers:
-            self.client.publish(receipt_topic(prefix, sender), json.dumps(receipt, ensure_ascii=False,
+        for (sender, _), out in zip(items, outcomes, strict=True):
+            self.counters.by_status[out.status] = self.counters.by_status.get(out.status, 0) + 1
+            if out.status in ("incident", "refused"):
+                log.warning("%s from %s (%s seq %s): %s", out.status, sender, out.receipt.get("workshop"),
+                            out.receipt.get("seq"), out.reason)
+            self.client.publish(receipt_topic(prefix, sender), json.dumps(out.receipt, ensure_ascii=False,
                                                                           sort_keys=True), qos=1)
         for msg in batch:
             self.client.ack(msg.mid, msg.qos)
         self.counters.received += len(batch)
         self.counters.batches += 1
+
+    def _store(self, items: list[tuple[str, Any]]) -> list[Outcome]:
+        """The batch in one transaction; when the database refuses it (a value PostgreSQL cannot hold, such as a
+        NUL character), message by message, and the one it refuses alone is refused, so it cannot block the rest."""
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                return ingest_batch(conn, items, self.signer, self.cfg.hub_id)
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            if len(items) == 1:
+                sender, msg = items[0]
+                m = msg if isinstance(msg, dict) else {}
+                reason = f"the database refused it ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+                return [Outcome("refused", reason, make_receipt(
+                    self.signer, hub=self.cfg.hub_id, enterprise=sender, workshop=None, seq=None,
+                    record_hash=m.get("hash") if isinstance(m.get("hash"), str) else None, status="refused",
+                    reason=reason, received_at=iso_now()))]
+        return [out for item in items for out in self._store([item])]
 
     # --- life cycle
     def start(self) -> None:
