@@ -21,6 +21,7 @@ from collector.evidence.records import sign_record
 from collector.hub.receipts import verify_receipt
 from tests.hubsupport import (
     ACL,
+    ROOT,
     Collector,
     Enterprise,
     HubProcess,
@@ -207,3 +208,40 @@ async def test_killing_one_of_two_hub_processes_loses_no_record(city: dict[str, 
     assert stored(db_url) == n
     statuses = {r["status"] for r in ents[A].receipts}
     assert statuses <= {"accepted", "duplicate"}, statuses
+
+
+async def test_an_enterprise_broker_bridges_its_collectors_evidence_with_the_shipped_example(
+        city: dict[str, Any], tmp_path: Path) -> None:
+    """deploy/hub/enterprise-bridge.conf, on a second mosquitto standing in for the enterprise's own broker."""
+    from tests.conftest import Recorder
+
+    machining = city["collectors"][0]
+    summary = machining.close_month("2026-11", (5, 7), (4, 6))
+    lines = []
+    for line in (ROOT / "deploy/hub/enterprise-bridge.conf").read_text(encoding="utf-8").splitlines():
+        if line.startswith("address "):
+            line = f"address 127.0.0.1:{city['broker'].port}"
+        elif line.startswith("remote_password "):
+            line = f"remote_password {PW[A]}"
+        elif line.startswith("bridge_cafile "):
+            continue  # the test's hub broker has no TLS listener
+        lines.append(line)
+    local = MosquittoProcess(free_port(), extra=lines)
+    local.start()
+    rec = Recorder(local.host, local.port, "factory/jx-hengda/hub/receipt")
+    try:
+        pub = Recorder(local.host, local.port, "none/#")  # a plain client of the enterprise broker
+        await asyncio.sleep(1.0)  # the bridge connects and subscribes
+        root = "factory/jx-hengda/ws-machining"
+        pub.client.publish(f"{root}/evidence/head", json.dumps(machining.anchor(machining.records[0])), qos=1)
+        pub.client.publish(f"{root}/indicators/monthly/2026-11", json.dumps(summary), qos=1, retain=True)
+        got = await wait_for(lambda: len(rec.messages) >= 2 and rec.messages, timeout=20,
+                             what="two receipts through the bridge")
+        receipts = sorted((m.json() for m in got), key=lambda r: r["seq"])
+        assert [(r["seq"], r["status"]) for r in receipts] == [(1, "accepted"), (2, "accepted")]
+        assert all(verify_receipt(r, city["hub_key"]) is None for r in receipts)
+        assert stored(city["db"], "SELECT count(*) FROM records WHERE period = '2026-11'") == 1
+        pub.close()
+    finally:
+        rec.close()
+        local.stop()
