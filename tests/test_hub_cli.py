@@ -79,3 +79,20 @@ def test_the_sender_is_the_level_after_the_prefix() -> None:
     assert sender_of("city/jx", "city/jx/X/evidence/ws-1/evidence/head") == "X"
     for topic in ("cityhub/X/receipt", "cityhub/evidence", "other/X/evidence", "cityhub//evidence"):
         assert sender_of("cityhub", topic) is None, topic
+
+
+def test_check_accepts_what_run_starts_and_names_an_open_password_file(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret")
+    secret.chmod(0o644)
+    cfg = tmp_path / "hub.yaml"
+    cfg.write_text(yaml.safe_dump({"mqtt": {"password_file": str(secret)}}))
+    for cmd in ("check", "run"):
+        out = hub(cmd, "-c", str(cfg))
+        assert out.returncode == 2, (cmd, out)
+        assert f"mqtt.password_file: {secret} has mode 644; `chmod 600 {secret}`" in out.stderr
+        assert "s3cret" not in out.stdout + out.stderr
+    secret.chmod(0o600)
+    out = hub("check", "-c", str(cfg))
+    assert out.returncode == 0 and "OK: hub jiaxing-hub for 嘉兴市, 9 counties" in out.stdout
+    assert "$share/hub/cityhub/+/evidence/#" in out.stdout

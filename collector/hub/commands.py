@@ -38,6 +38,18 @@ def _db(cfg: Any) -> Any:
         raise SystemExit(1) from None
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from collector.hub.db import redact
+
+    cfg = _config(args)
+    cfg.mqtt_password()  # a password file that cannot be read, or is readable by others, is an error here too
+    print(f"{args.config}: OK: hub {cfg.hub_id} for {cfg.name}, {len(cfg.counties)} counties; database "
+          f"{redact(cfg.database_url())}; broker {cfg.mqtt.host}:{cfg.mqtt.port} as {cfg.mqtt.username} "
+          f"({cfg.mqtt.client_id}, $share/{cfg.mqtt.group}/{cfg.mqtt.topic_prefix}/+/evidence/#); page "
+          f"{cfg.http.listen or 'off'}")
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from collector.hub import db
 
@@ -110,6 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level or "INFO")
     cfg = _config(args)
+    cfg.mqtt_password()  # before anything starts: an unusable password file is a config error (exit 2)
     try:
         with db.migrated(cfg.database_url()):
             pass
@@ -185,6 +198,17 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checked(fn: Any) -> Any:
+    """A ConfigError raised after loading (the password file) exits 2 like one found while loading."""
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(fn(args))
+        except ConfigError as exc:
+            print(f"{args.config}: {exc}", file=sys.stderr)
+            return EXIT_BAD_CONFIG
+    return run
+
+
 def add_parsers(sub: Any) -> None:
     hub = sub.add_parser("hub", help="the county/city hub: enrol enterprises, receive and verify their evidence, "
                                      "bulletin (docs/hub.md)")
@@ -193,6 +217,9 @@ def add_parsers(sub: Any) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("-c", "--config", required=True, help="hub.yaml (docs/hub.md)")
 
+    s = hs.add_parser("check", help="validate hub.yaml (exit 2 naming every bad field)")
+    common(s)
+    s.set_defaults(fn=_checked(cmd_check))
     s = hs.add_parser("migrate", help="create or upgrade the hub's PostgreSQL schema")
     common(s)
     s.set_defaults(fn=cmd_migrate)
@@ -206,7 +233,7 @@ def add_parsers(sub: Any) -> None:
     s = hs.add_parser("run", help="receive evidence from the broker (shared subscription) until SIGTERM")
     common(s)
     s.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
-    s.set_defaults(fn=cmd_run)
+    s.set_defaults(fn=_checked(cmd_run))
     s = hs.add_parser("bulletin", help="the monthly bulletin per county and for the city (月度通报)")
     common(s)
     s.add_argument("--period", required=True, help="the month, YYYY-MM")
