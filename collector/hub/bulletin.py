@@ -88,7 +88,7 @@ def _anomalies(conn: psycopg.Connection[Any], period: str) -> dict[str, list[dic
 
 
 def _figures(result: PoolResult) -> dict[str, Any]:
-    return result.to_dict()["figures"]
+    return result.figures_dict()
 
 
 def _block(name: str, ents: list[EnrolledEnterprise], subs: list[Submission], period: str,

@@ -174,6 +174,9 @@ class HubService:
     def start(self) -> None:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.cfg.mqtt.session_expiry_s
+        # at most a few batches unacknowledged in this process: bounded memory, and the broker gives the rest of
+        # the shared subscription's load to the other processes instead of queueing it here
+        props.ReceiveMaximum = max(100, 4 * self.cfg.batch)
         self.worker.start()
         self.client.connect_async(self.cfg.mqtt.host, self.cfg.mqtt.port, keepalive=self.cfg.mqtt.keepalive_s,
                                   clean_start=False, properties=props)
