@@ -409,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     for plugin in registry:
         if plugin.commands is not None:
             plugin.commands(sub)
+
+    from collector.hub.commands import add_parsers as add_hub_parsers  # hub migrate|enroll|key|run|bulletin
+
+    add_hub_parsers(sub)
     return p
 
 

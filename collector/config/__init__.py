@@ -61,13 +61,13 @@ from collector.config.secrets import (
     settings_errors,
 )
 from collector.config.sinks import TOPIC_PLACEHOLDERS, InfluxConfig, MqttConfig, OutboxConfig, SparkplugConfig
+from collector.config.site import HttpConfig, SiteConfig
 
 if TYPE_CHECKING:
+    from collector.config.errors import EXIT_BAD_CONFIG, ConfigError, plain_errors
     from collector.config.loader import (
-        EXIT_BAD_CONFIG,
         MAX_PRINTED,
         TYPE_SYNONYMS,
-        ConfigError,
         across_device_errors,
         allowed_keys,
         format_errors,
@@ -84,8 +84,6 @@ if TYPE_CHECKING:
         PROTOCOLS,
         CollectorConfig,
         Device,
-        HttpConfig,
-        SiteConfig,
         TemplateConfig,
         effective_state_dir,
         expand_templates,
@@ -93,11 +91,11 @@ if TYPE_CHECKING:
     )
 
 _LAZY = {
-    "collector.config.loader": ("EXIT_BAD_CONFIG", "MAX_PRINTED", "TYPE_SYNONYMS", "ConfigError",
-                                "across_device_errors", "allowed_keys", "format_errors", "format_loc", "load_config",
+    "collector.config.errors": ("EXIT_BAD_CONFIG", "ConfigError", "plain_errors"),
+    "collector.config.loader": ("MAX_PRINTED", "TYPE_SYNONYMS", "across_device_errors", "allowed_keys", "format_errors", "format_loc", "load_config",
                                 "load_config_or_exit", "near_miss", "parse_config", "partial_config",
                                 "print_problems", "reference_errors"),
-    "collector.config.root": ("PROTOCOLS", "CollectorConfig", "Device", "HttpConfig", "SiteConfig", "TemplateConfig",
+    "collector.config.root": ("PROTOCOLS", "CollectorConfig", "Device", "TemplateConfig",
                               "effective_state_dir", "expand_templates", "set_default_pki_dirs"),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
@@ -133,7 +131,7 @@ __all__ = [  # every name this module exported before the split, and the new one
     "DEFAULT_PORTS", "DEFAULT_STATE_WEIGHTS", "Device", "DeviceBase", "DigitalBasis", "EXIT_BAD_CONFIG",
     "Endpoint", "EndpointRule", "EvidenceConfig", "HttpConfig", "IndicatorConfig", "IndicatorTargets",
     "InfluxConfig", "Integer", "MAX_PRINTED", "MachineState", "MqttConfig", "Number", "OutboxConfig",
-    "PROTOCOLS", "SERIAL_PARAMS", "SUBPATH", "Settings", "SimSpec", "SimulateConfig", "SiteConfig",
+    "PROTOCOLS", "SERIAL_PARAMS", "plain_errors", "SUBPATH", "Settings", "SimSpec", "SimulateConfig", "SiteConfig",
     "SparkplugConfig", "Strict", "TOPIC_PLACEHOLDERS", "TYPE_SYNONYMS", "TagBase", "TemplateConfig", "Usage",
     "WEEKDAYS", "Weekday", "across_device_errors", "allowed_keys", "effective_state_dir", "expand_templates",
     "folder_errors", "format_errors", "format_loc", "http_errors", "http_token", "load_config",

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from collector.config.base import SUBPATH, show
+from collector.config.errors import EXIT_BAD_CONFIG, ConfigError
 from collector.config.root import (
     PROTOCOLS,
     CollectorConfig,
@@ -22,17 +23,6 @@ from collector.config.root import (
     set_default_pki_dirs,
 )
 from collector.config.secrets import http_errors
-
-
-class ConfigError(Exception):
-    """A config that does not validate; `lines` holds one message per problem, each naming its path."""
-
-    def __init__(self, source: str, lines: list[str], data: Any = None) -> None:
-        super().__init__("\n".join(lines))
-        self.source = source
-        self.lines = lines
-        self.data = data  # what was read, for `partial_config`
-
 
 _UNION_TAGS = set(PROTOCOLS)
 _UNION_BRANCHES = {"int", "str", "float", "bool", "none", "list", "dict", "tuple", "date", "path"}
@@ -241,7 +231,6 @@ def across_device_errors(cfg: CollectorConfig) -> list[str]:
 
 
 
-EXIT_BAD_CONFIG = 2
 
 
 def load_config_or_exit(path: str) -> CollectorConfig:

@@ -19,11 +19,14 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from collector.config import AssetEntry, CollectorConfig
+from collector.config import AssetEntry
+
+if TYPE_CHECKING:  # the root model loads every protocol plugin; these figures need none
+    from collector.config import CollectorConfig
 
 # field -> accepted headers (lower-cased, spaces and brackets as written by most ERP exports)
 COLUMNS: dict[str, tuple[str, ...]] = {

@@ -12,9 +12,8 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from collector.config import CollectorConfig
 from collector.indicators import periods
 from collector.indicators.evidence import (
     DeviceEvidence,
@@ -32,6 +31,9 @@ from collector.indicators.periods import Period, iso_local
 from collector.indicators.rates import DEFSET, Figure, cnc_figures, networking_figures
 from collector.indicators.register import Asset
 from collector.status import DeviceStatus, IdentityRecord, StatusStore, changed_keys
+
+if TYPE_CHECKING:  # the root model loads every protocol plugin; these figures need none
+    from collector.config import CollectorConfig
 
 SIMULATED_BANNER = "含模拟设备，不可用于评价"
 SIMULATED_BANNER_EN = "Includes simulated devices: not valid for assessment"

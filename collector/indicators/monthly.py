@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from collector.config import CollectorConfig
 from collector.evidence.keys import Signer
 from collector.indicators import chain, periods
 from collector.indicators.figures import PeriodResult, chain_body, compute
 from collector.indicators.register import Asset, load_register, register_version
 from collector.status import StatusStore
+
+if TYPE_CHECKING:  # the root model loads every protocol plugin; these figures need none
+    from collector.config import CollectorConfig
 
 log = logging.getLogger(__name__)
 

@@ -54,25 +54,30 @@ class PoolResult:
     figures: dict[str, Figure]
     passing: dict[str, int]  # figure id -> enterprises that pass it
 
-    def to_dict(self) -> dict[str, Any]:
-        def fig(f: Figure) -> dict[str, Any]:
-            d = f.to_dict()
-            d.pop("params", None)
-            return d
-
+    def figures_dict(self) -> dict[str, dict[str, Any]]:
+        """The pooled figures with the number and share of enterprises passing (the hub's bulletin uses this)."""
         n = len(self.enterprises)
+        return {fid: {**_fig(f), "enterprises_passing": self.passing[fid] if f.target is not None else None,
+                      "passing_share": self.passing[fid] / n if n and f.target is not None else None}
+                for fid, f in self.figures.items()}
+
+    def to_dict(self) -> dict[str, Any]:
         return {
-            "kind": "pooled_indicators", "period": self.period, "enterprises": n,
-            "figures": {fid: {**fig(f), "enterprises_passing": self.passing[fid] if f.target is not None else None,
-                              "passing_share": self.passing[fid] / n if n and f.target is not None else None}
-                        for fid, f in self.figures.items()},
+            "kind": "pooled_indicators", "period": self.period, "enterprises": len(self.enterprises),
+            "figures": self.figures_dict(),
             "by_enterprise": [{"enterprise": e.id, "name": e.name, "county": e.county,
                                "collectors": [s.workshop for s in e.submissions],
                                "sources": sorted({s.source for s in e.submissions}),
                                "verified": all(s.verified for s in e.submissions),
-                               "figures": {fid: fig(f) for fid, f in e.figures.items()}}
+                               "figures": {fid: _fig(f) for fid, f in e.figures.items()}}
                               for e in self.enterprises],
         }
+
+
+def _fig(f: Figure) -> dict[str, Any]:
+    d = f.to_dict()
+    d.pop("params", None)
+    return d
 
 
 def _figures(body: dict[str, Any]) -> dict[str, Figure]:

@@ -11,10 +11,13 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from collector.config import AssetEntry, AssetFields, CollectorConfig
+from collector.config import AssetEntry, AssetFields
 from collector.indicators.notices import Notice
+
+if TYPE_CHECKING:  # the root model loads every protocol plugin: the hub reads registers without them
+    from collector.config import CollectorConfig
 
 SOURCE_ZH = {"assets_csv": "台账CSV（assets_csv）", "import": "导入台账"}
 PRODUCTIVE_USAGE = ("production", "auxiliary")

@@ -17,9 +17,8 @@ import io
 import json
 import zoneinfo
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from collector.config import CollectorConfig
 from collector.evidence import anchors, keys
 from collector.indicators import chain
 from collector.indicators.figures import FIGURE_ORDER, SIMULATED_BANNER, SIMULATED_BANNER_EN, PeriodResult
@@ -28,6 +27,9 @@ from collector.indicators.pdf import html_to_pdf
 from collector.indicators.periods import Period
 from collector.indicators.rates import NAMES, Figure, pct, truncated
 from collector.indicators.register import register_version
+
+if TYPE_CHECKING:  # the root model loads every protocol plugin; these figures need none
+    from collector.config import CollectorConfig
 
 Lang = str  # "zh" | "en"
 

@@ -31,14 +31,19 @@ class MosquittoProcess(Mosquitto):
     """A private mosquitto on host:port with a throw-away config; can be stopped and started again."""
 
     def __init__(self, port: int, host: str = "127.0.0.1", persistence_dir: Path | None = None,
-                 listener_options: list[str] | None = None) -> None:
+                 listener_options: list[str] | None = None, extra: list[str] | None = None) -> None:
         super().__init__(port, host)
         self.persistence_dir = persistence_dir
         self.listener_options = listener_options or []  # e.g. certfile/keyfile lines for a TLS listener
+        self.extra = extra or []  # e.g. password_file / acl_file lines; `allow_anonymous false` wins over ours
 
     def config_lines(self) -> list[str]:
         base = [line for line in super().config_lines() if not line.startswith("persistence")]
+        if "allow_anonymous false" in self.extra:
+            base = [line for line in base if not line.startswith("allow_anonymous")]
         lines = [base[0], *self.listener_options, *base[1:]]
         if self.persistence_dir is not None:
-            return [*lines, "persistence true", f"persistence_location {self.persistence_dir}/"]
-        return [*lines, "persistence false"]
+            lines += ["persistence true", f"persistence_location {self.persistence_dir}/"]
+        else:
+            lines.append("persistence false")
+        return [*lines, *self.extra]

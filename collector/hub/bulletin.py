@@ -1,0 +1,150 @@
+"""The monthly bulletin (月度通报): per county and for the city, from the monthly summaries the hub holds.
+
+Figures are pooled exactly as `collector pool` pools the same chains (`collector.indicators.pooling`: Σ
+numerators / Σ denominators per enterprise over its collectors, then over enterprises; never an average of rates),
+so the two agree by construction. Next to them: enrolled enterprises, how many reported, how many and which share
+pass D1 ≥ 70 % and D2 ≥ 55 %, who has not reported, who has 数据异常 (an incident received from the start of the
+month to the end of the next, when the bulletin is published), and the last 12 months of pooled D1 and D2.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from collector.indicators.pooling import PoolResult, Submission, pool_submissions
+from collector.indicators.rates import Figure
+
+JIAXING = ["南湖区", "秀洲区", "嘉善县", "平湖市", "海盐县", "海宁市", "桐乡市", "嘉兴经济技术开发区", "嘉兴港区"]
+SHOWN = ("D1", "D2")  # the two the city grades on; the JSON carries every pooled figure
+
+
+@dataclass
+class EnrolledEnterprise:
+    id: str
+    name: str
+    county: str
+    industry: str
+    backbone: bool
+
+
+def month_label(year: int, month: int) -> str:
+    return f"{year:04d}-{month:02d}"
+
+
+def shift(period: str, months: int) -> str:
+    y, m = int(period[:4]), int(period[5:7])
+    i = y * 12 + (m - 1) + months
+    return month_label(i // 12, i % 12 + 1)
+
+
+def parse_period(text: str) -> str:
+    try:
+        d = dt.date.fromisoformat(text.strip() + "-01")
+    except ValueError:
+        raise ValueError(f"--period '{text}' is not a month (YYYY-MM, e.g. 2026-11)") from None
+    return month_label(d.year, d.month)
+
+
+def _enrolled(conn: psycopg.Connection[Any]) -> list[EnrolledEnterprise]:
+    rows = conn.execute("SELECT id, name, county, industry, backbone FROM enterprises ORDER BY id").fetchall()
+    return [EnrolledEnterprise(r["id"], r["name"], r["county"], r["industry"], r["backbone"]) for r in rows]
+
+
+def _submissions(conn: psycopg.Connection[Any], periods: list[str],
+                 ents: dict[str, EnrolledEnterprise]) -> dict[str, list[Submission]]:
+    """Per period, the latest monthly summary of each collector (enterprise, workshop), figures only."""
+    rows = conn.execute(
+        "SELECT DISTINCT ON (period, enterprise_id, workshop) period, enterprise_id, workshop, "
+        "body->'figures' AS figures FROM records WHERE period = ANY(%s) AND body_kind = 'monthly_summary' "
+        "ORDER BY period, enterprise_id, workshop, seq DESC", (periods,)).fetchall()
+    out: dict[str, list[Submission]] = {p: [] for p in periods}
+    for r in rows:
+        e = ents.get(r["enterprise_id"])
+        if e is None:
+            continue
+        figs = {fid: Figure(fid, f["numerator"], f["denominator"], f.get("target"))
+                for fid, f in (r["figures"] or {}).items()
+                if isinstance(f, dict) and "numerator" in f and "denominator" in f}
+        out[r["period"]].append(Submission(e.id, e.name, e.county, None, r["workshop"], figs, "hub", True))
+    return out
+
+
+def _anomalies(conn: psycopg.Connection[Any], period: str) -> dict[str, list[dict[str, Any]]]:
+    start = dt.datetime.fromisoformat(period + "-01T00:00:00+00:00") - dt.timedelta(hours=8)  # site time, UTC+8
+    end = dt.datetime.fromisoformat(shift(period, 2) + "-01T00:00:00+00:00") - dt.timedelta(hours=8)
+    rows = conn.execute("SELECT enterprise_id, workshop, seq, reason, received_at FROM incidents "
+                        "WHERE received_at >= %s AND received_at < %s ORDER BY received_at, id",
+                        (start, end)).fetchall()
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(r["enterprise_id"], []).append(
+            {"workshop": r["workshop"], "seq": r["seq"], "reason": r["reason"],
+             "received_at": r["received_at"].astimezone(dt.UTC).isoformat(timespec="seconds")})
+    return out
+
+
+def _figures(result: PoolResult) -> dict[str, Any]:
+    return result.figures_dict()
+
+
+def _block(name: str, ents: list[EnrolledEnterprise], subs: list[Submission], period: str,
+           anomalies: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    ids = {e.id for e in ents}
+    mine = [s for s in subs if s.enterprise in ids]
+    result = pool_submissions(period, mine)
+    reported = {e.id for e in result.enterprises}
+    return {"name": name, "enrolled": len(ents), "backbone": sum(1 for e in ents if e.backbone),
+            "reported": len(reported), "figures": _figures(result),
+            "non_reporting": [{"id": e.id, "name": e.name} for e in ents if e.id not in reported],
+            "anomalies": [{"id": e.id, "name": e.name, "incidents": anomalies[e.id]} for e in ents
+                          if e.id in anomalies],
+            "by_enterprise": [{"id": pe.id, "name": pe.name, "collectors": len(pe.submissions),
+                               "figures": {fid: _fig_short(f) for fid, f in pe.figures.items()}}
+                              for pe in result.enterprises]}
+
+
+def _fig_short(f: Figure) -> dict[str, Any]:
+    return {"numerator": f.numerator, "denominator": f.denominator, "value": f.value, "target": f.target,
+            "passed": f.passed}
+
+
+def _trend_point(subs: list[Submission], period: str, ents: list[EnrolledEnterprise]) -> dict[str, Any]:
+    ids = {e.id for e in ents}
+    result = pool_submissions(period, [s for s in subs if s.enterprise in ids])
+    figs = _figures(result)
+    return {fid: {k: figs[fid][k] for k in ("numerator", "denominator", "value")} if fid in figs else None
+            for fid in SHOWN} | {"reported": len(result.enterprises)}
+
+
+def build(conn: psycopg.Connection[Any], period: str, counties: list[str], county: str | None = None,
+          city: str = "嘉兴市", now: float | None = None) -> dict[str, Any]:
+    """The bulletin as a dict (what `--format json` prints; html and csv render it)."""
+    enrolled = _enrolled(conn)
+    by_id = {e.id: e for e in enrolled}
+    trend_periods = [shift(period, -i) for i in range(11, -1, -1)]
+    subs = _submissions(conn, trend_periods, by_id)
+    anomalies = _anomalies(conn, period)
+    names = [county] if county is not None else counties
+    extra = sorted({e.county for e in enrolled} - set(counties))  # enrolled before the list changed
+    if county is None:
+        names = names + extra
+    blocks = [_block(c, [e for e in enrolled if e.county == c], subs[period], period, anomalies) for c in names]
+    in_scope = enrolled if county is None else [e for e in enrolled if e.county == county]
+    city_block = _block(city, in_scope, subs[period], period, anomalies) if county is None else None
+    trend = []
+    for p in trend_periods:
+        point: dict[str, Any] = {"period": p, "counties": {c: _trend_point(subs[p], p, [e for e in enrolled
+                                                                                         if e.county == c])
+                                                          for c in names}}
+        if county is None:
+            point["city"] = _trend_point(subs[p], p, enrolled)
+        trend.append(point)
+    generated = dt.datetime.fromtimestamp(now if now is not None else dt.datetime.now().timestamp(), dt.UTC)
+    return {"kind": "hub_bulletin", "period": period, "city": city, "county": county,
+            "generated_at": generated.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "targets": {"D1": 0.7, "D2": 0.55}, "method": "pooled: Σ numerators / Σ denominators (defset v1)",
+            "counties": blocks, "total": city_block, "trend": trend}

@@ -1,0 +1,146 @@
+"""The bulletin from what the hub holds (real PostgreSQL): pooled figures equal `collector pool` on the same
+chains, pass counts and shares, non-reporting enterprises, 数据异常, the 12-month trend, csv/html/--lang en."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.credit_code import check_char
+from collector.evidence.keys import Signer, generate
+from collector.evidence.records import sign_record
+from collector.hub import db
+from collector.hub.bulletin import JIAXING, build, parse_period, shift
+from collector.hub.enroll import enrol, parse_csv
+from collector.hub.ingest import ingest
+from collector.hub.render import render
+from tests.hubsupport import Collector, month_body, pg_url  # noqa: F401  (fixture)
+
+HUB = Signer(generate())
+ENTS = {  # the first 17 characters of the credit code (the check character is computed), name, county
+    "jx-hengda": ("91330402MA2B3C4D5", "恒达机械", "南湖区"),
+    "jx-xiuzhou": ("91330411MA2B3C4D6", "秀洲精工", "秀洲区"),
+    "jx-jiashan": ("91330421MA2B3C4D8", "嘉善电子", "嘉善县"),
+    "jx-silent": ("91330481MA2B3C4D9", "海宁纺织", "海宁市"),
+}
+
+
+def code(ent: str) -> str:
+    return ENTS[ent][0] + check_char(ENTS[ent][0])
+
+
+def close(c: Collector, period: str, d1: tuple[int, int], d2: tuple[int, int]) -> dict[str, Any]:
+    _, name, county = ENTS[c.enterprise]
+    body = month_body(c.enterprise, c.workshop, period, d1, d2, enterprise_name=name, county=county)
+    return c.append(body, body["period"]["closes"].replace("T00:00:00", "T00:00:41"))
+
+
+@pytest.fixture
+def city(pg_url: str, tmp_path: Path) -> Any:  # noqa: F811
+    cols = [Collector("jx-hengda", "ws-machining"), Collector("jx-hengda", "ws-assembly"),
+            Collector("jx-xiuzhou", "ws-1"), Collector("jx-jiashan", "ws-1"), Collector("jx-silent", "ws-1")]
+    m, a, x, j, _ = cols
+    close(m, "2026-10", (4, 7), (2, 6))
+    close(m, "2026-11", (5, 7), (4, 6))   # 恒达 pooled: D1 8/11 = 72.7 % pass, D2 5/10 fail
+    close(a, "2026-11", (3, 4), (1, 4))
+    close(x, "2026-11", (2, 5), (3, 5))   # 秀洲: D1 40 % fail, D2 60 % pass
+    close(j, "2026-11", (7, 10), (11, 20))  # 嘉善: exactly 70 % and 55 %: both pass
+    lines = ["统一社会信用代码,企业名称,县（市、区）,行业,行业骨干企业,公钥,采集器企业标识"]
+    lines += [f"{code(c.enterprise)},{ENTS[c.enterprise][1]},{ENTS[c.enterprise][2]},制造业,是,{c.public_key},"
+              f"{c.enterprise}" for c in cols]
+    with db.migrated(pg_url) as conn:
+        enrol(conn, parse_csv("\n".join(lines) + "\n", "t.csv", JIAXING))
+        for c in cols:
+            for r in c.records:
+                with conn.transaction():
+                    assert ingest(conn, r, code(c.enterprise), HUB, "t").status == "accepted"
+        # 秀洲 rewrites its November: an incident, its held figures stay
+        real = x.records[-1]
+        forged = sign_record(x.signer, enterprise="jx-xiuzhou", workshop="ws-1", seq=real["seq"], ts=real["ts"],
+                             prev=real["prev"], body=month_body("jx-xiuzhou", "ws-1", "2026-11", (5, 5), (5, 5)))
+        with conn.transaction():
+            assert ingest(conn, forged, code("jx-xiuzhou"), HUB, "t").status == "incident"
+        chains = [c.write_chain(tmp_path / f"{c.enterprise}-{c.workshop}.jsonl") for c in cols]
+        yield conn, chains
+
+
+def pooled(files: list[Path], period: str, county: str | None = None) -> dict[str, Any]:
+    args = [sys.executable, "-m", "collector.cli", "pool", "--period", period, "--json", *map(str, files)]
+    if county:
+        args += ["--county", county]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return dict(json.loads(out.stdout))
+
+
+def test_bulletin_figures_equal_collector_pool_on_the_same_chains(city: Any) -> None:
+    conn, chains = city
+    b = build(conn, "2026-11", JIAXING)
+    ref = pooled(chains, "2026-11")
+    assert ref["enterprises"] == b["total"]["reported"] == 3
+    for fid in ("D1", "D2"):
+        mine, theirs = b["total"]["figures"][fid], ref["figures"][fid]
+        for k in ("numerator", "denominator", "value", "passed", "enterprises_passing", "passing_share"):
+            assert mine[k] == theirs[k], (fid, k)
+    assert (b["total"]["figures"]["D1"]["numerator"], b["total"]["figures"]["D1"]["denominator"]) == (17, 26)
+    assert b["total"]["figures"]["D1"]["enterprises_passing"] == 2  # 恒达 8/11 and 嘉善 7/10
+    assert b["total"]["figures"]["D2"]["enterprises_passing"] == 2  # 秀洲 3/5 and 嘉善 11/20
+    by = {c["name"]: c for c in b["counties"]}
+    for county in ("南湖区", "秀洲区", "嘉善县"):
+        ref_c = pooled(chains, "2026-11", county)
+        for fid in ("D1", "D2"):
+            for k in ("numerator", "denominator", "enterprises_passing", "passing_share"):
+                assert by[county]["figures"][fid][k] == ref_c["figures"][fid][k], (county, fid, k)
+    assert [c["name"] for c in b["counties"]] == JIAXING
+    assert by["海宁市"]["enrolled"] == 1 and by["海宁市"]["reported"] == 0
+    assert [e["name"] for e in by["海宁市"]["non_reporting"]] == ["海宁纺织"]
+    assert by["桐乡市"]["enrolled"] == 0 and by["桐乡市"]["figures"] == {}
+    assert [e["name"] for e in by["秀洲区"]["anomalies"]] == ["秀洲精工"]
+    assert "rewritten history" in by["秀洲区"]["anomalies"][0]["incidents"][0]["reason"]
+    assert by["秀洲区"]["figures"]["D1"]["numerator"] == 2  # the held figures, not the rewritten ones
+    assert {e["name"] for e in b["total"]["non_reporting"]} == {"海宁纺织"}
+
+
+def test_trend_holds_twelve_months_and_county_filter(city: Any) -> None:
+    conn, _ = city
+    b = build(conn, "2026-11", JIAXING)
+    assert [p["period"] for p in b["trend"]] == [shift("2026-11", -i) for i in range(11, -1, -1)]
+    assert b["trend"][0]["period"] == "2025-12"
+    oct_, nov = b["trend"][-2], b["trend"][-1]
+    assert oct_["city"]["D1"]["numerator"] == 4 and oct_["city"]["reported"] == 1
+    assert nov["city"]["D1"]["numerator"] == 17 and nov["counties"]["南湖区"]["D2"]["denominator"] == 10
+    assert b["trend"][0]["city"]["D1"] is None
+    one = build(conn, "2026-11", JIAXING, county="南湖区")
+    assert [c["name"] for c in one["counties"]] == ["南湖区"] and one["total"] is None
+    assert one["counties"][0]["figures"]["D1"]["numerator"] == 8
+
+
+def test_csv_and_html_in_both_languages(city: Any) -> None:
+    conn, _ = city
+    b = build(conn, "2026-11", JIAXING)
+    rows = list(csv.reader(io.StringIO(render(b, "csv"))))
+    assert rows[0][:4] == ["period", "县（市、区）", "登记企业数", "已报送"]
+    total = rows[-1]
+    assert total[1] == "嘉兴市" and total[4:6] == ["17", "26"] and total[7] == "2"
+    nanhu = next(r for r in rows if r[1] == "南湖区")
+    assert nanhu[8:10] == ["5", "10"] and nanhu[11] == "0"
+    page = render(b, "html")
+    assert "嘉兴市智能制造设备指标月度通报 · 2026-11" in page and "数据异常" in page and "未报送企业" in page
+    assert "65.3 % (17/26)" in page  # truncated, never rounded up: 17/26 = 65.38 %
+    en = render(b, "html", "en")
+    assert "monthly bulletin" in en and "Not reported" in en and 'lang="en"' in en
+    assert rows[0][1] != list(csv.reader(io.StringIO(render(b, "csv", "en"))))[0][1]
+
+
+def test_period_parsing() -> None:
+    assert parse_period("2026-11") == "2026-11"
+    assert shift("2026-01", -1) == "2025-12" and shift("2026-11", 2) == "2027-01"
+    with pytest.raises(ValueError, match="YYYY-MM"):
+        parse_period("2026-13")
