@@ -13,10 +13,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from collector.config import ModbusDevice, OpcUaDevice
+from collector.config import ModbusDevice, OpcUaDevice, S7Device
 from collector.model import Reading
 
-DeviceConfig = ModbusDevice | OpcUaDevice
+DeviceConfig = ModbusDevice | OpcUaDevice | S7Device
 ReadingsCallback = Callable[[list[Reading]], None]
 
 
@@ -76,7 +76,7 @@ class Adapter(ABC):
 
 
 _REGISTRY: dict[str, type[Adapter]] = {}
-_MODULES = {"modbus": "adapters.modbus.adapter", "opcua": "adapters.opcua.adapter"}
+_MODULES = {"modbus": "adapters.modbus.adapter", "opcua": "adapters.opcua.adapter", "s7": "adapters.s7.adapter"}
 
 
 def register(cls: type[Adapter]) -> type[Adapter]:

@@ -74,7 +74,11 @@ def cmd_check(args: argparse.Namespace) -> int:
                     assert tag.table is not None and tag.address is not None  # type: ignore[union-attr]
                     where = f"{tag.table} {tag.address} (0-based wire address)"  # type: ignore[union-attr]
                     if tag.register_count() > 1:  # type: ignore[union-attr]
-                        where += f" .. {tag.address + tag.register_count() - 1}"  # type: ignore[union-attr]
+                        where += f" .. {tag.address + tag.register_count() - 1}"  # type: ignore[union-attr,operator]
+                elif dev.protocol == "s7":  # until the plugin registry (h15): the plugin's describe_tag
+                    from adapters.s7 import describe_tag
+
+                    where = describe_tag(dev, tag)
                 else:
                     where = tag.node  # type: ignore[union-attr]
                 print(f"  {tag.name:<24} {tag.type or '-':<8} {where}")
@@ -328,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("check", help="validate a config (exit 2 naming every bad field)")
     s.add_argument("-c", "--config", required=True, help="YAML config file")
-    s.add_argument("--tags", action="store_true", help="list every tag and where it is read (Modbus register)")
+    s.add_argument("--tags", action="store_true", help="list every tag and where it is read (Modbus register, OPC UA node, S7 area and bytes)")
     s.set_defaults(fn=cmd_check)
 
     s = sub.add_parser("simulate", help="serve every device of a config from the bundled simulators")

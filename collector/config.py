@@ -440,13 +440,15 @@ class OpcUaDevice(DeviceBase):
     tags: list[OpcUaTag] = Field(min_length=1)
 
 
-Device = Annotated[ModbusDevice | OpcUaDevice, Field(discriminator="protocol")]
+from adapters.s7.config import S7Device  # noqa: E402  # S7 (issue 17): until the protocol plugin registry (h15)
+
+Device = Annotated[ModbusDevice | OpcUaDevice | S7Device, Field(discriminator="protocol")]
 
 
 class TemplateConfig(Strict):
     """A reusable tag list (and defaults) that devices name with `template:`."""
 
-    protocol: Literal["modbus", "opcua"]
+    protocol: Literal["modbus", "opcua", "s7"]
     description: str | None = None
     defaults: dict[str, Any] = Field(default_factory=dict)
     tags: list[dict[str, Any]] = Field(min_length=1)
@@ -944,7 +946,7 @@ class ConfigError(Exception):
         self.data = data  # what was read, for `partial_config`
 
 
-_UNION_TAGS = {"modbus", "opcua"}
+_UNION_TAGS = {"modbus", "opcua", "s7"}
 _UNION_BRANCHES = {"int", "str", "float", "bool", "none", "list", "dict", "tuple", "date", "path"}
 
 
@@ -1054,9 +1056,9 @@ def format_errors(exc: ValidationError) -> list[str]:
             msg = (f"unknown key; did you mean '{guess}'?" if guess else "unknown key (check the spelling)") \
                 + " See docs/config.md for the allowed keys"
         elif err["type"] == "union_tag_invalid":
-            msg = "protocol must be 'modbus' or 'opcua'"
+            msg = "protocol must be 'modbus', 'opcua' or 's7'"
         elif err["type"] == "union_tag_not_found":
-            msg = "protocol is missing: give protocol: modbus or opcua (or a template: that has one)"
+            msg = "protocol is missing: give protocol: modbus, opcua or s7 (or a template: that has one)"
         elif err["type"] == "missing":
             msg = "required field is missing"
         elif "input" in err and err["type"] not in ("value_error", "assertion_error") \

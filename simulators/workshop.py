@@ -10,7 +10,7 @@ import asyncio
 from collections import defaultdict
 from typing import Any
 
-from collector.config import CollectorConfig, ModbusDevice, OpcUaDevice
+from collector.config import CollectorConfig, ModbusDevice, OpcUaDevice, S7Device
 from simulators.machine import MachineModel
 
 
@@ -18,6 +18,7 @@ class Workshop:
     def __init__(self, cfg: CollectorConfig, device_ids: list[str] | None = None) -> None:
         from simulators.modbus import ModbusServerSim
         from simulators.opcua import OpcUaMachineSim
+        from simulators.s7 import S7MachineSim
 
         self.cfg = cfg
         chosen = [d for d in cfg.devices if d.enabled and (device_ids is None or d.id in device_ids)]
@@ -28,8 +29,8 @@ class Workshop:
         for dev in chosen:
             if isinstance(dev, ModbusDevice):
                 by_endpoint[dev.parsed_endpoint.url].append(dev)
-            elif isinstance(dev, OpcUaDevice):
-                sim = OpcUaMachineSim(dev)
+            elif isinstance(dev, OpcUaDevice | S7Device):
+                sim = OpcUaMachineSim(dev) if isinstance(dev, OpcUaDevice) else S7MachineSim(dev)
                 self.servers.append(sim)
                 self.by_device[dev.id] = sim
         for devs in by_endpoint.values():
