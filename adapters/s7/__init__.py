@@ -18,8 +18,8 @@ __all__ = ["PLUGIN_SPEC", "describe_tag", "simulator"]
 
 
 def describe_tag(device: Any, tag: Any) -> str:
-    """Where `check --tags` says a tag is read: `DB10 bytes 4..7 (DB10.DBD4)`."""
-    return f"{tag.location.describe()} ({tag.address.strip()})"
+    """Where `check --tags` says a tag is read: `DB10 bytes 4..7 (DB10.DBD4 REAL)`."""
+    return f"{tag.location.describe()} ({tag.address.strip()} {tag.location.type})"
 
 
 def simulator(device: Any) -> Any:

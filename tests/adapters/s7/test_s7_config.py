@@ -111,5 +111,5 @@ def test_check_tags_shows_where_each_tag_is_read(tmp_path: Path) -> None:
     lines = out.stdout.splitlines()
     assert "plc1 (s7 s7://192.168.0.10)" in lines
     rows = {line.split()[0]: line.split(None, 2)[2] for line in lines if line.startswith("  ")}
-    assert rows == {"speed": "DB10 bytes 4..7 (DB10.DBD4)", "running": "M byte 10 bit 1 (M10.1)",
-                    "order": "DB10 bytes 20..41 (DB10.DBB20)", "count": "DB1 bytes 100..101 (VW100)"}
+    assert rows == {"speed": "DB10 bytes 4..7 (DB10.DBD4 REAL)", "running": "M byte 10 bit 1 (M10.1 BOOL)",
+                    "order": "DB10 bytes 20..41 (DB10.DBB20 STRING)", "count": "DB1 bytes 100..101 (VW100 INT)"}
