@@ -98,7 +98,10 @@ class S7MachineSim:
         server = self.server
         for tag in self.device.tags:
             loc = tag.location
-            raw = encode(loc, value(tag.name), self.encoding)
+            v = value(tag.name)
+            if (tag.scale != 1.0 or tag.offset != 0.0) and isinstance(v, int | float) and not isinstance(v, bool):
+                v = (v - tag.offset) / tag.scale  # the engineering value back to what the PLC holds
+            raw = encode(loc, v, self.encoding)
             buf = self.areas[(loc.area, loc.db)]
             lock = server.area_locks.get((_S7_AREAS[loc.area], loc.db)) if server is not None else None
             with lock or self._write_lock:

@@ -34,6 +34,8 @@ def config(port: int) -> dict[str, object]:
             {"name": "running", "address": "M10.0", "sim": {"kind": "running"}},
             {"name": "fault", "address": "M10.1", "sim": {"kind": "alarm"}},
             {"name": "other_db", "address": "DB20.DBW0", "sim": {"kind": "constant", "value": 7}},
+            {"name": "temp", "address": "DB10.DBW30", "type": "INT", "scale": 0.1, "unit": "°C",
+             "sim": {"kind": "constant", "value": 61.5}},
         ]}]}
 
 
@@ -55,6 +57,7 @@ async def test_sim_specs_fill_the_db_as_an_independent_client_reads_it() -> None
         assert struct.unpack_from(">f", raw, 2)[0] == 57.5
         first = struct.unpack_from(">i", raw, 6)[0]
         assert raw[10:12] == bytes([8, 6]) and raw[12:18] == b"A-500g"
+        assert struct.unpack_from(">h", await client.db_read(10, 30, 2), 0)[0] == 615  # what the PLC holds
         flags = await client.mb_read(10, 1)
         assert flags[0] & 0b11 == 0b01  # running, no fault
         await asyncio.sleep(0.3)
@@ -85,6 +88,7 @@ async def test_identity_says_simulator_and_a_removed_db_marks_only_its_tags() ->
         assert (readings["other_db"].value, readings["other_db"].quality) == (None, Quality.BAD_ILLEGAL_ADDRESS)
         assert all(r.good for n, r in readings.items() if n != "other_db")
         assert readings["speed"].value == 57.5 and readings["recipe"].value == "A-500g"
+        assert readings["temp"].value == pytest.approx(61.5)
     finally:
         await adapter.close()
         await sim.stop()
