@@ -49,7 +49,7 @@ BAD = [
     ("missing endpoint", lambda d: d["devices"][0].pop("endpoint"), "devices[0].endpoint", "missing"),
     ("wrong endpoint scheme", lambda d: d["devices"][1].update(endpoint="tcp://x:1"), "devices[1].endpoint",
      "opc.tcp://"),
-    ("bad protocol", lambda d: d["devices"][0].update(protocol="profinet"), "devices[0]", "'modbus' or 'opcua'"),
+    ("bad protocol", lambda d: d["devices"][0].update(protocol="profinet"), "devices[0]", "'modbus', 'opcua' or 's7'"),
     ("bad node id", lambda d: d["devices"][1]["tags"][0].update(node="Speed"), "devices[1].tags[0].node",
      "node id"),
     ("typo in site", lambda d: d["site"].update(enterprize="x"), "site.enterprize", "unknown key"),
