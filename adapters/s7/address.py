@@ -12,8 +12,8 @@ Forms (case-insensitive, an optional leading `%` as TIA Portal shows it):
 - `V100.0`, `VB100`, `VW100`, `VD104` (S7-200 SMART's V memory, which is DB1 on the wire).
 
 The operand size (X/B/W/D) gives the default type (BOOL/BYTE/WORD/DWORD); `type:` overrides it with a type
-of the same width (`MW20` + INT, `DB10.DBD4` + REAL). Types longer than four bytes (LREAL, STRING[n],
-WSTRING[n], DATE_AND_TIME, DTL, LINT, ...) start at a byte address: `DB10.DBB20` + `type: LREAL`.
+of the same width (`MW20` + INT, `DB10.DBD4` + REAL). Types without an operand size letter of their own (LREAL,
+STRING[n] of any length, WSTRING[n], DATE_AND_TIME, DTL, LINT, ...) start at a byte address: `DB10.DBB20` + `type: LREAL`.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ _FIXED = {"BOOL": 0, "BYTE": 1, "CHAR": 1, "SINT": 1, "USINT": 1, "WORD": 2, "IN
 _ALIASES = {"DT": "DATE_AND_TIME"}
 TYPE_NAMES = (*_FIXED, "STRING[n]", "WSTRING[n]")
 _LETTER_WIDTH = {"B": 1, "W": 2, "D": 4}
+_AT_BYTE = frozenset({"LREAL", "LINT", "ULINT", "LWORD", "DATE_AND_TIME", "DTL", "STRING", "WSTRING"})
+"""Types without an operand size letter of their own: they start at a byte address (DBB, MB, VB)."""
 _DEFAULT_TYPE = {"X": "BOOL", "B": "BYTE", "W": "WORD", "D": "DWORD"}
 _STRING = re.compile(r"^(W?STRING)(?:\s*\[\s*(\d+)\s*\])?$")
 DEFAULT_STRING_LENGTH = 254
@@ -145,7 +147,7 @@ def _check_width(address: str, letter: str, bit: int | None, type_name: str, siz
         raise ValueError(f"address '{address}' is a bit; a {type_name} needs a byte address "
                          f"({_example(size)}) or type BOOL")
     width = _LETTER_WIDTH[letter]
-    if size > 4:
+    if type_name in _AT_BYTE:
         if letter != "B":
             raise ValueError(f"address '{address}': a {type_name} ({size} bytes) starts at a byte address: "
                              "write DBB/MB/VB<byte> (e.g. DB10.DBB20)")

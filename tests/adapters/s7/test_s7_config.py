@@ -39,6 +39,7 @@ MALFORMED = [
     ("M10.1", "INT", "is a bit; a INT needs a byte address"),
     ("MW10", "BOOL", "a BOOL is one bit; write it as <byte>.<bit>"),
     ("DB10.DBD20", "LREAL", "starts at a byte address: write DBB/MB/VB<byte>"),
+    ("DB10.DBD20", "STRING[2]", "starts at a byte address"),  # 4 bytes, but a STRING is never a D operand
     ("DB10.DBB0", "FLOAT", "type 'FLOAT' is not an S7 type; use one of BOOL"),
     ("DB10.DBB0", "STRING[300]", "an S7 STRING holds 1..254 characters"),
     ("MB2097152", None, "past the last addressable byte"),
@@ -95,6 +96,7 @@ def test_v_memory_is_db1_and_german_mnemonics_are_inputs_and_outputs() -> None:
     assert parse_address("AW2", "INT") == parse_address("QW2", "INT")
     assert parse_address("db10.dbx0.3").type == "BOOL"
     assert parse_address("DB10.DBB20", "STRING[20]").size == 22
+    assert parse_address("DB10.DBB20", "STRING[1]").size == 3  # any length starts at a byte address
     assert parse_address("DB10.DBB20", "WSTRING").size == 4 + 2 * 254
 
 
