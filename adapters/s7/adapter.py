@@ -51,8 +51,18 @@ RETURN_CODES = {
 }
 
 
-def item_problem(code: int) -> tuple[str, str]:
+REQUEST_REFUSED = 0x100
+"""Not an item code: the CPU refused a one-item request as a whole (an error class in the header)."""
+
+
+class _RequestRefused(Exception):
+    """A well-formed answer that refuses the whole request (header error class/code): the connection is fine."""
+
+
+def item_problem(code: int, detail: str = "") -> tuple[str, str]:
     """An item's return code -> (quality of its tags, reason with the fix)."""
+    if code == REQUEST_REFUSED:
+        return Quality.BAD_DEVICE_EXCEPTION, f"request refused: {detail}"
     reason = RETURN_CODES.get(code, "refused")
     quality = Quality.BAD_ILLEGAL_ADDRESS if code in (0x05, 0x0A) else Quality.BAD_DEVICE_EXCEPTION
     return quality, f"0x{code:02X} {reason}"
@@ -96,6 +106,8 @@ class S7Adapter(Adapter):
         self.blocks: list[Block] = []
         self.packets: list[Packet] = []
         self._split: set[int] = set()  # tag indexes read one by one (their block was refused with 0x05)
+        self._max_items = 0  # 1 once the CPU refused a multi-item request as a whole (0: the protocol's limit)
+        self._refusal = ""  # the text of the last whole-request refusal
         self._refused: dict[str, str] = {}  # block -> reason, as last answered
         self._counters: dict[str, Any] = {"connects": 0, "cycles": 0, "requests": 0, "refused_items": 0,
                                           "last_error": None, "last_cycle_s": None}
@@ -136,6 +148,8 @@ class S7Adapter(Adapter):
     def _plan(self) -> None:
         tags = [(i, t.location) for i, t in enumerate(self.device.tags) if i not in self._split]
         self.blocks, self.packets = plan_reads(tags, self.pdu, self.device.max_gap, self.device.coalesce)
+        if self._max_items:
+            self.packets = pack(chunks_of(self.blocks, self.pdu), self.pdu, self._max_items)
         if self._split:
             singles = [(i, self.device.tags[i].location) for i in sorted(self._split)]
             extra, _ = plan_reads(singles, self.pdu, coalesce=False)
@@ -176,10 +190,15 @@ class S7Adapter(Adapter):
             if params.get("item_count") != len(items):
                 raise S7ProtocolError(f"{params.get('item_count')} items answered for {len(items)}")
             return _parse_items(answer.get("raw_data", b""), [c.size for c in packet.chunks])
+        except S7ProtocolError as exc:
+            if not exc.error_code:
+                reason = f"bad answer: {exc}"
+            else:  # the CPU answered, refusing the request as a whole: the connection is in step
+                raise _RequestRefused(str(exc)) from None
         except TimeoutError:
             reason = f"no answer within {self.device.timeout:g} s"
         except (S7Error, OSError, asyncio.IncompleteReadError) as exc:
-            reason = f"connection lost: {exc}" if not isinstance(exc, S7ProtocolError) else f"bad answer: {exc}"
+            reason = f"connection lost: {exc}"
         self._counters["last_error"] = reason
         await self.close()
         raise AdapterError(reason)
@@ -206,7 +225,7 @@ class S7Adapter(Adapter):
         parts: dict[int, list[bytes]] = {}
         failed: dict[int, int] = {}
         for packet in packets:
-            for chunk, (code, data) in zip(packet.chunks, await self._exchange(packet), strict=True):
+            for chunk, (code, data) in zip(packet.chunks, await self._answers(packet), strict=True):
                 if code != OK:
                     failed.setdefault(chunk.block, code)
                 else:
@@ -231,12 +250,32 @@ class S7Adapter(Adapter):
             if refused == 0x05 and len(block.tags) > 1:
                 split.update(i for i, _ in block.tags)
                 continue
-            quality, reason = item_problem(refused)
+            quality, reason = item_problem(refused, self._refusal)
             self._counters["refused_items"] += 1
             self._note(block, reason)
             for i, _ in block.tags:
                 out[i] = Reading(device_id, tags[i].name, None, tags[i].unit, quality, now, now)
         return split
+
+    async def _answers(self, packet: Packet) -> list[tuple[int, bytes]]:
+        """The items of one request. A CPU that refuses a multi-item request as a whole (some accept fewer
+        items than the protocol allows) is asked item by item, now and for the rest of the connection; a
+        one-item request it refuses marks that item's tags."""
+        try:
+            return await self._exchange(packet)
+        except _RequestRefused as exc:
+            self._refusal = str(exc)
+            if len(packet.chunks) == 1:
+                return [(REQUEST_REFUSED, b"")]
+        if not self._max_items:
+            log.warning("device %s: the CPU refused a request of %d items (%s); reading one item per request",
+                        self.device.id, len(packet.chunks), self._refusal)
+            self._max_items = 1
+            self._plan()
+        out: list[tuple[int, bytes]] = []
+        for chunk in packet.chunks:
+            out += await self._answers(Packet([chunk]))
+        return out
 
     def _note(self, block: Block, reason: str | None) -> None:
         """Log a block's refusal once, and when it is answered again."""

@@ -302,3 +302,44 @@ async def test_pdu_packing_of_a_large_contiguous_db(plc: tuple[int, Server]) -> 
     finally:
         await adapter.close()
         await asyncio.to_thread(server.stop)
+
+
+class FewItemsServer(Server):  # type: ignore[misc]
+    """A CPU that accepts at most 2 items per request and refuses any request for DB11 as a whole (an error
+    class in the header, as S7-200 SMART and LOGO! do for what they do not support)."""
+
+    def _handle_read_area(self, request: dict[str, Any], client_address: Any) -> bytes:
+        params = request.get("parameters", {})
+        specs = params.get("address_specs") or []
+        if params.get("item_count", 1) > 2 or any(spec.get("db_number") == 11 for spec in specs):
+            return bytes(self._build_error_response(request, 0x8500))
+        if params.get("item_count", 1) == 1 and (self._parse_read_address(request) or (0, 0))[1] == 11:
+            return bytes(self._build_error_response(request, 0x8500))
+        result: bytes = super()._handle_read_area(request, client_address)
+        return result
+
+
+async def test_a_cpu_refusing_big_requests_is_asked_item_by_item() -> None:
+    port = free_port()
+    server = FewItemsServer(log=False)
+    server.host = "127.0.0.1"
+    for (area, index), buf in memory().items():
+        server.register_area(area, index, buf)
+    server.start(tcp_port=port)
+    adapter = S7Adapter(s7_device(port, expected_tags()))
+    try:
+        await adapter.connect()
+        assert adapter.stats()["requests_per_cycle"] == 1  # planned as one request of many items
+        for _ in range(2):
+            readings = by_name(await adapter.read())
+            for n, address, _, v in EXPECTED:
+                if address.startswith("DB11."):
+                    assert (readings[n].value, readings[n].quality) == (None, Quality.BAD_DEVICE_EXCEPTION), n
+                else:
+                    assert (readings[n].value, readings[n].quality) == (v, Quality.GOOD), n
+        assert adapter.stats()["requests_per_cycle"] == len(adapter.blocks) > 1  # one item per request now
+        (reason,) = adapter.stats()["refused"].values()
+        assert reason.startswith("request refused: ")
+    finally:
+        await adapter.close()
+        await asyncio.to_thread(server.stop)
