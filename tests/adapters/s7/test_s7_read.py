@@ -343,3 +343,56 @@ async def test_a_cpu_refusing_big_requests_is_asked_item_by_item() -> None:
     finally:
         await adapter.close()
         await asyncio.to_thread(server.stop)
+
+
+async def test_a_silent_peer_is_no_answer_within_the_timeout() -> None:
+    """A port that accepts and never answers (a hung CP, a wrong device): connect fails after `timeout`."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    adapter = S7Adapter(s7_device(port, [{"name": "vw", "address": "VW102"}]))
+    started = time.monotonic()
+    try:
+        with pytest.raises(AdapterError, match=r"no answer from 127.0.0.1:\d+ within 1 s"):
+            await adapter.connect()
+        assert 0.9 <= time.monotonic() - started < 3.0
+    finally:
+        for w in held:
+            w.close()
+        server.close()
+        await server.wait_closed()
+
+
+class StallingServer(Server):  # type: ignore[misc]
+    stall = 0.0
+
+    def _handle_read_area(self, request: dict[str, Any], client_address: Any) -> bytes:
+        time.sleep(self.stall)  # the server's own client thread: the CPU is busy, the connection stays up
+        result: bytes = super()._handle_read_area(request, client_address)
+        return result
+
+
+async def test_a_read_without_answer_in_time_drops_the_connection_and_the_next_one_reads_again() -> None:
+    port = free_port()
+    server = StallingServer(log=False)
+    server.host = "127.0.0.1"
+    for (area, index), buf in memory().items():
+        server.register_area(area, index, buf)
+    server.start(tcp_port=port)
+    adapter = S7Adapter(s7_device(port, [{"name": "vw", "address": "VW102"}]))
+    try:
+        await adapter.connect()
+        server.stall = 1.5
+        with pytest.raises(AdapterError, match="no answer within 1 s"):
+            await adapter.read()
+        assert adapter.client is None  # its late answer must never be read as the next request's
+        server.stall = 0.0
+        await adapter.connect()
+        assert [(r.value, r.quality) for r in await adapter.read()] == [(1000, Quality.GOOD)]
+    finally:
+        await adapter.close()
+        await asyncio.to_thread(server.stop)
