@@ -245,7 +245,8 @@ class S7Adapter(Adapter):
                 for i, loc in block.tags:
                     value, quality = convs[i](buf, loc.start - base)
                     out[i] = Reading(device_id, tags[i].name, value, tags[i].unit, quality, now, now)
-                self._note(block, None)
+                if self._refused:
+                    self._note(block, None)
                 continue
             if refused == 0x05 and len(block.tags) > 1:
                 split.update(i for i, _ in block.tags)
