@@ -119,7 +119,7 @@ class S7Adapter(Adapter):
         await self.close()
         dev = self.device
         ep = dev.parsed_endpoint
-        local, remote, rack, slot = dev.connection
+        local, remote, _rack, _slot = dev.connection  # rack and slot are in the remote TSAP
         client = snap7.AsyncClient()
         client.local_tsap = local
         client.connection_type = remote >> 8  # the library builds the remote TSAP from these three

@@ -47,16 +47,20 @@ def memory() -> dict[tuple[SrvArea, int], bytearray]:
     db10[58:66] = bytes([bcd(24), bcd(5), bcd(6), bcd(7), bcd(8), bcd(9), bcd(12), 3 << 4 | 2])
     db10[66:78] = struct.pack(">HBBBBBBI", 2024, 5, 6, 2, 7, 8, 9, 123_456_000)  # DTL
     struct.pack_into(">h", db10, 78, -7)
-    db11 = bytearray(8)
+    db11 = bytearray(32)
     struct.pack_into(">b", db11, 0, -5)  # SINT
     struct.pack_into(">H", db11, 2, 65535)  # UINT
     struct.pack_into(">I", db11, 4, 123456)  # UDINT
     db11[1] = ord("Z")  # CHAR
-    mk = bytearray(28)
+    struct.pack_into(">q", db11, 8, -(2**40))  # LINT
+    struct.pack_into(">Q", db11, 16, 2**63 + 5)  # ULINT
+    struct.pack_into(">Q", db11, 24, 0x0102030405060708)  # LWORD
+    mk = bytearray(29)
     mk[10] = 0b10
     mk[11] = 7
     struct.pack_into(">h", mk, 20, -2)
     struct.pack_into(">f", mk, 24, 1.5)
+    mk[28] = 250  # USINT
     pe = bytearray(6)
     pe[0] = 0b11  # I0.0 and E0.1
     struct.pack_into(">H", pe, 2, 500)
@@ -95,10 +99,14 @@ EXPECTED: list[tuple[str, str, str | None, Any]] = [
     ("ch", "DB11.DBB1", "CHAR", "Z"),
     ("ui", "DB11.DBW2", "UINT", 65535),
     ("ud", "DB11.DBD4", "UDINT", 123456),
+    ("li", "DB11.DBB8", "LINT", -(2**40)),
+    ("uli", "DB11.DBB16", "ULINT", 2**63 + 5),
+    ("lw", "DB11.DBB24", "LWORD", 0x0102030405060708),
     ("m", "M10.1", None, True),
     ("mb", "MB11", None, 7),
     ("mw", "MW20", "INT", -2),
     ("md", "MD24", "REAL", 1.5),
+    ("mu", "MB28", "USINT", 250),
     ("i0", "I0.0", None, True),
     ("e1", "E0.1", None, True),
     ("iw", "IW2", None, 500),
