@@ -115,3 +115,26 @@ def test_check_tags_shows_where_each_tag_is_read(tmp_path: Path) -> None:
     rows = {line.split()[0]: line.split(None, 2)[2] for line in lines if line.startswith("  ")}
     assert rows == {"speed": "DB10 bytes 4..7 (DB10.DBD4 REAL)", "running": "M byte 10 bit 1 (M10.1 BOOL)",
                     "order": "DB10 bytes 20..41 (DB10.DBB20 STRING)", "count": "DB1 bytes 100..101 (VW100 INT)"}
+
+
+def test_snap7_connect_chatter_stays_out_of_the_log() -> None:
+    """python-snap7 logs three INFO lines per (re)connect attempt: below WARNING they are not ours to show."""
+    import io
+    import logging
+
+    from collector.logs import setup_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, logging.getLogger("snap7").level)
+    buf = io.StringIO()
+    try:
+        setup_logging("INFO", stream=buf)
+        logging.getLogger("snap7.async_client").info("AsyncClient initialized (native async implementation)")
+        logging.getLogger("snap7.async_client").warning("Stale packet")
+        logging.getLogger("adapters.s7.adapter").info("ours")
+    finally:
+        root.handlers[:], _, _ = saved
+        root.setLevel(saved[1])
+        logging.getLogger("snap7").setLevel(saved[2])
+    out = buf.getvalue()
+    assert "AsyncClient initialized" not in out and "Stale packet" in out and "ours" in out
