@@ -81,5 +81,5 @@ def setup_logging(level: str = "INFO", fmt: str = "kv", stream: object = None) -
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("asyncua", "pymodbus"):
+    for noisy in ("asyncua", "pymodbus", "snap7"):  # snap7: INFO lines for every (re)connect attempt
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

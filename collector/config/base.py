@@ -139,7 +139,7 @@ def parse_endpoint(url: str, rule: EndpointRule) -> Endpoint:
     return Endpoint(scheme, parts.hostname, port, parts.path, params)
 
 
-def _other_protocol(url: str, model: type) -> str:
+def other_protocol(url: str, model: type) -> str:
     """`; opc.tcp:// is the endpoint of protocol: opcua` when another installed protocol takes the URL's scheme
     (each plugin's `schemes`): the slip is then the protocol, not the URL."""
     from adapters.base import registry  # at validation time: the registry has loaded every plugin by then
@@ -269,7 +269,7 @@ class DeviceBase(Strict):
         try:
             parse_endpoint(v, cls.endpoint_rule)
         except ValueError as exc:
-            raise ValueError(f"{exc}{_other_protocol(v, cls)}") from None
+            raise ValueError(f"{exc}{other_protocol(v, cls)}") from None
         return v
 
     @property

@@ -1,0 +1,26 @@
+"""The Siemens S7 protocol plugin (S7-200 SMART, 300, 400, 1200, 1500 over ISO-on-TCP): README.md beside this
+file, an overview in docs/s7.md; the simulator is `simulators/s7.py`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapters.base import ProtocolPlugin
+from adapters.s7.adapter import S7Adapter
+from adapters.s7.config import ENDPOINT_RULE, S7Device, S7Tag
+
+
+def describe_tag(device: S7Device, tag: S7Tag) -> str:
+    """`collector check --tags`: where a tag is read, e.g. `DB10 bytes 4..7 (DB10.DBD4 REAL)`."""
+    return f"{tag.location.describe()} ({tag.address.strip()} {tag.location.type})"
+
+
+def simulator(device: S7Device) -> Any:
+    """A python-snap7 server with the device's areas and DBs (simulators/s7.py)."""
+    from simulators.s7 import S7MachineSim
+
+    return S7MachineSim(device)
+
+
+PLUGIN = ProtocolPlugin(name="s7", device_model=S7Device, adapter=S7Adapter, describe_tag=describe_tag,
+                        simulator=simulator, schemes=ENDPOINT_RULE.schemes)
