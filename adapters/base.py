@@ -13,10 +13,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from adapters.mc.config import McDevice
 from collector.config import ModbusDevice, OpcUaDevice
 from collector.model import Reading
 
-DeviceConfig = ModbusDevice | OpcUaDevice
+DeviceConfig = ModbusDevice | OpcUaDevice | McDevice
 ReadingsCallback = Callable[[list[Reading]], None]
 
 
@@ -76,7 +77,7 @@ class Adapter(ABC):
 
 
 _REGISTRY: dict[str, type[Adapter]] = {}
-_MODULES = {"modbus": "adapters.modbus.adapter", "opcua": "adapters.opcua.adapter"}
+_MODULES = {"modbus": "adapters.modbus.adapter", "opcua": "adapters.opcua.adapter", "mc": "adapters.mc.adapter"}
 
 
 def register(cls: type[Adapter]) -> type[Adapter]:

@@ -74,7 +74,11 @@ def cmd_check(args: argparse.Namespace) -> int:
                     assert tag.table is not None and tag.address is not None  # type: ignore[union-attr]
                     where = f"{tag.table} {tag.address} (0-based wire address)"  # type: ignore[union-attr]
                     if tag.register_count() > 1:  # type: ignore[union-attr]
-                        where += f" .. {tag.address + tag.register_count() - 1}"  # type: ignore[union-attr]
+                        where += f" .. {tag.address + tag.register_count() - 1}"  # type: ignore[union-attr,operator]
+                elif dev.protocol == "mc":  # until the plugin registry's describe_tag
+                    from adapters.mc.adapter import describe_tag
+
+                    where = describe_tag(dev, tag)  # type: ignore[arg-type]
                 else:
                     where = tag.node  # type: ignore[union-attr]
                 print(f"  {tag.name:<24} {tag.type or '-':<8} {where}")

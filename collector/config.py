@@ -440,13 +440,17 @@ class OpcUaDevice(DeviceBase):
     tags: list[OpcUaTag] = Field(min_length=1)
 
 
-Device = Annotated[ModbusDevice | OpcUaDevice, Field(discriminator="protocol")]
+# MC protocol devices (until the plugin registry builds this union; the import is here, not at the top, since
+# adapters/mc/config.py builds on DeviceBase and TagBase above)
+from adapters.mc.config import McDevice  # noqa: E402
+
+Device = Annotated[ModbusDevice | OpcUaDevice | McDevice, Field(discriminator="protocol")]
 
 
 class TemplateConfig(Strict):
     """A reusable tag list (and defaults) that devices name with `template:`."""
 
-    protocol: Literal["modbus", "opcua"]
+    protocol: Literal["modbus", "opcua", "mc"]
     description: str | None = None
     defaults: dict[str, Any] = Field(default_factory=dict)
     tags: list[dict[str, Any]] = Field(min_length=1)
@@ -944,7 +948,7 @@ class ConfigError(Exception):
         self.data = data  # what was read, for `partial_config`
 
 
-_UNION_TAGS = {"modbus", "opcua"}
+_UNION_TAGS = {"modbus", "opcua", "mc"}
 _UNION_BRANCHES = {"int", "str", "float", "bool", "none", "list", "dict", "tuple", "date", "path"}
 
 
@@ -1054,9 +1058,9 @@ def format_errors(exc: ValidationError) -> list[str]:
             msg = (f"unknown key; did you mean '{guess}'?" if guess else "unknown key (check the spelling)") \
                 + " See docs/config.md for the allowed keys"
         elif err["type"] == "union_tag_invalid":
-            msg = "protocol must be 'modbus' or 'opcua'"
+            msg = "protocol must be 'modbus', 'opcua' or 'mc'"
         elif err["type"] == "union_tag_not_found":
-            msg = "protocol is missing: give protocol: modbus or opcua (or a template: that has one)"
+            msg = "protocol is missing: give protocol: modbus, opcua or mc (or a template: that has one)"
         elif err["type"] == "missing":
             msg = "required field is missing"
         elif "input" in err and err["type"] not in ("value_error", "assertion_error") \

@@ -10,6 +10,7 @@ import asyncio
 from collections import defaultdict
 from typing import Any
 
+from adapters.mc.config import McDevice
 from collector.config import CollectorConfig, ModbusDevice, OpcUaDevice
 from simulators.machine import MachineModel
 
@@ -28,6 +29,12 @@ class Workshop:
         for dev in chosen:
             if isinstance(dev, ModbusDevice):
                 by_endpoint[dev.parsed_endpoint.url].append(dev)
+            elif isinstance(dev, McDevice):
+                from simulators.mc import McServerSim
+
+                mc = McServerSim(dev)
+                self.servers.append(mc)
+                self.by_device[dev.id] = mc
             elif isinstance(dev, OpcUaDevice):
                 sim = OpcUaMachineSim(dev)
                 self.servers.append(sim)
