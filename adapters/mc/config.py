@@ -17,6 +17,8 @@ DEFAULT_PORT = 5000  # no standard port: the one most often opened for SLMP/MC i
 WORDS_PER_TYPE = {"BOOL": 1, "INT": 1, "UINT": 1, "WORD": 1, "DINT": 2, "UDINT": 2, "DWORD": 2, "REAL": 2,
                   "LREAL": 4}
 TYPES = "BOOL, INT, UINT, WORD, DINT, UDINT, DWORD, REAL, LREAL, STRING[n]"
+_LIKELY = {"FLOAT": "REAL", "FLOAT32": "REAL", "DOUBLE": "LREAL", "FLOAT64": "LREAL", "INT16": "INT",
+           "UINT16": "UINT", "INT32": "DINT", "UINT32": "UDINT", "BIT": "BOOL", "STR": "STRING[n]"}
 _STRING = re.compile(r"^STRING\[(\d{1,4})\]$")
 ENDPOINT_FORM = "mc://host:port (e.g. mc://192.168.3.39:5000)"
 
@@ -62,7 +64,8 @@ class McTag(TagBase):
             return text
         if text.startswith("STRING"):
             raise ValueError(f"'{v}': a string type gives its length in characters, STRING[1] to STRING[1920]")
-        raise ValueError(f"'{v}' is not an MC tag type; use one of {TYPES}")
+        hint = f"; did you mean {_LIKELY[text]}?" if text in _LIKELY else ""
+        raise ValueError(f"'{v}' is not an MC tag type; use one of {TYPES}{hint}")
 
     def parsed(self, xy_base: int = 16) -> McAddress:
         return parse_address(self.address, xy_base)
