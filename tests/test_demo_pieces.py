@@ -79,7 +79,7 @@ def test_demo_command_exits_zero_after_its_duration(broker: MosquittoProcess, st
                              "--plain"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "broker: external" in result.stdout
-    assert "数字化设备联网率 D2" in result.stdout and "装备数控化率 D1: 71.4 %  [5/7]" in result.stdout
+    assert "数字化设备联网率 D2" in result.stdout and "装备数控化率 D1: 75.0 %  [6/8]" in result.stdout
     assert "cnc-01" in result.stdout and "online" in result.stdout
     assert "含模拟设备，不可用于评价" in result.stdout  # the demo counts its simulators, and says so
 

@@ -32,10 +32,10 @@ from tests.conftest import Recorder
 ROOT = Path(__file__).resolve().parents[1]
 TZ = "Asia/Shanghai"
 # The protocols whose devices run; the others' devices stay on the register as not connected (same U and D1,
-# lower D2). With both protocols the whole demo runs (D2 4/6); {"modbus"} alone gives D2 2/6.
-PROTOCOLS = {"modbus", "opcua"}
+# lower D2). With every protocol the whole demo runs (D2 5/7 with imm-01 away); {"modbus"} alone gives D2 2/7.
+PROTOCOLS = {"modbus", "opcua", "mc"}
 COVERAGE = 0.6
-DIGITAL_IN_U = {"cnc-01", "cnc-02", "imm-01", "knit-01", "comp-01", "grd-01"}  # meter-01: non-production
+DIGITAL_IN_U = {"cnc-01", "cnc-02", "imm-01", "knit-01", "comp-01", "press-01", "grd-01"}  # meter-01: non-production
 
 
 def demo(state_dir: Path, broker_port: int) -> dict[str, Any]:
@@ -94,8 +94,8 @@ async def test_demo_run_coverage_and_rates_match_a_hand_count(broker: MosquittoP
         # the live snapshot carries today's and this month's figures next to "now"
         snap = await recorder.wait_for(lambda: (m := recorder.last("/indicators")) and "periods" in m.json()
                                        and m.json(), 10, "period figures in the snapshot")
-        assert snap["periods"]["today"]["figures"]["D2"]["denominator"] == 6
-        assert snap["periods"]["month"]["figures"]["D1"]["numerator"] == 5
+        assert snap["periods"]["today"]["figures"]["D2"]["denominator"] == 7
+        assert snap["periods"]["month"]["figures"]["D1"]["numerator"] == 6
         # a month close, as the once-a-minute check sees it on the 4th of next month
         label = periods.local_date(time.time(), TZ).strftime("%Y-%m")
         y, m = map(int, label.split("-"))
@@ -105,7 +105,7 @@ async def test_demo_run_coverage_and_rates_match_a_hand_count(broker: MosquittoP
                                           "the retained monthly record")
         assert monthly.json()["hash"] == records[0]["hash"]
         assert (monthly.json()["body"]["figures"]["D1"]["numerator"],
-                monthly.json()["body"]["figures"]["D1"]["denominator"]) == (5, 7)
+                monthly.json()["body"]["figures"]["D1"]["denominator"]) == (6, 8)
         assert collector.close_months(now=periods.month_closes(y, m, TZ) + 120) == []  # only once
         t1a = time.time()
     finally:
@@ -144,12 +144,13 @@ async def test_demo_run_coverage_and_rates_match_a_hand_count(broker: MosquittoP
     assert rows["imm-01"]["coverage"] < COVERAGE < min(rows[d]["coverage"] for d in connected if d != "imm-01")
     assert networked == set(connected) - {"imm-01"}
     # D2: networked digital devices in U / digital devices in U (grd-01 digital, not connected; meter-01 outside U)
-    n = len(networked & DIGITAL_IN_U)  # all connected: 4 (cnc-01, cnc-02, knit-01, comp-01); Modbus only: 2
+    # all connected: 5 (cnc-01, cnc-02, knit-01, comp-01, press-01); Modbus only: 2
+    n = len(networked & DIGITAL_IN_U)
     d2 = result.figure("D2")
-    assert (d2.numerator, d2.denominator) == (n, 6)
-    assert d2.passed is (n * 100 >= 55 * 6)  # 4/6 = 66.7 % passes; 2/6 = 33.3 % fails
+    assert (d2.numerator, d2.denominator) == (n, 7)
+    assert d2.passed is (n * 100 >= 55 * 7)  # 5/7 = 71.4 % passes; 2/7 = 28.6 % fails
     d1 = result.figure("D1")
-    assert (d1.numerator, d1.denominator, d1.passed) == (5, 7, True)  # 5 CNC of 7 in U: 71.4 % ≥ 70 %
+    assert (d1.numerator, d1.denominator, d1.passed) == (6, 8, True)  # 6 CNC of 8 in U: 75.0 % ≥ 70 %
     d2a = result.figure("D2a")
-    assert (d2a.numerator, d2a.denominator) == (n, 7)
+    assert (d2a.numerator, d2a.denominator) == (n, 8)
     store.close()
