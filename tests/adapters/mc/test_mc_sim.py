@@ -268,3 +268,48 @@ async def _until(cond: Any, timeout: float = 10.0) -> None:
     while not cond():
         assert loop.time() < end, "timed out"
         await asyncio.sleep(0.02)
+
+
+async def test_a_cut_answer_over_tcp_is_never_spliced_with_the_next() -> None:
+    """A PLC that cuts its first answer short and sends the rest late, glued to the next answer: the adapter
+    fails that poll (the connection closed on the timeout), and the next connection reads the right values."""
+    from adapters.base import AdapterError
+    from tests.adapters.mc.helpers import answer
+
+    good = answer([7, 8])
+    wrong = answer([0xDEAD, 0xBEEF])
+    connections = [0]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections[0] += 1
+        first = connections[0] == 1
+        try:
+            while True:
+                await reader.readexactly(21)  # one batch read request
+                if first:
+                    writer.write(wrong[:13])  # cut short ...
+                    await writer.drain()
+                    await asyncio.sleep(0.3)  # ... past the client's timeout, then the rest and more
+                    writer.write(wrong[13:] + wrong)
+                else:
+                    writer.write(good)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    port = free_port()
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    dev = config(port, [{"name": "a", "address": "D0"}, {"name": "b", "address": "D1"}], timeout=0.1).devices[0]
+    try:
+        adapter = McAdapter(dev)
+        await adapter.connect()
+        with pytest.raises(AdapterError, match="no answer"):
+            await adapter.read()
+        await asyncio.sleep(0.4)  # the rest arrives: on a closed connection
+        with pytest.raises(AdapterError):
+            await adapter.read()
+        await adapter.connect()  # what the engine does after the failure
+        assert [(r.value, r.quality) for r in await adapter.read()] == [(7, Quality.GOOD), (8, Quality.GOOD)]
+        await adapter.close()
+    finally:
+        server.close()
