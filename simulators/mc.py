@@ -53,6 +53,7 @@ END_NOT_SUPPORTED = 0xC059
 END_POINTS = 0xC051
 END_LENGTH = 0xC061
 _MAX_BITS = 7168
+_MAX_REQUEST = 9 + 12 + max(2 * MAX_WORDS, (_MAX_BITS + 1) // 2)  # the largest batch write served
 
 
 class McMemory:
@@ -126,6 +127,11 @@ class _Connection(asyncio.Protocol):
         self.buffer += data
         while True:
             size = request_length(self.buffer)
+            if size is not None and (size > _MAX_REQUEST or self.buffer[:2] != b"\x50\x00"):
+                log.debug("mc-sim: not a 3E binary request: %s", self.buffer[:16].hex())
+                if self.transport is not None:
+                    self.transport.close()  # a real CPU drops such a connection too
+                return
             if size is None or len(self.buffer) < size:
                 return
             frame, self.buffer = self.buffer[:size], self.buffer[size:]
