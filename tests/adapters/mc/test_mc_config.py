@@ -109,3 +109,34 @@ def test_check_tags_shows_where_each_tag_is_read() -> None:
     }
     for name, where in want.items():
         assert any(line.split() == [name, *where.split()] for line in lines), (name, lines)
+
+
+def test_plugin_spec_fills_the_plugin_shape() -> None:
+    """PLUGIN_SPEC becomes h15-plugins' ProtocolPlugin in one line (the shape copied here until it lands)."""
+    import argparse
+    from collections.abc import Callable
+    from dataclasses import dataclass
+
+    from pydantic import BaseModel
+
+    from adapters.base import Adapter
+    from adapters.mc import PLUGIN_SPEC
+    from simulators.mc import McServerSim
+
+    @dataclass(frozen=True)
+    class ProtocolPlugin:
+        name: str
+        device_model: type[BaseModel]
+        adapter: type[Adapter]
+        describe_tag: Callable[[Any, Any], str]
+        simulator: Callable[[Any], Any] | None = None
+        commands: Callable[[argparse._SubParsersAction], None] | None = None  # type: ignore[type-arg]
+        schemes: tuple[str, ...] = ()
+
+    plugin = ProtocolPlugin(**PLUGIN_SPEC)  # type: ignore[arg-type]
+    dev = plugin.device_model.model_validate({"id": "p", "endpoint": "mc://h:1", "tags": [
+        {"name": "a", "address": "D10", "type": "DINT"}]})
+    assert plugin.name == "mc" and plugin.schemes == ("mc",)
+    assert plugin.describe_tag(dev, dev.tags[0]) == "D 10 .. 11 (2 words)"  # type: ignore[attr-defined]
+    assert isinstance(plugin.adapter(dev, None), Adapter)
+    assert plugin.simulator is not None and isinstance(plugin.simulator(dev), McServerSim)
