@@ -10,7 +10,8 @@ Commands: batch read and batch write (0401 / 1401) in word units (subcommand 000
 Read CPU model (0101), whose model name says it is a simulator (`SIM_CPU_MODEL`): a collector marks the
 device 模拟设备 and never counts it as networked unless `indicators.allow_simulated`. `set_cpu_model(None)`
 makes it answer C059 (command not supported) instead, like the many MC modules without it. Other commands
-answer C059. `stop()` closes the listener and every connection; `start()` serves again (a power cycle).
+answer C059. `simulate: {delay: s, silent: true}` (or `set_delay`, `set_silent` at run time) answer late or
+never. `stop()` closes the listener and every connection; `start()` serves again (a power cycle).
 """
 
 from __future__ import annotations
@@ -142,8 +143,17 @@ class _Connection(asyncio.Protocol):
                 if self.transport is not None:
                     self.transport.close()
                 return
-            if self.transport is not None:
+            sim = self.sim
+            if sim.silent or self.transport is None:
+                continue  # a PLC that hangs: the request is never answered
+            if sim.delay:
+                asyncio.get_running_loop().call_later(sim.delay, self._send, answer)
+            else:
                 self.transport.write(answer)
+
+    def _send(self, answer: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(answer)
 
 
 class McServerSim:
@@ -155,6 +165,8 @@ class McServerSim:
         self.model = MachineModel(device.id, device.simulate, device.tags)
         self.memory = McMemory(capacity or CAPACITY)
         self.cpu_model: tuple[str, int] | None = SIM_CPU_MODEL
+        self.delay = device.simulate.delay  # s before each answer (`simulate: {delay: ...}`)
+        self.silent = device.simulate.silent  # answer nothing (`simulate: {silent: true}`)
         self.connections: set[_Connection] = set()
         self.requests = 0
         self._server: asyncio.Server | None = None
@@ -180,6 +192,13 @@ class McServerSim:
 
     def set_cpu_model(self, model: tuple[str, int] | None) -> None:
         self.cpu_model = model
+
+    def set_silent(self, device_id: str, silent: bool = True) -> None:
+        """Stop (or resume) answering; the connections stay open (the Workshop's signature)."""
+        self.silent = silent
+
+    def set_delay(self, device_id: str, seconds: float) -> None:
+        self.delay = seconds
 
     def update(self) -> None:
         """Tick the model and write every `sim:` tag's value (scale and offset undone) into memory."""

@@ -313,3 +313,32 @@ async def test_a_cut_answer_over_tcp_is_never_spliced_with_the_next() -> None:
         await adapter.close()
     finally:
         server.close()
+
+
+async def test_a_plc_that_hangs_goes_offline_and_comes_back() -> None:
+    """The simulator stops answering (connection open): no answer within timeout -> offline, reconnect with
+    backoff; a late answer (delay > timeout) is never taken; answering again brings the data back."""
+    port = free_port()
+    dev = config(port, [{"name": "v", "address": "D0", "sim": {"kind": "constant", "value": 42}}],
+                 interval=0.05, timeout=0.2).devices[0]
+    got: list[list[Reading]] = []
+    states: list[tuple[DeviceState, str | None]] = []
+    task = DeviceTask(dev, lambda _d, rs: got.append(rs), lambda _d, s, r: states.append((s, r)), backoff_cap=0.2)
+    async with McServerSim(dev) as sim:
+        task.start()
+        try:
+            await _until(lambda: len(got) >= 2)
+            sim.set_delay("plc", 0.5)  # later than the timeout: its answers land on a closed connection
+            await _until(lambda: any(s == DeviceState.OFFLINE for s, _r in states))
+            reason = next(r for s, r in states if s == DeviceState.OFFLINE)
+            assert reason is not None and "no answer" in reason
+            sim.set_delay("plc", 0.0)
+            sim.set_silent("plc", True)
+            before = len(got)
+            await asyncio.sleep(0.6)
+            assert len(got) == before
+            sim.set_silent("plc", False)
+            await _until(lambda: len(got) >= before + 2)
+            assert all(r.value == 42 and r.quality == Quality.GOOD for rs in got for r in rs)
+        finally:
+            await task.stop()
