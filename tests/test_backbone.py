@@ -91,7 +91,7 @@ async def running(broker: MosquittoProcess, state_dir: Path) -> AsyncIterator[Ru
         await workshop.stop()
 
 
-CONNECTED = ["cnc-01", "cnc-02", "imm-01", "knit-01", "comp-01", "pack-01", "meter-01"]
+CONNECTED = ["cnc-01", "cnc-02", "imm-01", "knit-01", "comp-01", "pack-01", "meter-01", "press-01"]
 
 
 def data_of(rec: Recorder, device: str) -> list[dict[str, Any]]:
@@ -158,15 +158,15 @@ async def test_stopped_device_goes_offline_lowers_rate_and_comes_back(running: R
         f = m.json()["figures"]["D2"] if m else {"numerator": -1, "denominator": -1}
         return f["numerator"], f["denominator"]
 
-    await recorder.wait_for(lambda: d2() == (6, 7), 20, "live 联网率 6/7 with every machine up")
-    assert recorder.last("/indicators").json()["figures"]["D1"]["numerator"] == 6  # type: ignore[union-attr]
+    await recorder.wait_for(lambda: d2() == (7, 8), 20, "live 联网率 7/8 with every machine up")
+    assert recorder.last("/indicators").json()["figures"]["D1"]["numerator"] == 7  # type: ignore[union-attr]
 
     stopped_at = time.monotonic()
     await running.workshop.stop_device("imm-01")
     await recorder.wait_for(lambda: (m := recorder.last("/devices/imm-01/status")) and m.json()["state"] == "offline",
                             10, "imm-01 offline")
     assert time.monotonic() - stopped_at <= 3 * INTERVAL + 0.5, "offline later than 3 poll intervals"
-    await recorder.wait_for(lambda: d2() == (5, 7), 10, "live 联网率 down to 5/7")
+    await recorder.wait_for(lambda: d2() == (6, 8), 10, "live 联网率 down to 6/8")
 
     # the other devices keep flowing while imm-01 is away
     before = {d: len(data_of(recorder, d)) for d in CONNECTED if d != "imm-01"}
@@ -177,7 +177,7 @@ async def test_stopped_device_goes_offline_lowers_rate_and_comes_back(running: R
     await running.workshop.start_device("imm-01")
     await recorder.wait_for(lambda: (m := recorder.last("/devices/imm-01/status")) and m.json()["state"] == "online",
                             15, "imm-01 back online")
-    await recorder.wait_for(lambda: d2() == (6, 7), 10, "live 联网率 back to 6/7")
+    await recorder.wait_for(lambda: d2() == (7, 8), 10, "live 联网率 back to 7/8")
 
 
 def test_run_command_shuts_down_cleanly_on_sigterm(broker: MosquittoProcess, state_dir: Path,
@@ -223,7 +223,7 @@ def test_run_command_shuts_down_cleanly_on_sigterm(broker: MosquittoProcess, sta
 
 async def test_first_snapshot_waits_for_the_first_poll_round(broker: MosquittoProcess, state_dir: Path,
                                                             recorder: Recorder) -> None:
-    """Published at connect, the first retained snapshot said D2 0 of 6 until the next one, a minute later."""
+    """Published at connect, the first retained snapshot said D2 0 of 7 until the next one, a minute later."""
     data = demo_on_free_ports(state_dir, broker.port)
     data["indicators"] = {"publish_interval": 30, "bucket": 5.0, "live_window": 10, "allow_simulated": True}
     cfg = parse_config(data)
@@ -239,9 +239,9 @@ async def test_first_snapshot_waits_for_the_first_poll_round(broker: MosquittoPr
         first = (await recorder.wait_for(snapshots, 25, "the first snapshot"))[0]
         assert first.received - started < 25  # long before the first periodic one
         d2 = first.json()["figures"]["D2"]
-        assert (d2["numerator"], d2["denominator"]) == (6, 7), d2
+        assert (d2["numerator"], d2["denominator"]) == (7, 8), d2
         assert first.json()["networked_now"] == sorted(first.json()["networked_now"]) and len(
-            first.json()["networked_now"]) == 6
+            first.json()["networked_now"]) == 7
         data_at = {d: min(m.received for m in recorder.on(f"/devices/{d}/data")) for d in CONNECTED}
         assert all(t <= first.received for t in data_at.values()), (first.received, data_at)
         assert len(snapshots()) == 1

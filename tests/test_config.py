@@ -49,7 +49,8 @@ BAD = [
     ("missing endpoint", lambda d: d["devices"][0].pop("endpoint"), "devices[0].endpoint", "missing"),
     ("wrong endpoint scheme", lambda d: d["devices"][1].update(endpoint="tcp://x:1"), "devices[1].endpoint",
      "opc.tcp://"),
-    ("bad protocol", lambda d: d["devices"][0].update(protocol="profinet"), "devices[0]", "'modbus', 'opcua' or 's7'"),
+    ("bad protocol", lambda d: d["devices"][0].update(protocol="profinet"), "devices[0]",
+     "'modbus', 'opcua', 'mc' or 's7'"),
     ("bad node id", lambda d: d["devices"][1]["tags"][0].update(node="Speed"), "devices[1].tags[0].node",
      "node id"),
     ("typo in site", lambda d: d["site"].update(enterprize="x"), "site.enterprize", "unknown key"),
@@ -73,10 +74,13 @@ def test_check_accepts_the_demo_and_shows_registers(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "collector.cli", "check", "-c", str(ROOT / "config/demo.yaml"),
                              "--tags"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert "7 devices" in result.stdout and "2 unconnected assets" in result.stdout
+    assert "8 devices" in result.stdout and "2 unconnected assets" in result.stdout
     # barrel_temp is 40011: holding register 10 on the wire, a float32 spanning 10..11
     line = next(ln for ln in result.stdout.splitlines() if "barrel_temp" in ln)
     assert "holding_register 10" in line and ".. 11" in line
+    # press-01's press_force is D102: a REAL spanning D102..D103
+    assert next(ln for ln in result.stdout.splitlines() if "press_force" in ln).split() == [
+        "press_force", "REAL", "D", "102", "..", "103", "(2", "words)"]
 
 
 def test_one_line_per_error_for_several_errors(tmp_path: Path) -> None:

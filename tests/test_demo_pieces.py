@@ -80,10 +80,11 @@ def test_demo_command_exits_zero_after_its_duration(broker: MosquittoProcess, st
                              "--plain"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "broker: external" in result.stdout
-    assert "数字化设备联网率 D2" in result.stdout and "装备数控化率 D1: 75.0 %  [6/8]" in result.stdout
+    assert "数字化设备联网率 D2" in result.stdout and "装备数控化率 D1: 77.7 %  [7/9]" in result.stdout
     assert "cnc-01" in result.stdout and "online" in result.stdout
-    pack = [ln for ln in result.stdout.splitlines() if "pack-01" in ln]  # the S7-1200 machine
-    assert pack and "online" in pack[-1], pack
+    for dev in ("pack-01", "press-01"):  # the S7-1200 line and the FX5U press on MC
+        lines = [ln for ln in result.stdout.splitlines() if dev in ln]
+        assert lines and "online" in lines[-1], (dev, lines)
     assert "含模拟设备，不可用于评价" in result.stdout  # the demo counts its simulators, and says so
 
 

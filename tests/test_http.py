@@ -31,7 +31,7 @@ from tests.support.broker import MosquittoProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 INTERVAL = 0.3
-CONNECTED = ["cnc-01", "cnc-02", "imm-01", "knit-01", "comp-01", "pack-01", "meter-01"]
+CONNECTED = ["cnc-01", "cnc-02", "imm-01", "knit-01", "comp-01", "pack-01", "meter-01", "press-01"]
 
 
 def workshop_config(state_dir: Path, broker_port: int, http_port: int | None = None) -> dict[str, Any]:
@@ -193,7 +193,7 @@ async def test_healthz_fails_after_the_loop_was_blocked(site: Site, monkeypatch:
 
 
 async def test_metrics_report_devices_sink_indicators_and_outbox(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
-    await site.until(lambda: _d2_is(site, 6, 7), 10, "live 联网率 6/7")
+    await site.until(lambda: _d2_is(site, 7, 8), 10, "live 联网率 7/8")
 
     polled = [d.id for d in site.cfg.devices if getattr(d, "mode", "poll") == "poll"]  # not OPC UA subscriptions
     assert len(polled) >= 5
@@ -235,14 +235,14 @@ async def test_metrics_report_devices_sink_indicators_and_outbox(site: Site, mon
     assert m[("shopfloor_sink_latency_seconds_count", (("sink", "mqtt"),))] >= 6
     assert m[("shopfloor_sink_latency_seconds_bucket", (("le", "+Inf"), ("sink", "mqtt")))] >= 6
     ent = (("indicator", "D2"), ("scope", "enterprise"))
-    assert m[("shopfloor_indicator_value", ent)] == pytest.approx(6 / 7)
-    assert m[("shopfloor_indicator_numerator", ent)] == 6 and m[("shopfloor_indicator_denominator", ent)] == 7
+    assert m[("shopfloor_indicator_value", ent)] == pytest.approx(7 / 8)
+    assert m[("shopfloor_indicator_numerator", ent)] == 7 and m[("shopfloor_indicator_denominator", ent)] == 8
     assert m[("shopfloor_indicator_target", ent)] == pytest.approx(0.55)
     assert m[("shopfloor_indicator_passed", ent)] == 1.0
     d1 = (("indicator", "D1"), ("scope", "enterprise"))
-    assert m[("shopfloor_indicator_value", d1)] == pytest.approx(6 / 8)
+    assert m[("shopfloor_indicator_value", d1)] == pytest.approx(7 / 9)
     assert m[("shopfloor_indicator_value", (("indicator", "D2"), ("scope", "workshop:ws-machining")))] == \
-        pytest.approx(6 / 7)
+        pytest.approx(7 / 8)
     mq = (("sink", "mqtt"),)
     assert m[("shopfloor_outbox_depth_batches", mq)] == 3 and m[("shopfloor_outbox_depth_readings", mq)] == 90
     assert m[("shopfloor_outbox_bytes", mq)] == 5000
@@ -251,7 +251,7 @@ async def test_metrics_report_devices_sink_indicators_and_outbox(site: Site, mon
     assert m[("shopfloor_outbox_dropped_readings_total", mq)] == 60
     assert m[("shopfloor_outbox_delivered_readings_total", mq)] == 400
     assert m[("shopfloor_outbox_delivery_rate", mq)] == 1.5
-    assert m[("shopfloor_collector_devices", (("enabled", "true"),))] == 7
+    assert m[("shopfloor_collector_devices", (("enabled", "true"),))] == 8
 
 
 async def _d2_is(site: Site, num: int, den: int) -> bool:
@@ -285,10 +285,10 @@ async def test_api_lists_devices_with_tags_and_indicators(site: Site) -> None:
     status, missing = await site.get("/api/devices/nope")
     assert status == 404 and missing == {"error": "no such device"}
 
-    await site.until(lambda: _d2_is(site, 6, 7), 10, "live 联网率 6/7")
+    await site.until(lambda: _d2_is(site, 7, 8), 10, "live 联网率 7/8")
     status, ind = await site.get("/api/indicators")
     assert status == 200 and ind["defset"] == "v1" and ind["enterprise"] == "jx-hengda"
-    assert ind["figures"]["D1"]["numerator"] == 6 and ind["figures"]["D1"]["denominator"] == 8
+    assert ind["figures"]["D1"]["numerator"] == 7 and ind["figures"]["D1"]["denominator"] == 9
     assert ind["figures"]["D2"]["target"] == pytest.approx(0.55) and ind["figures"]["D2"]["passed"] is True
 
     status, full = await site.get("/api/status")
@@ -297,7 +297,7 @@ async def test_api_lists_devices_with_tags_and_indicators(site: Site) -> None:
     assert full["gateway"]["topic_root"] == site.cfg.topic_root
     assert full["sink"]["connected"] is True and full["health"]["status"] == "ok"
     assert set(full["outbox"]) == set(site.collector.outbox_stats())  # per sink: {"mqtt": {...}}
-    assert len(full["devices"]) == 7 and full["indicators"]["figures"]["D2"]["numerator"] == 6
+    assert len(full["devices"]) == 8 and full["indicators"]["figures"]["D2"]["numerator"] == 7
 
 
 async def test_a_device_that_goes_offline_shows_offline_in_api_and_metrics(site: Site) -> None:
@@ -315,7 +315,7 @@ async def test_a_device_that_goes_offline_shows_offline_in_api_and_metrics(site:
     assert m[("shopfloor_device_up", (("device", "imm-01"),))] == 0.0
     assert m[("shopfloor_device_state", (("device", "imm-01"), ("state", "offline")))] == 1.0
     assert m[("shopfloor_device_errors_total", (("device", "imm-01"),))] >= 1
-    await site.until(lambda: _d2_is(site, 5, 7), 10, "live 联网率 5/7")
+    await site.until(lambda: _d2_is(site, 6, 8), 10, "live 联网率 6/8")
 
 
 async def test_reconnects_are_counted_and_subscribers_show_publishes(site: Site) -> None:
@@ -383,7 +383,7 @@ async def test_status_page_is_self_contained(site: Site) -> None:
 
 
 async def test_collector_status_prints_the_same_picture(site: Site) -> None:
-    await site.until(lambda: _d2_is(site, 6, 7), 10, "live 联网率 6/7")
+    await site.until(lambda: _d2_is(site, 7, 8), 10, "live 联网率 7/8")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "collector.cli", "status", "--url", site.base,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={"COLUMNS": "160", "PATH": "/usr/bin"})
@@ -392,7 +392,7 @@ async def test_collector_status_prints_the_same_picture(site: Site) -> None:
     assert proc.returncode == 0, err.decode()
     for dev in CONNECTED:
         assert dev in text
-    assert "数字化设备联网率" in text and "85.7 %" in text and "[6/7]" in text
+    assert "数字化设备联网率" in text and "87.5 %" in text and "[7/8]" in text
     assert "connected" in text and "health" in text and "ok" in text
     assert re.search(r"up \d+ s", text) and "0.0 h" not in text, text  # a young collector's uptime
     from collector.view import fmt_duration
@@ -404,7 +404,7 @@ HIDE_DEMO_EXTRA = ("import sys; sys.modules.update(rich=None, amqtt=None); from 
 
 
 async def test_collector_status_without_the_demo_extra_prints_plain_text(site: Site) -> None:
-    await site.until(lambda: _d2_is(site, 5, 6), 10, "live 联网率 5/6")
+    await site.until(lambda: _d2_is(site, 7, 8), 10, "live 联网率 7/8")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", HIDE_DEMO_EXTRA, "status", "--url", site.base,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={"PATH": "/usr/bin"})
@@ -413,7 +413,7 @@ async def test_collector_status_without_the_demo_extra_prints_plain_text(site: S
     assert proc.returncode == 0, err.decode()
     for dev in CONNECTED:
         assert dev in text
-    assert "数字化设备联网率 D2: 83.3 %" in text and "[5/6]" in text
+    assert "数字化设备联网率 D2: 87.5 %" in text and "[7/8]" in text
     assert "MQTT: connected" in text and "health: ok" in text and "outbox mqtt: depth" in text, text
 
 

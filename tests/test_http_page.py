@@ -48,11 +48,11 @@ async def test_page_shows_every_device_and_an_offline_one_turns_offline(
             temp = await page.text_content("tr[data-device='imm-01'] [data-tag='barrel_temp']")
             assert temp is not None and temp.startswith("barrel_temp=") and temp.endswith("°C")
             await page.wait_for_function(
-                "document.querySelector('#card-D2 [data-field=detail]').textContent.startsWith('6 / 7')",
+                "document.querySelector('#card-D2 [data-field=detail]').textContent.startsWith('7 / 8')",
                 timeout=10_000)
-            assert await page.text_content("#card-D2 [data-field=value]") == "85.7 %"
+            assert await page.text_content("#card-D2 [data-field=value]") == "87.5 %"
             d1 = await page.text_content("#card-D1 [data-field=detail]")
-            assert d1 is not None and d1.startswith("6 / 8") and "target ≥ 70 %" in d1 and "pass" in d1
+            assert d1 is not None and d1.startswith("7 / 9") and "target ≥ 70 %" in d1 and "pass" in d1
             assert await page.text_content("#outbox [data-key=MQTT]") == "connected"
             assert await page.text_content("#health") == "ok"
 
@@ -61,9 +61,9 @@ async def test_page_shows_every_device_and_an_offline_one_turns_offline(
             assert row is not None
             assert await page.text_content("tr[data-device='imm-01'] .state") == "offline"
             await page.wait_for_function(
-                "document.querySelector('#card-D2 [data-field=detail]').textContent.startsWith('5 / 7')",
+                "document.querySelector('#card-D2 [data-field=detail]').textContent.startsWith('6 / 8')",
                 timeout=10_000)
-            assert await page.text_content("#card-D2 [data-field=value]") == "71.4 %"  # 5/7 truncated to 0.1 % (rates.pct)
+            assert await page.text_content("#card-D2 [data-field=value]") == "75.0 %"  # 6/8 (rates.pct truncates to 0.1 %)
             # the other machines stayed online on the same page
             assert await page.get_attribute("tr[data-device='cnc-01']", "data-state") == "online"
             # everything the page loaded came from the collector itself (no CDN)
@@ -85,7 +85,7 @@ async def test_page_says_uptime_backlog_stale_values_and_all_offline(
             await page.goto(site.base + "/")
             await page.wait_for_selector("body[data-loaded='1']", timeout=10_000)
             meta = await page.text_content("#meta") or ""
-            assert re.search(r" · up \d+ s · 7 devices$", meta), meta  # a young collector: seconds, not "0.0 h"
+            assert re.search(r" · up \d+ s · 8 devices$", meta), meta  # a young collector: seconds, not "0.0 h"
             assert await page.query_selector("#outbox [data-key=draining]") is None  # nothing waits
             assert not await page.is_visible("#all-offline")
             cell = "tr[data-device='imm-01'] .vals"

@@ -158,7 +158,7 @@ def fill_state(state: Path) -> None:
     buckets = range(int(start), int(end), 300)
     store.write([], [], {}, set(buckets))
     good: dict[tuple[str, int], float] = {}
-    for dev in ("cnc-01", "cnc-02", "knit-01", "comp-01", "meter-01"):
+    for dev in ("cnc-01", "cnc-02", "knit-01", "comp-01", "meter-01", "press-01"):
         good.update({(dev, b): b + 30.0 for b in buckets})
     # imm-01 was networked until Nov 12 only: 11 of 30 days; pack-01 (the S7 line) was connected only later: no data
     good.update({("imm-01", b): b + 30.0 for b in buckets if b < start + 11 * 86400})
@@ -185,11 +185,11 @@ def test_report_package_html_csv_json_and_chain(tmp_path: Path, capsys: pytest.C
     assert by_id["lathe-07"]["是否数字化"] == "否" and by_id["meter-01"]["计入统计范围"] == "否"
     figs = {r["figure"]: r for r in csv.DictReader(io.StringIO(
         (out / "report-2025-11-figures.csv").read_text(encoding="utf-8-sig"))) if r["scope"] == "enterprise"}
-    assert (figs["D1"]["numerator"], figs["D1"]["denominator"], figs["D1"]["passed"]) == ("6", "8", "true")
-    assert (figs["D2"]["numerator"], figs["D2"]["denominator"], figs["D2"]["passed"]) == ("4", "7", "true")
+    assert (figs["D1"]["numerator"], figs["D1"]["denominator"], figs["D1"]["passed"]) == ("7", "9", "true")
+    assert (figs["D2"]["numerator"], figs["D2"]["denominator"], figs["D2"]["passed"]) == ("5", "8", "true")
     data = json.loads((out / "report-2025-11.json").read_text(encoding="utf-8"))
     assert data["status"] == "closed" and data["chain"]["seq"] == 2 and len(data["daily"]) == 30
-    assert data["daily"][10]["numerator"] == 5 and data["daily"][11]["numerator"] == 4
+    assert data["daily"][10]["numerator"] == 6 and data["daily"][11]["numerator"] == 5
     page = (out / "report-2025-11.html").read_text(encoding="utf-8")
     assert "<svg" in page and "目标 55%" in page and "数字化设备联网率" in page
     assert not any(s in page for s in ("<script", "<link", "src=", "http://", "https://"))  # self-contained
@@ -199,12 +199,12 @@ def test_report_package_html_csv_json_and_chain(tmp_path: Path, capsys: pytest.C
                  "--lang", "en"]) == 0
     records = chain.read(chain_file)
     assert [r["body"].get("kind") for r in records] == ["key", "monthly_summary"]  # the key, then the month
-    assert records[1]["body"]["figures"]["D2"]["numerator"] == 4
+    assert records[1]["body"]["figures"]["D2"]["numerator"] == 5
     assert main(["verify", str(chain_file)]) == 0
     capsys.readouterr()
     assert main(["indicators", "-c", str(cfg_path), "--period", "2025-11"]) == 0
     table = capsys.readouterr().out
-    assert "数字化设备联网率" in table and "57.1 %" in table and "75.0 %" in table and "(closed)" in table
+    assert "数字化设备联网率" in table and "62.5 %" in table and "77.7 %" in table and "(closed)" in table
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

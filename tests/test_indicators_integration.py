@@ -32,10 +32,11 @@ from tests.support.broker import MosquittoProcess, free_port
 ROOT = Path(__file__).resolve().parents[1]
 TZ = "Asia/Shanghai"
 # The protocols whose devices run; the others' devices stay on the register as not connected (same U and D1,
-# lower D2). With all protocols the whole demo runs (D2 5/7, imm-01 being away); {"modbus"} alone gives D2 2/7.
-PROTOCOLS = {"modbus", "opcua", "s7"}
+# lower D2). With every protocol the whole demo runs (D2 6/8 with imm-01 away); {"modbus"} alone gives D2 2/8.
+PROTOCOLS = {"modbus", "opcua", "s7", "mc"}
 COVERAGE = 0.6
-DIGITAL_IN_U = {"cnc-01", "cnc-02", "imm-01", "knit-01", "comp-01", "pack-01", "grd-01"}  # meter-01: non-production
+DIGITAL_IN_U = {"cnc-01", "cnc-02", "imm-01", "knit-01", "comp-01", "pack-01", "press-01",
+                "grd-01"}  # meter-01: non-production
 
 
 def demo(state_dir: Path, broker_port: int) -> dict[str, Any]:
@@ -94,8 +95,8 @@ async def test_demo_run_coverage_and_rates_match_a_hand_count(broker: MosquittoP
         # the live snapshot carries today's and this month's figures next to "now"
         snap = await recorder.wait_for(lambda: (m := recorder.last("/indicators")) and "periods" in m.json()
                                        and m.json(), 10, "period figures in the snapshot")
-        assert snap["periods"]["today"]["figures"]["D2"]["denominator"] == 7
-        assert snap["periods"]["month"]["figures"]["D1"]["numerator"] == 6
+        assert snap["periods"]["today"]["figures"]["D2"]["denominator"] == 8
+        assert snap["periods"]["month"]["figures"]["D1"]["numerator"] == 7
         # a month close, as the once-a-minute check sees it on the 4th of next month
         label = periods.local_date(time.time(), TZ).strftime("%Y-%m")
         y, m = map(int, label.split("-"))
@@ -105,7 +106,7 @@ async def test_demo_run_coverage_and_rates_match_a_hand_count(broker: MosquittoP
                                           "the retained monthly record")
         assert monthly.json()["hash"] == records[0]["hash"]
         assert (monthly.json()["body"]["figures"]["D1"]["numerator"],
-                monthly.json()["body"]["figures"]["D1"]["denominator"]) == (6, 8)
+                monthly.json()["body"]["figures"]["D1"]["denominator"]) == (7, 9)
         assert collector.close_months(now=periods.month_closes(y, m, TZ) + 120) == []  # only once
         t1a = time.time()
     finally:
@@ -144,12 +145,13 @@ async def test_demo_run_coverage_and_rates_match_a_hand_count(broker: MosquittoP
     assert rows["imm-01"]["coverage"] < COVERAGE < min(rows[d]["coverage"] for d in connected if d != "imm-01")
     assert networked == set(connected) - {"imm-01"}
     # D2: networked digital devices in U / digital devices in U (grd-01 digital, not connected; meter-01 outside U)
-    n = len(networked & DIGITAL_IN_U)  # all connected: 5 (cnc-01, cnc-02, knit-01, comp-01, pack-01); Modbus: 2
+    # all connected: 6 (cnc-01, cnc-02, knit-01, comp-01, pack-01, press-01); Modbus only: 2
+    n = len(networked & DIGITAL_IN_U)
     d2 = result.figure("D2")
-    assert (d2.numerator, d2.denominator) == (n, 7)
-    assert d2.passed is (n * 100 >= 55 * 7)  # 5/7 = 71.4 % passes; 2/7 = 28.6 % fails
+    assert (d2.numerator, d2.denominator) == (n, 8)
+    assert d2.passed is (n * 100 >= 55 * 8)  # 6/8 = 75.0 % passes; 2/8 = 25.0 % fails
     d1 = result.figure("D1")
-    assert (d1.numerator, d1.denominator, d1.passed) == (6, 8, True)  # 6 CNC of 8 in U: 75.0 % ≥ 70 %
+    assert (d1.numerator, d1.denominator, d1.passed) == (7, 9, True)  # 7 CNC of 9 in U: 77.7 % ≥ 70 %
     d2a = result.figure("D2a")
-    assert (d2a.numerator, d2a.denominator) == (n, 8)
+    assert (d2a.numerator, d2a.denominator) == (n, 9)
     store.close()

@@ -151,7 +151,7 @@ def test_an_outside_protocol_is_checked_and_described(tmp_path: Path) -> None:
     bare = _collector("check", "-c", str(path), env=_env(None))
     assert bare.returncode == 2 and "Traceback" not in bare.stderr
     assert "devices[0]: protocol must be" in bare.stderr and "(the installed protocols)" in bare.stderr
-    assert all(f"'{name}'" in bare.stderr for name in ("modbus", "opcua", "s7"))
+    assert all(f"'{name}'" in bare.stderr for name in ("modbus", "opcua", "s7", "mc"))
     # with it, an unknown protocol lists it among the installed ones
     wrong = _collector("check", "-c", str(_config(tmp_path, 1883, 1, "linecount")), env=_env(site))
     assert wrong.returncode == 2 and "'linecounter'" in wrong.stderr

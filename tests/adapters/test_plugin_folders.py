@@ -18,7 +18,7 @@ from simulators.workshop import Workshop
 from tests.support.broker import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-BUILTIN = ["modbus", "opcua", "s7"]
+BUILTIN = ["modbus", "opcua", "s7", "mc"]
 
 
 @pytest.mark.parametrize("protocol", BUILTIN)
