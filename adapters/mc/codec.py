@@ -14,6 +14,7 @@ from typing import Any
 
 from adapters.mc.config import McTag, string_length, tag_words
 from collector.model import Quality, float32_shortest
+from collector.transform import make_transform
 
 __all__ = ["Converter", "compile_converter", "encode_words"]
 
@@ -57,7 +58,7 @@ def compile_converter(tag: McTag, xy_base: int = 16) -> Converter:
     addr = tag.parsed(xy_base)
     bit = addr.number % 16 if addr.device.is_bit else addr.bit
     dec = _decoder(type_, bit)
-    good, bad, out = Quality.GOOD, Quality.BAD_DECODE, Quality.BAD_OUT_OF_RANGE
+    good, bad = Quality.GOOD, Quality.BAD_DECODE
     if type_ == "BOOL" or string_length(type_) is not None:
         def conv_plain(w: Sequence[int], o: int) -> tuple[Any, str]:
             try:
@@ -65,18 +66,11 @@ def compile_converter(tag: McTag, xy_base: int = 16) -> Converter:
             except (UnicodeDecodeError, IndexError):
                 return None, bad
         return conv_plain
-    scale, offset, limits = tag.scale, tag.offset, tag.range
-
-    def conv_number(w: Sequence[int], o: int) -> tuple[Any, str]:
-        v = dec(w, o)
-        if scale != 1.0 or offset != 0.0:
-            v = v * scale + offset
-        if isinstance(v, float) and not math.isfinite(v):
-            return None, bad
-        if limits is not None and not limits[0] <= v <= limits[1]:
-            return v, out  # out of range: the value is still recorded
-        return v, good
-    return conv_number
+    # numbers: the core's value stage (collector/transform.py), the same for every protocol
+    transform = make_transform(tag.scale, tag.offset, tag.range, "float" if type_ in ("REAL", "LREAL") else "int")
+    if transform is None:
+        return lambda w, o: (dec(w, o), good)
+    return lambda w, o: transform(dec(w, o), good)
 
 
 def encode_words(type_: str, value: Any) -> list[int]:

@@ -10,7 +10,6 @@ has no zone, so it is read as UTC (docs/s7.md).
 from __future__ import annotations
 
 import datetime as dt
-import math
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +18,7 @@ from snap7 import util
 
 from adapters.s7.address import S7Location
 from collector.model import Quality, float32_shortest
+from collector.transform import make_transform
 
 __all__ = ["Converter", "compile_converter", "decoder", "encode"]
 
@@ -63,13 +63,12 @@ def compile_converter(loc: S7Location, scale: float = 1.0, offset: float = 0.0,
     """Decode, scale (numbers only) and check the range: (value, quality); a value that cannot be decoded
     (an invalid string header, a BCD date out of range, NaN) is None with `bad_decode`, never a guess."""
     dec = decoder(loc, encoding)
-    good, bad, out = Quality.GOOD, Quality.BAD_DECODE, Quality.BAD_OUT_OF_RANGE
+    good, bad = Quality.GOOD, Quality.BAD_DECODE
     numeric = loc.type in _NUMBERS
-    scaled = numeric and (scale != 1.0 or offset != 0.0)
-    lo, hi = rng if rng is not None and numeric else (-math.inf, math.inf)
-    check = loc.type in ("REAL", "LREAL") or scaled or rng is not None
-
-    if not check and numeric:
+    # numbers: the core's value stage (collector/transform.py), the same for every protocol
+    transform = make_transform(scale, offset, rng, "float" if loc.type in ("REAL", "LREAL") else "int") \
+        if numeric else None
+    if numeric and transform is None:
         return lambda b, o: (dec(b, o), good)
 
     def convert(b: bytes | bytearray | memoryview, o: int) -> tuple[Any, str]:
@@ -77,13 +76,7 @@ def compile_converter(loc: S7Location, scale: float = 1.0, offset: float = 0.0,
             v = dec(b, o)
         except (ValueError, TypeError, UnicodeDecodeError, struct.error, IndexError, OverflowError):
             return None, bad
-        if not numeric:
-            return v, good
-        if scaled:
-            v = v * scale + offset
-        if v != v or v in (math.inf, -math.inf):
-            return None, bad
-        return (v, good) if lo <= v <= hi else (v, out)
+        return (v, good) if transform is None else transform(v, good)
 
     return convert
 
