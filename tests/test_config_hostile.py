@@ -339,7 +339,7 @@ async def start_and_stop(path: Path, tmp: Path) -> str:
     with log.open("w") as log_file:
         proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "collector.cli", "run", "-c", str(path),
                                                     "--log-level", "WARNING", env=env, stderr=log_file,
-                                                    stdout=log_file)
+                                                    stdout=log_file, cwd=path.parent)
         try:
             for _ in range(600):
                 if any(m.startswith("READY=1") for m in notify.texts()) or proc.returncode is not None:

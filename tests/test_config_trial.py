@@ -153,6 +153,12 @@ def test_state_dir_that_is_a_file_or_cannot_be_written(tmp_path: Path) -> None:
     assert code == 2 and has(err, "state_dir:", "cannot create", "write access"), err
 
 
+def test_an_empty_state_dir_is_refused_not_taken_as_the_current_folder(tmp_path: Path) -> None:
+    """`state_dir: ""` put the signing key, the outbox and the status store wherever the command ran."""
+    code, _, err = check_data(tmp_path, change(tmp_path, lambda d: d.update(state_dir="")))
+    assert code == 2 and has(err, "state_dir:", "empty"), err
+
+
 def test_run_refuses_what_check_refuses_without_a_traceback(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     path = tmp_path / "c.yaml"

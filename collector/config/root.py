@@ -9,7 +9,7 @@ import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from adapters.base import registry
 from collector.config.assets import AssetEntry
@@ -138,6 +138,17 @@ class CollectorConfig(Strict):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     state_dir: Path = Path("state")
+
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _state_dir_named(cls, v: Any) -> Any:
+        """An empty `state_dir` would mean the current folder: keys, the outbox and the evidence would land
+        wherever the command happens to run."""
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("state_dir is empty: name the folder for the collector's state, e.g. "
+                             "/var/lib/shopfloor-collector (the default is ./state)")
+        return v
+
     indicators: IndicatorConfig = Field(default_factory=IndicatorConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
