@@ -10,10 +10,10 @@ from typing import Any
 
 from collector.model import Batch, Row
 from collector.sinks.base import AckCallback, Feeds
-from collector.sinks.mqtt import MqttConnection
+from collector.sinks.mqtt import MqttConnection, OnConnection
 
 
-class EvidenceSink:
+class EvidenceSink(OnConnection):
     """The outbox sender's transport for the anchors' queue (collector/delivery.py): one retained QoS 1
     message per signed head, on the MQTT connection the data uses."""
 
@@ -38,16 +38,7 @@ class EvidenceSink:
         """The anchoring receipt's location: the broker holds a retained copy of the head there."""
         return f"mqtt://{self.conn.s.host}:{self.conn.s.port}/{self.topic}"
 
-    @property
-    def connected(self) -> bool:
-        return self.conn.connected
 
-    @property
-    def generation(self) -> int:
-        return self.conn.generation
-
-    async def wait_connected(self) -> None:
-        await self.conn.wait_connected()
 
     def capacity(self) -> int:
         return max(0, self.WINDOW - len(self._pending))

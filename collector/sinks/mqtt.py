@@ -297,3 +297,21 @@ class MqttConnection(LinkState):
         if owner is not None and qos > 0:
             self._owners[info.mid] = owner
         return int(info.mid)
+
+
+class OnConnection:
+    """A sink that sends over a shared `MqttConnection` (JSON data, Sparkplug, evidence): its link state is the
+    connection's, so a reconnect is seen by every sink that rides it."""
+
+    conn: MqttConnection
+
+    @property
+    def connected(self) -> bool:
+        return self.conn.connected
+
+    @property
+    def generation(self) -> int:
+        return self.conn.generation
+
+    async def wait_connected(self) -> None:
+        await self.conn.wait_connected()

@@ -14,7 +14,7 @@ import orjson
 
 from collector.model import Batch, Row
 from collector.sinks.base import AckCallback, Feeds
-from collector.sinks.mqtt import MqttConnection
+from collector.sinks.mqtt import MqttConnection, OnConnection
 
 LIVE_HEAD = b'{"historical":false,'
 BACKLOG_HEAD = b'{"historical":true,'
@@ -55,7 +55,7 @@ def data_message(payload: bytes, historical: bool) -> bytes:
     return (BACKLOG_HEAD if historical else LIVE_HEAD) + payload
 
 
-class MqttDataSink:
+class MqttDataSink(OnConnection):
     """The outbox sender's transport for the JSON data: publishes only while connected, keeps its in-flight
     rows by message id across a reconnect (paho re-sends them), and calls `on_ack(row)` at each PUBACK."""
 
@@ -82,16 +82,7 @@ class MqttDataSink:
 
     # -- transport
 
-    @property
-    def connected(self) -> bool:
-        return self.conn.connected
 
-    @property
-    def generation(self) -> int:
-        return self.conn.generation
-
-    async def wait_connected(self) -> None:
-        await self.conn.wait_connected()
 
     def capacity(self) -> int:
         return max(0, 2 * self.conn.s.max_inflight - len(self._pending))

@@ -42,7 +42,7 @@ import paho.mqtt.client as mqtt
 from collector.model import Batch, DeviceState, Reading, Row
 from collector.sinks import sparkplug_b_pb2 as pb
 from collector.sinks.base import AckCallback, DeviceStatus, Feeds
-from collector.sinks.mqtt import MqttConnection, Will
+from collector.sinks.mqtt import MqttConnection, OnConnection, Will
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def stored_values(payload: bytes) -> tuple[int | None, dict[str, _Value]]:
     return (p.timestamp if p.HasField("timestamp") else None), values
 
 
-class SparkplugSink:
+class SparkplugSink(OnConnection):
     """A Sparkplug B edge node: the outbox rows as DDATA, births and deaths from the device states, and the
     session rules of its MQTT connection."""
 
@@ -250,13 +250,6 @@ class SparkplugSink:
     def receipt(self, row: Row) -> str | None:
         return None
 
-    @property
-    def connected(self) -> bool:
-        return self.conn.connected
-
-    @property
-    def generation(self) -> int:
-        return self.conn.generation
 
     # -- topics and payloads
 
@@ -479,8 +472,6 @@ class SparkplugSink:
         self.counts["DDATA"] += 1
         return self.topic("DDATA", device), p.SerializeToString()
 
-    async def wait_connected(self) -> None:
-        await self.conn.wait_connected()
 
     def capacity(self) -> int:
         return max(0, 2 * self.conn.s.max_inflight)
