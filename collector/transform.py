@@ -99,3 +99,44 @@ def _any(scale: float, offset: float, scaled: bool, rng: tuple[float, float] | N
         return out, worst
 
     return each
+
+
+def make_converter(decode: Callable[[Any, int], Any], scale: float = 1.0, offset: float = 0.0,
+                   rng: tuple[float, float] | None = None, values: Values = "float") -> Callable[[Any, int], tuple[Any, str]]:
+    """The value stage fused with a protocol's decoder for numbers read as good (Modbus, S7, MC: a value the
+    device answered is good until the stage says otherwise): `(buffer, offset) -> (value, quality)` in one
+    closure. The same rules as `make_transform`; fused because a second call per value cost ~3 % of the
+    collector's CPU on a polled map (bench/profile.py)."""
+    good = Quality.GOOD
+    scaled = scale != 1.0 or offset != 0.0
+    if values == "any":
+        stage = _any(scale, offset, scaled, rng)
+        return lambda b, o: stage(decode(b, o), good)
+    if values == "int" and not scaled and rng is None:
+        return lambda b, o: (decode(b, o), good)
+    if rng is None:
+        if scaled:
+            def scale_finite(b: Any, o: int) -> tuple[Any, str]:
+                v = decode(b, o) * scale + offset
+                return (v, good) if _isfinite(v) else (None, _BAD)
+
+            return scale_finite
+
+        def finite(b: Any, o: int) -> tuple[Any, str]:
+            v = decode(b, o)
+            return (v, good) if _isfinite(v) else (None, _BAD)
+
+        return finite
+    lo, hi = rng
+
+    def ranged(b: Any, o: int) -> tuple[Any, str]:
+        v = decode(b, o)
+        if scaled:
+            v = v * scale + offset
+        if lo <= v <= hi:
+            return v, good
+        if not _isfinite(v):
+            return None, _BAD
+        return v, _OUT
+
+    return ranged

@@ -14,7 +14,7 @@ from typing import Any
 
 from adapters.mc.config import McTag, string_length, tag_words
 from collector.model import Quality, float32_shortest
-from collector.transform import make_transform
+from collector.transform import make_converter
 
 __all__ = ["Converter", "compile_converter", "encode_words"]
 
@@ -67,10 +67,7 @@ def compile_converter(tag: McTag, xy_base: int = 16) -> Converter:
                 return None, bad
         return conv_plain
     # numbers: the core's value stage (collector/transform.py), the same for every protocol
-    transform = make_transform(tag.scale, tag.offset, tag.range, "float" if type_ in ("REAL", "LREAL") else "int")
-    if transform is None:
-        return lambda w, o: (dec(w, o), good)
-    return lambda w, o: transform(dec(w, o), good)
+    return make_converter(dec, tag.scale, tag.offset, tag.range, "float" if type_ in ("REAL", "LREAL") else "int")
 
 
 def encode_words(type_: str, value: Any) -> list[int]:

@@ -24,7 +24,7 @@ from typing import Any
 
 from adapters.modbus.config import BIT_TABLES, REGISTERS_PER_TYPE, ModbusTag
 from collector.model import Quality, float32_shortest
-from collector.transform import make_transform
+from collector.transform import make_converter
 
 __all__ = [
     "BYTE_ORDERS",
@@ -197,10 +197,7 @@ def _make_converter(dec: Decoder, type_: str, scale: float, offset: float,
 
             return conv_string
         return lambda w, o: (dec(w, o), good)
-    transform = make_transform(scale, offset, rng, "float" if type_ in ("float32", "float64") else "int")
-    if transform is None:
-        return lambda w, o: (dec(w, o), good)
-    return lambda w, o: transform(dec(w, o), good)
+    return make_converter(dec, scale, offset, rng, "float" if type_ in ("float32", "float64") else "int")
 
 
 class TagCodec:

@@ -155,14 +155,19 @@ class Line:
     @contextlib.asynccontextmanager
     async def exchange(self, delay: float = 0.0) -> AsyncIterator[None]:
         """One request and its answer (inside a `session`): waits out a settle time and `delay` seconds of
-        quiet, and notes when the line went quiet again."""
-        await self.quiet(delay)
-        if self.settle_until:
-            await self.settle()
+        quiet, and notes when the line went quiet again. (The poll's own reads do the same without a context
+        manager: ModbusAdapter._request.)"""
+        await self.wait_turn(delay)
         try:
             yield
         finally:
             self.last_answer = time.monotonic()
+
+    async def wait_turn(self, delay: float = 0.0) -> None:
+        """Before a request: wait out a settle time and `delay` seconds of quiet."""
+        await self.quiet(delay)
+        if self.settle_until:
+            await self.settle()
 
     def settle_for(self, seconds: float) -> None:
         """Send nothing for `seconds`: a late answer then arrives while no request waits and is dropped."""
