@@ -1263,7 +1263,28 @@ and 20 k tags take 98–99 MB instead of 151 MB.
 """
 
 
-LEGACY = """## The city hub (bench/hub.py)
+LEGACY = """## The plugin refactor, before and after (protocols as plugins, sinks as a list)
+
+`bench/e2e.py --quick --no-peer --no-write --only s1`, the commit before the refactor (2b8c893) and after it,
+back to back on the same quiet machine (2026-12-01, Modbus end to end, 100 devices x 200 tags; collector CPU in
+cores, median of 3):
+
+| map / interval | before: readings/s, CPU | after, first: readings/s, CPU | after the hot-path fix: readings/s, CPU |
+| --- | --- | --- | --- |
+| contiguous 1000 ms | 20,131, 0.16 / 20,063, 0.18 | 20,198, 0.18 | 19,797, 0.16 |
+| contiguous 100 ms | 195,187, 0.69 / 188,237, 0.79 | 168,352 (saturated), 0.82 | 164,075 (saturated), 0.83 |
+| sparse 1000 ms | 19,998, 0.40 / 20,313, 0.40 | 20,127, 0.53 | 20,121, 0.49 |
+| sparse 100 ms | 43,928 (sat.), 0.67 / 40,595 (sat.), 0.64 | 32,996 (sat.), 0.72 | 35,929 (sat.), 0.67 |
+
+Verdict: **missed** (the issue allows 5 %): the sparse map costs ~22 % more CPU per reading after the refactor,
+the contiguous map ~10 % (py-spy: 5.6 against 5.1 µs per reading). Found and fixed so far: an async context
+manager and an extra coroutine per Modbus request (`Line.exchange`), and a second call per value (the value
+stage now fuses with the decoder, `collector.transform.make_converter`). Still to find: the rest is spread thin
+(py-spy shows no single new hot spot); peak RSS also grew from 92 to 109 MB because every installed protocol
+plugin (asyncua, python-snap7, the MC client) is imported at start. `bench/profile.py --map sparse` reproduces
+both profiles.
+
+## The city hub (bench/hub.py)
 
 `.venv/bin/python bench/hub.py` (run by hand; PostgreSQL 15 on 127.0.0.1, mosquitto 2.0.11, 2-core container
 shared with other jobs, so the load average during each run is given). 5,000 enrolled enterprises,
