@@ -27,8 +27,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from typing import cast
 
+from adapters.base import OneConnectionClient
 from adapters.mc.frame import (
     ANSWER_SUBHEADER,
     CPU_MODEL_DATA,
@@ -85,60 +85,21 @@ def _expire(waiter: asyncio.Future[McAnswer | None]) -> None:
         waiter.set_result(None)
 
 
-class McClient(asyncio.Protocol):
+class McClient(OneConnectionClient):
     """One 3E connection (build a new client to reconnect); `timeout` also bounds connecting."""
 
     def __init__(self, host: str, port: int, *, route: Route | None = None, timeout: float = 2.0) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host, port, timeout)
         self.route = route or Route()
-        self.timeout = timeout
-        self._transport: asyncio.Transport | None = None
-        self._connecting = False
-        self._used = False
-        self._lock = asyncio.Lock()
-        self._buffer = b""
         self._waiter: asyncio.Future[McAnswer | None] | None = None
         self._expect = 0  # data bytes of a good answer to the pending request
         self._echo = b""  # the route bytes the answer must echo
         self.closed_reason: str | None = None
 
-    @property
-    def connected(self) -> bool:
-        return self._transport is not None
-
     def __str__(self) -> str:
         return f"McClient({self.host}:{self.port})"
 
     # -- connection
-
-    async def connect(self) -> bool:
-        """Connect within `timeout`; False if refused, unreachable or too slow."""
-        if self._transport is not None:
-            return True
-        if self._used:
-            return False  # one connection per client: a late connection_lost must not hit a new one
-        self._used = True
-        loop = asyncio.get_running_loop()
-        self._connecting = True
-        attempt = loop.create_task(loop.create_connection(lambda: self, self.host, self.port))
-        try:
-            await asyncio.wait((attempt,), timeout=self.timeout)
-        finally:
-            self._connecting = False
-            if not attempt.done():
-                attempt.cancel()
-                attempt.add_done_callback(lambda t: t.cancelled() or t.exception())
-        if not attempt.done() or attempt.cancelled():
-            self.close()
-            return False
-        exc = attempt.exception()
-        if exc is not None:
-            if isinstance(exc, OSError):
-                log.debug("connect to %s:%s failed: %s", self.host, self.port, exc)
-                return False
-            raise exc
-        return self._transport is not None
 
     def close(self, reason: str = "connection closed") -> None:
         transport, self._transport = self._transport, None
@@ -148,22 +109,8 @@ class McClient(asyncio.Protocol):
             transport.close()
         self._fail(McConnectionError(reason))
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not self._connecting:
-            transport.close()
-            return
-        self._transport = cast(asyncio.Transport, transport)
-        self._buffer = b""
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
-        self._buffer = b""
-        self._fail(McConnectionError("connection closed by the PLC" if exc is None else f"connection lost: {exc}"))
-
-    def _fail(self, exc: Exception) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
+    def _lost(self, exc: Exception | None) -> Exception:
+        return McConnectionError("connection closed by the PLC" if exc is None else f"connection lost: {exc}")
 
     def _garbled(self, why: str) -> None:
         log.debug("%s: garbled answer: %s", self, why)

@@ -33,10 +33,11 @@ import asyncio
 import logging
 import struct
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
+from adapters.base import OneConnectionClient
 from adapters.modbus.identification import FUNCTION_CODE as _MEI_FC
 from adapters.modbus.identification import MEI_DEVICE_IDENTIFICATION, parse_device_identification
 
@@ -99,20 +100,13 @@ def _expire(waiter: asyncio.Future[Answer | None]) -> None:
         waiter.set_result(None)  # None = no answer in time
 
 
-class MbapClient(asyncio.Protocol):
+class MbapClient(OneConnectionClient):
     """One Modbus TCP connection (build a new client to reconnect); `timeout` (also for connecting) and
     `retries` may be changed between requests."""
 
     def __init__(self, host: str, port: int, *, timeout: float = 1.0, retries: int = 0) -> None:
-        self.host = host
-        self.port = port
-        self.timeout = timeout
+        super().__init__(host, port, timeout)
         self.retries = retries
-        self._transport: asyncio.Transport | None = None
-        self._connecting = False
-        self._used = False
-        self._lock = asyncio.Lock()
-        self._buffer = b""
         # the pending request
         self._waiter: asyncio.Future[Answer | None] | None = None
         self._tid = 0
@@ -121,43 +115,10 @@ class MbapClient(asyncio.Protocol):
         self._count = 0
         self._byte_count = 0
 
-    @property
-    def connected(self) -> bool:
-        return self._transport is not None
-
     def __str__(self) -> str:
         return f"MbapClient({self.host}:{self.port})"
 
     # -- connection
-
-    async def connect(self) -> bool:
-        """Connect within `timeout`; False if refused, unreachable or too slow (like pymodbus)."""
-        if self._transport is not None:
-            return True
-        if self._used:
-            return False  # one connection per client: a late connection_lost must not hit a new one
-        self._used = True
-        loop = asyncio.get_running_loop()
-        # asyncio.wait, not wait_for/timeout: no cancellation of our own task that could get lost (3.11)
-        self._connecting = True
-        attempt = loop.create_task(loop.create_connection(lambda: self, self.host, self.port))
-        try:
-            await asyncio.wait((attempt,), timeout=self.timeout)
-        finally:
-            self._connecting = False  # a connection made after this point is closed in connection_made
-            if not attempt.done():
-                attempt.cancel()
-                attempt.add_done_callback(lambda t: t.cancelled() or t.exception())  # nothing to log
-        if not attempt.done() or attempt.cancelled():
-            self.close()  # connection_made may have run already
-            return False
-        exc = attempt.exception()
-        if exc is not None:
-            if isinstance(exc, OSError):
-                log.debug("connect to %s:%s failed: %s", self.host, self.port, exc)
-                return False
-            raise exc
-        return self._transport is not None
 
     def close(self) -> None:
         transport, self._transport = self._transport, None
@@ -166,23 +127,8 @@ class MbapClient(asyncio.Protocol):
             transport.close()
         self._fail(ConnectionException("connection closed"))
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not self._connecting:  # connect() gave up already
-            transport.close()
-            return
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
-        self._buffer = b""
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
-        self._buffer = b""
-        self._fail(ConnectionException("connection closed by the device" if exc is None
-                                       else f"connection lost: {exc}"))
-
-    def _fail(self, exc: Exception) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
+    def _lost(self, exc: Exception | None) -> Exception:
+        return ConnectionException("connection closed by the device" if exc is None else f"connection lost: {exc}")
 
     # -- requests
 
