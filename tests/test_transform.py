@@ -1,6 +1,7 @@
 """The core value stage (collector/transform.py): one table of scale, offset, NaN/inf and range cases, run
-through both protocols' real read paths, the Modbus codec on registers written by `struct` and the OPC UA
-adapter's DataValue handling, so a protocol cannot drift from the other again."""
+through every protocol's real read path: the Modbus codec on registers written by `struct`, the OPC UA
+adapter's DataValue handling, the S7 codec on big-endian bytes and the MC codec on little-endian words, both
+written by `struct`, so no protocol can drift from the others again."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from typing import Any
 import pytest
 from asyncua import ua
 
+from adapters.mc.codec import compile_converter as mc_converter
 from adapters.modbus.codec import compile_tag
 from adapters.opcua.adapter import OpcUaAdapter, _reading
+from adapters.s7.address import parse_address as s7_address
+from adapters.s7.codec import compile_converter as s7_converter
 from collector.config import parse_config
 from collector.model import Quality
 from collector.transform import make_transform
@@ -62,9 +66,26 @@ def opcua(scale: float, offset: float, rng: tuple[float, float] | None, raw: flo
     return reading.value, reading.quality
 
 
-@pytest.mark.parametrize("read", [modbus, opcua], ids=["modbus", "opcua"])
+def s7(scale: float, offset: float, rng: tuple[float, float] | None, raw: float) -> tuple[Any, str]:
+    cfg = parse_config({"site": {"enterprise_id": "e"}, "devices": [
+        {"id": "s", "protocol": "s7", "endpoint": "s7://127.0.0.1:1",
+         "tags": [_tag(scale, offset, rng) | {"address": "DB1.DBB8", "type": "LREAL"}]}]})
+    tag = cfg.devices[0].tags[0]
+    convert = s7_converter(s7_address(tag.address, tag.type), tag.scale, tag.offset, tag.range)
+    return convert(b"\0\0" + struct.pack(">d", raw), 2)  # LREAL as the CPU holds it, big-endian
+
+
+def mc(scale: float, offset: float, rng: tuple[float, float] | None, raw: float) -> tuple[Any, str]:
+    cfg = parse_config({"site": {"enterprise_id": "e"}, "devices": [
+        {"id": "q", "protocol": "mc", "endpoint": "mc://127.0.0.1:1",
+         "tags": [_tag(scale, offset, rng) | {"address": "D100", "type": "LREAL"}]}]})
+    words = [0, *struct.unpack("<4H", struct.pack("<d", raw))]  # LREAL in 4 words, low word first
+    return mc_converter(cfg.devices[0].tags[0])(words, 1)
+
+
+@pytest.mark.parametrize("read", [modbus, opcua, s7, mc], ids=["modbus", "opcua", "s7", "mc"])
 @pytest.mark.parametrize(("scale", "offset", "rng", "raw", "value", "quality"), TABLE, ids=IDS)
-def test_one_value_stage_for_both_protocols(read: Any, scale: float, offset: float,
+def test_one_value_stage_for_every_protocol(read: Any, scale: float, offset: float,
                                             rng: tuple[float, float] | None, raw: float, value: float | None,
                                             quality: str) -> None:
     got_value, got_quality = read(scale, offset, rng, raw)
