@@ -294,6 +294,12 @@ class _Stream:
     sized: bool = False  # some part shared a node or stopped early: `size` decides on an alias bomb
     broke: bool = False  # nested too deeply: nothing more is walked
 
+    @property
+    def untrusted(self) -> bool:
+        """No more data is built: a fatal problem, or aliases that already expand past MAX_VALUES (the walk
+        goes on, so the message is the one the whole read gives)."""
+        return bool(self.fatal) or (self.sized and self.size > MAX_VALUES)
+
 
 def _check_part(loader: _StreamLoader, node: Node, path: str, key: str | None, depth: int, st: _Stream) -> None:
     if st.broke:
@@ -353,14 +359,14 @@ def _stream_document(loader: _StreamLoader) -> tuple[Any, list[str]]:
             while not loader.check_event(SequenceEndEvent):
                 node = loader.next_part()
                 _check_part(loader, node, f"devices[{len(devices)}]", None, 2, st)
-                devices.append(None if st.fatal else loader.construct_part(node))
+                devices.append(None if st.untrusted else loader.construct_part(node))
                 del node
             loader.get_event()
             data[key] = devices
         else:
             node = loader.next_part()
             _check_part(loader, node, name, name, 1, st)
-            data[key] = None if st.fatal else loader.construct_part(node)
+            data[key] = None if st.untrusted else loader.construct_part(node)
             del node
     loader.get_event()  # MappingEnd
     loader.get_event()  # DocumentEnd
