@@ -5,8 +5,8 @@ the request stays within `max_registers` (125) registers or `max_bits` (2000) bi
 in bit tables too. Without a `max_gap` in the config, a cost model of the device's link decides (`LinkCost`):
 reading over a hole of `gap` registers costs `gap` × the line time of a register, one more request costs its
 round trip, headers and silences; the hole is read over while that is cheaper. On Modbus TCP a register is
-~0.2 µs next to a request's ≥ 100 µs, so any hole the request limit allows is read over; on RTU at 9,600 baud
-a register is ~2 ms of line time and a request ~25 ms, so holes of up to ~11 registers are. Pure: no I/O; it
+~0.16 µs next to a request's ≥ 120 µs, so any hole the request limit allows is read over; on RTU at 9,600 baud
+a register is ~2 ms of line time and a request ~24 ms, so holes of up to ~11 registers are. Pure: no I/O; it
 runs once when an adapter is built.
 """
 
