@@ -78,3 +78,10 @@ def test_the_latency_verdict_counts_the_opc_ua_rows(e2e: ModuleType) -> None:
            "| met |" in text
     assert "| p99 read-to-publish ≤ 250 ms below saturation (OPC UA) | worst 427 ms (OPC UA subscribe, 100 ms) " \
            "| missed |" in text
+
+
+def test_the_memory_verdict_has_a_row_for_flat_and_template_configs(e2e: ModuleType) -> None:
+    bench = SimpleNamespace(rows=[], memory={20_000: [96.0, 98.0, 99.0]}, memory_flat={20_000: [120.0, 151.0, 160.0]})
+    text = e2e.targets(bench)
+    assert "| RSS ≤ 150 MB with 20 k tags (one template) | 98 MB | met |" in text, text
+    assert "| RSS ≤ 150 MB with 20 k tags (flat: tags listed per device) | 151 MB | missed |" in text, text

@@ -139,7 +139,8 @@ class ModbusDevice(DeviceBase):
     retries: Integer = Field(default=1, ge=0, le=10)
     inter_request_delay: Number = Field(default=0.0, ge=0, le=60)
     pause_after_connect: Number = Field(default=0.0, ge=0, le=60)
-    max_gap: Integer = Field(default=10, ge=0, le=125)
+    max_gap: Integer | None = Field(default=None, ge=0, le=125, description="registers (or bits) of hole a "
+                                    "request may read over; unset: from the link's cost model (planner.py)")
     max_registers: Integer = Field(default=125, ge=1, le=125)
     max_bits: Integer = Field(default=2000, ge=1, le=2000)
     coalesce: bool = True

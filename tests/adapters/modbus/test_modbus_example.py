@@ -102,9 +102,10 @@ async def test_the_example_workshop_answers_with_good_values(tmp_path: Path) -> 
     assert values["imm-01"]["mould_id"] == "M-2231-A" and values["imm-01"]["status_word"] == [4660, 22136]
     assert values["knit-01"]["target_revolutions"] == 120000
     assert 1285000 <= values["meter-02"]["energy_total"] < 1286000
-    # requests per cycle for the sparse maps: registers in a few coalesced reads, not one per tag
+    # requests per cycle for the sparse maps: registers in a few coalesced reads, not one per tag. The knitting
+    # machines (Modbus TCP) read 40001..40101 in one request: on TCP the hole costs less than two more requests
     per_cycle = {d: s["requests_per_cycle"] for d, s in stats.items()}
-    assert per_cycle == {"imm-01": 7, "knit-01": 5, "knit-02": 5, "knit-03": 5, "comp-01": 2, "meter-01": 2,
+    assert per_cycle == {"imm-01": 7, "knit-01": 3, "knit-02": 3, "knit-03": 3, "comp-01": 2, "meter-01": 2,
                          "meter-02": 3}
     assert stats["meter-02"]["splits"] == 1
     assert stats["knit-01"]["line_shared_by"] == 3 and stats["meter-01"]["line_shared_by"] == 2

@@ -274,3 +274,28 @@ async def test_a_cut_answer_then_a_good_retry_never_publishes_a_wrong_value(kept
             assert [(r.value, r.quality) for r in got] == [(1000 + i, Quality.GOOD) for i in range(10)]
         finally:
             await adapter.close()
+
+
+async def test_a_wide_unreadable_hole_read_over_on_tcp_is_split_once() -> None:
+    """On Modbus TCP the cost model reads over a 60-register hole (one request, not two); a device whose hole
+    is not readable answers 02 for it: the range is split once, no tag is lost, and the parts are the plan."""
+    port = free_port()
+    tags = [{"name": f"a{i}", "table": "holding_register", "address": i, "sim": const(i)} for i in range(20)]
+    tags += [{"name": f"b{i}", "table": "holding_register", "address": 80 + i, "sim": const(80 + i)}
+             for i in range(20)]
+    dev = build_device(port, tags, simulate={"exception_addresses": list(range(20, 80))})
+    async with ModbusServerSim(dev.endpoint, [dev]):
+        adapter = ModbusAdapter(dev, CONTEXT)
+        assert spans(adapter) == [(0, 100)]
+        await adapter.connect()
+        try:
+            got = by_tag(await adapter.read())
+            assert {n: (r.value, r.quality) for n, r in got.items()} == \
+                {t["name"]: (t["address"], Quality.GOOD) for t in tags}
+            assert adapter.stats()["splits"] == 1
+            assert spans(adapter) == [(0, 20), (80, 20)]
+            before = adapter.stats()["requests"]
+            await adapter.read()
+            assert adapter.stats()["requests"] - before == 2
+        finally:
+            await adapter.close()

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from adapters.modbus.planner import ReadRequest, plan_device, plan_reads
+from adapters.modbus.planner import ReadRequest, default_gaps, link_cost, plan_device, plan_reads, rtu_cost
 from collector.config import ModbusDevice, ModbusTag, parse_config
 
 
@@ -94,6 +94,75 @@ def test_overlapping_tags_share_a_request() -> None:
     plan = plan_reads(tags)
     assert spans(plan) == [("holding_register", 10, 3)]
     assert sorted((t.name, off) for t, off in plan[0].tags) == [("bit0", 0), ("bit9", 0), ("word", 0), ("x", 1)]
+
+
+def modbus(endpoint: str, tags: list[dict[str, Any]], **extra: Any) -> ModbusDevice:
+    cfg = parse_config({"site": {"enterprise_id": "e"}, "devices": [
+        {"id": "d", "protocol": "modbus", "endpoint": endpoint, "tags": tags, **extra}]})
+    dev = cfg.devices[0]
+    assert isinstance(dev, ModbusDevice)
+    return dev
+
+
+SPREAD = [{"name": f"t{a}", "table": "holding_register", "address": a, "type": "float32"}
+          for a in (0, 10, 25, 60, 200, 330)]
+COILS = [{"name": f"c{a}", "table": "coil", "address": a, "type": "bool"} for a in (0, 100, 300, 2500)]
+
+
+def test_tcp_reads_over_any_hole_the_request_limit_allows() -> None:
+    """On Modbus TCP a register is ~0.16 µs of wire next to ≥ 120 µs per request: every hole that fits."""
+    dev = modbus("tcp://127.0.0.1:5020", SPREAD + COILS)
+    assert default_gaps(dev) == (125, 2000)
+    assert spans(plan_device(dev)) == [("coil", 0, 301), ("coil", 2500, 1), ("holding_register", 0, 62),
+                                       ("holding_register", 200, 2), ("holding_register", 330, 2)]
+    assert all(r.count <= (2000 if r.is_bits else 125) for r in plan_device(dev))
+    check_offsets(plan_device(dev))
+
+
+def test_rtu_at_9600_baud_reads_over_short_holes_only() -> None:
+    """At 9,600 baud 8N1 a register is 2.08 ms of line time, a request ~24 ms (13 characters of header and
+    CRC, two 3.5-character silences, 3 ms turnaround): holes up to 11 registers, 183 bits."""
+    dev = modbus("serial:///dev/ttyUSB0?baudrate=9600", SPREAD + COILS)
+    cost = link_cost(dev.parsed_endpoint)
+    assert cost.register_s == pytest.approx(2 * 10 / 9600)
+    assert cost.request_s == pytest.approx(13 * 10 / 9600 + 2 * 3.5 * 10 / 9600 + 0.003)
+    assert default_gaps(dev) == (11, 183)
+    assert spans(plan_device(dev)) == [("coil", 0, 101), ("coil", 300, 1), ("coil", 2500, 1),  # 99 bits: 13 bytes
+                                       ("holding_register", 0, 12), ("holding_register", 25, 2),
+                                       ("holding_register", 60, 2), ("holding_register", 200, 2),
+                                       ("holding_register", 330, 2)]
+
+
+def test_the_gap_grows_with_the_baud_rate_and_follows_the_frame() -> None:
+    gaps = [default_gaps(modbus(f"serial:///dev/ttyUSB0?baudrate={b}", SPREAD))[0]
+            for b in (1200, 9600, 19200, 38400, 115200)]
+    assert gaps == [10, 11, 12, 18, 43]
+    # above 19,200 baud the silence is a fixed 1.75 ms, so a request costs relatively more
+    assert rtu_cost(115200).request_s == pytest.approx(13 * 10 / 115200 + 2 * 0.00175 + 0.003)
+    # parity and a second stop bit lengthen every character alike: the gap stays about the same
+    assert rtu_cost(9600, parity="E", stopbits=2).register_s == pytest.approx(2 * 12 / 9600)
+    # a serial server (rtu+tcp://) is assumed to run its line at 9,600 baud
+    assert default_gaps(modbus("rtu+tcp://127.0.0.1:4001", SPREAD)) == (11, 183)
+    # a device that needs a pause between requests makes every request dearer: wider holes pay off
+    assert default_gaps(modbus("serial:///dev/ttyUSB0", SPREAD, inter_request_delay=0.05))[0] == 35
+    assert default_gaps(modbus("tcp://127.0.0.1:5020", SPREAD, max_registers=60)) == (60, 2000)
+
+
+def test_an_explicit_max_gap_wins_on_every_transport() -> None:
+    for endpoint in ("tcp://127.0.0.1:5020", "serial:///dev/ttyUSB0?baudrate=115200", "rtu+tcp://127.0.0.1:1"):
+        dev = modbus(endpoint, SPREAD + COILS, max_gap=10)
+        assert default_gaps(dev) == (10, 10)
+        assert spans(plan_device(dev))[-5:] == [("holding_register", 0, 12), ("holding_register", 25, 2),
+                                                ("holding_register", 60, 2), ("holding_register", 200, 2),
+                                                ("holding_register", 330, 2)]
+    assert len(plan_device(modbus("tcp://127.0.0.1:5020", SPREAD, max_gap=0))) == 6
+
+
+def test_plan_reads_takes_a_separate_gap_for_bits() -> None:
+    tags = [hr("a", 0), hr("b", 30), coil("c", 0), coil("d", 30)]
+    assert spans(plan_reads(tags, max_gap=10, max_bit_gap=40)) == [("coil", 0, 31), ("holding_register", 0, 1),
+                                                                   ("holding_register", 30, 1)]
+    assert len(plan_reads(tags, max_gap=10)) == 4  # without it, max_gap for both, as before
 
 
 def test_plan_device_uses_the_device_limits() -> None:
