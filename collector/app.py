@@ -223,6 +223,12 @@ class Collector:
                  reason, self.cfg.evidence_topic, aid)
         return reason
 
+    def hub_status(self) -> dict[str, Any] | None:
+        """The hub link (`evidence.hub`): connected, in flight, refused by its broker; the receipts by outcome."""
+        if self.hub is None:
+            return None
+        return {**self.hub.stats(), "receipts": dict(self.hub_receipts.counts) if self.hub_receipts else {}}
+
     def gateway_info(self) -> dict[str, Any]:
         """What the retained gateway status carries beside `online` (docs/mqtt.md)."""
         states: dict[str, int] = {}

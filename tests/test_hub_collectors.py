@@ -175,6 +175,14 @@ async def city(tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]) 
         broker.stop()
 
 
+def status(city: dict[str, Any], name: str) -> dict[str, Any]:
+    """The collector's /api/status (its HTTP API on loopback)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{city['configs'][name]['http']['listen']}/api/status", timeout=10) as r:
+        return dict(json.loads(r.read()))
+
+
 def state_of(city: dict[str, Any], name: str) -> Path:
     return Path(city["configs"][name]["state_dir"])
 
@@ -228,6 +236,9 @@ async def test_three_collectors_of_two_enterprises_feed_the_hub_and_keep_its_rec
     assert not anchored(city, "rogue")
     with sqlite3.connect(state_of(city, "rogue") / "outbox.db") as conn:  # kept for a fixed config's next start
         assert conn.execute("SELECT count(*) FROM q_hub").fetchone() == (3,)  # key record, summary, head
+    # mosquitto 2.0 also drops the connection at each refusal: the three arrive one reconnect after the other
+    hub = await wait_for(lambda: (h := status(city, "rogue")["hub"])["held_back"] == 3 and h, what="3 held back")
+    assert hub["refused"] == 3 and hub["in_flight"] == 0 and hub["last_refusal"] == "Not authorized"
 
     # a receipt the hub's key did not sign (the hub user forging one for 恒达's head) is refused and counted
     import paho.mqtt.client as mqtt
@@ -252,6 +263,11 @@ async def test_three_collectors_of_two_enterprises_feed_the_hub_and_keep_its_rec
     await asyncio.sleep(0.5)
     assert log.read_text(errors="replace").count("event=hub_receipt_refused") == 1  # logged once, counted
     assert {e["seq"] for e in anchored(city, "machining")} == {1, 2}  # not kept
+    # the key record, the summary and the head (the summary's again: a duplicate gets the first receipt again);
+    # the assembly collector's receipts come on the same topic (one enterprise) and are skipped, not kept
+    receipts = await wait_for(lambda: (r := status(city, "machining")["hub"]["receipts"])["accepted"] == 3 and r,
+                              what="the head's receipt")
+    assert receipts["bad_signature"] == 2 and receipts["unknown_record"] == 0
 
     # the hub's bulletin holds both enterprises' month, pooled from the collectors' own summaries
     summaries = {n: chain.read(state_of(city, n) / chain.CHAIN_FILE)[-1]["body"] for n in names}
