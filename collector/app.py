@@ -189,10 +189,16 @@ class Collector:
         now = time.time() if now is None else now
         mark = self.state_dir / "chain-queued.json"
         try:
-            done = int(json.loads(mark.read_text(encoding="utf-8")).get("seq", 0))
+            last = json.loads(mark.read_text(encoding="utf-8"))
+            done, done_hash = int(last.get("seq", 0)), last.get("hash")
         except (OSError, ValueError, AttributeError):
+            done, done_hash = 0, None
+        records = chain.read(chain_path(self.state_dir))
+        if done and not any(r["seq"] == done and r["hash"] == done_hash for r in records):
+            log.warning("event=chain_replaced last_queued_seq=%s: the chain no longer holds the last record given "
+                        "to the hub; giving it the whole chain again (the hub will say what it holds)", done)
             done = 0
-        new = [r for r in chain.read(chain_path(self.state_dir)) if int(r["seq"]) > done]
+        new = [r for r in records if int(r["seq"]) > done]
         for rec in new:
             payload = json.dumps(rec, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
             self.outbox.append(RECORD_DEVICE, int(rec["seq"]), now, None, 1,

@@ -13,7 +13,7 @@ import pytest
 
 from collector.app import Collector
 from collector.cli import main
-from collector.config import parse_config
+from collector.config import Settings, parse_config
 from collector.evidence import anchors, keys
 from collector.evidence.records import verify_anchor
 from collector.indicators import chain
@@ -143,6 +143,15 @@ def test_evidence_hub_config_errors_name_the_field_and_the_fix(tmp_path: Path) -
     assert cfg.evidence.hub is not None
     assert (cfg.evidence.hub.scheme, cfg.evidence.hub.host, cfg.evidence.hub.port) == ("mqtts", "hub.example", 8883)
     assert cfg.hub_enterprise == "91330402MA2B3C4D53"
+    # `collector check`/`run` before starting: a password must be there (env or a 0600 file)
+    from collector.preflight import startup_check
+
+    errors, _ = startup_check(cfg, Settings())
+    assert any(e.startswith("evidence.hub.password_file: the hub's broker needs the enterprise's password") and
+               "COLLECTOR_HUB_PASSWORD" in e for e in errors), errors
+    data["evidence"]["hub"]["password_file"] = str(tmp_path / "nope")
+    errors, _ = startup_check(parse_config(data), Settings())
+    assert any(e.startswith(f"evidence.hub.password_file: {tmp_path / 'nope'} does not exist") for e in errors)
     data["evidence"] = {"topic": "factory/#"}
     with pytest.raises((ConfigError, ValueError), match="wildcards"):
         parse_config(data)
