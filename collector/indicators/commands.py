@@ -253,6 +253,10 @@ def _verify_hub_anchors(path: Path, args: argparse.Namespace) -> int:
     except keys.KeyFileError as exc:
         print(f"--hub-key: {exc}", file=sys.stderr)
         return 2
+    for e in hub_anchors.entries(kept_file):
+        if e.get("status") not in hub_anchors.ANCHORING:  # what the hub refused or holds as 数据异常
+            print(f"hub receipt: record {e.get('seq')} {e.get('status')} by hub {e.get('hub')} at "
+                  f"{e.get('received_at')}: {e.get('reason')}")
     kept = hub_anchors.anchors(kept_file)
     if not kept:
         if args.hub_key:
