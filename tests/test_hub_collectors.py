@@ -329,3 +329,34 @@ async def test_a_dead_hub_broker_only_fills_the_hub_queue_of_the_outbox(tmp_path
         rec.close()
         own.stop()
         hub_broker.stop()
+
+
+async def test_the_hub_link_speaks_tls_with_the_configured_ca(tmp_path: Path) -> None:
+    """`evidence.hub.url: mqtts://…` with `ca_file`: the certificate is checked and the records go over TLS."""
+    from collector.app import Collector
+    from collector.config import Settings
+    from tests.test_mqtt_tls import make_ca, make_server_cert
+
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca = make_ca("hub CA", pki / "ca.pem")
+    make_server_cert(ca, ["hub.test"], pki / "server.pem", pki / "server.key")
+    broker = MosquittoProcess(free_port(), listener_options=[
+        f"cafile {pki / 'ca.pem'}", f"certfile {pki / 'server.pem'}", f"keyfile {pki / 'server.key'}"])
+    broker.start()
+    keys.init(tmp_path / "hub")
+    data = collector_config(tmp_path, "machining", "jx-hengda", A, "ws-machining", [], broker.port,
+                            tmp_path / "hub" / keys.PUBLIC_FILE)
+    data["evidence"]["hub"]["url"] = f"127.0.0.1:{broker.port}"  # no scheme: TLS
+    data["evidence"]["hub"]["ca_file"] = str(pki / "ca.pem")
+    seed_closed_month(Path(data["state_dir"]), 10, {})
+    cfg = parse_config(data)
+    assert cfg.evidence.hub is not None and cfg.evidence.hub.scheme == "mqtts"
+    collector = Collector(cfg, Settings())
+    await collector.start()
+    try:
+        await wait_for(lambda: collector.outbox.stats("hub")["depth_batches"] == 0, what="the records over TLS")
+        assert collector.hub is not None and collector.hub.conn.s.tls and collector.hub.connected
+    finally:
+        await collector.stop()
+        broker.stop()
