@@ -60,9 +60,9 @@ async def wait_for(cond: Callable[[], Any], timeout: float = 20.0, what: str = "
 
 def collector_config(tmp: Path, name: str, enterprise: str, code: str, workshop: str, devices: list[Any],
                      hub_port: int, hub_pub: Path, *, username: str | None = None,
-                     topic_level: str | None = None) -> dict[str, Any]:
+                     topic_level: str | None = None, password: str | None = None) -> dict[str, Any]:
     secret = tmp / f"{name}-hub-password"
-    secret.write_text(PW[username or code] + "\n")
+    secret.write_text((password or PW[username or code]) + "\n")
     secret.chmod(0o600)
     hub: dict[str, Any] = {"url": f"mqtt://127.0.0.1:{hub_port}", "password_file": str(secret),
                            "public_key": str(hub_pub), "fingerprint": keys.show_fingerprint(
@@ -357,6 +357,37 @@ async def test_the_hub_link_speaks_tls_with_the_configured_ca(tmp_path: Path) ->
     try:
         await wait_for(lambda: collector.outbox.stats("hub")["depth_batches"] == 0, what="the records over TLS")
         assert collector.hub is not None and collector.hub.conn.s.tls and collector.hub.connected
+    finally:
+        await collector.stop()
+        broker.stop()
+
+
+async def test_a_wrong_hub_password_is_refused_and_said_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The hub's broker refuses the connection (CONNACK): the collector says which broker and what to check, and
+    the records wait in the outbox."""
+    import logging
+
+    from collector.app import Collector
+    from collector.config import Settings
+
+    broker = MosquittoProcess(free_port(), extra=["allow_anonymous false",
+                                                  f"password_file {password_file(tmp_path / 'passwd', PW)}",
+                                                  f"acl_file {ACL}"])
+    broker.start()
+    keys.init(tmp_path / "hub")
+    data = collector_config(tmp_path, "machining", "jx-hengda", A, "ws-machining", [], broker.port,
+                            tmp_path / "hub" / keys.PUBLIC_FILE, password="not-the-password")
+    seed_closed_month(Path(data["state_dir"]), 10, {})
+    caplog.set_level(logging.WARNING, logger="collector.sinks.mqtt")
+    collector = Collector(parse_config(data), Settings())
+    await collector.start()
+    try:
+        line = await wait_for(lambda: [r.getMessage() for r in caplog.records if "sink=hub event=connect_refused"
+                                       in r.getMessage()], what="the refusal")
+        assert f"port={broker.port}" in line[0] and "check the user name and password" in line[0]
+        assert "not-the-password" not in caplog.text  # the password is never logged
+        assert collector.hub is not None and not collector.hub.connected
+        assert collector.outbox.stats("hub")["depth_batches"] == 3
     finally:
         await collector.stop()
         broker.stop()

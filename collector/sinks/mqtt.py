@@ -215,7 +215,7 @@ class MqttConnection(LinkState):
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         if rc.is_failure:
-            log.warning("sink=%s event=connect_refused reason=%s", self.s.log_name, rc)
+            self._hand_over(self._connect_refused, str(rc))
         else:
             self._hand_over(self._connect_succeeded)
 
@@ -244,6 +244,13 @@ class MqttConnection(LinkState):
         if reason != self.connect_error:
             log.warning("sink=%s event=connect_failed host=%s port=%s reason=%s", self.s.log_name, self.s.host,
                         self.s.port, reason)
+        self.connect_error = reason
+
+    def _connect_refused(self, reason: str) -> None:
+        """The broker answered and refused (CONNACK): logged when new, like a failed attempt (paho retries)."""
+        if reason != self.connect_error:
+            log.warning("sink=%s event=connect_refused host=%s port=%s reason=%s (check the user name and "
+                        "password)", self.s.log_name, self.s.host, self.s.port, reason)
         self.connect_error = reason
 
     def _connect_succeeded(self) -> None:
