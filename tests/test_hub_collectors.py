@@ -9,6 +9,7 @@ fourth collector, configured with another enterprise's id as its topic level, is
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import zoneinfo
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,9 @@ from collector.cli import main
 from collector.config import parse_config
 from collector.demo_city import seed_closed_month
 from collector.evidence import hub_anchors, keys
+from collector.evidence.canonical import canonical
 from collector.evidence.receipts import make_receipt
+from collector.evidence.records import sign_record
 from collector.indicators import chain
 from simulators.workshop import Workshop
 from tests.hubsupport import ACL, HubProcess, hub_yaml, password_file
@@ -119,7 +123,7 @@ async def city(tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]) 
     hub_state = tmp_path / "hub-state"
     hub_cfg = hub_yaml(tmp_path / "hub.yaml", db_url=pg_url, port=broker.port, state_dir=hub_state,
                        client_id="hub-1", pw_file=secret, http_port=None)
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: dict[str, subprocess.Popen[bytes]] = {}
     hub = HubProcess(hub_cfg, tmp_path / "hub.log")
     workshop = None
     try:
@@ -156,14 +160,14 @@ async def city(tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]) 
         logs = {}
         for name in configs:
             logs[name] = tmp_path / f"{name}.log"
-            procs.append(collector_run(tmp_path / f"{name}.yaml", logs[name], env))
+            procs[name] = collector_run(tmp_path / f"{name}.yaml", logs[name], env)
         yield {"db": pg_url, "configs": configs, "logs": logs, "hub_cfg": hub_cfg, "hub_pub": hub_pub,
-               "broker": broker, "tmp": tmp_path}
+               "broker": broker, "tmp": tmp_path, "procs": procs, "env": env}
     finally:
-        for p in procs:
+        for p in procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p in procs:
+        for p in procs.values():
             try:
                 p.wait(15)
             except subprocess.TimeoutExpired:
@@ -285,6 +289,46 @@ async def test_three_collectors_of_two_enterprises_feed_the_hub_and_keep_its_rec
             f = by_county[county]["figures"][d]
             assert (f["numerator"], f["denominator"]) == pooled(ns, d), (county, d)
     assert pooled(["machining", "assembly"], "D1") == (3, 4) and pooled(["xiuzhou"], "D2") == (1, 2)
+    assert by_county["秀洲区"]["anomalies"] == []
+
+    # 秀洲 stops its collector, rewrites its closed month with better figures, re-signed with its own enrolled
+    # key, and starts it again: the collector gives the hub the whole chain again, the hub refuses the rewritten
+    # record (数据异常) and says so in a receipt the collector keeps; the hub's anchor no longer matches the chain
+    proc = city["procs"]["xiuzhou"]
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(proc.wait, 15)
+    state = state_of(city, "xiuzhou")
+    signer = keys.load(state)
+    assert signer is not None
+    records = chain.read(state / chain.CHAIN_FILE)
+    real = records[-1]
+    better = json.loads(json.dumps(real["body"]))
+    better["figures"]["D2"]["numerator"] = better["figures"]["D2"]["denominator"]
+    records[-1] = sign_record(signer, enterprise=real["enterprise"], workshop=real["workshop"], seq=real["seq"],
+                              ts=real["ts"], prev=real["prev"], body=better)
+    (state / chain.CHAIN_FILE).write_bytes(b"".join(canonical(r) + b"\n" for r in records))
+    city["procs"]["xiuzhou-again"] = collector_run(city["tmp"] / "xiuzhou.yaml", city["tmp"] / "xiuzhou-2.log",
+                                                   city["env"])
+    kept = await wait_for(lambda: [e for e in hub_anchors.entries(state / hub_anchors.HUB_FILE)
+                                   if e["status"] == "incident"], timeout=30, what="the hub's incident receipt")
+    assert kept[0]["seq"] == real["seq"] and kept[0]["hash"] == records[-1]["hash"]
+    assert "rewritten history" in kept[0]["reason"]
+    assert "event=chain_replaced" in (city["tmp"] / "xiuzhou-2.log").read_text(errors="replace")
+    code, out = cli(capsys, "verify", str(state / chain.CHAIN_FILE), "--hub-key", str(city["hub_pub"]))
+    assert code == 1 and "rewritten after the hub received it" in out and "incident by hub test-hub" in out, out
+    assert stored(db, "SELECT (body->'figures'->'D2'->>'numerator')::int FROM records WHERE enterprise_id = %s "
+                      "AND seq = %s", B, real["seq"]) == [(1,)]  # the hub keeps the month it received first
+    # a bulletin lists the incidents received from its month's start to the next month's end: the one of the
+    # month in which the incident came (today) shows 秀洲 as 数据异常
+    from collector.hub.bulletin import shift
+
+    now = dt.datetime.now(zoneinfo.ZoneInfo("Asia/Shanghai")).strftime("%Y-%m")  # the hub's months are local
+    for p in sorted({shift(now, -1), now} - {period}):
+        code, out = cli(capsys, "hub", "bulletin", "-c", str(city["hub_cfg"]), "--period", p, "--format", "json")
+        assert code == 0, out
+        by_county = {b["name"]: b for b in json.loads(out)["counties"]}
+        assert [e["id"] for e in by_county["秀洲区"]["anomalies"]] == [B], p
+        assert by_county["南湖区"]["anomalies"] == []
 
 
 async def test_a_dead_hub_broker_only_fills_the_hub_queue_of_the_outbox(tmp_path: Path) -> None:
