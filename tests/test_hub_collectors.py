@@ -179,12 +179,16 @@ async def city(tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]) 
         broker.stop()
 
 
-def status(city: dict[str, Any], name: str) -> dict[str, Any]:
-    """The collector's /api/status (its HTTP API on loopback)."""
+def fetch(city: dict[str, Any], name: str, path: str) -> str:
+    """GET `path` from the collector's HTTP API (on loopback: no token)."""
     import urllib.request
 
-    with urllib.request.urlopen(f"http://{city['configs'][name]['http']['listen']}/api/status", timeout=10) as r:
-        return dict(json.loads(r.read()))
+    with urllib.request.urlopen(f"http://{city['configs'][name]['http']['listen']}{path}", timeout=10) as r:
+        return str(r.read().decode())
+
+
+def status(city: dict[str, Any], name: str) -> dict[str, Any]:
+    return dict(json.loads(fetch(city, name, "/api/status")))
 
 
 def state_of(city: dict[str, Any], name: str) -> Path:
@@ -243,6 +247,8 @@ async def test_three_collectors_of_two_enterprises_feed_the_hub_and_keep_its_rec
     # mosquitto 2.0 also drops the connection at each refusal: the three arrive one reconnect after the other
     hub = await wait_for(lambda: (h := status(city, "rogue")["hub"])["held_back"] == 3 and h, what="3 held back")
     assert hub["refused"] == 3 and hub["in_flight"] == 0 and hub["last_refusal"] == "Not authorized"
+    metrics = await asyncio.to_thread(fetch, city, "rogue", "/metrics")
+    assert 'shopfloor_sink_refused_total{sink="hub"} 3.0' in metrics
 
     # a receipt the hub's key did not sign (the hub user forging one for 恒达's head) is refused and counted
     import paho.mqtt.client as mqtt
@@ -272,6 +278,8 @@ async def test_three_collectors_of_two_enterprises_feed_the_hub_and_keep_its_rec
     receipts = await wait_for(lambda: (r := status(city, "machining")["hub"]["receipts"])["accepted"] == 3 and r,
                               what="the head's receipt")
     assert receipts["bad_signature"] == 2 and receipts["unknown_record"] == 0
+    metrics = await asyncio.to_thread(fetch, city, "machining", "/metrics")
+    assert 'shopfloor_hub_receipts_total{outcome="bad_signature"} 2.0' in metrics
 
     # the hub's bulletin holds both enterprises' month, pooled from the collectors' own summaries
     summaries = {n: chain.read(state_of(city, n) / chain.CHAIN_FILE)[-1]["body"] for n in names}
