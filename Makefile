@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint bench bench-quick clean venv
+.PHONY: demo demo-city test lint bench bench-quick clean venv
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,15 +18,23 @@ $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[demo]'
 	touch $(VENV)/.installed $@
 
+$(VENV)/.installed-hub: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[hub]'
+	touch $(VENV)/.installed $@
+
 # the tests run the demo's pieces too: dev and demo extras
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev,demo]'
-	touch $(VENV)/.installed $(VENV)/.installed-demo $@
+	touch $(VENV)/.installed $(VENV)/.installed-demo $(VENV)/.installed-hub $@
 
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed-demo
 	$(BIN)/collector demo -c config/demo.yaml $(if $(DURATION),--duration $(DURATION),)
+
+# three enterprises' collectors in two counties feed one hub (local mosquitto and PostgreSQL; docs/hub.md)
+demo-city: $(VENV)/.installed-hub
+	$(BIN)/python -m collector.demo_city $(if $(DURATION),--duration $(DURATION),) $(if $(PORT),--port $(PORT),)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

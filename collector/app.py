@@ -7,6 +7,7 @@ what a gateway runs.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import time
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from collector.config import CollectorConfig, Settings, effective_state_dir
 from collector.delivery import Sender
 from collector.evidence import anchors, keys
+from collector.evidence.hub_anchors import HubReceipts
 from collector.failures import RepeatedFailure
 from collector.indicators.identity import simulated_devices, simulator_reason
 from collector.indicators.live import live_snapshot
@@ -69,6 +71,14 @@ class Collector:
         self._periods: dict[str, Any] | None = None
         built = build_sinks(cfg, self.settings, self.state_dir)
         self.mqtt, self.control, self.sinks = built.mqtt, built.control, built.sinks
+        self.hub = built.hub
+        self.hub_receipts: HubReceipts | None = None
+        if self.hub is not None and cfg.evidence.hub is not None:  # the hub's receipts, checked and kept
+            from collector.indicators.monthly import chain_path
+
+            self.hub_receipts = HubReceipts(self.state_dir, chain_path(self.state_dir),
+                                            keys.load_public(cfg.evidence.hub.public_key), cfg.site.workshop)
+            self.hub.on_receipt = self.hub_receipts.take
         o = cfg.outbox
         self.outbox = Outbox(self.state_dir / "outbox.db", [s.name for s in self.sinks], max_bytes=o.max_bytes,
                              max_age=o.max_age, fsync=o.fsync, pending_max_bytes=o.memory_max_bytes)
@@ -80,7 +90,8 @@ class Collector:
                                        o.live_share if sink.live_share is None else sink.live_share))
         # each batch is encoded once per data sink; anchors go to the sinks that carry them
         self._encoders = [(s.name, s.encode) for s in self.sinks if s.feeds == "data"]
-        self._anchor_sinks = [s.name for s in self.sinks if s.feeds == "anchors"]
+        self._anchor_sinks = [s.name for s in self.sinks if s.feeds in ("anchors", "chain")]
+        self._chain_sinks = [s.name for s in self.sinks if s.feeds == "chain"]  # every record in full too
         self.pipeline = Pipeline(self.status, cfg.indicators.stale_after, next_seq=self.outbox.next_seq)
         self.pipeline.add_sink(self._to_outbox)
         self.control.gateway_info = self.gateway_info
@@ -165,6 +176,40 @@ class Collector:
                 self.signer, self._key_mtime = signer, mtime
                 log.info("event=evidence_key_changed fingerprint=%s", keys.show_fingerprint(signer.fingerprint))
 
+    def feed_chain(self, now: float | None = None) -> int:
+        """Queue every chain record the chain sinks (the hub) have not been given yet, in full and in order
+        (the key record first: a hub that enrolled the key by fingerprint learns it from there); returns how
+        many. What was queued is remembered in `{state_dir}/chain-queued.json` (seq and hash of the last one)."""
+        if not self._chain_sinks:
+            return 0
+        from collector.indicators import chain
+        from collector.indicators.monthly import chain_path
+        from collector.sinks.hub import RECORD_DEVICE
+
+        now = time.time() if now is None else now
+        mark = self.state_dir / "chain-queued.json"
+        try:
+            last = json.loads(mark.read_text(encoding="utf-8"))
+            done, done_hash = int(last.get("seq", 0)), last.get("hash")
+        except (OSError, ValueError, AttributeError):
+            done, done_hash = 0, None
+        records = chain.read(chain_path(self.state_dir))
+        if done and not any(r["seq"] == done and r["hash"] == done_hash for r in records):
+            log.warning("event=chain_replaced last_queued_seq=%s: the chain no longer holds the last record given "
+                        "to the hub; giving it the whole chain again (the hub will say what it holds)", done)
+            done = 0
+        new = [r for r in records if int(r["seq"]) > done]
+        for rec in new:
+            payload = json.dumps(rec, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+            self.outbox.append(RECORD_DEVICE, int(rec["seq"]), now, None, 1,
+                               {name: payload for name in self._chain_sinks})
+        if new:
+            self.outbox.flush()
+            mark.write_text(json.dumps({"seq": new[-1]["seq"], "hash": new[-1]["hash"]}), encoding="utf-8")
+            log.info("event=chain_records_queued sinks=%s seqs=%s-%s", ",".join(self._chain_sinks),
+                     new[0]["seq"], new[-1]["seq"])
+        return len(new)
+
     def anchor(self, now: float | None = None) -> str | None:
         """Queue the chain's signed head in the outbox when it changed or a day passed; returns the reason."""
         from collector.indicators import chain
@@ -183,6 +228,12 @@ class Collector:
         log.info("event=anchor_queued seq=%s hash=%s reason=%s topic=%s id=%s", head["seq"], head["hash"][:12],
                  reason, self.cfg.evidence_topic, aid)
         return reason
+
+    def hub_status(self) -> dict[str, Any] | None:
+        """The hub link (`evidence.hub`): connected, in flight, refused by its broker; the receipts by outcome."""
+        if self.hub is None:
+            return None
+        return {**self.hub.stats(), "receipts": dict(self.hub_receipts.counts) if self.hub_receipts else {}}
 
     def gateway_info(self) -> dict[str, Any]:
         """What the retained gateway status carries beside `online` (docs/mqtt.md)."""
@@ -248,6 +299,7 @@ class Collector:
         records = close_due_months(self.cfg, self.store, self.state_dir, now, self.signer, self.register_warnings)
         for rec in records:
             self.control.publish_monthly(rec)
+        self.feed_chain(now)
         self.anchor(now)
         return records
 
@@ -257,6 +309,8 @@ class Collector:
         self.started = time.time()
         self.status.flush()
         await self.mqtt.start(wait=1.0)  # the outbox keeps what the devices read while no broker answers
+        if self.hub is not None:
+            await self.hub.start()  # its own connection; a dead hub only fills the hub queue
         for dev in self.cfg.devices:
             self.engine.start_device(dev)
         self._tasks = [

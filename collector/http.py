@@ -394,6 +394,7 @@ class HttpServer:
             "indicators": c.indicators(),
             "outbox": c.outbox_stats(),
             "sink": c.sink.stats(),
+            "hub": c.hub_status(),  # null without evidence.hub (docs/hub.md, "The enterprise side")
             "health": self.health(),
             "machine_states": c.states.page(),  # today's strips and the shift's figures (docs/states.md)
         }

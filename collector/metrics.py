@@ -60,6 +60,7 @@ class _Snapshot(RegistryCollector):
         yield from self._gateway()
         yield from self._devices()
         yield from self._sink()
+        yield from self._hub()
         yield from self._outbox()
         yield from self._indicators()
         from collector.states.metrics import families  # machine states (docs/states.md)
@@ -139,12 +140,24 @@ class _Snapshot(RegistryCollector):
             g.add_metric([name], float(s.get("in_flight", 0)))
         yield g
         for key, doc in (("published", "messages handed to the sink"), ("acked", "messages acknowledged"),
-                         ("errors", "publish errors")):
+                         ("errors", "publish errors"),
+                         ("refused", "messages the broker refused (MQTT 5 PUBACK >= 0x80; the hub sink)")):
             m = CounterMetricFamily(f"{PREFIX}_sink_{key}", doc, labels=["sink"])
             for name, s in stats:
                 if key in s:
                     m.add_metric([name], s[key])
             yield m
+
+    def _hub(self) -> Iterator[Metric]:
+        """The hub's receipts by outcome (`evidence.hub`): accepted, duplicate, incident, refused, bad_signature,
+        not_ours (another collector's), unknown_record."""
+        book = self.c.hub_receipts
+        if book is None:
+            return
+        m = CounterMetricFamily(f"{PREFIX}_hub_receipts", "receipts from the hub, by outcome", labels=["outcome"])
+        for outcome, n in sorted(book.counts.items()):
+            m.add_metric([outcome], n)
+        yield m
 
     def _outbox(self) -> Iterator[Metric]:
         families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}

@@ -30,12 +30,14 @@ def _no_password() -> bytes:
     raise ValueError("the key is encrypted")
 
 
-def tls_problems(ca_file: Path | None, cert_file: Path | None, key_file: Path | None) -> tuple[list[str], list[str]]:
-    """(errors, warnings) of the MQTT TLS files: each loads the way paho's tls_set will load it."""
+def tls_problems(ca_file: Path | None, cert_file: Path | None, key_file: Path | None,
+                 section: str = "mqtt") -> tuple[list[str], list[str]]:
+    """(errors, warnings) of the MQTT TLS files (of `section`): each loads the way paho's tls_set will load it."""
     errors: list[str] = []
     warnings: list[str] = []
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    for field, path in (("mqtt.ca_file", ca_file), ("mqtt.cert_file", cert_file), ("mqtt.key_file", key_file)):
+    for field, path in ((f"{section}.ca_file", ca_file), (f"{section}.cert_file", cert_file),
+                        (f"{section}.key_file", key_file)):
         if path is not None and not path.is_file():
             errors.append(f"{field}: {path} does not exist (or is not a file); copy the file there or fix the path")
     if errors:
@@ -44,17 +46,18 @@ def tls_problems(ca_file: Path | None, cert_file: Path | None, key_file: Path | 
         try:
             ctx.load_verify_locations(cafile=str(ca_file))
         except (ssl.SSLError, OSError, ValueError) as exc:
-            errors.append(f"mqtt.ca_file: {ca_file} is not a PEM CA certificate the TLS library can load ({exc})")
+            errors.append(f"{section}.ca_file: {ca_file} is not a PEM CA certificate the TLS library can load ({exc})")
     if key_file is not None and cert_file is None:
-        errors.append("mqtt.key_file: a client key goes with mqtt.cert_file (the client certificate); set both")
+        errors.append(f"{section}.key_file: a client key goes with {section}.cert_file (the client certificate); "
+                      "set both")
     elif cert_file is not None:
         try:
             ctx.load_cert_chain(str(cert_file), str(key_file) if key_file else None, password=_no_password)
         except (ssl.SSLError, OSError, ValueError) as exc:
-            errors.append(f"mqtt.cert_file: {cert_file} with key {key_file or '(in the same file)'} does not load "
+            errors.append(f"{section}.cert_file: {cert_file} with key {key_file or '(in the same file)'} does not load "
                           f"as a PEM certificate and unencrypted key ({exc})")
     if key_file is not None and loose_mode(key_file):
-        warnings.append(f"mqtt.key_file: {key_file} can be read by other users; chmod 600 {key_file}")
+        warnings.append(f"{section}.key_file: {key_file} can be read by other users; chmod 600 {key_file}")
     return errors, warnings
 
 
@@ -74,6 +77,28 @@ def _http_listen_warning(cfg: CollectorConfig) -> list[str]:
         return [f"http.listen: cannot listen on {h.listen} here ({exc.strerror or exc}); the collector runs without "
                 "its status page: use an address of this host, 127.0.0.1 or 0.0.0.0"]
     return []
+
+
+def _hub_problems(cfg: CollectorConfig) -> tuple[list[str], list[str]]:
+    """`evidence.hub`: a password to give the hub's broker (env or a 0600 file) and its TLS files."""
+    hub = cfg.evidence.hub
+    if hub is None:
+        return [], []
+    errors: list[str] = []
+    warnings: list[str] = []
+    if not os.environ.get("COLLECTOR_HUB_PASSWORD"):
+        if hub.password_file is None:
+            errors.append("evidence.hub.password_file: the hub's broker needs the enterprise's password: put it "
+                          "in a file (chmod 600) named here, or in the environment as COLLECTOR_HUB_PASSWORD")
+        else:
+            e, w = secret_file_problems(hub.password_file, "evidence.hub.password_file")
+            errors += e
+            warnings += w
+    if hub.scheme == "mqtts":
+        e, w = tls_problems(hub.ca_file, hub.cert_file, hub.key_file, "evidence.hub")
+        errors += e
+        warnings += w
+    return errors, warnings
 
 
 def startup_check(cfg: CollectorConfig, settings: Settings | None = None) -> tuple[list[str], list[str]]:
@@ -113,6 +138,7 @@ def startup_check(cfg: CollectorConfig, settings: Settings | None = None) -> tup
     if cfg.http.token_file is not None and loose_mode(cfg.http.token_file):
         warnings.append(f"http.token_file: {cfg.http.token_file} can be read by other users; chmod 600 "
                         f"{cfg.http.token_file}")
+    add(_hub_problems(cfg))
     seen: set[object] = set()
     for i, dev in enumerate(cfg.devices):
         add(dev.start_problems(f"devices[{i}]", seen))

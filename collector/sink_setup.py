@@ -1,8 +1,9 @@
 """The sinks a config asks for, built in one place: the MQTT connection, its control publisher, and the list of
 outbox sinks that the wiring (collector/app.py) loops over without naming any of them.
 
-This is the one module that reads the sink sections of the config (`mqtt`, `influx`, `evidence`) and the
-`COLLECTOR_MQTT_*` settings: the sinks themselves import only `collector.model` (tests/test_layering_sinks.py).
+This is the one module that reads the sink sections of the config (`mqtt`, `influx`, `evidence`, `evidence.hub`)
+and the `COLLECTOR_MQTT_*` / `COLLECTOR_HUB_PASSWORD` settings: the sinks themselves import only
+`collector.model` (tests/test_layering_sinks.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collector.config import CollectorConfig, MqttConfig, Settings, read_secret
 from collector.sinks.base import Sink
 from collector.sinks.control import ControlPublisher
 from collector.sinks.evidence import EvidenceSink
+from collector.sinks.hub import HubEvidenceSink
 from collector.sinks.influx import InfluxSettings, InfluxSink
 from collector.sinks.mqtt import MqttConnection, MqttSettings
 from collector.sinks.mqtt_data import MqttDataSink
@@ -46,6 +48,24 @@ def influx_settings(cfg: CollectorConfig) -> InfluxSettings:
                           batch_rows=ic.batch_rows, gzip=ic.gzip, timeout=ic.timeout)
 
 
+HUB_PASSWORD_ENV = "COLLECTOR_HUB_PASSWORD"
+
+
+def hub_settings(cfg: CollectorConfig) -> MqttSettings:
+    """The hub broker's settings (`evidence.hub`): MQTT 5 with a persistent session for the receipts, the
+    enterprise's user name (default its 统一社会信用代码), the password only from env or file."""
+    h = cfg.evidence.hub
+    assert h is not None
+    return MqttSettings(
+        host=h.host, port=h.port, topic_root=cfg.topic_root, qos=1,
+        client_id=h.client_id or f"shopfloor-collector-{cfg.site.enterprise_id}-{cfg.site.workshop}-hub",
+        username=h.username or cfg.hub_enterprise, password=read_secret(HUB_PASSWORD_ENV, h.password_file),
+        tls=h.scheme == "mqtts", ca_file=str(h.ca_file) if h.ca_file else None,
+        cert_file=str(h.cert_file) if h.cert_file else None, key_file=str(h.key_file) if h.key_file else None,
+        keepalive=h.keepalive, max_inflight=HubEvidenceSink.WINDOW, reconnect_max_delay=cfg.mqtt.reconnect_max_delay,
+        mqtt5=True, session_expiry=h.session_expiry, log_name="hub")
+
+
 @dataclass
 class SinkSet:
     """What `build_sinks` makes: the connection (started and stopped by the collector), the control topics'
@@ -54,6 +74,7 @@ class SinkSet:
     mqtt: MqttConnection
     control: ControlPublisher
     sinks: list[Sink]
+    hub: HubEvidenceSink | None = None  # on its own connection; its receipts go to `hub.on_receipt`
 
 
 def build_sinks(cfg: CollectorConfig, settings: Settings, state_dir: Path) -> SinkSet:
@@ -77,4 +98,11 @@ def build_sinks(cfg: CollectorConfig, settings: Settings, state_dir: Path) -> Si
     sinks: list[Sink] = [data, EvidenceSink(conn, cfg.evidence_topic)]
     if cfg.influx is not None:
         sinks.append(InfluxSink(influx_settings(cfg)))
-    return SinkSet(conn, control, sinks)
+    hub = None
+    if cfg.evidence.hub is not None:
+        enterprise = cfg.hub_enterprise
+        assert enterprise is not None  # the config requires it
+        hub = HubEvidenceSink(MqttConnection(hub_settings(cfg)), cfg.evidence.hub.topic_prefix, enterprise,
+                              cfg.site.workshop)
+        sinks.append(hub)
+    return SinkSet(conn, control, sinks, hub)

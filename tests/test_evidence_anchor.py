@@ -13,7 +13,7 @@ import pytest
 
 from collector.app import Collector
 from collector.cli import main
-from collector.config import parse_config
+from collector.config import Settings, parse_config
 from collector.evidence import anchors, keys
 from collector.evidence.records import verify_anchor
 from collector.indicators import chain
@@ -107,13 +107,51 @@ async def test_the_signed_head_reaches_the_evidence_topic_also_after_an_outage(t
     assert "签名密钥指纹" in page and keys.show_fingerprint(signer.fingerprint) in page and topic in page
 
 
-def test_an_evidence_hub_is_refused_until_it_exists(tmp_path: Path) -> None:
+def test_evidence_hub_config_errors_name_the_field_and_the_fix(tmp_path: Path) -> None:
     from collector.config import ConfigError
 
+    hub_key = keys.init(tmp_path / "hub")[0]
+    pub = str(tmp_path / "hub" / keys.PUBLIC_FILE)
+
+    def errors(hub: dict[str, Any], site: dict[str, Any] | None = None) -> str:
+        data = config(tmp_path, 1883)
+        data["evidence"]["hub"] = hub
+        if site is not None:
+            data["site"].update(site)
+        with pytest.raises(ConfigError) as exc:
+            parse_config(data)
+        return "\n".join(exc.value.lines)
+
+    code = {"credit_code": "91330402MA2B3C4D53"}
+    assert "evidence.hub: the hub knows the enterprise by its 统一社会信用代码: set site.credit_code" in errors(
+        {"url": "hub.example", "public_key": pub})
+    assert "evidence.hub.public_key" in errors({"url": "hub.example", "public_key": "a486-6cc7"}, code)
+    assert "a fingerprint alone cannot check a signature" in errors({"url": "hub.example", "public_key": "x"}, code)
+    assert "evidence.hub.url" in errors({"url": "http://hub.example", "public_key": pub}, code)
+    plain = errors({"url": "mqtt://hub.example", "public_key": pub}, code)
+    assert "password in clear; use mqtts://" in plain and "allow_plaintext" in plain
+    other = keys.Signer(keys.generate())
+    assert "not the fingerprint" in errors({"url": "hub.example", "public_key": pub,
+                                            "fingerprint": keys.show_fingerprint(other.fingerprint)}, code)
+    assert "evidence.hub.password" in errors({"url": "hub.example", "public_key": pub, "password": "x"}, code)
+    # a bare host means TLS on 8883; the fingerprint, when given, must be the key's
     data = config(tmp_path, 1883)
-    data["evidence"]["hub"] = "mqtts://hub.example:8883"
-    with pytest.raises((ConfigError, ValueError), match="not built yet"):
-        parse_config(data)
+    data["site"].update(code)
+    data["evidence"]["hub"] = {"url": "hub.example", "public_key": pub,
+                               "fingerprint": keys.show_fingerprint(hub_key.fingerprint)}
+    cfg = parse_config(data)
+    assert cfg.evidence.hub is not None
+    assert (cfg.evidence.hub.scheme, cfg.evidence.hub.host, cfg.evidence.hub.port) == ("mqtts", "hub.example", 8883)
+    assert cfg.hub_enterprise == "91330402MA2B3C4D53"
+    # `collector check`/`run` before starting: a password must be there (env or a 0600 file)
+    from collector.preflight import startup_check
+
+    errors, _ = startup_check(cfg, Settings())
+    assert any(e.startswith("evidence.hub.password_file: the hub's broker needs the enterprise's password") and
+               "COLLECTOR_HUB_PASSWORD" in e for e in errors), errors
+    data["evidence"]["hub"]["password_file"] = str(tmp_path / "nope")
+    errors, _ = startup_check(parse_config(data), Settings())
+    assert any(e.startswith(f"evidence.hub.password_file: {tmp_path / 'nope'} does not exist") for e in errors)
     data["evidence"] = {"topic": "factory/#"}
     with pytest.raises((ConfigError, ValueError), match="wildcards"):
         parse_config(data)

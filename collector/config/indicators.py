@@ -4,11 +4,120 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from collector.config.base import Number, Strict
+from collector.config.base import DEFAULT_PORTS, Integer, Number, Strict, url_with_scheme
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class EvidenceHubConfig(Strict):
+    """The hub's broker, the enterprise's credentials there and the hub's public key (docs/hub.md).
+
+    The enterprise's 统一社会信用代码 is its MQTT user name and its topic level at the hub
+    (`{topic_prefix}/{code}/evidence/…`, receipts on `{topic_prefix}/{code}/receipt`); the broker's ACL lets it
+    publish only there. The password comes from `COLLECTOR_HUB_PASSWORD` or `password_file`, never from here."""
+
+    url: str = Field(description="the hub's broker: mqtts://host[:8883] (a bare host:port means mqtts); plain "
+                     "mqtt:// only to a loopback address or with allow_plaintext")
+    username: str | None = Field(default=None, max_length=1024, description="default: site.credit_code")
+    password_file: Path | None = Field(default=None, description="mode 0600; or env COLLECTOR_HUB_PASSWORD")
+    public_key: str = Field(description="the hub's receipt key: the path of its evidence-key.pub or the base64 "
+                            "`collector hub key` prints")
+    fingerprint: str | None = Field(default=None, description="the hub key's fingerprint as the hub operator "
+                                    "published it: public_key must match it")
+    topic_prefix: str = "cityhub"
+    enterprise: str | None = Field(default=None, description="the topic level: default site.credit_code (the "
+                                   "broker's ACL ties it to the user name)")
+    client_id: str | None = Field(default=None, min_length=1, max_length=256, description="default "
+                                  "shopfloor-collector-{enterprise_id}-{workshop}-hub")
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    allow_plaintext: bool = Field(default=False, description="allow mqtt:// to a host off loopback (the "
+                                  "password then crosses the network in clear)")
+    keepalive: Integer = Field(default=30, ge=5, le=65535)
+    session_expiry: Integer = Field(default=7 * 86400, ge=0, le=2**32 - 1, description="seconds the hub's "
+                                    "broker keeps receipts for this collector while it is away")
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _scheme(cls, v: object) -> object:
+        if isinstance(v, str) and v and "://" not in v:
+            return f"mqtts://{v}"  # TLS unless asked otherwise: the link crosses the Internet
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return url_with_scheme(v, ("mqtt", "mqtts"), "the hub's broker; use mqtts://hub.example:8883")
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v or any(c in v for c in "+#\0") or v.startswith(("/", "$")) or v.endswith("/"):
+            raise ValueError(f"'{v}' is not a topic prefix: a plain path without + # $ or leading/trailing /, "
+                             "as the hub's mqtt.topic_prefix (default cityhub)")
+        return v
+
+    @field_validator("enterprise")
+    @classmethod
+    def _level(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c in v for c in "/+#\0")):
+            raise ValueError(f"'{v}' is not one topic level: the enterprise's 统一社会信用代码, e.g. "
+                             "91330402MA2B3C4D53")
+        return v
+
+    @field_validator("public_key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        from collector.evidence.keys import KeyFileError, load_public
+
+        try:
+            load_public(v)
+        except KeyFileError as exc:
+            raise ValueError(f"{exc}; ask the hub operator for the output of `collector hub key` (a fingerprint "
+                             "alone cannot check a signature: put it in evidence.hub.fingerprint)") from None
+        return v
+
+    @model_validator(mode="after")
+    def _checks(self) -> EvidenceHubConfig:
+        from collector.evidence.keys import KeyFileError, fingerprint, load_public, normal_fingerprint
+
+        if self.fingerprint is not None:
+            try:
+                want = normal_fingerprint(self.fingerprint)
+            except KeyFileError as exc:
+                raise ValueError(f"fingerprint: {exc}") from None
+            got = fingerprint(load_public(self.public_key))
+            if got != want:
+                raise ValueError(f"public_key has fingerprint {got}, not the fingerprint {self.fingerprint} given: "
+                                 "the key file is not the hub's (ask the hub operator for `collector hub key`)")
+        if self.scheme == "mqtt" and self.host not in LOOPBACK and not self.allow_plaintext:
+            raise ValueError(f"url {self.url}: plain MQTT to {self.host} would send the enterprise's password in "
+                             "clear; use mqtts://… (port 8883), or set allow_plaintext: true on a private network")
+        if self.scheme == "mqtt" and (self.cert_file or self.key_file or self.ca_file):
+            raise ValueError("ca_file, cert_file and key_file need an mqtts:// url")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (the client certificate and its key)")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or DEFAULT_PORTS[parts.scheme]
 
 
 class EvidenceConfig(Strict):
@@ -19,7 +128,9 @@ class EvidenceConfig(Strict):
     anchor_interval: Number = Field(default=86400.0, ge=60, le=7 * 86400,
                                     description="seconds between anchors of an unchanged "
                                    "head (a changed head is anchored at once)")
-    hub: str | None = Field(default=None, description="reserved for the city hub's address (a later release)")
+    hub: EvidenceHubConfig | None = Field(default=None, description="the city/county hub: the chain's records "
+                                          "and heads go there through the outbox, its receipts come back "
+                                          "(docs/hub.md, \"The enterprise side\")")
 
     @field_validator("topic")
     @classmethod
@@ -30,14 +141,6 @@ class EvidenceConfig(Strict):
             v.format(root="r", enterprise="e", workshop="w")
         except (KeyError, IndexError, ValueError):
             raise ValueError(f"'{v}': only {{root}}, {{enterprise}} and {{workshop}} can be filled in") from None
-        return v
-
-    @field_validator("hub")
-    @classmethod
-    def _hub(cls, v: str | None) -> str | None:
-        if v is not None:
-            raise ValueError("sending heads to the city hub is not built yet (a later release); remove "
-                             "evidence.hub: the heads go to evidence.topic on the MQTT broker meanwhile")
         return v
 
 

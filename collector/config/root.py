@@ -190,6 +190,21 @@ class CollectorConfig(Strict):
     def topic_root(self) -> str:
         return self.mqtt.topic_root.format(enterprise=self.site.enterprise_id, workshop=self.site.workshop)
 
+    @model_validator(mode="after")
+    def _hub_identity(self) -> CollectorConfig:
+        """At the hub the enterprise is its 统一社会信用代码: the topic level and, by default, the user name."""
+        hub = self.evidence.hub
+        if hub is not None and hub.enterprise is None and self.site.credit_code is None:
+            raise ValueError("evidence.hub: the hub knows the enterprise by its 统一社会信用代码: set "
+                             "site.credit_code (copy it from the business licence, 营业执照)")
+        return self
+
+    @property
+    def hub_enterprise(self) -> str | None:
+        """The enterprise's topic level at the hub: `evidence.hub.enterprise`, else `site.credit_code`."""
+        hub = self.evidence.hub
+        return None if hub is None else hub.enterprise or self.site.credit_code
+
     @property
     def evidence_topic(self) -> str:
         return self.evidence.topic.format(root=self.topic_root, enterprise=self.site.enterprise_id,

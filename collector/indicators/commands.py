@@ -231,11 +231,51 @@ def cmd_verify(args: argparse.Namespace) -> int:
                   "check against the key the enterprise enrolled", file=sys.stderr)
         else:
             print(f"{path}: OK, {result.records} record(s), chain intact, unsigned (written by an older version)")
-        return 0
+        return _verify_hub_anchors(path, args)
     seq = f" (seq {result.broken_seq})" if result.broken_seq is not None else ""
     print(f"{path}: BROKEN at record {result.broken_line}{seq}: {result.reason}; "
           f"{result.records} record(s) before it are intact")
     return 1
+
+
+def _verify_hub_anchors(path: Path, args: argparse.Namespace) -> int:
+    """The hub's receipts kept beside the chain (`hub-receipts.jsonl`, or --hub-receipts): each names a record
+    the chain still holds unchanged and, with --hub-key, carries the hub's signature. 0 when all hold (or there
+    are none), 1 when one does not, 2 on a bad argument."""
+    from collector.evidence import hub_anchors
+
+    kept_file = Path(args.hub_receipts) if args.hub_receipts else path.parent / hub_anchors.HUB_FILE
+    if args.hub_receipts and not kept_file.exists():
+        print(f"--hub-receipts: {kept_file}: no such file", file=sys.stderr)
+        return 2
+    try:
+        hub_pub = keys.load_public(args.hub_key) if args.hub_key else None
+    except keys.KeyFileError as exc:
+        print(f"--hub-key: {exc}", file=sys.stderr)
+        return 2
+    for e in hub_anchors.entries(kept_file):
+        if e.get("status") not in hub_anchors.ANCHORING:  # what the hub refused or holds as 数据异常
+            print(f"hub receipt: record {e.get('seq')} {e.get('status')} by hub {e.get('hub')} at "
+                  f"{e.get('received_at')}: {e.get('reason')}")
+    kept = hub_anchors.anchors(kept_file)
+    if not kept:
+        if args.hub_key:
+            print(f"{kept_file}: no hub anchor (receipt) kept yet")
+        return 0
+    bad = 0
+    for e, problem in hub_anchors.check(chain.read(path), kept, hub_pub):
+        if problem is None:
+            print(f"hub anchor: record {e['seq']} ({str(e['hash'])[:12]}…) {e['status']} by hub {e.get('hub')} at "
+                  f"{e.get('received_at')}")
+        else:
+            bad += 1
+            print(f"hub anchor: BROKEN: record {e.get('seq')}: {problem}")
+    what = "verify and match the chain" if hub_pub is not None else "match the chain"
+    print(f"{path}: {len(kept) - bad} of {len(kept)} hub anchor(s) {what}")
+    if hub_pub is None:
+        print("note: without --hub-key the receipts' signatures are not checked; give the hub's public key",
+              file=sys.stderr)
+    return 1 if bad else 0
 
 
 def _verify_anchors(path: Path, anchor_file: str, enrolled: Any, result: chain.VerifyResult) -> int:
@@ -436,6 +476,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     who.add_argument("--fingerprint", help="the enrolled key's fingerprint, as `collector keys show` prints it")
     s.add_argument("--anchor", help="anchored heads (JSON lines, e.g. saved with mosquitto_sub from the evidence "
                    "topic) that the chain must still hold")
+    s.add_argument("--hub-key", help="the hub's public key (evidence-key.pub or its base64): check the signature "
+                   "of every kept hub receipt")
+    s.add_argument("--hub-receipts", help="the hub's receipts the collector kept (default: hub-receipts.jsonl "
+                   "beside the chain file)")
     s.set_defaults(fn=cmd_verify)
 
     s = sub.add_parser("keys", help="the evidence signing key (Ed25519) of the state directory")

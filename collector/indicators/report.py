@@ -19,7 +19,7 @@ import zoneinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from collector.evidence import anchors, keys
+from collector.evidence import anchors, hub_anchors, keys
 from collector.indicators import chain
 from collector.indicators.figures import FIGURE_ORDER, SIMULATED_BANNER, SIMULATED_BANNER_EN, PeriodResult
 from collector.indicators.notices import in_lang
@@ -97,6 +97,9 @@ T: dict[str, dict[str, str]] = {
     "no_chain": {"zh": "无（尚无证据链记录）", "en": "none (no chain record yet)"},
     "anchors": {"zh": "外部存证回执", "en": "Anchoring receipts"},
     "no_anchors": {"zh": "无（尚未向外部存证）", "en": "none (not anchored yet)"},
+    "hub_anchors": {"zh": "市级平台回执（平台签名）", "en": "Hub receipts (signed by the hub)"},
+    "hub_received": {"zh": "平台接收", "en": "received by the hub"},
+    "hub_key": {"zh": "平台密钥", "en": "hub key"},
     "sent": {"zh": "发送", "en": "sent"},
     "acked": {"zh": "确认", "en": "acknowledged"},
     "not_acked": {"zh": "未确认（在发件箱中等待）", "en": "not acknowledged (waiting in the outbox)"},
@@ -303,6 +306,8 @@ def report_footer_data(cfg: CollectorConfig, state_dir: Path, period: Period | N
         "record": {k: record.get(k) for k in ("seq", "hash", "ts")} if record else None,
         "anchors": [{k: r.get(k) for k in ("seq", "hash", "reason", "topic", "queued_at", "acked_at", "broker")}
                     for r in found[-3:]],
+        "hub_anchors": [{k: e.get(k) for k in ("seq", "hash", "status", "hub", "hub_key", "received_at")}
+                        for e in hub_anchors.anchors(state_dir / hub_anchors.HUB_FILE) if e.get("hash") in wanted][-3:],
         "topic": cfg.evidence_topic,
         "register": register_version(cfg, state_dir, period.end if period is not None else None),
     }
@@ -611,12 +616,17 @@ def _footer(result: PeriodResult, footer: dict[str, Any] | None, lang: Lang) -> 
         f"#{a['seq']} · {html.escape(str(a['topic']))} · {L('sent')} {fmt_time(_ts(a['queued_at']), tz, lang)} · "
         + (f"{L('acked')} {fmt_time(_ts(a['acked_at']), tz, lang)}" if a.get("acked_at") else L("not_acked"))
         for a in f.get("anchors") or []) or L("no_anchors")
+    hub_txt = "<br>".join(
+        f"#{a['seq']} · {html.escape(str(a.get('hub')))} · {L('hub_received')} "
+        f"{fmt_time(_ts(a['received_at']), tz, lang)} · {L('hub_key')} <code>"
+        f"{html.escape(keys.show_fingerprint(str(a.get('hub_key'))))}</code>" for a in f.get("hub_anchors") or [])
     reg = f.get("register")
     reg_txt = (f"{L('imported')} {fmt_time(reg['imported_at'], tz, lang)} · {reg['rows']} {L('rows')} · sha256 "
                f"<code>{html.escape(reg['sha256'])}</code>" if reg else L("no_register_version"))
     pledge = result.cfg.indicators.pledge or L("pledge_text")
     rows = [(L("signing_key"), key), (L("period_record"), rec(f.get("record"))), (L("chain_head"), rec(f.get("head"))),
-            (L("anchors"), anchor_txt), (L("register_version"), reg_txt), (L("how_to_verify"), L("verify_hint"))]
+            (L("anchors"), anchor_txt), *([(L("hub_anchors"), hub_txt)] if hub_txt else []),
+            (L("register_version"), reg_txt), (L("how_to_verify"), L("verify_hint"))]
     return (f"<footer><h2>{L('pledge')}</h2><p class='pledge'>{html.escape(pledge)}</p>"
             '<table class="meta">' + "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows) + "</table>"
             f'<table class="stamp"><tr><td>{L("stamp")}</td><td>{L("signer")}</td><td>{L("date")}</td></tr></table>'

@@ -16,14 +16,15 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from collector.model import Batch, DeviceState, Reading, Row
 
 AckCallback = Callable[[Row], None]
-Feeds = Literal["data", "anchors"]
+Feeds = Literal["data", "anchors", "chain"]
 
 
 class Sink(Protocol):
     """One outbox queue and where its rows go: name, encoder, transport, link state, acknowledgements."""
 
     name: str  # the outbox queue (an identifier: `q_{name}`)
-    feeds: Feeds  # "data": every batch is encoded for it; "anchors": the evidence chain's signed heads
+    feeds: Feeds  # "data": every batch is encoded for it; "anchors": the evidence chain's signed heads;
+    # "chain": the heads and every chain record in full (the hub)
     proves_delivery: bool  # its acknowledgement of a good batch is the 联网率 evidence (INDICATORS.md)
     live_share: float | None  # its sender's live/backlog split; None: `outbox.live_share`
     on_ack: AckCallback | None  # set by the wiring: called once per acknowledged row

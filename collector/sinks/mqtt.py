@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -53,6 +53,12 @@ class MqttSettings:
     keepalive: int = 30
     max_inflight: int = 100
     reconnect_max_delay: int = 10
+    # MQTT 5 (the hub link): the broker says when it refuses a publish (PUBACK reason code >= 0x80, e.g. 0x87
+    # Not authorized by the ACL), and a session that outlives a disconnect for `session_expiry` s keeps the
+    # QoS 1 messages sent to the client meanwhile (the hub's receipts). MQTT 3.1.1 otherwise, clean sessions.
+    mqtt5: bool = False
+    session_expiry: int = 0
+    log_name: str = "mqtt"  # the `sink=` of its log lines
 
 
 # OpenSSL verify codes (X509_V_ERR_*) and what to check in the config
@@ -92,6 +98,14 @@ class AckOwner(Protocol):
     """Who published a tracked message: told its message id when the broker acknowledged it."""
 
     def acked(self, mid: int) -> None: ...
+
+
+@runtime_checkable
+class RefusalOwner(AckOwner, Protocol):
+    """An owner that wants to know when an MQTT 5 broker refused its message (PUBACK reason >= 0x80): the
+    message did not reach any subscriber. Owners without it are told `acked`, as with MQTT 3.1.1."""
+
+    def refused(self, mid: int, reason: str) -> None: ...
 
 
 class Session(Protocol):
@@ -135,7 +149,10 @@ class MqttConnection(LinkState):
     # -- setup
 
     def _make_client(self, will: Will | None) -> mqtt.Client:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.s.client_id, clean_session=True)
+        if self.s.mqtt5:
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.s.client_id, protocol=mqtt.MQTTv5)
+        else:
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.s.client_id, clean_session=True)
         if self.s.username:
             c.username_pw_set(self.s.username, self.s.password)
         if self.s.tls:
@@ -161,17 +178,18 @@ class MqttConnection(LinkState):
     async def start(self, wait: float = 5.0) -> None:
         """Connect in the background; wait up to `wait` s for the first connection, never fail on a dead broker."""
         self.loop = asyncio.get_running_loop()
-        self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive)
+        self._connect_async()
         self.client.loop_start()
         try:
             async with asyncio.timeout(wait):
                 await self.connected_event.wait()
         except TimeoutError:
             if self.client.is_connected():  # e.g. a Sparkplug node waiting for its primary host
-                log.info("sink=mqtt event=connected_not_ready host=%s port=%s", self.s.host, self.s.port)
+                log.info("sink=%s event=connected_not_ready host=%s port=%s", self.s.log_name, self.s.host,
+                         self.s.port)
             else:
-                log.warning("sink=mqtt event=not_connected host=%s port=%s (will keep trying) reason=%s",
-                            self.s.host, self.s.port, self.connect_error or "no answer yet")
+                log.warning("sink=%s event=not_connected host=%s port=%s (will keep trying) reason=%s",
+                            self.s.log_name, self.s.host, self.s.port, self.connect_error or "no answer yet")
 
     async def stop(self, wait: float = 3.0) -> None:
         """The closing hooks' last messages (the gateway's offline status, NDEATH), up to `wait` s for them and
@@ -197,7 +215,7 @@ class MqttConnection(LinkState):
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         if rc.is_failure:
-            log.warning("sink=mqtt event=connect_refused reason=%s", rc)
+            self._hand_over(self._connect_refused, str(rc))
         else:
             self._hand_over(self._connect_succeeded)
 
@@ -210,7 +228,10 @@ class MqttConnection(LinkState):
         self._hand_over(self._disconnected, str(rc))
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any = None) -> None:
-        self._hand_over(self._ack, mid)
+        if getattr(rc, "is_failure", False):  # MQTT 5: the broker refused it (e.g. 0x87 Not authorized)
+            self._hand_over(self._refused, mid, str(rc))
+        else:
+            self._hand_over(self._ack, mid)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self._hand_over(self._message, msg.topic, bytes(msg.payload))
@@ -221,8 +242,15 @@ class MqttConnection(LinkState):
         """Log the reason when it is new (the first failure, or another one than before): paho retries every
         few seconds and the same line each time would flood the journal."""
         if reason != self.connect_error:
-            log.warning("sink=mqtt event=connect_failed host=%s port=%s reason=%s", self.s.host, self.s.port,
-                        reason)
+            log.warning("sink=%s event=connect_failed host=%s port=%s reason=%s", self.s.log_name, self.s.host,
+                        self.s.port, reason)
+        self.connect_error = reason
+
+    def _connect_refused(self, reason: str) -> None:
+        """The broker answered and refused (CONNACK): logged when new, like a failed attempt (paho retries)."""
+        if reason != self.connect_error:
+            log.warning("sink=%s event=connect_refused host=%s port=%s reason=%s (check the user name and "
+                        "password)", self.s.log_name, self.s.host, self.s.port, reason)
         self.connect_error = reason
 
     def _connect_succeeded(self) -> None:
@@ -232,7 +260,7 @@ class MqttConnection(LinkState):
 
     def ready(self) -> None:
         """The link is up: senders start (the backlog as historical), subscriptions, then the hooks."""
-        log.info("sink=mqtt event=connected host=%s port=%s", self.s.host, self.s.port)
+        log.info("sink=%s event=connected host=%s port=%s", self.s.log_name, self.s.host, self.s.port)
         self.link_up()
         self.connected_event.set()
         for topic, qos in self.subscriptions:
@@ -247,7 +275,7 @@ class MqttConnection(LinkState):
 
     def _disconnected(self, reason: str) -> None:
         if self.connected and not self.stopping:
-            log.warning("sink=mqtt event=disconnected reason=%s", reason)
+            log.warning("sink=%s event=disconnected reason=%s", self.s.log_name, reason)
         self.link_lost()
         self._session_ended.set()
 
@@ -265,19 +293,38 @@ class MqttConnection(LinkState):
         await asyncio.to_thread(self.client.loop_stop)
         if self.stopping:
             return
-        self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive)
+        self._connect_async()
         self.client.loop_start()
+
+    def _connect_async(self) -> None:
+        if not self.s.mqtt5:
+            self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive)
+            return
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.s.session_expiry
+        self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive,
+                                  clean_start=self.s.session_expiry == 0, properties=props)
 
     def _message(self, topic: str, payload: bytes) -> None:
         for hook in self.on_message_hooks:
             try:
                 hook(topic, payload)
             except Exception:
-                log.exception("sink=mqtt event=message_hook_failed topic=%s", topic)
+                log.exception("sink=%s event=message_hook_failed topic=%s", self.s.log_name, topic)
 
     def _ack(self, mid: int) -> None:
         owner = self._owners.pop(mid, None)
         if owner is not None:
+            owner.acked(mid)
+
+    def _refused(self, mid: int, reason: str) -> None:
+        owner = self._owners.pop(mid, None)
+        if isinstance(owner, RefusalOwner):
+            owner.refused(mid, reason)
+        elif owner is not None:
             owner.acked(mid)
 
     # -- publishing (loop thread)
@@ -292,7 +339,7 @@ class MqttConnection(LinkState):
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             self.errors += 1
-            log.warning("sink=mqtt event=publish_refused topic=%s rc=%s", topic, info.rc)
+            log.warning("sink=%s event=publish_refused topic=%s rc=%s", self.s.log_name, topic, info.rc)
             return None
         if owner is not None and qos > 0:
             self._owners[info.mid] = owner
