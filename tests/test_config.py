@@ -168,3 +168,12 @@ def test_repeated_tags_are_validated_once_and_shared_but_errors_keep_their_path(
     with pytest.raises(ConfigError) as err:
         parse_config({"site": {"enterprise_id": "e"}, "devices": [dev(0), bad]})
     assert any(line.startswith("devices[1].tags[0].type") for line in err.value.lines), err.value.lines
+
+
+def test_the_mqtt_password_never_shows_in_a_printout_of_the_settings() -> None:
+    from collector.sinks.mqtt import MqttSettings
+
+    s = MqttSettings(host="h", port=1, topic_root="t", username="u", password="s3cret-pw")
+    assert s.password == "s3cret-pw"
+    assert "s3cret-pw" not in repr(s) and "s3cret-pw" not in str(s)
+    assert "username='u'" in repr(s)

@@ -23,7 +23,7 @@ import ssl
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import paho.mqtt.client as mqtt
@@ -45,7 +45,7 @@ class MqttSettings:
     qos: int = 1
     client_id: str = "shopfloor-collector"
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a printout or a log line
     tls: bool = False
     ca_file: str | None = None
     cert_file: str | None = None
