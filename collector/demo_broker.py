@@ -97,6 +97,7 @@ class Mosquitto:
                 "log_type warning", "persistence false"]
 
     def start(self, timeout: float = 10.0) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)  # again after a stop() removed it
         conf = self.dir / "mosquitto.conf"
         conf.write_text("\n".join(self.config_lines()) + "\n")
         self.proc = subprocess.Popen([shutil.which("mosquitto") or "mosquitto", "-c", str(conf)],
@@ -118,6 +119,7 @@ class Mosquitto:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)  # the throw-away config and log go with the broker
 
 
 class EmbeddedBroker:

@@ -147,3 +147,20 @@ def test_demo_without_its_extra_names_the_extra_to_install(tmp_path: Path) -> No
     assert result.returncode == 1, result.stderr
     assert "shopfloor-collector[demo]" in result.stderr and "missing: rich, amqtt" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_stopped_mosquitto_leaves_no_folder_behind_and_starts_again() -> None:
+    from collector.demo_broker import Mosquitto, port_answers
+
+    if not Mosquitto.available():
+        import pytest
+        pytest.skip("mosquitto is not installed (apt install mosquitto)")
+    broker = Mosquitto(free_port())
+    broker.start()
+    assert (broker.dir / "mosquitto.conf").exists() and port_answers(broker.host, broker.port, 1.0)
+    broker.stop()
+    assert not broker.dir.exists()
+    broker.start()  # a restart writes its throw-away config again
+    assert port_answers(broker.host, broker.port, 1.0)
+    broker.stop()
+    assert not broker.dir.exists()
