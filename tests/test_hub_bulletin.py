@@ -144,3 +144,37 @@ def test_period_parsing() -> None:
     assert shift("2026-01", -1) == "2025-12" and shift("2026-11", 2) == "2027-01"
     with pytest.raises(ValueError, match="YYYY-MM"):
         parse_period("2026-13")
+
+
+def test_an_enterprise_counting_simulated_devices_is_listed_and_never_pooled(pg_url: str,  # noqa: F811
+                                                                             tmp_path: Path) -> None:
+    real, sim = Collector("jx-hengda", "ws-1"), Collector("jx-jiashan", "ws-1")
+    close(real, "2026-11", (5, 7), (4, 6))
+    _, name, county = ENTS["jx-jiashan"]
+    body = month_body("jx-jiashan", "ws-1", "2026-11", (9, 10), (9, 10), enterprise_name=name, county=county,
+                      simulated=["cnc-07"], banner="含模拟设备，不可用于评价")  # what allow_simulated writes
+    sim.append(body, "2026-12-04T00:00:41+08:00")
+    lines = ["统一社会信用代码,企业名称,县（市、区）,行业,行业骨干企业,公钥,采集器企业标识"]
+    lines += [f"{code(c.enterprise)},{ENTS[c.enterprise][1]},{ENTS[c.enterprise][2]},制造业,是,{c.public_key},"
+              f"{c.enterprise}" for c in (real, sim)]
+    with db.migrated(pg_url) as conn:
+        enrol(conn, parse_csv("\n".join(lines) + "\n", "t.csv", JIAXING))
+        for c in (real, sim):
+            for r in c.records:
+                with conn.transaction():
+                    assert ingest(conn, r, code(c.enterprise), HUB, "t").status == "accepted"
+        b = build(conn, "2026-11", JIAXING)
+    total = b["total"]
+    assert (total["figures"]["D1"]["numerator"], total["figures"]["D1"]["denominator"]) == (5, 7)  # 恒达 alone
+    assert total["figures"]["D1"]["enterprises_passing"] == 1 and total["reported"] == 2
+    assert [e["name"] for e in total["simulated"]] == ["嘉善电子"] and total["non_reporting"] == []
+    by = {c["name"]: c for c in b["counties"]}
+    assert [e["id"] for e in by["嘉善县"]["simulated"]] == [code("jx-jiashan")] and by["嘉善县"]["figures"] == {}
+    chains = [c.write_chain(tmp_path / f"{c.enterprise}.jsonl") for c in (real, sim)]
+    ref = pooled(chains, "2026-11")  # `collector pool` sets the same enterprise aside
+    assert ref["enterprises"] == 1 and ref["figures"]["D1"]["numerator"] == 5
+    assert [e["enterprise"] for e in ref["simulated_not_pooled"]] == ["jx-jiashan"]
+    page = render(b, "html")
+    assert "含模拟设备（不计入）" in page and 'class="simulated"' in page
+    jiashan = next(r for r in csv.reader(io.StringIO(render(b, "csv"))) if r[1] == "嘉善县")
+    assert jiashan[-1] == code("jx-jiashan")

@@ -73,12 +73,12 @@ async def test_bulletin_page_in_chromium_shows_the_pooled_numbers(page_url: str,
                 return [str(t).strip() for t in await page.locator(f"tr[data-county='{county}'] td").all_text_contents()]
 
             assert await cells("南湖区") == ["南湖区", "1", "1", "72.7 % (8/11)", "1 (100.0 %)", "50.0 % (5/10)",
-                                           "0 (0.0 %)", "0", "0"]
+                                           "0 (0.0 %)", "0", "0", "0"]
             assert await cells("秀洲区") == ["秀洲区", "1", "1", "40.0 % (2/5)", "0 (0.0 %)", "60.0 % (3/5)",
-                                           "1 (100.0 %)", "0", "1"]
-            assert await cells("海宁市") == ["海宁市", "1", "0", "—", "—", "—", "—", "1", "0"]
+                                           "1 (100.0 %)", "0", "1", "0"]
+            assert await cells("海宁市") == ["海宁市", "1", "0", "—", "—", "—", "—", "1", "0", "0"]
             assert await cells("嘉兴市") == ["嘉兴市", "4", "3", "65.3 % (17/26)", "2 (66.6 %)", "54.2 % (19/35)",
-                                           "2 (66.6 %)", "1", "1"]
+                                           "2 (66.6 %)", "1", "1", "0"]
             anomaly = await page.text_content("#lists tr.anomaly")
             assert anomaly is not None and "秀洲精工" in anomaly and "数据异常：历史记录被改写" in anomaly
             nonrep = await page.text_content("#lists tr.nonrep")

@@ -59,7 +59,7 @@ def _submissions(conn: psycopg.Connection[Any], periods: list[str],
     """Per period, the latest monthly summary of each collector (enterprise, workshop), figures only."""
     rows = conn.execute(
         "SELECT DISTINCT ON (period, enterprise_id, workshop) period, enterprise_id, workshop, "
-        "body->'figures' AS figures FROM records WHERE period = ANY(%s) AND body_kind = 'monthly_summary' "
+        "body->'figures' AS figures, body->>'banner' AS banner FROM records WHERE period = ANY(%s) AND body_kind = 'monthly_summary' "
         "ORDER BY period, enterprise_id, workshop, seq DESC", (periods,)).fetchall()
     out: dict[str, list[Submission]] = {p: [] for p in periods}
     for r in rows:
@@ -69,7 +69,8 @@ def _submissions(conn: psycopg.Connection[Any], periods: list[str],
         figs = {fid: Figure(fid, f["numerator"], f["denominator"], f.get("target"))
                 for fid, f in (r["figures"] or {}).items()
                 if isinstance(f, dict) and "numerator" in f and "denominator" in f}
-        out[r["period"]].append(Submission(e.id, e.name, e.county, None, r["workshop"], figs, "hub", True))
+        out[r["period"]].append(Submission(e.id, e.name, e.county, None, r["workshop"], figs, "hub", True,
+                                           simulated=bool(r["banner"])))
     return out
 
 
@@ -96,10 +97,12 @@ def _block(name: str, ents: list[EnrolledEnterprise], subs: list[Submission], pe
     ids = {e.id for e in ents}
     mine = [s for s in subs if s.enterprise in ids]
     result = pool_submissions(period, mine)
-    reported = {e.id for e in result.enterprises}
+    reported = {e.id for e in result.enterprises} | {e.id for e in result.simulated}
     return {"name": name, "enrolled": len(ents), "backbone": sum(1 for e in ents if e.backbone),
             "reported": len(reported), "figures": _figures(result),
             "non_reporting": [{"id": e.id, "name": e.name} for e in ents if e.id not in reported],
+            # reported, but their figures count simulated devices: listed, never pooled (pooling.py)
+            "simulated": [{"id": e.id, "name": e.name} for e in result.simulated],
             "anomalies": [{"id": e.id, "name": e.name, "incidents": anomalies[e.id]} for e in ents
                           if e.id in anomalies],
             "by_enterprise": [{"id": pe.id, "name": pe.name, "collectors": len(pe.submissions),

@@ -26,6 +26,7 @@ T: dict[str, dict[str, str]] = {
     "pass": {"zh": "达标企业（占比）", "en": "Passing (share)"},
     "nonrep": {"zh": "未报送企业", "en": "Not reported"},
     "anom": {"zh": "数据异常", "en": "数据异常 (data anomaly)"},
+    "sim": {"zh": "含模拟设备（不计入）", "en": "含模拟设备 (simulated devices, not pooled)"},
     "city_total": {"zh": "全市合计", "en": "City total"},
     "trend": {"zh": "近12个月趋势", "en": "Last 12 months"},
     "month": {"zh": "月份", "en": "Month"},
@@ -71,7 +72,8 @@ def _passing(fig: dict[str, Any] | None) -> str:
 def _rows(b: dict[str, Any]) -> list[str]:
     f = b["figures"]
     return [b["name"], str(b["enrolled"]), str(b["reported"]), _rate(f.get("D1")), _passing(f.get("D1")),
-            _rate(f.get("D2")), _passing(f.get("D2")), str(len(b["non_reporting"])), str(len(b["anomalies"]))]
+            _rate(f.get("D2")), _passing(f.get("D2")), str(len(b["non_reporting"])), str(len(b["anomalies"])),
+            str(len(b.get("simulated", [])))]
 
 
 def _blocks(bulletin: dict[str, Any]) -> list[dict[str, Any]]:
@@ -89,14 +91,15 @@ def to_csv(bulletin: dict[str, Any], lang: str = "zh") -> str:
     w.writerow(["period", t("county", lang), t("enrolled", lang), t("reported", lang),
                 "D1_numerator", "D1_denominator", "D1_value", "D1_enterprises_passing",
                 "D2_numerator", "D2_denominator", "D2_value", "D2_enterprises_passing",
-                t("nonrep", lang), t("anom", lang)])
+                t("nonrep", lang), t("anom", lang), t("sim", lang)])
     for b in _blocks(bulletin):
         row: list[Any] = [bulletin["period"], b["name"], b["enrolled"], b["reported"]]
         for fid in ("D1", "D2"):
             f = b["figures"].get(fid)
             row += [f["numerator"], f["denominator"], "" if f["value"] is None else repr(f["value"]),
                     f.get("enterprises_passing")] if f else ["", "", "", ""]
-        row += [";".join(e["id"] for e in b["non_reporting"]), ";".join(e["id"] for e in b["anomalies"])]
+        row += [";".join(e["id"] for e in b["non_reporting"]), ";".join(e["id"] for e in b["anomalies"]),
+                ";".join(e["id"] for e in b.get("simulated", []))]
         w.writerow(row)
     return out.getvalue()
 
@@ -129,7 +132,7 @@ def _svg(bulletin: dict[str, Any], lang: str) -> str:
 def to_html(bulletin: dict[str, Any], lang: str = "zh") -> str:
     e = html.escape
     head = [t("county", lang), t("enrolled", lang), t("reported", lang), t("D1", lang), t("pass", lang),
-            t("D2", lang), t("pass", lang), t("nonrep", lang), t("anom", lang)]
+            t("D2", lang), t("pass", lang), t("nonrep", lang), t("anom", lang), t("sim", lang)]
     rows = []
     for b in _blocks(bulletin):
         cls = ' class="total"' if b is bulletin.get("total") else ""
@@ -145,6 +148,9 @@ def to_html(bulletin: dict[str, Any], lang: str = "zh") -> str:
                            for i in ent["incidents"])
             lists.append(f'<tr class="anomaly"><td>{e(b["name"])}</td><td>{e(ent["name"])}<br><small>{e(ent["id"])}'
                          f'</small></td><td><b>{e(t("anom", lang))}</b>：{e(why)}</td></tr>')
+        for ent in b.get("simulated", []):
+            lists.append(f'<tr class="simulated"><td>{e(b["name"])}</td><td>{e(ent["name"])}<br><small>'
+                         f'{e(ent["id"])}</small></td><td><b>{e(t("sim", lang))}</b></td></tr>')
     trend_head = "".join(f"<th>{e(p['period'])}</th>" for p in bulletin["trend"])
     trend_rows = []
     scopes = ([("city", bulletin["total"]["name"])] if bulletin.get("total") else []) + \
@@ -166,7 +172,7 @@ body {{ font-family: "Noto Sans CJK SC", "Noto Sans", sans-serif; margin: 24px; 
 table {{ border-collapse: collapse; margin: 12px 0 20px; }}
 th, td {{ border: 1px solid #bbb; padding: 4px 8px; font-size: 13px; text-align: right; }}
 th {{ background: #eef2f6; }} td:first-child {{ text-align: left; }}
-tr.total td {{ font-weight: bold; background: #f7f7f0; }} tr.anomaly td {{ color: #b71c1c; }}
+tr.total td {{ font-weight: bold; background: #f7f7f0; }} tr.anomaly td {{ color: #b71c1c; }} tr.simulated td {{ color: #e65100; }}
 small {{ color: #666; }} #lists td {{ text-align: left; }}
 </style></head><body>
 <h1 id="title">{e(title)}</h1>

@@ -371,7 +371,12 @@ def format_pool(result: PoolResult, lang: str = "zh") -> str:
         verified = all(s.verified for s in e.submissions)
         erows.append([e.id, e.county or "", str(len(e.submissions)), *cells,
                       "chain verified" if verified else "report JSON (not verifiable)"])
-    return "\n".join([*lines, *_grid(ehead, erows, set())])
+    out = [*lines, *_grid(ehead, erows, set())]
+    if result.simulated:
+        banner = SIMULATED_BANNER if lang == "zh" else SIMULATED_BANNER_EN
+        not_pooled = "不计入汇总" if lang == "zh" else "not pooled"
+        out += ["", f"{banner}（{not_pooled}）: " + ", ".join(e.id for e in result.simulated)]
+    return "\n".join(out)
 
 
 def cmd_pool(args: argparse.Namespace) -> int:
@@ -392,8 +397,9 @@ def cmd_pool(args: argparse.Namespace) -> int:
         subs.extend(found)
     result = pool_submissions(args.period, subs, args.county)
     if not result.enterprises:
-        print(f"no enterprise has a closed {args.period}" + (f" in county {args.county}" if args.county else ""),
-              file=sys.stderr)
+        print(f"no enterprise has a closed {args.period}" + (f" in county {args.county}" if args.county else "")
+              + (" that counts no simulated device (含模拟设备: " + ", ".join(e.id for e in result.simulated) + ")"
+                 if result.simulated else ""), file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))

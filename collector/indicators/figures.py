@@ -35,12 +35,10 @@ from collector.status import DeviceStatus, IdentityRecord, StatusStore, changed_
 if TYPE_CHECKING:  # the root model loads every protocol plugin; these figures need none
     from collector.config import CollectorConfig
 
-SIMULATED_BANNER = "含模拟设备，不可用于评价"
-SIMULATED_BANNER_EN = "Includes simulated devices: not valid for assessment"
 FIGURE_ORDER = ("D1", "D1v", "D1k", "D2", "D2a", "D3")
 # Printed on every report page and beside the figures when a simulated device is counted (allow_simulated)
 SIMULATED_BANNER = "含模拟设备，不可用于评价"
-SIMULATED_BANNER_EN = "Contains simulated devices — not valid for assessment"
+SIMULATED_BANNER_EN = "Includes simulated devices: not valid for assessment"
 # Tag names or OPC UA nodes that show a stored program at work (MachineTool / CNC companion specs, program tags)
 PROGRAM_HINT = re.compile(r"program|nc_?mode|op(erating)?_?mode|machinetool|cnc", re.IGNORECASE)
 

@@ -36,6 +36,7 @@ class Submission:
     figures: dict[str, Figure]
     source: str
     verified: bool  # from a chain that verified (a report JSON alone cannot be checked)
+    simulated: bool = False  # its figures count simulated devices (allow_simulated): 不可用于评价
 
 
 @dataclass
@@ -53,6 +54,8 @@ class PoolResult:
     enterprises: list[Enterprise]
     figures: dict[str, Figure]
     passing: dict[str, int]  # figure id -> enterprises that pass it
+    # enterprises whose month counts simulated devices (含模拟设备): listed, never pooled nor counted as passing
+    simulated: list[Enterprise] = field(default_factory=list)
 
     def figures_dict(self) -> dict[str, dict[str, Any]]:
         """The pooled figures with the number and share of enterprises passing (the hub's bulletin uses this)."""
@@ -71,6 +74,9 @@ class PoolResult:
                                "verified": all(s.verified for s in e.submissions),
                                "figures": {fid: _fig(f) for fid, f in e.figures.items()}}
                               for e in self.enterprises],
+            "simulated_not_pooled": [{"enterprise": e.id, "name": e.name, "county": e.county,
+                                      "collectors": [s.workshop for s in e.submissions if s.simulated]}
+                                     for e in self.simulated],
         }
 
 
@@ -88,7 +94,8 @@ def _figures(body: dict[str, Any]) -> dict[str, Figure]:
 def _submission(body: dict[str, Any], source: str, verified: bool) -> Submission:
     return Submission(enterprise=str(body.get("enterprise")), enterprise_name=body.get("enterprise_name"),
                       county=body.get("county"), city=body.get("city"), workshop=body.get("collector_workshop"),
-                      figures=_figures(body), source=source, verified=verified)
+                      figures=_figures(body), source=source, verified=verified,
+                      simulated=bool(body.get("banner")))
 
 
 def _is_chain(path: Path, raw: bytes) -> bool:
@@ -131,7 +138,9 @@ def read_submissions(path: Path, period: str) -> list[Submission]:
 
 def pool_submissions(period: str, subs: Iterable[Submission], county: str | None = None) -> PoolResult:
     """Pool per enterprise (its collectors), then over enterprises; the same collector's month twice (a chain
-    and its report) counts once, the verified copy kept."""
+    and its report) counts once, the verified copy kept. An enterprise whose month counts simulated devices
+    (any of its collectors' summaries carries the 含模拟设备 banner) is set aside in `simulated`: its figures are
+    not valid for assessment, so they are neither pooled nor counted as passing."""
     unique: dict[tuple[str, str | None], Submission] = {}
     for s in subs:
         if county is not None and s.county != county:
@@ -145,10 +154,12 @@ def pool_submissions(period: str, subs: Iterable[Submission], county: str | None
         e.submissions.append(s)
     for e in by_ent.values():
         e.figures = _sum(f for s in e.submissions for f in s.figures.values())
-    enterprises = sorted(by_ent.values(), key=lambda e: e.id)
+    ordered = sorted(by_ent.values(), key=lambda e: e.id)
+    enterprises = [e for e in ordered if not any(s.simulated for s in e.submissions)]
+    simulated = [e for e in ordered if any(s.simulated for s in e.submissions)]
     figures = _sum(f for e in enterprises for f in e.figures.values())
     passing = {fid: sum(1 for e in enterprises if fid in e.figures and e.figures[fid].passed) for fid in figures}
-    return PoolResult(period, enterprises, figures, passing)
+    return PoolResult(period, enterprises, figures, passing, simulated)
 
 
 def _sum(figs: Iterable[Figure]) -> dict[str, Figure]:
