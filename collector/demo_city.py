@@ -192,6 +192,7 @@ def prepare(work: Path, server: str, http_port: int) -> City:
     hub_yaml = work / "hub.yaml"
     hub_yaml.write_text(yaml.safe_dump({
         "name": "嘉兴市", "hub_id": "jiaxing-demo-hub", "database": db_url, "state_dir": str(work / "hub"),
+        "count_simulated": True,  # the demo's machines are simulators: pooled, under the red banner
         "mqtt": {"host": "127.0.0.1", "port": hub_broker.port, "password_file": str(work / "pw-hub"),
                  "client_id": "hub-1", "topic_prefix": PREFIX},
         "http": {"listen": f"127.0.0.1:{http_port}"}}, allow_unicode=True), encoding="utf-8")

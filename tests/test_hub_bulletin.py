@@ -164,6 +164,10 @@ def test_an_enterprise_counting_simulated_devices_is_listed_and_never_pooled(pg_
                 with conn.transaction():
                     assert ingest(conn, r, code(c.enterprise), HUB, "t").status == "accepted"
         b = build(conn, "2026-11", JIAXING)
+        demo = build(conn, "2026-11", JIAXING, count_simulated=True)  # a demo hub pools them, under the banner
+    assert (demo["total"]["figures"]["D1"]["numerator"], demo["total"]["figures"]["D1"]["denominator"]) == (14, 17)
+    assert demo["banner"] == "含模拟设备，不可用于评价" and [e["name"] for e in demo["total"]["simulated"]] == ["嘉善电子"]
+    assert 'id="banner"' in render(demo, "html") and b["banner"] is None and 'id="banner"' not in render(b, "html")
     total = b["total"]
     assert (total["figures"]["D1"]["numerator"], total["figures"]["D1"]["denominator"]) == (5, 7)  # 恒达 alone
     assert total["figures"]["D1"]["enterprises_passing"] == 1 and total["reported"] == 2

@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 
+from collector.indicators.figures import SIMULATED_BANNER, SIMULATED_BANNER_EN
 from collector.indicators.pooling import PoolResult, Submission, pool_submissions
 from collector.indicators.rates import Figure
 
@@ -93,10 +94,10 @@ def _figures(result: PoolResult) -> dict[str, Any]:
 
 
 def _block(name: str, ents: list[EnrolledEnterprise], subs: list[Submission], period: str,
-           anomalies: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+           anomalies: dict[str, list[dict[str, Any]]], count_simulated: bool = False) -> dict[str, Any]:
     ids = {e.id for e in ents}
     mine = [s for s in subs if s.enterprise in ids]
-    result = pool_submissions(period, mine)
+    result = pool_submissions(period, mine, count_simulated=count_simulated)
     reported = {e.id for e in result.enterprises} | {e.id for e in result.simulated}
     return {"name": name, "enrolled": len(ents), "backbone": sum(1 for e in ents if e.backbone),
             "reported": len(reported), "figures": _figures(result),
@@ -115,17 +116,20 @@ def _fig_short(f: Figure) -> dict[str, Any]:
             "passed": f.passed}
 
 
-def _trend_point(subs: list[Submission], period: str, ents: list[EnrolledEnterprise]) -> dict[str, Any]:
+def _trend_point(subs: list[Submission], period: str, ents: list[EnrolledEnterprise],
+                 count_simulated: bool = False) -> dict[str, Any]:
     ids = {e.id for e in ents}
-    result = pool_submissions(period, [s for s in subs if s.enterprise in ids])
+    result = pool_submissions(period, [s for s in subs if s.enterprise in ids], count_simulated=count_simulated)
     figs = _figures(result)
     return {fid: {k: figs[fid][k] for k in ("numerator", "denominator", "value")} if fid in figs else None
             for fid in SHOWN} | {"reported": len(result.enterprises)}
 
 
 def build(conn: psycopg.Connection[Any], period: str, counties: list[str], county: str | None = None,
-          city: str = "嘉兴市", now: float | None = None) -> dict[str, Any]:
-    """The bulletin as a dict (what `--format json` prints; html and csv render it)."""
+          city: str = "嘉兴市", now: float | None = None, count_simulated: bool = False) -> dict[str, Any]:
+    """The bulletin as a dict (what `--format json` prints; html and csv render it). `count_simulated` (a demo
+    hub) pools enterprises that count simulated devices and sets the 含模拟设备 banner when any is pooled."""
+    sim = count_simulated
     enrolled = _enrolled(conn)
     by_id = {e.id: e for e in enrolled}
     trend_periods = [shift(period, -i) for i in range(11, -1, -1)]
@@ -135,19 +139,22 @@ def build(conn: psycopg.Connection[Any], period: str, counties: list[str], count
     extra = sorted({e.county for e in enrolled} - set(counties))  # enrolled before the list changed
     if county is None:
         names = names + extra
-    blocks = [_block(c, [e for e in enrolled if e.county == c], subs[period], period, anomalies) for c in names]
+    blocks = [_block(c, [e for e in enrolled if e.county == c], subs[period], period, anomalies, sim)
+              for c in names]
     in_scope = enrolled if county is None else [e for e in enrolled if e.county == county]
-    city_block = _block(city, in_scope, subs[period], period, anomalies) if county is None else None
+    city_block = _block(city, in_scope, subs[period], period, anomalies, sim) if county is None else None
     trend = []
     for p in trend_periods:
         point: dict[str, Any] = {"period": p, "counties": {c: _trend_point(subs[p], p, [e for e in enrolled
-                                                                                         if e.county == c])
+                                                                                         if e.county == c], sim)
                                                           for c in names}}
         if county is None:
-            point["city"] = _trend_point(subs[p], p, enrolled)
+            point["city"] = _trend_point(subs[p], p, enrolled, sim)
         trend.append(point)
     generated = dt.datetime.fromtimestamp(now if now is not None else dt.datetime.now().timestamp(), dt.UTC)
     return {"kind": "hub_bulletin", "period": period, "city": city, "county": county,
             "generated_at": generated.isoformat(timespec="seconds").replace("+00:00", "Z"),
             "targets": {"D1": 0.7, "D2": 0.55}, "method": "pooled: Σ numerators / Σ denominators (defset v1)",
-            "counties": blocks, "total": city_block, "trend": trend}
+            "counties": blocks, "total": city_block, "trend": trend,
+            "banner": SIMULATED_BANNER if sim and any(b["simulated"] for b in blocks) else None,
+            "banner_en": SIMULATED_BANNER_EN if sim and any(b["simulated"] for b in blocks) else None}

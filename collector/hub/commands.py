@@ -173,7 +173,7 @@ def cmd_bulletin(args: argparse.Namespace) -> int:
         return EXIT_BAD_CONFIG
     conn = _db(cfg)
     with conn:
-        bulletin = build(conn, period, cfg.counties, args.county, cfg.name)
+        bulletin = build(conn, period, cfg.counties, args.county, cfg.name, count_simulated=cfg.count_simulated)
     text = render(bulletin, args.format, args.lang)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")

@@ -61,6 +61,9 @@ class HubConfig(_Strict):
     mqtt: HubMqtt = Field(default_factory=HubMqtt)
     http: HubHttp = Field(default_factory=HubHttp)
     batch: int = Field(default=200, ge=1, le=10000)  # messages per database transaction
+    # a demo hub only: pool the figures of enterprises that count simulated devices, under the banner
+    # 含模拟设备，不可用于评价 (they are listed either way); a real hub leaves them out of the pooled figures
+    count_simulated: bool = False
 
     @field_validator("counties")
     @classmethod

@@ -77,7 +77,8 @@ def serve(cfg: HubConfig, pool: ConnectionPool[Any]) -> ThreadingHTTPServer:
                 self._send(400, f"county {county!r} is not one of {'、'.join(cfg.counties)}\n")
                 return
             with pool.connection() as conn:
-                bulletin = build(conn, period, cfg.counties, county, cfg.name)
+                bulletin = build(conn, period, cfg.counties, county, cfg.name,
+                                 count_simulated=cfg.count_simulated)
             self._send(200, render(bulletin, fmt, lang), TYPES[fmt])
 
     server = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)

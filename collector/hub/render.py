@@ -176,6 +176,7 @@ tr.total td {{ font-weight: bold; background: #f7f7f0; }} tr.anomaly td {{ color
 small {{ color: #666; }} #lists td {{ text-align: left; }}
 </style></head><body>
 <h1 id="title">{e(title)}</h1>
+{_banner(bulletin, lang)}
 <p>{e(t("scope", lang))} · {e(t("generated", lang))} {e(bulletin["generated_at"])}</p>
 <table id="counties"><thead><tr>{''.join(f'<th>{e(h)}</th>' for h in head)}</tr></thead>
 <tbody>{''.join(rows)}</tbody></table>
@@ -189,6 +190,15 @@ small {{ color: #666; }} #lists td {{ text-align: left; }}
 <tbody>{''.join(trend_rows)}</tbody></table>
 </body></html>
 """
+
+
+def _banner(bulletin: dict[str, Any], lang: str) -> str:
+    """The red line of a demo hub that pools simulated devices (count_simulated): not valid for assessment."""
+    if not bulletin.get("banner"):
+        return ""
+    text = bulletin["banner"] if lang == "zh" else f'{bulletin["banner"]} · {bulletin["banner_en"]}'
+    return f'<p id="banner" style="color:#fff;background:#b71c1c;padding:6px 10px;font-weight:bold">' \
+           f'{html.escape(text)}</p>'
 
 
 def render(bulletin: dict[str, Any], fmt: str, lang: str = "zh") -> str:

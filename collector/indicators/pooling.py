@@ -136,11 +136,13 @@ def read_submissions(path: Path, period: str) -> list[Submission]:
     return [_submission(data, str(path), False)]
 
 
-def pool_submissions(period: str, subs: Iterable[Submission], county: str | None = None) -> PoolResult:
+def pool_submissions(period: str, subs: Iterable[Submission], county: str | None = None,
+                     count_simulated: bool = False) -> PoolResult:
     """Pool per enterprise (its collectors), then over enterprises; the same collector's month twice (a chain
     and its report) counts once, the verified copy kept. An enterprise whose month counts simulated devices
     (any of its collectors' summaries carries the 含模拟设备 banner) is set aside in `simulated`: its figures are
-    not valid for assessment, so they are neither pooled nor counted as passing."""
+    not valid for assessment, so they are neither pooled nor counted as passing — unless `count_simulated`
+    (a demo hub), which pools them and still lists them, so every output can carry the banner."""
     unique: dict[tuple[str, str | None], Submission] = {}
     for s in subs:
         if county is not None and s.county != county:
@@ -155,7 +157,7 @@ def pool_submissions(period: str, subs: Iterable[Submission], county: str | None
     for e in by_ent.values():
         e.figures = _sum(f for s in e.submissions for f in s.figures.values())
     ordered = sorted(by_ent.values(), key=lambda e: e.id)
-    enterprises = [e for e in ordered if not any(s.simulated for s in e.submissions)]
+    enterprises = [e for e in ordered if count_simulated or not any(s.simulated for s in e.submissions)]
     simulated = [e for e in ordered if any(s.simulated for s in e.submissions)]
     figures = _sum(f for e in enterprises for f in e.figures.values())
     passing = {fid: sum(1 for e in enterprises if fid in e.figures and e.figures[fid].passed) for fid in figures}
