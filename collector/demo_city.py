@@ -31,7 +31,8 @@ def last_closed_month(tz: str, now: float | None = None) -> periods.Period:
 def seed_closed_month(state_dir: Path, bucket: float, online: dict[str, float], tz: str = "Asia/Shanghai",
                       hours: float = 1.0, now: float | None = None) -> periods.Period:
     """The collector's uptime through the last `hours` of the last closed month, and each device of `online`
-    good (acknowledged 1 s after its bucket) in that share of the buckets, evenly spread. Returns the month."""
+    good (acknowledged 1 s after its bucket) in that share of the buckets, evenly spread, and each identified as
+    the bundled simulators identify themselves (so the month is marked 含模拟设备). Returns the month."""
     month = last_closed_month(tz, now)
     b = int(bucket)
     end = int(month.end) // b * b
@@ -47,6 +48,10 @@ def seed_closed_month(state_dir: Path, bucket: float, online: dict[str, float], 
     store = StatusStore(state_dir / "status.db", bucket)
     try:
         store.write([], [], good, set(buckets))
+        for device in online:  # what the bundled simulators answer to FC 43/14: the month says 含模拟设备
+            store.record_identity(device, {"vendor": "shopfloor-collector", "product_code": "SIMULATOR"},
+                                  float(buckets[0]))
+        store.db.commit()
     finally:
         store.close()
     return month

@@ -179,6 +179,6 @@ def test_an_enterprise_counting_simulated_devices_is_listed_and_never_pooled(pg_
     assert ref["enterprises"] == 1 and ref["figures"]["D1"]["numerator"] == 5
     assert [e["enterprise"] for e in ref["simulated_not_pooled"]] == ["jx-jiashan"]
     page = render(b, "html")
-    assert "含模拟设备（不计入）" in page and 'class="simulated"' in page
+    assert "<b>含模拟设备</b>：不计入汇总和达标家数" in page and 'class="simulated"' in page
     jiashan = next(r for r in csv.reader(io.StringIO(render(b, "csv"))) if r[1] == "嘉善县")
     assert jiashan[-1] == code("jx-jiashan")

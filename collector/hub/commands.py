@@ -175,6 +175,9 @@ def cmd_bulletin(args: argparse.Namespace) -> int:
     with conn:
         bulletin = build(conn, period, cfg.counties, args.county, cfg.name, count_simulated=cfg.count_simulated)
     text = render(bulletin, args.format, args.lang)
+    if bulletin.get("banner") and args.format == "csv":  # html and json carry it themselves
+        print(bulletin["banner"] if args.lang == "zh" else f'{bulletin["banner"]} · {bulletin["banner_en"]}',
+              file=sys.stderr)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
         print(f"wrote {args.output}")

@@ -26,7 +26,9 @@ T: dict[str, dict[str, str]] = {
     "pass": {"zh": "达标企业（占比）", "en": "Passing (share)"},
     "nonrep": {"zh": "未报送企业", "en": "Not reported"},
     "anom": {"zh": "数据异常", "en": "数据异常 (data anomaly)"},
-    "sim": {"zh": "含模拟设备（不计入）", "en": "含模拟设备 (simulated devices, not pooled)"},
+    "sim": {"zh": "含模拟设备", "en": "含模拟设备 (simulated devices)"},
+    "sim_out": {"zh": "不计入汇总和达标家数", "en": "neither pooled nor counted as passing"},
+    "sim_in": {"zh": "已计入（演示），不可用于评价", "en": "pooled (a demo hub): not valid for assessment"},
     "city_total": {"zh": "全市合计", "en": "City total"},
     "trend": {"zh": "近12个月趋势", "en": "Last 12 months"},
     "month": {"zh": "月份", "en": "Month"},
@@ -150,7 +152,8 @@ def to_html(bulletin: dict[str, Any], lang: str = "zh") -> str:
                          f'</small></td><td><b>{e(t("anom", lang))}</b>：{e(why)}</td></tr>')
         for ent in b.get("simulated", []):
             lists.append(f'<tr class="simulated"><td>{e(b["name"])}</td><td>{e(ent["name"])}<br><small>'
-                         f'{e(ent["id"])}</small></td><td><b>{e(t("sim", lang))}</b></td></tr>')
+                         f'{e(ent["id"])}</small></td><td><b>{e(t("sim", lang))}</b>：'
+                         f'{e(t("sim_in" if bulletin.get("banner") else "sim_out", lang))}</td></tr>')
     trend_head = "".join(f"<th>{e(p['period'])}</th>" for p in bulletin["trend"])
     trend_rows = []
     scopes = ([("city", bulletin["total"]["name"])] if bulletin.get("total") else []) + \
