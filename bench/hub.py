@@ -1,6 +1,7 @@
 """The city hub at scale: signed-record ingest per hub process, and the city bulletin.
 
-    .venv/bin/python bench/hub.py [--enterprises 5000] [--days 30] [--processes 1,2] [--skip-mqtt]
+    .venv/bin/python bench/hub.py [--enterprises 5000] [--days 30] [--processes 1,2] [--skip-mqtt] [--skip-direct]
+                                  [--py-spy DIR]
 
 Enrols N enterprises (one collector and key each) in a fresh PostgreSQL database on 127.0.0.1:5432, signs
 for each a key record, `days` daily heads and one monthly summary (full record) through `collector.evidence`
@@ -8,9 +9,16 @@ for each a key record, `days` daily heads and one monthly summary (full record) 
 
 - direct: one process calling `collector.hub.ingest.ingest_batch` with batches of 200 per transaction (verification +
   continuity + store; no MQTT): the hub's own ceiling per process;
-- mqtt, per process count: a private mosquitto, K `collector hub run` processes on the shared subscription, one
-  publisher sending every message at QoS 1; records/s from the first publish to the last stored row;
+- mqtt, per process count: a private mosquitto, K `collector hub run` processes (this tree's code) on the shared
+  subscription, started and subscribed before one publisher sends every message at QoS 1; records/s from the first
+  publish to the last stored row, and between the first and the last stored batch;
 - bulletin: `collector.hub.bulletin.build` for the city (N enterprises, 12-month trend) and its HTML rendering.
+
+Records/s on a shared machine say more about its load than about the hub, so each line also gives the CPU time
+per record of the hub processes, of their PostgreSQL backends, of mosquitto and of the publisher, and the hub's in
+units of one Ed25519 verification timed in the same run: a process with a core of its own ingests about
+1 / (hub CPU per record) records/s. To compare two trees back to back, copy this file into the other tree's bench/
+and run it from there (it imports, and starts the hubs from, the tree it sits in).
 
 The database is dropped at the end. Prints one line per measurement (Markdown table rows for BENCHMARKS.md).
 """
