@@ -1,6 +1,7 @@
 """The city hub at scale: signed-record ingest per hub process, and the city bulletin.
 
-    .venv/bin/python bench/hub.py [--enterprises 5000] [--days 30] [--processes 1,2] [--skip-mqtt]
+    .venv/bin/python bench/hub.py [--enterprises 5000] [--days 30] [--processes 1,2] [--skip-mqtt] [--skip-direct]
+                                  [--py-spy DIR]
 
 Enrols N enterprises (one collector and key each) in a fresh PostgreSQL database on 127.0.0.1:5432, signs
 for each a key record, `days` daily heads and one monthly summary (full record) through `collector.evidence`
@@ -8,9 +9,16 @@ for each a key record, `days` daily heads and one monthly summary (full record) 
 
 - direct: one process calling `collector.hub.ingest.ingest_batch` with batches of 200 per transaction (verification +
   continuity + store; no MQTT): the hub's own ceiling per process;
-- mqtt, per process count: a private mosquitto, K `collector hub run` processes on the shared subscription, one
-  publisher sending every message at QoS 1; records/s from the first publish to the last stored row;
+- mqtt, per process count: a private mosquitto, K `collector hub run` processes (this tree's code) on the shared
+  subscription, started and subscribed before one publisher sends every message at QoS 1; records/s from the first
+  publish to the last stored row, and between the first and the last stored batch;
 - bulletin: `collector.hub.bulletin.build` for the city (N enterprises, 12-month trend) and its HTML rendering.
+
+Records/s on a shared machine say more about its load than about the hub, so each line also gives the CPU time
+per record of the hub processes, of their PostgreSQL backends, of mosquitto and of the publisher, and the hub's in
+units of one Ed25519 verification timed in the same run: a process with a core of its own ingests about
+1 / (hub CPU per record) records/s. To compare two trees back to back, copy this file into the other tree's bench/
+and run it from there (it imports, and starts the hubs from, the tree it sits in).
 
 The database is dropped at the end. Prints one line per measurement (Markdown table rows for BENCHMARKS.md).
 """
@@ -20,15 +28,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 import paho.mqtt.client as mqtt  # noqa: E402
 import psycopg  # noqa: E402
@@ -37,7 +48,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from collector.credit_code import check_char  # noqa: E402
 from collector.evidence.canonical import GENESIS  # noqa: E402
-from collector.evidence.keys import Signer, generate, public_b64  # noqa: E402
+from collector.evidence.keys import Signer, check_signature, generate, public_b64  # noqa: E402
 from collector.evidence.records import anchor_message, key_body, sign_record  # noqa: E402
 from collector.hub import db  # noqa: E402
 from collector.hub.bulletin import JIAXING, build  # noqa: E402
@@ -107,39 +118,136 @@ class Database:
             row = c.execute("SELECT count(*) FROM records").fetchone()
             return int(row[0]) if row else 0
 
+    def backends(self) -> list[int]:
+        """The PostgreSQL server processes serving this database (the hubs' pool connections), but our own."""
+        with psycopg.connect(self.url) as c:
+            return [int(r[0]) for r in c.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND "
+                                                 "pid <> pg_backend_pid()", (self.name,)).fetchall()]
+
+    def batches(self) -> int:
+        """How many transactions stored the records (a batch's records share its received_at)."""
+        with psycopg.connect(self.url) as c:
+            row = c.execute("SELECT count(DISTINCT received_at) FROM records").fetchone()
+            return int(row[0]) if row else 0
+
+    def span(self) -> float:
+        """Seconds between the first and the last stored batch (each batch is stamped when it is taken)."""
+        with psycopg.connect(self.url) as c:
+            row = c.execute("SELECT extract(epoch FROM max(received_at) - min(received_at)) FROM records").fetchone()
+            return max(float(row[0]) if row and row[0] is not None else 0.0, 1e-3)
+
     def drop(self) -> None:
         with psycopg.connect(SERVER, autocommit=True) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
-def bench_direct(database: Database, messages: list[tuple[str, bytes]], hub: Signer) -> float:
-    started = time.perf_counter()
+def bench_direct(database: Database, messages: list[tuple[str, bytes]], hub: Signer, verify: float) -> str:
+    started, cpu = time.perf_counter(), time.process_time()
     with db.connect(database.url) as conn:
+        row = conn.execute("SELECT pg_backend_pid() AS pid").fetchone()
+        backend = int(row["pid"]) if row else 0
+        db0 = cpu_seconds(backend)
         for i in range(0, len(messages), 200):
             with conn.transaction():
                 ingest_batch(conn, [(s, json.loads(raw)) for s, raw in messages[i:i + 200]], hub, "bench")
-    return len(messages) / (time.perf_counter() - started)
+        db_cpu = cpu_seconds(backend) - db0
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    n = len(messages)
+    return (f"| ingest, direct (verify + store, 1 process, no MQTT) | {n / elapsed:,.0f} records/s | CPU per record: "
+            f"hub {cpu / n * 1e6:.0f} µs ({cpu / n / verify:.1f} verifications), PostgreSQL {db_cpu / n * 1e6:.0f} µs "
+            f"| load {os.getloadavg()[0]:.1f} |")
 
 
-def bench_mqtt(database: Database, messages: list[tuple[str, bytes]], processes: int, tmp: Path) -> float:
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def verify_cost() -> float:
+    """CPU seconds of one Ed25519 verification on this machine now: the yardstick the hub's CPU per record is
+    given in (a shared machine's CPU time per operation moves with its load, the ratio much less)."""
+    signer = Signer(generate())
+    data = b"x" * 300
+    sig = signer.sign(data)
+    started = time.process_time()
+    for _ in range(2000):
+        check_signature(signer.public, sig, data)
+    return (time.process_time() - started) / 2000
+
+
+@dataclass
+class Run:
+    messages: int
+    elapsed: float  # first publish to last stored row
+    span: float  # first to last stored batch, on the hubs' clock
+    hub_cpu: float  # CPU seconds of the hub processes during the run
+    db_cpu: float  # of their PostgreSQL backends
+    broker_cpu: float
+    publisher_cpu: float
+    batches: int
+
+    def line(self, processes: int, verify: float) -> str:
+        per = 1e6 / self.messages
+        return (f"| ingest over MQTT, {processes} hub process(es) on $share/hub | {self.messages / self.elapsed:,.0f} "
+                f"records/s ({self.messages / self.span:,.0f}/s first to last stored batch; {self.messages / self.batches:.0f} records a batch) | CPU per record: hub "
+                f"{self.hub_cpu * per:.0f} µs ({self.hub_cpu / self.messages / verify:.1f} verifications), "
+                f"PostgreSQL {self.db_cpu * per:.0f} µs, mosquitto {self.broker_cpu * per:.0f} µs, publisher "
+                f"{self.publisher_cpu * per:.0f} µs | load {os.getloadavg()[0]:.1f} |")
+
+
+def _wait_subscribed(logs: list[Path], procs: list[subprocess.Popen[bytes]], timeout: float = 120.0) -> None:
+    """Until every hub process says it subscribed: a message published before any subscriber exists is dropped by
+    the broker (a fixed sleep was not enough on a loaded machine: the run lost the first few thousand)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all("subscribed" in log.read_text(errors="replace") for log in logs):
+            time.sleep(0.5)  # the SUBSCRIBE reaches the broker before our first PUBLISH
+            return
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError("a hub process exited: " + " ".join(log.read_text()[-500:] for log in logs))
+        time.sleep(0.1)
+    raise RuntimeError(f"the hub processes did not subscribe within {timeout:.0f} s")
+
+
+def bench_mqtt(database: Database, messages: list[tuple[str, bytes]], processes: int, tmp: Path,
+               spy: Path | None = None) -> Run:
     broker = MosquittoProcess(free_port(), extra=["max_queued_messages 0"])
     broker.start()
-    procs = []
+    procs: list[subprocess.Popen[bytes]] = []
+    logs: list[Path] = []
+    spies: list[subprocess.Popen[bytes]] = []
     try:
         for k in range(processes):
             cfg = tmp / f"hub{k}.yaml"
             cfg.write_text(yaml.safe_dump({"database": database.url, "state_dir": str(tmp / "state"),
                                            "mqtt": {"port": broker.port, "client_id": f"bench-{k}-{uuid.uuid4().hex[:4]}"},
                                            "http": {"listen": None}}))
-            log = tmp / f"hub{k}.log"
+            log = tmp / f"hub{k}-{processes}.log"
+            logs.append(log)
+            # cwd: the hub runs this tree's code (`-m` puts the working directory first on sys.path)
             procs.append(subprocess.Popen([sys.executable, "-m", "collector.cli", "hub", "run", "-c", str(cfg),
-                                           "--log-level", "WARNING"], stderr=open(log, "ab")))  # noqa: SIM115
-        time.sleep(3.0)  # connected and subscribed
+                                           "--log-level", "INFO"], cwd=ROOT, stderr=open(log, "ab")))  # noqa: SIM115
+        _wait_subscribed(logs, procs)
+        if spy is not None:  # py-spy on the first hub process, for the whole run
+            spies.append(subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(procs[0].pid), "-r", "50", "-f", "raw",
+                                           "-o", str(spy), "--nonblocking"], stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+            time.sleep(1.0)
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-pub", protocol=mqtt.MQTTv5)
         client.max_inflight_messages_set(100)
         client.max_queued_messages_set(20000)
         client.connect("127.0.0.1", broker.port)
         client.loop_start()
+        backends = database.backends()
+        cpu0 = ([cpu_seconds(p.pid) for p in procs], {b: cpu_seconds(b) for b in backends},
+                cpu_seconds(broker.proc.pid if broker.proc else 0), time.process_time())
         started = time.perf_counter()
         for sender, raw in messages:
             # paho holds at most 65,535 unacknowledged QoS 1 messages (16-bit ids): beyond, it refuses (rc set)
@@ -147,14 +255,21 @@ def bench_mqtt(database: Database, messages: list[tuple[str, bytes]], processes:
                 time.sleep(0.01)
         while database.count() < len(messages):
             if any(p.poll() is not None for p in procs):
-                raise RuntimeError("a hub process exited: " + " ".join(
-                    (tmp / f"hub{k}.log").read_text()[-500:] for k in range(processes)))
+                raise RuntimeError("a hub process exited: " + " ".join(log.read_text()[-500:] for log in logs))
             time.sleep(0.2)
         elapsed = time.perf_counter() - started
+        publisher = time.process_time() - cpu0[3]
+        hub_cpu = sum(cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0[0], strict=True))
+        db_cpu = sum(cpu_seconds(b) - cpu0[1].get(b, 0.0) for b in database.backends())
+        broker_cpu = cpu_seconds(broker.proc.pid if broker.proc else 0) - cpu0[2]
         client.loop_stop()
         client.disconnect()
-        return len(messages) / elapsed
+        return Run(len(messages), elapsed, database.span(), hub_cpu, db_cpu, broker_cpu, publisher,
+                   database.batches())
     finally:
+        for s in spies:
+            s.send_signal(signal.SIGINT)
+            s.wait(30)
         for p in procs:
             p.terminate()
             p.wait(20)
@@ -167,24 +282,29 @@ def main() -> int:
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--processes", default="1,2", help="hub process counts for the MQTT runs")
     ap.add_argument("--skip-mqtt", action="store_true")
+    ap.add_argument("--skip-direct", action="store_true")
+    ap.add_argument("--py-spy", metavar="DIR", type=Path,
+                    help="record the first hub process of each MQTT run with py-spy (raw stacks into DIR)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     rows, messages = make_city(args.enterprises, args.days)
+    verify = verify_cost()
+    print(f"one Ed25519 verification: {verify * 1e6:.0f} µs CPU now (load {os.getloadavg()[0]:.1f})", flush=True)
     print(f"signed {len(messages)} messages for {args.enterprises} enterprises in {time.perf_counter() - t0:.1f} s "
           f"(cpus: {os.cpu_count()})", flush=True)
     database = Database()
     hub = Signer(generate())
     try:
         with tempfile.TemporaryDirectory() as tmpdir:
-            database.reset(rows)
-            rate = bench_direct(database, messages, hub)
-            print(f"| ingest, direct (verify + store, 1 process, no MQTT) | {rate:,.0f} records/s |", flush=True)
+            if not args.skip_direct:
+                database.reset(rows)
+                print(bench_direct(database, messages, hub, verify), flush=True)
             if not args.skip_mqtt:
                 for k in (int(x) for x in args.processes.split(",")):
                     database.reset(rows)
-                    rate = bench_mqtt(database, messages, k, Path(tmpdir))
-                    print(f"| ingest over MQTT, {k} hub process(es) on $share/hub | {rate:,.0f} records/s |",
-                          flush=True)
+                    spy = args.py_spy / f"hub-{k}p.txt" if args.py_spy else None
+                    run = bench_mqtt(database, messages, k, Path(tmpdir), spy)
+                    print(run.line(k, verify), flush=True)
             with db.connect(database.url) as conn:
                 started = time.perf_counter()
                 bulletin = build(conn, "2026-11", JIAXING)

@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -96,8 +97,8 @@ class Signer:
     def public(self) -> Ed25519PublicKey:
         return self.key.public_key()
 
-    @property
-    def fingerprint(self) -> str:
+    @cached_property
+    def fingerprint(self) -> str:  # once: a hub names its key in every receipt
         return fingerprint(self.public)
 
     def sign(self, data: bytes) -> str:

@@ -57,16 +57,17 @@ def anchor_message(record: dict[str, Any], reason: str, queued_at: str) -> dict[
             "body_kind": record.get("body", {}).get("kind"), "queued_at": queued_at}
 
 
-def verify_anchor(message: dict[str, Any], public_key: Ed25519PublicKey) -> str | None:
+def verify_anchor(message: dict[str, Any], public_key: Ed25519PublicKey, fp: str | None = None) -> str | None:
     """Check an anchor message (or any signed record's head) with the enterprise's public key alone.
 
-    Returns None when it verifies, else the reason. This is the hub's check: it needs no chain and no body."""
+    Returns None when it verifies, else the reason. This is the hub's check: it needs no chain and no body.
+    `fp`: the key's fingerprint when the caller has it already (the hub keeps it with the parsed key)."""
     missing = [k for k in ANCHOR_FIELDS if message.get(k) is None]
     if missing:
         return f"missing {', '.join(missing)}"
     if message["v"] != 2:
         return f"format v{message['v']} is not a signed head"
-    fp = fingerprint(public_key)
+    fp = fp or fingerprint(public_key)
     if message["key"] != fp:
         return f"signed by key {show_fingerprint(str(message['key']))}, not {show_fingerprint(fp)}"
     if not check_signature(public_key, str(message["sig"]), signed_bytes(head_of(message))):
