@@ -116,11 +116,11 @@ def password_file(path: Path, users: dict[str, str]) -> Path:
 
 
 def hub_yaml(path: Path, *, db_url: str, port: int, state_dir: Path, client_id: str, pw_file: Path,
-             http_port: int | None) -> Path:
+             http_port: int | None, count_simulated: bool = False) -> Path:
     import yaml
 
     path.write_text(yaml.safe_dump({
-        "database": db_url, "state_dir": str(state_dir), "hub_id": "test-hub",
+        "database": db_url, "state_dir": str(state_dir), "hub_id": "test-hub", "count_simulated": count_simulated,
         "mqtt": {"host": "127.0.0.1", "port": port, "username": "hub", "password_file": str(pw_file),
                  "client_id": client_id, "keepalive_s": 5},
         "http": {"listen": f"127.0.0.1:{http_port}" if http_port else None}}, allow_unicode=True))

@@ -122,7 +122,8 @@ async def city(tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]) 
     secret.chmod(0o600)
     hub_state = tmp_path / "hub-state"
     hub_cfg = hub_yaml(tmp_path / "hub.yaml", db_url=pg_url, port=broker.port, state_dir=hub_state,
-                       client_id="hub-1", pw_file=secret, http_port=None)
+                       client_id="hub-1", pw_file=secret, http_port=None,
+                       count_simulated=True)  # the collectors read simulators (allow_simulated): pool them
     procs: dict[str, subprocess.Popen[bytes]] = {}
     hub = HubProcess(hub_cfg, tmp_path / "hub.log")
     workshop = None
@@ -287,6 +288,8 @@ async def test_three_collectors_of_two_enterprises_feed_the_hub_and_keep_its_rec
     assert code == 0, out
     bulletin = json.loads(out)
     by_county = {b["name"]: b for b in bulletin["counties"]}
+    assert bulletin["banner"] == "含模拟设备，不可用于评价"  # their identities say simulator: every output says so
+    assert len(bulletin["total"]["simulated"]) == 2
 
     def pooled(ns: list[str], d: str) -> tuple[int, int]:
         figs = [summaries[n]["figures"][d] for n in ns]
