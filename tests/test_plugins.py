@@ -252,3 +252,15 @@ def test_a_protocol_library_is_imported_only_for_a_device_that_uses_it() -> None
     done = subprocess.run([sys.executable, "-c", code], env=_env(None), capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split(None, 1) == ["ModbusAdapter", "[] ['adapters.modbus.adapter']\n"]
+
+
+def test_a_protocol_whose_adapter_does_not_import_is_a_check_error(tmp_path: Path) -> None:
+    """The adapter is imported for the protocols a config uses (collector/preflight.py `adapter_problems`):
+    a missing protocol library is named by `check` (and stops `run`), not found by a device task later."""
+    site = _plugin_dir(tmp_path)
+    init = site / "linecounter" / "__init__.py"
+    init.write_text(init.read_text().replace("adapter=LineAdapter", 'adapter="linecounter.gone:LineAdapter"'))
+    done = _collector("check", "-c", str(_config(tmp_path, free_port(), free_port())), env=_env(site))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert ("devices[0]: protocol linecounter: its adapter does not load (ModuleNotFoundError: No module named "
+            "'linecounter.gone')") in done.stderr
