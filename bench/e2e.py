@@ -1265,9 +1265,9 @@ and 20 k tags take 98–99 MB instead of 151 MB.
 
 LEGACY = """## The plugin refactor, before and after (protocols as plugins, sinks as a list)
 
-`bench/e2e.py --quick --no-peer --no-write --only s1`, the commit before the refactor (2b8c893) and after it,
-back to back on the same quiet machine (2026-12-01, Modbus end to end, 100 devices x 200 tags; collector CPU in
-cores, median of 3):
+First pass, `bench/e2e.py --quick --no-peer --no-write --only s1`, the commit before the refactor (2b8c893) and
+after it, back to back on a quiet machine (2026-12-01, Modbus end to end, 100 devices x 200 tags; collector CPU
+in cores, median of 3):
 
 | map / interval | before: readings/s, CPU | after, first: readings/s, CPU | after the hot-path fix: readings/s, CPU |
 | --- | --- | --- | --- |
@@ -1276,16 +1276,55 @@ cores, median of 3):
 | sparse 1000 ms | 19,998, 0.40 / 20,313, 0.40 | 20,127, 0.53 | 20,121, 0.49 |
 | sparse 100 ms | 43,928 (sat.), 0.67 / 40,595 (sat.), 0.64 | 32,996 (sat.), 0.72 | 35,929 (sat.), 0.67 |
 
-Verdict: **missed** (the issue allows 5 %): the sparse map costs ~22 % more CPU per reading after the refactor,
-the contiguous map ~10 % (py-spy: 5.6 against 5.1 µs per reading). Found and fixed so far: an async context
-manager and an extra coroutine per Modbus request (`Line.exchange`), and a second call per value (the value
-stage now fuses with the decoder, `collector.transform.make_converter`). Still to find: the rest is spread thin
-(py-spy shows no single new hot spot); peak RSS also grew from 92 to 109 MB because every installed protocol
-plugin (asyncua, python-snap7, the MC client) is imported at start. `bench/profile.py --map sparse` reproduces
-both profiles. The parts measured alone are not slower after the fix (same machine, back to back):
-`bench/modbus_poll.py` CPU per tag 3.1 → 2.6 µs (contiguous) and 16.4 → 13.7 µs (sparse, coalesced);
-`bench/outbox.py` append 1.47 → 1.69 M readings/s, drain to mosquitto 328 → 317 k readings/s. So what remains
-is in the running collector's wiring or process (more modules and memory), not in the adapter or the outbox.
+That read as +22 % CPU per reading (sparse) and +10 % (contiguous), peak RSS 92 → 109 MB. Fixed then: an async
+context manager and an extra coroutine per Modbus request (`Line.exchange`), a second call per value (the value
+stage fuses with the decoder, `collector.transform.make_converter`). The parts alone were not slower after it:
+`bench/modbus_poll.py` CPU per tag 3.1 → 2.6 µs (contiguous), 16.4 → 13.7 µs (sparse); `bench/outbox.py` append
+1.47 → 1.69 M readings/s, drain 328 → 317 k readings/s.
+
+Second pass (2026-12-01, evening; the machine shared, load average 4–14). Found and fixed: every installed
+protocol was imported at start (asyncua, cryptography's OPC UA parts, python-snap7), because each plugin's
+`__init__.py` imported its adapter module. Plugins now name the adapter as `"module:Class"`
+(`ProtocolPlugin.adapter_class()`): a protocol's library is imported only for a config with a device of it.
+
+| measured, before (2b8c893) → after | before | main before this fix | after |
+| --- | --- | --- | --- |
+| peak RSS, `collector run`, 100 Modbus devices (bench/ab.py, sparse 1000 ms) | 93 MB | 110–113 MB | 94 MB |
+| peak RSS, e2e `--quick` rows (4 rows, 2 runs each) | 90–94 MB | 109 MB (first pass) | 88–93 MB |
+| `collector check` of the 100-device bench config: CPU, peak RSS | 1.05 s, 56.7 MB | 1.56 s, 79.4 MB | 1.11 s, 57.3 MB |
+
+CPU per reading, counted where a busy machine cannot blur it: `bench/ab.py --callgrind` runs each tree's
+collector under valgrind against the same simulators and broker, counts the instructions of all its threads
+over a window and divides by the readings it read in that window (its own /metrics counters). Few devices,
+because callgrind is ~50× slower; at 100 ms every collector is saturated under callgrind, as in the e2e rows.
+
+| map / interval (devices x 200 tags) | before: instructions per reading | after | after / before |
+| --- | --- | --- | --- |
+| contiguous 1000 ms (3) | 19,990 | 20,392 | 1.020 |
+| contiguous 2000 ms (2; 2 rounds, A B B A) | 27,953 (27,400–28,507) | 29,374 (29,101–29,648) | 1.051 |
+| sparse 2000 ms (2; 2 rounds) | 46,252 (44,600–47,905) | 45,803 (45,254–46,353) | 0.990 |
+| contiguous 100 ms (3, saturated) | 17,465 | 17,437 | 0.998 |
+| sparse 100 ms (3, saturated) | 36,626 | 35,336 | 0.965 |
+
+(Sparse at 1000 ms with 3 devices did not count: under callgrind the "before" collector fell behind, 9,600 of
+18,000 readings in the window, which loads the per-second jobs onto fewer readings; at 2000 ms both kept up.)
+With no poll in the window (2 devices at 300 s), the per-second jobs cost 1.56 → 1.63 M instructions per second
+(2 rounds each): at 20,000 readings/s that is under 0.5 % of a reading. The contiguous rows at 1000/2000 ms
+vary most (rounds 4 % apart): a float32 value the simulator changed since the last poll is formatted anew
+(`float32_shortest`), one that did not is remembered. The same count with main before this fix, 3 devices at 1000 ms: sparse 39,031 → 39,503 (1.012), contiguous
+20,537 → 21,049 (1.025). Beside it, at 30 devices: 4,263 → 4,298 Python calls per device poll on the event
+loop (cProfile, +0.8 %), and `strace -c -f` over 10 s at 20 devices: 1.877 → 1.874 system calls per reading.
+
+Verdict: **met on what can be measured repeatably here, with one row at the edge**: instructions per reading
+contiguous +2.0 % at 1000 ms and +5.1 % at 2000 ms (the rows' rounds 4 % apart), sparse −1.0 %, the saturated
+100 ms rows −0.2 % and −3.5 %; peak RSS back to before (93 → 94 MB). **Not confirmed by OS CPU
+seconds**: `bench/e2e.py --quick --no-peer --no-write --only s1` run A B A B (before, after) at load 6–14 with
+another e2e bench on the machine starved the simulators (the sparse rows delivered 1,257–11,758 of 20,000
+readings/s), and `bench/ab.py` (same simulators, interleaved, 100 devices sparse 1000 ms) spread 18.2–23.8 µs
+per reading within the *same* "before" tree. Its medians: before 20.1 µs per reading, main 22.1, after 23.6, all
+inside that spread. The first pass's +22 % is not seen in instructions (at most +2.5 % on main); what the OS
+clock showed beyond that was memory (the 17 MB of protocol libraries, gone now) or the machine. To close it by
+CPU seconds: `bench/ab.py BEFORE_TREE --rounds 6` on a quiet machine, every row.
 
 ## The city hub (bench/hub.py)
 
@@ -1319,6 +1358,7 @@ These scripts measure one component each and print their own tables; run them by
 .venv/bin/python bench/outbox.py        # outbox append/drain, with and without fsync
 .venv/bin/python bench/profile.py       # py-spy on the collector at saturation, CPU per thread ("What limits us now")
 .venv/bin/python bench/states.py        # collector CPU per reading with and without machine states (docs/states.md)
+.venv/bin/python bench/ab.py TREE...      # another tree's collector against this one, interleaved: CPU per reading, or instructions (--callgrind)
 ```
 
 Their results when they were written (2 cores, loopback, still with pymodbus's client for Modbus TCP): coalesced contiguous reads 188 k–379 k tags/s against
