@@ -1311,20 +1311,24 @@ because callgrind is ~50× slower; at 100 ms every collector is saturated under 
 With no poll in the window (2 devices at 300 s), the per-second jobs cost 1.56 → 1.63 M instructions per second
 (2 rounds each): at 20,000 readings/s that is under 0.5 % of a reading. The contiguous rows at 1000/2000 ms
 vary most (rounds 4 % apart): a float32 value the simulator changed since the last poll is formatted anew
-(`float32_shortest`), one that did not is remembered. The same count with main before this fix, 3 devices at 1000 ms: sparse 39,031 → 39,503 (1.012), contiguous
-20,537 → 21,049 (1.025). Beside it, at 30 devices: 4,263 → 4,298 Python calls per device poll on the event
+(`float32_shortest`), one that did not is remembered. The same count with main before this fix, 3 devices at
+1000 ms: sparse 39,031 → 39,503 (1.012), contiguous 20,537 → 21,049 (1.025). Beside it, at 30 devices: 4,263 → 4,298 Python calls per device poll on the event
 loop (cProfile, +0.8 %), and `strace -c -f` over 10 s at 20 devices: 1.877 → 1.874 system calls per reading.
 
-Verdict: **met on what can be measured repeatably here, with one row at the edge**: instructions per reading
-contiguous +2.0 % at 1000 ms and +5.1 % at 2000 ms (the rows' rounds 4 % apart), sparse −1.0 %, the saturated
-100 ms rows −0.2 % and −3.5 %; peak RSS back to before (93 → 94 MB). **Not confirmed by OS CPU
-seconds**: `bench/e2e.py --quick --no-peer --no-write --only s1` run A B A B (before, after) at load 6–14 with
-another e2e bench on the machine starved the simulators (the sparse rows delivered 1,257–11,758 of 20,000
-readings/s), and `bench/ab.py` (same simulators, interleaved, 100 devices sparse 1000 ms) spread 18.2–23.8 µs
-per reading within the *same* "before" tree. Its medians: before 20.1 µs per reading, main 22.1, after 23.6, all
-inside that spread. The first pass's +22 % is not seen in instructions (at most +2.5 % on main); what the OS
-clock showed beyond that was memory (the 17 MB of protocol libraries, gone now) or the machine. To close it by
-CPU seconds: `bench/ab.py BEFORE_TREE --rounds 6` on a quiet machine, every row.
+CPU seconds from the OS, `bench/ab.py BEFORE_TREE --rounds 6 --window 8` (100 devices, the same simulators,
+A B B A ..., load 4–5.5): sparse 1000 ms 23.03 → 23.11 µs per reading (1.004; rounds 21.6–25.7 and
+20.6–28.0), contiguous 1000 ms 9.41 → 9.89 µs (1.051; rounds 8.4–10.5 and 9.2–10.4), peak RSS 92 → 92 and
+89 → 89 MB. The e2e command itself, `bench/e2e.py --quick --no-peer --no-write --only s1` run A B A B (before,
+after) at load 6–14 with another e2e bench on the machine, starved the simulators (the sparse rows delivered
+1,257–11,758 of 20,000 readings/s) and says nothing to 5 %; its contiguous 1000 ms row: before 0.13 and 0.15
+cores at 19,275 and 20,598 readings/s, after 0.15 and 0.14 at 19,449 and 19,545.
+
+Verdict: **met for three rows, the contiguous 1000 ms row at the limit**: sparse +0.4 % CPU (1000 ms) and −1.0 %
+instructions (2000 ms), the saturated 100 ms rows −0.2 % and −3.5 % instructions; contiguous 1000 ms +5.1 % CPU seconds
+and +2.0 % instructions (+5.1 % at 2000 ms), both inside the rounds' own spread. Peak RSS is back to before
+(93 → 94 MB; main had 110). The first pass's +22 % (sparse) is not seen again in either count; what the OS clock
+showed then beyond ~2 % was memory (the 17 MB of protocol libraries, gone now) or the machine. To settle the
+contiguous row: `bench/ab.py BEFORE_TREE --map contiguous --rounds 10` on a quiet machine.
 
 ## The city hub (bench/hub.py)
 
