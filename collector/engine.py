@@ -137,7 +137,12 @@ class DeviceTask:
 
     async def _run(self) -> None:
         dev = self.device
-        adapter = self.adapter_factory(dev)  # one per task: it connects and closes again on every attempt
+        try:
+            adapter = self.adapter_factory(dev)  # one per task: it connects and closes again on every attempt
+        except Exception as exc:  # its module did not import (collector check names that before a start)
+            log.exception("device=%s event=adapter_not_built", dev.id)
+            self._set_state(DeviceState.OFFLINE, f"internal error: {type(exc).__name__}: {exc}")
+            return
         self.adapter = adapter
         self.subscribing = adapter.wants_subscribe
         while not self.stopping:

@@ -142,5 +142,26 @@ def startup_check(cfg: CollectorConfig, settings: Settings | None = None) -> tup
     seen: set[object] = set()
     for i, dev in enumerate(cfg.devices):
         add(dev.start_problems(f"devices[{i}]", seen))
+    errors += adapter_problems(cfg)
     warnings += _http_listen_warning(cfg)
     return errors, warnings
+
+
+def adapter_problems(cfg: CollectorConfig) -> list[str]:
+    """A protocol's adapter module is imported only for a config that uses it (adapters/base.py): import it
+    here for each protocol of an enabled device, so a missing protocol library is named by `check` and stops
+    `run` before it starts, instead of failing a device task later."""
+    from adapters.base import registry
+
+    errors: list[str] = []
+    done: set[str] = set()
+    for i, dev in enumerate(cfg.devices):
+        if not dev.enabled or dev.protocol in done:
+            continue
+        done.add(dev.protocol)
+        try:
+            registry.get(dev.protocol).adapter_class()
+        except Exception as exc:
+            errors.append(f"devices[{i}]: protocol {dev.protocol}: its adapter does not load ({type(exc).__name__}: "
+                          f"{exc}); reinstall the package that provides it (pip install -e . for the built-in ones)")
+    return errors

@@ -117,3 +117,27 @@ async def test_a_raising_state_sink_never_ends_the_task_and_is_logged_once(
     assert task.errors >= 5 and alive and len(calls) >= 5
     failed = [r.getMessage() for r in caplog.records if "listener" in r.getMessage()]
     assert failed == ["event=listener_failed listener=dead:on_state"]
+
+
+async def test_an_adapter_that_cannot_be_built_marks_its_device_offline(caplog: pytest.LogCaptureFixture) -> None:
+    """A plugin's adapter module is imported at the first device that uses it: when that import fails, the
+    device is offline with the reason and the other devices poll on."""
+    seen: dict[str, int] = {}
+    states: list[tuple[str, DeviceState, str | None]] = []
+
+    def missing(dev: Any) -> Adapter:
+        raise ModuleNotFoundError("No module named 'asyncua'")
+
+    engine = Engine(lambda dev, r: seen.__setitem__(dev, seen.get(dev, 0) + len(r)),
+                    lambda dev, st, why: states.append((dev, st, why)))
+    for name, factory in (("good", Good), ("broken", missing)):
+        engine.start_device(device(name))
+        engine.tasks[name].adapter_factory = factory
+    await asyncio.sleep(0.3)
+    broken = engine.tasks["broken"].task
+    await engine.stop()
+    assert broken is not None and broken.done() and broken.exception() is None
+    assert states == [("broken", DeviceState.OFFLINE,
+                       "internal error: ModuleNotFoundError: No module named 'asyncua'")]
+    assert seen.get("good", 0) >= 3 and "broken" not in seen
+    assert any("event=adapter_not_built" in r.getMessage() for r in caplog.records)

@@ -230,3 +230,37 @@ def test_simulate_refuses_a_protocol_without_a_simulator(tmp_path: Path) -> None
     done = _collector("simulate", "-c", str(path), env=_env(site))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "device 'lc-01': protocol linecounter has no simulator" in done.stderr
+
+
+def test_a_protocol_library_is_imported_only_for_a_device_that_uses_it() -> None:
+    """Plugins name their adapter as "module:Class" (adapters/base.py `adapter_class`): parsing a config and
+    building a Modbus adapter loads neither asyncua nor python-snap7 nor another protocol's adapter module."""
+    code = textwrap.dedent('''
+        import sys
+        from adapters.base import AdapterContext, create_adapter, registry
+        from collector.config import parse_config
+        cfg = parse_config({"site": {"enterprise_id": "e"}, "devices": [{"id": "m", "protocol": "modbus",
+                            "endpoint": "tcp://127.0.0.1:1502", "tags": [{"name": "t", "register": 40001}]}]})
+        assert sorted(registry.names()) == ["mc", "modbus", "opcua", "s7"], registry.names()
+        before = {m for m in ("asyncua", "snap7", "adapters.opcua.adapter", "adapters.s7.adapter",
+                              "adapters.mc.adapter", "adapters.modbus.adapter") if m in sys.modules}
+        adapter = create_adapter(cfg.devices[0], AdapterContext())
+        after = {m for m in ("asyncua", "snap7", "adapters.opcua.adapter", "adapters.s7.adapter",
+                             "adapters.mc.adapter", "adapters.modbus.adapter") if m in sys.modules}
+        print(type(adapter).__name__, sorted(before), sorted(after))
+    ''')
+    done = subprocess.run([sys.executable, "-c", code], env=_env(None), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split(None, 1) == ["ModbusAdapter", "[] ['adapters.modbus.adapter']\n"]
+
+
+def test_a_protocol_whose_adapter_does_not_import_is_a_check_error(tmp_path: Path) -> None:
+    """The adapter is imported for the protocols a config uses (collector/preflight.py `adapter_problems`):
+    a missing protocol library is named by `check` (and stops `run`), not found by a device task later."""
+    site = _plugin_dir(tmp_path)
+    init = site / "linecounter" / "__init__.py"
+    init.write_text(init.read_text().replace("adapter=LineAdapter", 'adapter="linecounter.gone:LineAdapter"'))
+    done = _collector("check", "-c", str(_config(tmp_path, free_port(), free_port())), env=_env(site))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert ("devices[0]: protocol linecounter: its adapter does not load (ModuleNotFoundError: No module named "
+            "'linecounter.gone')") in done.stderr

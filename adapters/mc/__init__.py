@@ -6,8 +6,19 @@ from __future__ import annotations
 from typing import Any
 
 from adapters.base import ProtocolPlugin
-from adapters.mc.adapter import McAdapter, describe_tag
-from adapters.mc.config import ENDPOINT_RULE, McDevice
+from adapters.mc.config import ENDPOINT_RULE, McDevice, McTag, tag_words
+
+
+def describe_tag(device: McDevice, tag: McTag) -> str:
+    """Where `collector check --tags` says a tag is read."""
+    addr = tag.parsed(device.xy_base)
+    type_ = tag.value_type(device.xy_base)
+    default = f" (type {type_} by default)" if tag.type is None else ""
+    if addr.device.is_bit:
+        return f"{addr.device.name} point {addr.number} (read in word {addr.word()}, bit {addr.number % 16}){default}"
+    words = tag_words(type_)
+    where = f"{addr.device.name} {addr.number}" + (f" bit {addr.bit}" if addr.bit is not None else "")
+    return where + (f" .. {addr.number + words - 1} ({words} words)" if words > 1 else "") + default
 
 
 def simulator(device: McDevice) -> Any:
@@ -17,5 +28,6 @@ def simulator(device: McDevice) -> Any:
     return McServerSim(device)
 
 
-PLUGIN = ProtocolPlugin(name="mc", device_model=McDevice, adapter=McAdapter, describe_tag=describe_tag,
-                        simulator=simulator, schemes=ENDPOINT_RULE.schemes)
+# the adapter by name: its module is imported only for a device that uses it
+PLUGIN = ProtocolPlugin(name="mc", device_model=McDevice, adapter="adapters.mc.adapter:McAdapter",
+                        describe_tag=describe_tag, simulator=simulator, schemes=ENDPOINT_RULE.schemes)

@@ -16,12 +16,12 @@ from typing import Any, ClassVar
 from adapters.base import Adapter, AdapterContext, AdapterError
 from adapters.mc.client import McAnswer, McClient, McError, McTimeout
 from adapters.mc.codec import Converter, compile_converter
-from adapters.mc.config import McDevice, McTag, tag_words
+from adapters.mc.config import McDevice, McTag
 from adapters.mc.frame import Route
 from adapters.mc.planner import Read, plan_reads, span
 from collector.model import Quality, Reading
 
-__all__ = ["ADDRESS_END_CODES", "McAdapter", "describe_tag"]
+__all__ = ["ADDRESS_END_CODES", "McAdapter"]
 
 ADDRESS_END_CODES = {
     0x4030: "the device is not present in this CPU",
@@ -34,18 +34,6 @@ ADDRESS_END_CODES = {
 """End codes that say the devices asked for are wrong (unknown device code, number out of range)."""
 
 _Entry = tuple[int, str, str | None, Converter, int]  # index, tag name, unit, converter, word offset
-
-
-def describe_tag(device: McDevice, tag: McTag) -> str:
-    """Where `collector check --tags` says a tag is read."""
-    addr = tag.parsed(device.xy_base)
-    type_ = tag.value_type(device.xy_base)
-    default = f" (type {type_} by default)" if tag.type is None else ""
-    if addr.device.is_bit:
-        return f"{addr.device.name} point {addr.number} (read in word {addr.word()}, bit {addr.number % 16}){default}"
-    words = tag_words(type_)
-    where = f"{addr.device.name} {addr.number}" + (f" bit {addr.bit}" if addr.bit is not None else "")
-    return where + (f" .. {addr.number + words - 1} ({words} words)" if words > 1 else "") + default
 
 
 class McAdapter(Adapter):

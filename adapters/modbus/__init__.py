@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from adapters.base import ProtocolPlugin
-from adapters.modbus.adapter import ModbusAdapter
 from adapters.modbus.config import ENDPOINT_RULE, ModbusDevice, ModbusTag
 
 
@@ -25,5 +24,6 @@ def simulator(device: ModbusDevice) -> Any:
     return ModbusServerSim(device.endpoint, [device])
 
 
-PLUGIN = ProtocolPlugin(name="modbus", device_model=ModbusDevice, adapter=ModbusAdapter, describe_tag=describe_tag,
-                        simulator=simulator, schemes=ENDPOINT_RULE.schemes)
+# the adapter by name: its module (and pymodbus) is imported only for a device that uses it
+PLUGIN = ProtocolPlugin(name="modbus", device_model=ModbusDevice, adapter="adapters.modbus.adapter:ModbusAdapter",
+                        describe_tag=describe_tag, simulator=simulator, schemes=ENDPOINT_RULE.schemes)

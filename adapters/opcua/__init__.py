@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from adapters.base import ProtocolPlugin
-from adapters.opcua.adapter import OpcUaAdapter
 from adapters.opcua.commands import add_parsers
 from adapters.opcua.config import ENDPOINT_RULE, OpcUaDevice, OpcUaTag
 
@@ -22,5 +21,6 @@ def simulator(device: OpcUaDevice) -> Any:
     return OpcUaMachineSim(device)
 
 
-PLUGIN = ProtocolPlugin(name="opcua", device_model=OpcUaDevice, adapter=OpcUaAdapter, describe_tag=describe_tag,
-                        simulator=simulator, commands=add_parsers, schemes=ENDPOINT_RULE.schemes)
+# the adapter by name: its module (and asyncua) is imported only for a device that uses it
+PLUGIN = ProtocolPlugin(name="opcua", device_model=OpcUaDevice, adapter="adapters.opcua.adapter:OpcUaAdapter",
+                        describe_tag=describe_tag, simulator=simulator, commands=add_parsers, schemes=ENDPOINT_RULE.schemes)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from adapters.base import ProtocolPlugin
-from adapters.s7.adapter import S7Adapter
 from adapters.s7.config import ENDPOINT_RULE, S7Device, S7Tag
 
 
@@ -22,5 +21,6 @@ def simulator(device: S7Device) -> Any:
     return S7MachineSim(device)
 
 
-PLUGIN = ProtocolPlugin(name="s7", device_model=S7Device, adapter=S7Adapter, describe_tag=describe_tag,
-                        simulator=simulator, schemes=ENDPOINT_RULE.schemes)
+# the adapter by name: its module (and python-snap7) is imported only for a device that uses it
+PLUGIN = ProtocolPlugin(name="s7", device_model=S7Device, adapter="adapters.s7.adapter:S7Adapter",
+                        describe_tag=describe_tag, simulator=simulator, schemes=ENDPOINT_RULE.schemes)

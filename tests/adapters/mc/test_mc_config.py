@@ -122,5 +122,5 @@ def test_the_registry_serves_the_mc_plugin() -> None:
         {"name": "a", "address": "D10", "type": "DINT"}]})
     assert plugin.name == "mc" and plugin.schemes == ("mc",)
     assert plugin.describe_tag(dev, dev.tags[0]) == "D 10 .. 11 (2 words)"  # type: ignore[attr-defined]
-    assert isinstance(plugin.adapter(dev, None), Adapter)
+    assert isinstance(plugin.adapter_class()(dev, None), Adapter)
     assert plugin.simulator is not None and isinstance(plugin.simulator(dev), McServerSim)
