@@ -22,7 +22,7 @@ from pymodbus.exceptions import ModbusException
 
 from adapters.base import AdapterContext, AdapterError
 from adapters.modbus.adapter import ModbusAdapter, ModbusState
-from adapters.modbus.tcp import MbapClient, ReadBatch
+from adapters.modbus.tcp import ReadBatch
 from collector.config import ConfigError, parse_config
 from collector.model import Quality
 from simulators.modbus import ModbusServerSim
@@ -260,9 +260,9 @@ async def test_a_garbled_answer_with_several_outstanding_falls_back(device: Devi
     adapter = adapter_for(device.port, context)
     await adapter.connect()
     try:
-        with caplog.at_level(logging.WARNING, logger="adapters.modbus.adapter"):
-            with pytest.raises(AdapterError, match="garbled answer"):
-                await adapter.read()
+        with caplog.at_level(logging.WARNING, logger="adapters.modbus.adapter"), \
+                pytest.raises(AdapterError, match="garbled answer"):
+            await adapter.read()
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1 and "device=m1" in warnings[0].getMessage()
         assert "max_outstanding: 1" in warnings[0].getMessage()
