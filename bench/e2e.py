@@ -1317,6 +1317,14 @@ collector got 0.2–0.4 cores; the ratio within the run is the point): sparse 10
 14,155 readings/s (saturated) at 0.019 CPU s per 1 k readings/s, with `max_outstanding: 8` 16,681 readings/s
 (saturated) at 0.012 (0.63× the CPU per reading); sparse 1000 ms p99 92 ms. The issue's acceptance (the sparse
 row ≥ 20× the peer per core, both rows) needs a full `make bench` with the peer on a quiet machine: not run here.
+
+What remains per request at the default settings (`bench/profile.py --map sparse --seconds 8`, 50 ms, same loaded
+machine: 24,024 readings/s at 0.50 cores): 35 % of the event-loop thread's samples are the `send` system call
+inside `MbapClient._send` (one `transport.write` per request), 16 % the loop's `epoll`/`recv` (`Runner.run`), 4.5 %
+parsing answers (`_take_read`), 1.6 % `data_received`; the adapter's cycle and decoding 14 %, the pipeline, MQTT
+encoding and outbox the rest. No per-request futures, timers, coroutine wake-ups or logging checks are left in the
+profile; what is left is one send and one receive per request, which only `max_outstanding` > 1 (several requests
+per write, several answers per read) takes out.
 """
 
 LEGACY = """## The plugin refactor, before and after (protocols as plugins, sinks as a list)
