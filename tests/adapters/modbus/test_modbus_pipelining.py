@@ -367,3 +367,59 @@ def test_max_outstanding_is_refused_on_rtu(endpoint: str) -> None:
     parse_config({"site": {"enterprise_id": "e"}, "devices": [{
         "id": "d", "protocol": "modbus", "endpoint": endpoint, "max_outstanding": 1,
         "tags": [{"name": "t", "register": 40001}]}]})
+
+
+# -- issue 13's hostile simulator, now with several requests in flight
+
+
+@pytest.mark.parametrize("kept", [5, 9, 15, 28])
+async def test_a_cut_answer_among_pipelined_ones_never_publishes_a_wrong_value(kept: int) -> None:
+    """The simulator (pipelining mode) cuts one answer after `kept` bytes and sends the next answers whole:
+    every reading published good has its right value, and the next cycle reads all of them."""
+    port = free_port()
+    tags = [{"name": f"r{i}", "table": "holding_register", "address": 10 * i, "type": "raw", "count": c,
+             "sim": {"kind": "constant", "value": 0}} for i, c in enumerate((10, 1, 2, 3))]
+    dev = build_device(port, tags, max_gap=0, max_outstanding=4, timeout=0.2, retries=1)
+    async with ModbusServerSim(dev.endpoint, [dev]) as sim:
+        unit = sim.unit("m1")
+        for t in tags:
+            a, c = int(t["address"]), int(t["count"])
+            unit.tables["holding_register"][a:a + c] = array("H", right(a, c))
+            unit.held["holding_register"].update(range(a, a + c))
+        adapter = ModbusAdapter(dev, AdapterContext())
+        await adapter.connect()
+        try:
+            sim.truncate_answers("m1", keep=kept)
+            try:
+                got = await adapter.read()
+            except AdapterError as exc:
+                assert "truncated" in exc.reason or "garbled" in exc.reason, exc.reason
+                await adapter.connect()
+            else:
+                for k, r in enumerate(got):
+                    assert r.quality != Quality.GOOD or r.value == right(10 * k, int(tags[k]["count"])), r
+            got = await adapter.read()
+            assert [r.value for r in got] == [right(10 * k, int(t["count"])) for k, t in enumerate(tags)]
+        finally:
+            await adapter.close()
+
+
+async def test_an_illegal_address_is_split_out_with_several_in_flight() -> None:
+    port = free_port()
+    tags = [{"name": f"t{i}", "table": "holding_register", "address": 2 * i, "sim": {"kind": "constant",
+             "value": 100 + i}} for i in range(20)]
+    tags.append({"name": "far", "table": "holding_register", "address": 500, "sim": {"kind": "constant", "value": 7}})
+    dev = build_device(port, tags, max_outstanding=4, simulate={"exception_addresses": [14], "exception_code": 2})
+    async with ModbusServerSim(dev.endpoint, [dev]):
+        adapter = ModbusAdapter(dev, AdapterContext())
+        await adapter.connect()
+        try:
+            for _ in range(2):
+                got = {r.tag: r for r in await adapter.read()}
+                assert (got["t7"].value, got["t7"].quality) == (None, Quality.BAD_ILLEGAL_ADDRESS)
+                assert {n: r.value for n, r in got.items() if n != "t7"} == \
+                    {**{f"t{i}": 100 + i for i in range(20) if i != 7}, "far": 7}
+            assert [(r.start, r.count) for r in adapter.plan] == [(0, 13), (14, 1), (16, 23), (500, 1)]
+            assert adapter.stats()["max_outstanding"] == 4 and adapter.stats()["illegal_skipped"] == 1
+        finally:
+            await adapter.close()
