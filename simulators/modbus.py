@@ -25,7 +25,11 @@ Behaviour a collector sees:
 - the device's `identity:` tags (a serial-number register) are served like its tags;
 - every request is logged per unit (`UnitStore.requests`, `.writes`); a written address keeps the written
   value (the machine model stops overwriting it), as a setpoint register does;
-- `stop()` closes the listener and every client connection.
+- `stop()` closes the listener and every client connection;
+- several outstanding requests (a client's `max_outstanding` > 1) are answered only by a `tcp://` simulator
+  with `pipelining` on, which is the default when a device behind the endpoint sets `max_outstanding` > 1.
+  Otherwise it behaves like pymodbus's server, i.e. like a device that takes one request at a time: of
+  several requests in one TCP segment it answers the first and keeps the rest until more bytes arrive.
 """
 
 from __future__ import annotations
@@ -44,11 +48,13 @@ from urllib.parse import urlsplit
 
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
-from pymodbus.exceptions import NoSuchIdException
+from pymodbus.exceptions import ModbusIOException, NoSuchIdException
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.pdu.mei_message import ReadDeviceInformationRequest, ReadDeviceInformationResponse
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
+from pymodbus.transaction import TransactionManager
 
 from adapters.modbus.codec import TagCodec, compile_tag
 from adapters.modbus.config import ENDPOINT_RULE, ModbusDevice
@@ -241,6 +247,54 @@ class _DeviceIdentification(ReadDeviceInformationRequest):
         return resp
 
 
+class _PipelinedHandler(ServerRequestHandler):
+    """A connection of a simulator that takes several outstanding requests.
+
+    pymodbus 3.16's handler decodes one frame per `data_received` (the rest of the segment waits for the next
+    one) and answers `last_pdu` from a task scheduled later, which the next frame may have overwritten by
+    then. This one decodes every whole frame of a segment and answers each request in its own task, with its
+    own PDU, as the Modbus TCP spec allows (answers in the order they are ready)."""
+
+    def callback_data(self, data: bytes, addr: tuple[Any, ...] | None = None) -> int:
+        used = 0
+        while used < len(data):
+            try:
+                n = TransactionManager.callback_data(self, data[used:] if used else data, addr)
+            except ModbusIOException as exc:  # as pymodbus answers an undecodable request
+                self.server_send(ExceptionResponse(exc.fcode or 0, exception_code=ExcCodes.ILLEGAL_FUNCTION,
+                                                   device_id=exc.dev_id, transaction=exc.transaction_id), addr)
+                return len(data)
+            pdu = self.last_pdu
+            if pdu is not None:
+                self.loop.create_task(self._answer(pdu, addr))
+            if not n or pdu is None:
+                break
+            used += n
+        return used
+
+    async def _answer(self, pdu: ModbusPDU, addr: tuple[Any, ...] | None) -> None:
+        """ServerRequestHandler.handle_request for one given request."""
+        server: Any = self.server
+        try:
+            response = await pdu.datastore_update(server.context, pdu.dev_id)
+        except NoSuchIdException:
+            if server.ignore_missing_devices:
+                return  # the client times out
+            response = ExceptionResponse(pdu.function_code, ExcCodes.GATEWAY_NO_RESPONSE)
+        except Exception:
+            log.exception("modbus sim: answering %s failed", pdu)
+            response = ExceptionResponse(pdu.function_code, ExcCodes.DEVICE_FAILURE)
+        response.transaction_id = pdu.transaction_id
+        response.dev_id = pdu.dev_id
+        if self.transport is not None:
+            self.server_send(response, addr)
+
+
+class _PipelinedTcpServer(ModbusTcpServer):
+    def callback_new_connection(self) -> ServerRequestHandler:
+        return _PipelinedHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+
+
 def _exist(*paths: Path) -> bool:
     return all(p.exists() for p in paths)
 
@@ -252,7 +306,8 @@ class ModbusServerSim:
     The control methods switch faults per device at run time (they take effect with the next request).
     """
 
-    def __init__(self, endpoint_url: str, devices: list[ModbusDevice], serve_port: str | None = None) -> None:
+    def __init__(self, endpoint_url: str, devices: list[ModbusDevice], serve_port: str | None = None,
+                 pipelining: bool | None = None) -> None:
         endpoint = parse_endpoint(endpoint_url, ENDPOINT_RULE)
         if endpoint.scheme not in ("tcp", "rtu+tcp", "serial"):
             raise ValueError(f"the Modbus simulator serves tcp://, rtu+tcp:// and serial:// endpoints "
@@ -270,6 +325,9 @@ class ModbusServerSim:
         self._by_device: dict[str, UnitStore] = {}
         for dev in devices:
             self.add_device(dev)
+        # several outstanding requests answered (tcp:// only): as asked, else when a device asks for them
+        self.pipelining = self.scheme == "tcp" and (
+            any(d.max_outstanding > 1 for d in devices) if pipelining is None else pipelining)
         self._store = _Datastore(self.units, answer_unknown=self.scheme == "tcp")
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._socat: asyncio.subprocess.Process | None = None
@@ -309,7 +367,8 @@ class ModbusServerSim:
                                         **settings)
         else:
             framer = FramerType.RTU if self.scheme == "rtu+tcp" else FramerType.SOCKET
-            server = ModbusTcpServer(self._store, address=(self.host, self.port), framer=framer,
+            server_type = _PipelinedTcpServer if self.pipelining else ModbusTcpServer
+            server = server_type(self._store, address=(self.host, self.port), framer=framer,
                                      ignore_missing_devices=True, custom_pdu=[_DeviceIdentification],
                                      trace_packet=self._cut)
         try:

@@ -18,6 +18,7 @@ What the device says decides who pays:
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,9 +31,12 @@ from adapters.base import Adapter, AdapterContext, AdapterError, DeviceSkipped, 
 from adapters.modbus.codec import Converter, TagCodec, compile_tag
 from adapters.modbus.config import ModbusDevice, ModbusTag
 from adapters.modbus.identification import mac_of, read_identification
-from adapters.modbus.line import Line, Lines, ModbusClient
+from adapters.modbus.line import Line, LineKey, Lines, ModbusClient
 from adapters.modbus.planner import ReadRequest, plan_device, span_request
+from adapters.modbus.tcp import MbapClient, ReadBatch
 from collector.model import Quality, Reading
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ILLEGAL_RECHECK_S", "ModbusAdapter", "ModbusState"]
 
@@ -127,6 +131,8 @@ class ModbusState:
 
     lines: Lines = field(default_factory=Lines)
     plans: dict[tuple[str, str, int], _PlanMemory] = field(default_factory=dict)
+    # endpoints found to take only one outstanding request (`max_outstanding` fell back to 1): line -> why
+    one_at_a_time: dict[LineKey, str] = field(default_factory=dict)
 
 
 def _halves(tags: list[ModbusTag]) -> tuple[list[ModbusTag], list[ModbusTag]]:
@@ -168,11 +174,12 @@ class ModbusAdapter(Adapter):
         by_name = {t.name: t for t in device.tags}
         self.plan: list[ReadRequest] = [span_request(by_name[n] for n in names) for names in memory.plan]
         self._steps: list[tuple[ReadRequest, list[_Entry]]] = [(r, self._entries(r)) for r in self.plan]
+        self._batches: dict[tuple[int, ...] | None, ReadBatch] = {}  # the plan's reads by the steps asked
         self.line: Line | None = None
         self._read_fns: dict[str, _ReadFn] = {}
         self._counters: dict[str, Any] = {
             "connects": 0, "cycles": 0, "requests": 0, "exception_responses": 0, "failures": 0, "splits": 0,
-            "illegal_skipped": 0, "last_error": None, "last_cycle_s": None,
+            "illegal_skipped": 0, "last_error": None, "last_cycle_s": None, "max_outstanding": 1,
         }
 
     def _entries(self, req: ReadRequest) -> list[_Entry]:
@@ -242,6 +249,9 @@ class ModbusAdapter(Adapter):
         return out
 
     async def _cycle(self, line: Line) -> list[Reading]:
+        client = line.client
+        if isinstance(client, MbapClient) and not self.device.inter_request_delay:
+            return await self._cycle_batch(line, client)
         device_id = self.device.id
         delay = self.device.inter_request_delay
         illegal = self._memory.illegal
@@ -268,6 +278,132 @@ class ModbusAdapter(Adapter):
         if replaced:
             self._replan(replaced)
         return out  # type: ignore[return-value]  # every index is filled: the plan covers every tag
+
+    # -- Modbus TCP: the whole cycle as one batch (adapters/modbus/tcp.py), up to `max_outstanding` in flight
+
+    def window(self, line: Line) -> int:
+        """Requests in flight at once on this line: `max_outstanding`, or 1 once the endpoint refused more."""
+        if self.device.max_outstanding > 1 and line.key not in self._state.one_at_a_time:
+            return self.device.max_outstanding
+        return 1
+
+    def _batch(self, asked: tuple[int, ...] | None) -> ReadBatch:
+        """The reads of the steps `asked` (None: every step), built once per plan and set of steps."""
+        batch = self._batches.get(asked)
+        if batch is None:
+            steps = self._steps if asked is None else [self._steps[n] for n in asked]
+            batch = ReadBatch(self.device.unit_id, [(FUNCTION_CODES[r.table], r.start, r.count) for r, _ in steps])
+            self._batches[asked] = batch
+        return batch
+
+    def _one_at_a_time(self, line: Line, why: str) -> None:
+        """The endpoint does not take several outstanding requests: 1 from now on, for every device on it
+        (until the collector restarts), said once."""
+        if line.key in self._state.one_at_a_time:
+            return
+        self._state.one_at_a_time[line.key] = why
+        log.warning("device=%s endpoint=%s event=max_outstanding_fallback max_outstanding=%d: %s; polling one "
+                    "request at a time from now on. Fix: set max_outstanding: 1 for this device (the device or "
+                    "gateway accepts only one outstanding Modbus TCP request)",
+                    self.device.id, self.device.endpoint, self.device.max_outstanding, why)
+
+    async def _cycle_batch(self, line: Line, client: MbapClient) -> list[Reading]:
+        device_id = self.device.id
+        illegal = self._memory.illegal
+        out: list[Reading | None] = [None] * len(self.codecs)
+        asked: tuple[int, ...] | None = None
+        if illegal:
+            now_m = time.monotonic()
+            keep = []
+            for n, (req, entries) in enumerate(self._steps):
+                recheck = illegal.get(_span(req))
+                if recheck is not None and now_m < recheck:
+                    self._counters["illegal_skipped"] += 1
+                    now = time.time()
+                    for i, name, unit_name, _conv, _off in entries:
+                        out[i] = Reading(device_id, name, None, unit_name, Quality.BAD_ILLEGAL_ADDRESS, now, now)
+                else:
+                    keep.append(n)
+            if len(keep) < len(self._steps):
+                asked = tuple(keep)
+        batch = self._batch(asked)
+        steps = list(range(len(self._steps))) if asked is None else list(asked)
+        window = self.window(line)
+        self._counters["max_outstanding"] = window
+        self._counters["requests"] += len(batch)
+        try:
+            answers = await client.read_batch(batch, window)
+        except ModbusIOException:  # window 1: a request and its retries unanswered
+            req = self._steps[steps[client.failed_at]][0]
+            raise _Failure(f"no answer from unit {self.device.unit_id} within {self.device.timeout:g} s "
+                           f"({self.device.retries + 1} tries) reading {req.table} {req.start}+{req.count}",
+                           timeout=True) from None
+        except (ConnectionException, ModbusException) as exc:
+            if window > 1 and client.failed_in_flight > 1:
+                self._one_at_a_time(line, f"{exc} with {client.failed_in_flight} requests outstanding")
+            what = "connection lost" if isinstance(exc, ConnectionException) else "request failed"
+            raise _Failure(f"{what}: {exc}", timeout=False) from None
+        finally:
+            line.last_answer = time.monotonic()
+        missing = [k for k, a in enumerate(answers) if a is None]
+        if missing:  # window > 1 only: ask again one at a time on a new connection (tcp.py's docstring)
+            answers = await self._ask_again(line, steps, answers, missing, client.holes)
+        replaced: dict[int, list[ReadRequest]] = {}
+        for k, resp in enumerate(answers):
+            n = steps[k]
+            req, entries = self._steps[n]
+            if resp is None:  # unanswered even alone
+                now = time.time()
+                for i, name, unit_name, _conv, _off in entries:
+                    out[i] = Reading(device_id, name, None, unit_name, Quality.BAD_TIMEOUT, now, now)
+                continue
+            if resp.isError() and resp.exception_code == ILLEGAL_ADDRESS:
+                pieces = await self._split(line, req, resp)
+                if [_span(p) for p, _ in pieces] != [_span(req)]:
+                    replaced[n] = [p for p, _ in pieces]
+                for piece, answer in pieces:
+                    self._decode(piece, self._entries(piece) if piece is not req else entries, answer, out)
+                continue
+            self._decode(req, entries, resp, out)
+        if replaced:
+            self._replan(replaced)
+        return out  # type: ignore[return-value]  # every index is filled: the plan covers every tag
+
+    async def _ask_again(self, line: Line, steps: list[int], answers: list[Any], missing: list[int],
+                         holes: list[int]) -> list[Any]:
+        """A window ended with a request unanswered (the client closed the connection): reconnect and ask
+        every request without a trusted answer again, one at a time, with the device's retries. A request
+        unanswered alone too leaves its tags `bad_timeout` (two in a row: the device went silent, the cycle
+        fails as a timeout); one answered alone that was not answered in the window shows the device does
+        not take several outstanding requests (-> one at a time from now on)."""
+        line.drop()
+        await line.open(self.device)
+        client = line.client
+        if client is None:
+            raise _Failure("not connected", timeout=False)
+        line.configure(self.device)
+        self._bind(client)
+        answers = list(answers)
+        silent = 0
+        rescued = 0
+        for k in missing:
+            req = self._steps[steps[k]][0]
+            try:
+                answers[k] = await self._request(line, req)
+            except _Failure as exc:
+                if not exc.timeout or silent:
+                    raise
+                silent += 1
+                continue
+            silent = 0
+            rescued += k in holes
+        if all(a is None for a in answers):  # nothing answered in the window nor alone: a silent device
+            raise _Failure(f"no answer from unit {self.device.unit_id} within {self.device.timeout:g} s "
+                           f"({self.device.retries + 1} tries)", timeout=True)
+        if rescued:
+            self._one_at_a_time(line, f"{rescued} of {len(holes)} requests unanswered with "
+                                f"{self.window(line)} outstanding were answered one at a time")
+        return answers
 
     def _decode(self, req: ReadRequest, entries: list[_Entry], resp: Response, out: list[Reading | None]) -> None:
         """Fill `out` for the tags of one answered request."""
@@ -341,6 +477,7 @@ class ModbusAdapter(Adapter):
             plan.extend(replaced.get(n, [req]))
         self.plan = plan
         self._steps = [(r, self._entries(r)) for r in plan]
+        self._batches = {}
         self._memory.plan = [[t.name for t, _ in r.tags] for r in plan]
 
     async def _request(self, line: Line, req: ReadRequest, delay: float = 0.0) -> Response:

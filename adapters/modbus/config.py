@@ -144,6 +144,8 @@ class ModbusDevice(DeviceBase):
     max_registers: Integer = Field(default=125, ge=1, le=125)
     max_bits: Integer = Field(default=2000, ge=1, le=2000)
     coalesce: bool = True
+    max_outstanding: Integer = Field(default=1, ge=1, le=32, description="requests of one poll cycle in flight "
+                                     "at once (Modbus TCP only)")
     degrade_after: Integer = Field(default=3, ge=1, le=1000)
     degrade_for: Number = Field(default=30.0, ge=0, le=86400, description="seconds; a degraded device is "
                                "probed again after this")
@@ -162,6 +164,22 @@ class ModbusDevice(DeviceBase):
         from adapters.modbus.lint import device_warnings
 
         return device_warnings(where, self)
+
+    @model_validator(mode="after")
+    def _pipelining(self) -> ModbusDevice:
+        """Several outstanding requests need transaction ids (Modbus TCP) and a device that takes requests back
+        to back; RTU matches an answer to the one request on the line, so it can never have more than one."""
+        if self.max_outstanding > 1:
+            scheme = self.endpoint.split("://", 1)[0].lower()
+            if scheme != "tcp":
+                raise ValueError(f"{SUBPATH}max_outstanding: {self.max_outstanding} needs a tcp:// endpoint (Modbus TCP); "
+                                 f"Modbus RTU ({scheme}://) has no transaction id and never has more than one "
+                                 "request outstanding: remove max_outstanding or set it to 1")
+            if self.inter_request_delay:
+                raise ValueError(f"{SUBPATH}max_outstanding: {self.max_outstanding} sends requests back to back, which "
+                                 "contradicts inter_request_delay: set max_outstanding: 1 or remove "
+                                 "inter_request_delay")
+        return self
 
     @model_validator(mode="after")
     def _resolve_registers(self) -> ModbusDevice:
