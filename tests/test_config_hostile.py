@@ -400,4 +400,4 @@ async def test_hostile_configs_never_trace_back_and_what_check_accepts_runs(
         batch = sample[i:i + PARALLEL_RUNS]
         results = await asyncio.gather(*(start_and_stop(p, tmp_path) for _, p in batch))
         failures += [f"{kind} {path}: {why}" for (kind, path), why in zip(batch, results, strict=True) if why]
-    assert not failures, failures
+    assert not failures, "\n\n".join(failures)  # in full: a crash's stack is in the log tail

@@ -168,7 +168,9 @@ def test_kill_9_while_the_broker_is_down_loses_nothing(tmp_path: Path, state_dir
 
 
 async def test_a_tiny_byte_bound_drops_the_oldest_and_reports_exactly(tmp_path: Path, state_dir: Path) -> None:
-    broker = MosquittoProcess(free_port())
+    # persistence keeps the subscriber's session across the restart: without it the backlog could go out
+    # before the subscriber is back, and what it missed would look dropped (or, missed at the end, not)
+    broker = MosquittoProcess(free_port(), persistence_dir=tmp_path)
     broker.start()
     data = load_config(state_dir, broker.port, devices=2, interval=0.05, outbox={"max_bytes": 20_000})
     cfg = parse_config(data)
@@ -180,7 +182,10 @@ async def test_a_tiny_byte_bound_drops_the_oldest_and_reports_exactly(tmp_path: 
     try:
         await rec.wait_for(lambda: len(by_device(rec)) == 2, 20, "data from both devices")
         broker.stop()
-        await asyncio.sleep(4)  # ~160 batches of ~300 bytes: far over 20 kB
+        # far over 20 kB of ~300-byte batches: drops from both devices (their batches interleave), however slow
+        # the box (a fixed 4 s made too few on a loaded one: only one device's batches were dropped)
+        await rec.wait_for(lambda: collector.outbox.stats("mqtt")["dropped_batches"] >= 40, 30,
+                           "40 batches dropped at the byte bound")
         # stop polling so that the count below is final, then bring the broker back
         for dev in ("m00", "m01"):
             await collector.engine.stop_device(dev)
