@@ -40,8 +40,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# two workers (pytest-xdist): most tests wait on sockets and subprocesses, not the CPU; TEST_WORKERS=0 runs
+# in one process
+TEST_WORKERS ?= 2
+
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # End to end, side by side with ThingsBoard IoT Gateway (installed into bench/.peer-venv on first use);
 # rewrites docs/BENCHMARKS.md. ARGS=--quick (or `make bench-quick`): under 3 minutes; ARGS=--no-peer skips the peer.

@@ -335,6 +335,7 @@ async def start_and_stop(path: Path, tmp: Path) -> str:
     notify = FakeNotifySocket(str(tmp / f"notify-{path.parent.name}.sock"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_") and k != "WATCHDOG_PID"}
     env["NOTIFY_SOCKET"] = notify.address
+    env["PYTHONFAULTHANDLER"] = "1"  # a crash (once: exit -11 after SIGTERM) leaves its Python stack in run.log
     log = path.parent / "run.log"
     with log.open("w") as log_file:
         proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "collector.cli", "run", "-c", str(path),
@@ -351,6 +352,8 @@ async def start_and_stop(path: Path, tmp: Path) -> str:
                 why = "" if code == 0 else f"exit {code} after SIGTERM"
             else:
                 why = f"no READY=1 (exit {proc.returncode})"
+            if why:
+                why += f": {log.read_text(errors='replace')[-3000:]}"
         finally:
             if proc.returncode is None:
                 proc.kill()
@@ -397,4 +400,4 @@ async def test_hostile_configs_never_trace_back_and_what_check_accepts_runs(
         batch = sample[i:i + PARALLEL_RUNS]
         results = await asyncio.gather(*(start_and_stop(p, tmp_path) for _, p in batch))
         failures += [f"{kind} {path}: {why}" for (kind, path), why in zip(batch, results, strict=True) if why]
-    assert not failures, failures
+    assert not failures, "\n\n".join(failures)  # in full: a crash's stack is in the log tail

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -71,71 +72,81 @@ async def test_sequence_numbers_keep_rising_across_restarts(broker: MosquittoPro
         await workshop.stop()
 
 
-def test_demo_command_exits_zero_after_its_duration(broker: MosquittoProcess, state_dir: Path,
-                                                    tmp_path: Path) -> None:
-    data = demo_on_free_ports(state_dir, broker.port)
-    path = tmp_path / "demo.yaml"
-    path.write_text(yaml.safe_dump(data, allow_unicode=True))
-    result = subprocess.run([sys.executable, "-m", "collector.cli", "demo", "-c", str(path), "--duration", "4",
-                             "--plain"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "broker: external" in result.stdout
-    assert "数字化设备联网率 D2" in result.stdout and "装备数控化率 D1: 77.7 %  [7/9]" in result.stdout
-    assert "cnc-01" in result.stdout and "online" in result.stdout
-    for dev in ("pack-01", "press-01"):  # the S7-1200 line and the FX5U press on MC
-        lines = [ln for ln in result.stdout.splitlines() if dev in ln]
+def assert_demo_output(stdout: str) -> None:
+    """What `collector demo --plain` prints on its last screen: the broker it used, the figures, every machine
+    online (the S7-1200 line and the FX5U press on MC too) and the simulated banner."""
+    assert "broker: external" in stdout
+    assert "数字化设备联网率 D2" in stdout and "装备数控化率 D1: 77.7 %  [7/9]" in stdout
+    assert "cnc-01" in stdout and "online" in stdout
+    for dev in ("pack-01", "press-01"):
+        lines = [ln for ln in stdout.splitlines() if dev in ln]
         assert lines and "online" in lines[-1], (dev, lines)
-    assert "含模拟设备，不可用于评价" in result.stdout  # the demo counts its simulators, and says so
+    assert "含模拟设备，不可用于评价" in stdout  # the demo counts its simulators, and says so
 
 
-def test_demo_clears_its_retained_topics_on_a_broker_it_did_not_start(
+def retained_under(broker: MosquittoProcess, root: str) -> set[str]:
+    """The retained topics (with a payload) under root/#: the broker sends them right after the SUBACK, so
+    they are all in once none has come for a while."""
+    rec = Recorder(broker.host, broker.port, f"{root}/#")
+    try:
+        seen, quiet_since = -1, time.monotonic()
+        while time.monotonic() - quiet_since < 0.4:
+            if len(rec.messages) != seen:
+                seen, quiet_since = len(rec.messages), time.monotonic()
+            time.sleep(0.05)
+    finally:
+        rec.close()
+    return {m.topic for m in rec.messages if m.retain and m.payload}
+
+
+def test_demo_exits_zero_after_its_duration_and_clears_its_retained_topics_on_a_broker_it_did_not_start(
         broker: MosquittoProcess, tmp_path: Path) -> None:
     """`make demo` on a developer's or plant's broker must not leave a demo workshop's statuses behind; with
-    --keep-retained they stay (and show what was cleared otherwise). Other retained topics are untouched."""
-    import time
-
+    --keep-retained they stay (and show what was cleared otherwise). Other retained topics are untouched.
+    Both runs go at once (each its own workshop, ports and state), and each exits 0 after its --duration."""
     from collector.demo_broker import clear_retained
 
     other = Recorder(broker.host, broker.port, "nothing/#")
     other.client.publish("plant/line-1/status", b'{"state": "online"}', qos=1, retain=True).wait_for_publish(5)
     other.close()
 
-    def retained_under(root: str) -> set[str]:
-        rec = Recorder(broker.host, broker.port, f"{root}/#")
-        time.sleep(1.0)  # retained messages come right after the SUBACK
-        rec.close()
-        return {m.topic for m in rec.messages if m.retain and m.payload}
-
-    roots = []
-    kept = 0
-    for keep in (True, False):
-        state = tmp_path / f"state-{keep}"
-        state.mkdir()
-        data = demo_on_free_ports(state, broker.port)
-        data["site"]["workshop"] = f"ws-keep-{keep}".lower()
-        path = tmp_path / f"demo-{keep}.yaml"
-        path.write_text(yaml.safe_dump(data, allow_unicode=True))
-        result = subprocess.run([sys.executable, "-m", "collector.cli", "demo", "-c", str(path), "--duration", "3",
-                                 "--plain", *(["--keep-retained"] if keep else [])],
-                                capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, result.stderr[-2000:]
-        root = parse_config(data).topic_root
-        roots.append(root)
-        left = retained_under(root)
-        if keep:
-            assert "cleared" not in result.stdout
-            # the demo's retained topics: gateway, per-device status and state, indicators
-            assert f"{root}/gateway/status" in left and f"{root}/devices/imm-01/status" in left, left
-            assert f"{root}/indicators" in left, left
-            kept = len(left)
-        else:
-            assert left == set(), left
-            n = int(result.stdout.split("broker: cleared ")[1].split()[0])
-            assert n >= kept - 2, (n, kept, result.stdout[-500:])  # about as many as the kept run left
-    assert retained_under("plant") == {"plant/line-1/status"}  # not the demo's: left alone
+    roots: dict[bool, str] = {}
+    runs: dict[bool, subprocess.Popen[str]] = {}
+    try:
+        for keep in (True, False):
+            state = tmp_path / f"state-{keep}"
+            state.mkdir()
+            data = demo_on_free_ports(state, broker.port)
+            data["site"]["workshop"] = f"ws-keep-{keep}".lower()
+            path = tmp_path / f"demo-{keep}.yaml"
+            path.write_text(yaml.safe_dump(data, allow_unicode=True))
+            roots[keep] = parse_config(data).topic_root
+            runs[keep] = subprocess.Popen(
+                [sys.executable, "-m", "collector.cli", "demo", "-c", str(path), "--duration", "3", "--plain",
+                 *(["--keep-retained"] if keep else [])], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        outputs = {keep: run.communicate(timeout=60) for keep, run in runs.items()}
+    finally:
+        for run in runs.values():
+            if run.poll() is None:
+                run.kill()
+                run.communicate()
+    for keep, run in runs.items():
+        assert run.returncode == 0, outputs[keep][1][-2000:]
+        assert_demo_output(outputs[keep][0])
+    kept_out, cleared_out = outputs[True][0], outputs[False][0]
+    assert "cleared" not in kept_out
+    kept_left = retained_under(broker, roots[True])
+    # the demo's retained topics: gateway, per-device status and state, indicators
+    assert f"{roots[True]}/gateway/status" in kept_left and f"{roots[True]}/devices/imm-01/status" in kept_left, kept_left
+    assert f"{roots[True]}/indicators" in kept_left, kept_left
+    kept = len(kept_left)
+    assert retained_under(broker, roots[False]) == set()
+    n = int(cleared_out.split("broker: cleared ")[1].split()[0])
+    assert n >= kept - 2, (n, kept, cleared_out[-500:])  # about as many as the kept run left
+    assert retained_under(broker, "plant") == {"plant/line-1/status"}  # not the demo's: left alone
     # the kept run's topics, cleared by the same function the demo uses
-    assert len(clear_retained(broker.host, broker.port, f"{roots[0]}/#")) == kept
-    assert retained_under(roots[0]) == set()
+    assert len(clear_retained(broker.host, broker.port, f"{roots[True]}/#")) == kept
+    assert retained_under(broker, roots[True]) == set()
 
 
 def test_demo_without_its_extra_names_the_extra_to_install(tmp_path: Path) -> None:

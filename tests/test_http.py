@@ -579,12 +579,16 @@ async def test_status_refuses_when_another_collector_answers(site: Site, tmp_pat
         out, err = await asyncio.wait_for(proc.communicate(), 30)
         return proc.returncode, out.decode(), err.decode()
 
-    code, out, err = await cli("status", "-c", str(other), "--json")
+    # three processes at once (none changes the running collector: the reload is refused)
+    status_other, reload_other, status_same = await asyncio.gather(
+        cli("status", "-c", str(other), "--json"), cli("reload", "-c", str(other)),
+        cli("status", "-c", str(same), "--json"))
+    code, out, err = status_other
     assert code == 1 and out == "", (out, err)
     assert "enterprise 'jx-hengda' workshop 'ws-machining'" in err, err
     assert "enterprise 'jx-other' workshop 'ws-assembly'" in err, err
-    code, out, err = await cli("reload", "-c", str(other))
+    code, out, err = reload_other
     assert code == 1 and "enterprise 'jx-other'" in err, err
-    code, out, err = await cli("status", "-c", str(same), "--json")
+    code, out, err = status_same
     assert code == 0, err
     assert '"enterprise": "jx-hengda"' in out

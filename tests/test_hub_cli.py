@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -16,6 +17,13 @@ from tests.hubsupport import ROOT
 def hub(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "collector.cli", "hub", *args], capture_output=True, text=True,
                           timeout=60, cwd=ROOT)
+
+
+def hubs(*commands: tuple[str, ...]) -> list[subprocess.CompletedProcess[str]]:
+    """`collector hub` once per argument tuple, all at once (each is its own process; most of a run is the
+    interpreter starting), the results in the order asked."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda args: hub(*args), commands))
 
 
 def test_a_bad_hub_config_names_each_field(tmp_path: Path) -> None:
@@ -33,8 +41,9 @@ def test_a_bad_hub_config_names_each_field(tmp_path: Path) -> None:
 def test_no_database_is_one_line_naming_the_package(tmp_path: Path) -> None:
     cfg = tmp_path / "hub.yaml"
     cfg.write_text(yaml.safe_dump({"database": "postgresql://postgres:pw@127.0.0.1:1/hub"}))
-    for args in (("migrate",), ("bulletin", "--period", "2026-11"), ("incidents",)):
-        out = hub(*args, "-c", str(cfg))
+    asked = (("migrate",), ("bulletin", "--period", "2026-11"), ("incidents",))
+    commands = [(*args, "-c", str(cfg)) for args in asked]
+    for out in hubs(*commands):
         assert out.returncode == 1, out
         assert "apt-get install postgresql" in out.stderr and "Traceback" not in out.stderr
         assert "pw" not in out.stderr.replace("postgresql", "")  # the password is never printed
@@ -43,14 +52,14 @@ def test_no_database_is_one_line_naming_the_package(tmp_path: Path) -> None:
 def test_bad_period_county_and_csv_exit_2(tmp_path: Path) -> None:
     cfg = tmp_path / "hub.yaml"
     cfg.write_text(yaml.safe_dump({"database": "postgresql://postgres@127.0.0.1:1/hub"}))
-    out = hub("bulletin", "-c", str(cfg), "--period", "2026-13")
-    assert out.returncode == 2 and "YYYY-MM" in out.stderr
-    out = hub("bulletin", "-c", str(cfg), "--period", "2026-11", "--county", "上海")
-    assert out.returncode == 2 and "南湖区" in out.stderr
     csv = tmp_path / "e.csv"
     csv.write_text("企业名称,县（市、区）\n恒达,南湖区\n", encoding="utf-8")
-    out = hub("enroll", "-c", str(cfg), str(csv))
-    assert out.returncode == 2 and "no column 统一社会信用代码" in out.stderr and "nothing enrolled" in out.stderr
+    period, county, enroll = hubs(("bulletin", "-c", str(cfg), "--period", "2026-13"),
+                                  ("bulletin", "-c", str(cfg), "--period", "2026-11", "--county", "上海"),
+                                  ("enroll", "-c", str(cfg), str(csv)))
+    assert period.returncode == 2 and "YYYY-MM" in period.stderr
+    assert county.returncode == 2 and "南湖区" in county.stderr
+    assert enroll.returncode == 2 and "no column 统一社会信用代码" in enroll.stderr and "nothing enrolled" in enroll.stderr
 
 
 def test_the_example_config_is_valid() -> None:
@@ -87,8 +96,7 @@ def test_check_accepts_what_run_starts_and_names_an_open_password_file(tmp_path:
     secret.chmod(0o644)
     cfg = tmp_path / "hub.yaml"
     cfg.write_text(yaml.safe_dump({"mqtt": {"password_file": str(secret)}}))
-    for cmd in ("check", "run"):
-        out = hub(cmd, "-c", str(cfg))
+    for cmd, out in zip(("check", "run"), hubs(("check", "-c", str(cfg)), ("run", "-c", str(cfg))), strict=True):
         assert out.returncode == 2, (cmd, out)
         assert f"mqtt.password_file: {secret} has mode 644; `chmod 600 {secret}`" in out.stderr
         assert "s3cret" not in out.stdout + out.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -59,12 +60,16 @@ async def test_points_read_back_equal_what_was_read_and_an_outage_loses_nothing(
     collector = Collector(cfg, Settings())
     await collector.start()
     try:
-        await asyncio.sleep(2)
+        # conditions, not sleeps: points before, during and after the outage, however slow the box
+        await rec.wait_for(lambda: len(by_device(rec)) == 2 and all(len(v) >= 10 for v in by_device(rec).values()),
+                           20, "points before the outage")
         vm.stop()
-        await asyncio.sleep(3)
-        assert collector.outbox.stats("influx")["depth_batches"] >= 20  # held while the database is down
+        await rec.wait_for(lambda: collector.outbox.stats("influx")["depth_batches"] >= 20, 20,
+                           "20 batches held while the database is down")
         vm.start()
-        await asyncio.sleep(2)
+        up_at = time.time()
+        await rec.wait_for(lambda: all(len(v) >= 35 and sum(m["ts"] / 1000 > up_at for m in v) >= 5
+                                       for v in by_device(rec).values()), 30, "points after the outage")
         for dev in ("m00", "m01"):
             await collector.engine.stop_device(dev)
         # both sinks drained: the subscriber (the reference) has everything the database has

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -142,18 +143,21 @@ def _collector(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
 
 def test_an_outside_protocol_is_checked_and_described(tmp_path: Path) -> None:
     site = _plugin_dir(tmp_path)
-    path = _config(tmp_path, free_port(), free_port())
-    done = _collector("check", "--tags", "-c", str(path), env=_env(site))
+    path = _config(tmp_path, free_port(), free_port()).rename(tmp_path / "described.yaml")
+    unknown = _config(tmp_path, 1883, 1, "linecount")
+    with ThreadPoolExecutor(3) as pool:  # three processes at once: most of each is the interpreter starting
+        done_f = pool.submit(_collector, "check", "--tags", "-c", str(path), env=_env(site))
+        bare_f = pool.submit(_collector, "check", "-c", str(path), env=_env(None))
+        wrong_f = pool.submit(_collector, "check", "-c", str(unknown), env=_env(site))
+        done, bare, wrong = done_f.result(), bare_f.result(), wrong_f.result()
     assert done.returncode == 0, done.stderr
     assert "lc-01 (linecounter line://127.0.0.1:" in done.stdout
     assert "count" in done.stdout and "channel 7 (line)" in done.stdout
     # without the package the same file is a config error that names the installed protocols
-    bare = _collector("check", "-c", str(path), env=_env(None))
     assert bare.returncode == 2 and "Traceback" not in bare.stderr
     assert "devices[0]: protocol must be" in bare.stderr and "(the installed protocols)" in bare.stderr
     assert all(f"'{name}'" in bare.stderr for name in ("modbus", "opcua", "s7", "mc"))
     # with it, an unknown protocol lists it among the installed ones
-    wrong = _collector("check", "-c", str(_config(tmp_path, 1883, 1, "linecount")), env=_env(site))
     assert wrong.returncode == 2 and "'linecounter'" in wrong.stderr
 
 

@@ -56,6 +56,7 @@ async def test_reload_adds_removes_restarts_and_leaves_unchanged_devices_alone(
     rec = Recorder(broker.host, broker.port, f"{cfg.topic_root}/#")
     collector = Collector(cfg, Settings())
     await collector.start()
+    stalls = LoopStalls()
     try:
         unchanged = ["cnc-01", "cnc-02", "imm-01"]
         await rec.wait_for(lambda: all(len(seqs(rec, d)) >= 3 for d in first_ids(first)), 20, "data from all five")
@@ -90,10 +91,15 @@ async def test_reload_adds_removes_restarts_and_leaves_unchanged_devices_alone(
             assert s == list(range(s[0], s[0] + len(s))), f"{dev}: sequence gap across the reload: {s}"
         polled = [d.id for d in cfg.devices if d.id in unchanged and getattr(d, "mode", "poll") == "poll"]
         assert polled
-        for dev in polled:  # ... and no pause in polling either (the batch time, not the delivery time)
+        # ... and no pause in polling either (the batch time, not the delivery time). A loaded box stalls the
+        # whole event loop now and then (the reload's own parsing too): that stall is allowed on top, a device
+        # held back while the loop ran on is not.
+        stall = stalls.stop(since=reload_at - 1)
+        for dev in polled:
             times = [m.json()["ts"] / 1000 for m in rec.on(f"/devices/{dev}/data")]
             around = [b - a for a, b in zip(times, times[1:], strict=False) if b > reload_at - 1]
-            assert around and max(around) < 2.5 * INTERVAL, f"{dev} paused {max(around):.2f} s across the reload"
+            assert around and max(around) < 2.5 * INTERVAL + stall, (
+                f"{dev} paused {max(around):.2f} s across the reload (the loop stalled {stall:.2f} s at most)")
         assert seqs(rec, "meter-01")[0] == 1
         # the removed device: published offline with the reason, then silent
         st = rec.last("/devices/comp-01/status")
@@ -111,9 +117,33 @@ async def test_reload_adds_removes_restarts_and_leaves_unchanged_devices_alone(
         after = [s for s in seqs(rec, "comp-01") if s > last_comp]
         assert after[0] == last_comp + 1
     finally:
+        stalls.stop()
         await collector.stop()
         await workshop.stop()
         rec.close()
+
+
+class LoopStalls:
+    """Ticks every TICK s on the running loop and keeps how late each tick came (wall time, lateness): how
+    long the loop could not run anything, the test's own waits included."""
+
+    TICK = 0.02
+
+    def __init__(self) -> None:
+        self.late: list[tuple[float, float]] = []
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(self.TICK)
+            self.late.append((time.time(), loop.time() - before - self.TICK))
+
+    def stop(self, since: float = 0.0) -> float:
+        """The longest stall since `since` (wall time)."""
+        self.task.cancel()
+        return max((late for at, late in self.late if at >= since), default=0.0)
 
 
 def first_ids(data: dict[str, Any]) -> list[str]:

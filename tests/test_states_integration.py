@@ -86,14 +86,17 @@ async def test_time_in_state_and_availability_follow_the_script(broker: Mosquitt
     workshop = Workshop(cfg)
     await workshop.start()
     collector = Collector(cfg, Settings())
+    starting = time.time()
     await collector.start()
     began = time.time()
     try:
         await asyncio.sleep(sum(s for _, s in SCRIPT) + 1.5)
         await recorder.wait_for(lambda: recorder.on("/states/shift"), what="the shift summary")
     finally:
+        stopping = time.time()
         await collector.stop()
-        await workshop.stop()
+        stopped = time.time()
+        await workshop.stop()  # an OPC UA server can take seconds to stop on a loaded box: not the collector's time
     ended = time.time()
     store = StatusStore(state_dir / "status.db", 1.0)
     tol = INTERVAL + SIM_TICK + 0.15  # one poll interval, the simulator's tick, and scheduling slack
@@ -121,7 +124,10 @@ async def test_time_in_state_and_availability_follow_the_script(broker: Mosquitt
         f = res["devices"][dev]
         running = want.get("running", 0.0)
         observed = f["planned_operation_time_s"] - f["unknown_s"]
-        assert observed == pytest.approx(ended - began, abs=1.0)
+        # the collector's own span: at least from started to asked to stop, at most from asked to start to
+        # stopped (start and stop take their time on a loaded box), within a second
+        assert stopping - began - 1.0 <= observed <= stopped - starting + 1.0, (
+            observed, stopping - began, stopped - starting)
         assert f["availability"]["value"] == pytest.approx(running / observed, abs=2 * tol / observed)
         assert f["alarms"]["count"] == sum(1 for _, st in transitions(t0, a, b) if st == "fault") + (
             1 if seen[0][3] == "fault" else 0)

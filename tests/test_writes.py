@@ -367,15 +367,11 @@ async def test_cli_write_and_writes_list(broker: MosquittoProcess, state_dir: Pa
         out, err = await proc.communicate()
         assert proc.returncode == 1 and "out_of_range" in err.decode() and "数值超出允许范围" in err.decode()
         assert site.unit().writes == [(16, 10, 2)]
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "collector.cli", "writes", "-c", str(path), "--json",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
-        out, err = await proc.communicate()
+        listings = [await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "collector.cli", "writes", "-c", str(path), *extra,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env) for extra in (["--json"], [])]
+        (out, err), (table, _) = await asyncio.gather(*(p.communicate() for p in listings))  # both at once
         records = json.loads(out)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "collector.cli", "writes", "-c", str(path),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
-        table, _ = await proc.communicate()
         lines = table.decode().splitlines()
         assert len(lines) == 2 and "plc-1.setpoint" in lines[0] and "-> 42.5  ok" in lines[0]
         assert "refused  out_of_range" in lines[1]

@@ -7,24 +7,52 @@ Test-only: a gateway install does not ship it. `collector demo` starts its broke
 
 from __future__ import annotations
 
+import os
+import random
 import socket
 from pathlib import Path
 
 from collector.demo_broker import Mosquitto
 
 _HANDED_OUT: set[int] = set()
+# Below the kernel's ephemeral range (32768+: what bind(0) and outgoing connections get) and below bench/e2e.py's
+# 20000+: a port handed out here is not taken by a connection before the test binds it. Under pytest-xdist each
+# worker has its own slice, so two workers never hand out the same port.
+_LOW, _HIGH = 10_000, 20_000
+
+
+def _slice() -> tuple[int, int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ...
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    size = (_HIGH - _LOW) // max(count, 1)
+    low = _LOW + size * (index % max(count, 1))
+    return low, low + size
+
+
+_NEXT: list[int] = []
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now, never the same one twice in this process: the kernel may hand a just
-    closed ephemeral port out again, and two simulators asked for in a row must not get the same one."""
-    while True:
-        with socket.socket() as s:
-            s.bind((host, 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+    """A port nothing listens on now, never the same one twice in this process (two simulators asked for in a
+    row must not get the same one), from this process's slice of 10000-19999; it starts at a random place, so
+    that two suites running at once on one machine rarely meet."""
+    low, high = _slice()
+    if not _NEXT:
+        _NEXT.append(random.randrange(low, high))
+    for _ in range(high - low):
+        port = _NEXT[0]
+        _NEXT[0] = port + 1 if port + 1 < high else low
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free port left in {low}-{high - 1}")
 
 
 class MosquittoProcess(Mosquitto):
