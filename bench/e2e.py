@@ -1327,6 +1327,14 @@ parsing answers (`_take_read`), 1.6 % `data_received`; the adapter's cycle and d
 encoding and outbox the rest. No per-request futures, timers, coroutine wake-ups or logging checks are left in the
 profile; what is left is one send and one receive per request, which only `max_outstanding` > 1 (several requests
 per write, several answers per read) takes out.
+
+**Caution on the peer in the full run of 2026-12-02 (the tables above).** ThingsBoard IoT Gateway delivered
+2,500 readings/s in every step at 0.94 cores, against 10–17.5 k/s at 0.9–0.96 cores in the runs of 2026-11-27
+(another CPU model; the peer's own version is pinned, its dependencies are not). So that run's per-core ratios
+(96× contiguous, 61× sparse, 84× sparse with `max_outstanding: 8`) are not comparable with the earlier ones:
+against the earlier peer figures the same collector rows would be ~8.5–15× (sparse, default) and ~12–21×
+(sparse, `max_outstanding: 8`). The simulators' pipelining mode is not the cause: pymodbus 3.9.2's sync and async
+clients take 0.22–0.24 ms per request against a simulator with it on or off. The cause is not found yet.
 """
 
 LEGACY = """## Flat configs and the planner's cost model (issue 20)
@@ -1441,6 +1449,23 @@ Verdict: **met, by the measures that hold still on this machine**: instructions 
 had 110). Not shown: the e2e table itself within 5 %, which needs a quiet machine (`make bench ARGS=--quick` on
 both trees, back to back). The first pass's +22 % (sparse) is not seen again in any count; what the OS clock
 showed then beyond ~2 % was memory (the 17 MB of protocol libraries, gone now) or the machine.
+
+Third pass, on a quiet machine (2026-12-02 00:30 UTC, load average ~2, nothing else running): the issue's own
+command, `bench/e2e.py --quick --no-peer --no-write --only s1`, in the tree before the refactor (2b8c893) and in
+main after this session, A B A B. "After" also holds issue 20's work (the lean client reads a cycle per wake-up,
+the planner reads over holes on TCP), so its sparse rows are far cheaper; the contiguous rows plan the same
+requests in both trees. Collector readings/s and cores, median of 3 windows:
+
+| map / interval | before, run 1 | after, run 1 | before, run 2 | after, run 2 |
+| --- | --- | --- | --- | --- |
+| contiguous 1000 ms | 20,064 at 0.17 | 19,930 at 0.17 | 20,064 at 0.17 | 20,198 at 0.15 |
+| contiguous 100 ms | 185,170 at 0.78 | 187,795 at 0.80 | 188,557 at 0.75 | 196,227 at 0.75 |
+| sparse 1000 ms | 19,726 at 0.48 | 20,197 at 0.24 | 19,972 at 0.47 | 19,997 at 0.20 |
+| sparse 100 ms (saturated) | 33,395 at 0.66 | 127,273 at 0.73 | 35,419 at 0.64 | 135,295 at 0.75 |
+| peak RSS, MB (all rows) | 90–95 | 90–96 | 89–97 | 90–95 |
+
+CPU per reading, contiguous 100 ms: before 4.21 and 3.98 µs, after 4.26 and 3.82 µs (mean 4.10 → 4.04);
+contiguous 1000 ms: 8.5 and 8.5 µs → 8.5 and 7.4 µs. Verdict: **met**: no row slower by more than 5 %.
 
 ## The city hub (bench/hub.py)
 
