@@ -267,17 +267,23 @@ class ModbusAdapter(Adapter):
                         out[i] = Reading(device_id, name, None, unit_name, Quality.BAD_ILLEGAL_ADDRESS, now, now)
                     continue
             resp = await self._request(line, req, delay)
-            if resp.isError() and resp.exception_code == ILLEGAL_ADDRESS:
-                pieces = await self._split(line, req, resp)
-                if [_span(p) for p, _ in pieces] != [_span(req)]:
-                    replaced[n] = [p for p, _ in pieces]
-                for piece, answer in pieces:
-                    self._decode(piece, self._entries(piece) if piece is not req else entries, answer, out)
-                continue
-            self._decode(req, entries, resp, out)
+            await self._settle(line, n, req, entries, resp, out, replaced)
         if replaced:
             self._replan(replaced)
         return out  # type: ignore[return-value]  # every index is filled: the plan covers every tag
+
+    async def _settle(self, line: Line, n: int, req: ReadRequest, entries: list[_Entry], resp: Response,
+                      out: list[Reading | None], replaced: dict[int, list[ReadRequest]]) -> None:
+        """One step's answer into `out`: decoded, or, refused as an illegal address, split into the pieces the
+        device does serve (step `n` is replanned with them when they differ from the request)."""
+        if resp.isError() and resp.exception_code == ILLEGAL_ADDRESS:
+            pieces = await self._split(line, req, resp)
+            if [_span(p) for p, _ in pieces] != [_span(req)]:
+                replaced[n] = [p for p, _ in pieces]
+            for piece, answer in pieces:
+                self._decode(piece, self._entries(piece) if piece is not req else entries, answer, out)
+            return
+        self._decode(req, entries, resp, out)
 
     # -- Modbus TCP: the whole cycle as one batch (adapters/modbus/tcp.py), up to `max_outstanding` in flight
 
@@ -357,14 +363,7 @@ class ModbusAdapter(Adapter):
                 for i, name, unit_name, _conv, _off in entries:
                     out[i] = Reading(device_id, name, None, unit_name, Quality.BAD_TIMEOUT, now, now)
                 continue
-            if resp.isError() and resp.exception_code == ILLEGAL_ADDRESS:
-                pieces = await self._split(line, req, resp)
-                if [_span(p) for p, _ in pieces] != [_span(req)]:
-                    replaced[n] = [p for p, _ in pieces]
-                for piece, answer in pieces:
-                    self._decode(piece, self._entries(piece) if piece is not req else entries, answer, out)
-                continue
-            self._decode(req, entries, resp, out)
+            await self._settle(line, n, req, entries, resp, out, replaced)
         if replaced:
             self._replan(replaced)
         return out  # type: ignore[return-value]  # every index is filled: the plan covers every tag
