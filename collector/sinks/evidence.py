@@ -10,10 +10,10 @@ from typing import Any
 
 from collector.model import Batch, Row
 from collector.sinks.base import AckCallback, Feeds
-from collector.sinks.mqtt import MqttConnection, OnConnection
+from collector.sinks.mqtt import MqttConnection, RowPublisher
 
 
-class EvidenceSink(OnConnection):
+class EvidenceSink(RowPublisher):
     """The outbox sender's transport for the anchors' queue (collector/delivery.py): one retained QoS 1
     message per signed head, on the MQTT connection the data uses."""
 
@@ -21,6 +21,7 @@ class EvidenceSink(OnConnection):
     feeds: Feeds = "anchors"
     proves_delivery = False
     live_share: float | None = 0.5  # anchors are few: the config's data share does not apply
+    retain = True
 
     def __init__(self, conn: MqttConnection, topic: str, name: str = "evidence",
                  on_ack: AckCallback | None = None) -> None:
@@ -40,28 +41,11 @@ class EvidenceSink(OnConnection):
 
 
 
-    def capacity(self) -> int:
-        return max(0, self.WINDOW - len(self._pending))
+    def row_topic(self, row: Row) -> str:
+        return self.topic
 
     def in_flight(self) -> set[int]:
         return set(self._pending)
-
-    async def send(self, rows: list[Row], historical: list[bool]) -> None:
-        for row in rows:
-            mid = self.conn.publish(self.topic, row.payload, qos=1, retain=True, owner=self)
-            if mid is None:
-                self.conn.resync()
-                return
-            self._pending[row.id] = row
-            self._mids[mid] = row
-
-    def acked(self, mid: int) -> None:
-        row = self._mids.pop(mid, None)
-        if row is None:
-            return
-        self._pending.pop(row.id, None)
-        if self.on_ack is not None:
-            self.on_ack(row)
 
     async def close(self) -> None:
         """Nothing of its own: the connection is stopped by the collector."""

@@ -24,14 +24,14 @@ from typing import Any
 
 from collector.model import Batch, Row
 from collector.sinks.base import AckCallback, Feeds
-from collector.sinks.mqtt import MqttConnection, OnConnection
+from collector.sinks.mqtt import MqttConnection, RowPublisher
 
 log = logging.getLogger(__name__)
 
 RECORD_DEVICE = "evidence-record"  # the outbox rows' `device` of full records; anchors are `evidence`
 
 
-class HubEvidenceSink(OnConnection):
+class HubEvidenceSink(RowPublisher):
     """The outbox sender's transport for the hub queue: full records and heads, one QoS 1 message each."""
 
     WINDOW = 16
@@ -58,6 +58,9 @@ class HubEvidenceSink(OnConnection):
     def topic(self, row: Row) -> str:
         return f"{self.base}/{'record' if row.device == RECORD_DEVICE else 'head'}"
 
+    def row_topic(self, row: Row) -> str:
+        return self.topic(row)
+
     def encode(self, batch: Batch) -> bytes:
         raise TypeError("the hub sink takes signed records and heads (collector/evidence/), not data")
 
@@ -65,28 +68,8 @@ class HubEvidenceSink(OnConnection):
         """None: the broker's PUBACK is not an anchor; the hub's signed receipt is (`on_receipt`)."""
         return None
 
-    def capacity(self) -> int:
-        return max(0, self.WINDOW - len(self._pending))
-
     def in_flight(self) -> set[int]:
         return set(self._pending) | self._parked
-
-    async def send(self, rows: list[Row], historical: list[bool]) -> None:
-        for row in rows:
-            mid = self.conn.publish(self.topic(row), row.payload, qos=1, retain=False, owner=self)
-            if mid is None:
-                self.conn.resync()
-                return
-            self._pending[row.id] = row
-            self._mids[mid] = row
-
-    def acked(self, mid: int) -> None:
-        row = self._mids.pop(mid, None)
-        if row is None:
-            return
-        self._pending.pop(row.id, None)
-        if self.on_ack is not None:
-            self.on_ack(row)
 
     def refused(self, mid: int, reason: str) -> None:
         """The hub's broker refused the message: the row stays in the outbox, held back until the next start;

@@ -29,6 +29,8 @@ from typing import Any, Protocol, runtime_checkable
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from collector.model import Row
+from collector.sinks.base import AckCallback
 from collector.sinks.link import LinkState
 
 log = logging.getLogger(__name__)
@@ -362,3 +364,38 @@ class OnConnection:
 
     async def wait_connected(self) -> None:
         await self.conn.wait_connected()
+
+
+class RowPublisher(OnConnection):
+    """A sink that publishes each outbox row as one QoS 1 message on a shared connection and holds it until its
+    PUBACK (the evidence and hub sinks): a window of rows in flight, message ids mapped back to rows."""
+
+    WINDOW = 8
+    retain = False
+    conn: MqttConnection
+    on_ack: AckCallback | None
+    _pending: dict[int, Row]  # row id -> row, until its PUBACK
+    _mids: dict[int, Row]  # message id -> row
+
+    def row_topic(self, row: Row) -> str:
+        raise NotImplementedError
+
+    def capacity(self) -> int:
+        return max(0, self.WINDOW - len(self._pending))
+
+    async def send(self, rows: list[Row], historical: list[bool]) -> None:
+        for row in rows:
+            mid = self.conn.publish(self.row_topic(row), row.payload, qos=1, retain=self.retain, owner=self)
+            if mid is None:
+                self.conn.resync()
+                return
+            self._pending[row.id] = row
+            self._mids[mid] = row
+
+    def acked(self, mid: int) -> None:
+        row = self._mids.pop(mid, None)
+        if row is None:
+            return
+        self._pending.pop(row.id, None)
+        if self.on_ack is not None:
+            self.on_ack(row)
