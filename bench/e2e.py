@@ -1331,10 +1331,14 @@ per write, several answers per read) takes out.
 **Caution on the peer in the full run of 2026-12-02 (the tables above).** ThingsBoard IoT Gateway delivered
 2,500 readings/s in every step at 0.94 cores, against 10–17.5 k/s at 0.9–0.96 cores in the runs of 2026-11-27
 (another CPU model; the peer's own version is pinned, its dependencies are not). So that run's per-core ratios
-(96× contiguous, 61× sparse, 84× sparse with `max_outstanding: 8`) are not comparable with the earlier ones:
-against the earlier peer figures the same collector rows would be ~8.5–15× (sparse, default) and ~12–21×
-(sparse, `max_outstanding: 8`). The simulators' pipelining mode is not the cause: pymodbus 3.9.2's sync and async
-clients take 0.22–0.24 ms per request against a simulator with it on or off. The cause is not found yet.
+(96× contiguous, 61× sparse, 84× sparse with `max_outstanding: 8`) are not comparable with the earlier ones.
+A cross-check that does not rest on the peer: the earlier verdict was 9.8× (full run) and 11.2× (quick) on the
+sparse map, and our own collector, measured back to back on the same quiet machine before and after (the table
+of the refactor's third pass below), went from 51–55 k to 174–180 k readings/s per core at saturation on the
+sparse map (3.3×; 206–223 k with `max_outstanding: 8`, 4×). Scaled, that is ~32× (default) and ~40×
+(`max_outstanding: 8`) against the peer as it ran then. The simulators' pipelining mode is not the cause:
+pymodbus 3.9.2's sync and async clients take 0.22–0.24 ms per request against a simulator with it on or off.
+The peer's slowdown itself is not explained yet.
 """
 
 LEGACY = """## Flat configs and the planner's cost model (issue 20)
