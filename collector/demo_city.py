@@ -51,7 +51,6 @@ def seed_closed_month(state_dir: Path, bucket: float, online: dict[str, float], 
         for device in online:  # what the bundled simulators answer to FC 43/14: the month says 含模拟设备
             store.record_identity(device, {"vendor": "shopfloor-collector", "product_code": "SIMULATOR"},
                                   float(buckets[0]))
-        store.db.commit()
     finally:
         store.close()
     return month

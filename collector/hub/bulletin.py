@@ -151,10 +151,11 @@ def build(conn: psycopg.Connection[Any], period: str, counties: list[str], count
         if county is None:
             point["city"] = _trend_point(subs[p], p, enrolled, sim)
         trend.append(point)
+    pooled_simulated = sim and any(b["simulated"] for b in blocks)
     generated = dt.datetime.fromtimestamp(now if now is not None else dt.datetime.now().timestamp(), dt.UTC)
     return {"kind": "hub_bulletin", "period": period, "city": city, "county": county,
             "generated_at": generated.isoformat(timespec="seconds").replace("+00:00", "Z"),
             "targets": {"D1": 0.7, "D2": 0.55}, "method": "pooled: Σ numerators / Σ denominators (defset v1)",
             "counties": blocks, "total": city_block, "trend": trend,
-            "banner": SIMULATED_BANNER if sim and any(b["simulated"] for b in blocks) else None,
-            "banner_en": SIMULATED_BANNER_EN if sim and any(b["simulated"] for b in blocks) else None}
+            "banner": SIMULATED_BANNER if pooled_simulated else None,
+            "banner_en": SIMULATED_BANNER_EN if pooled_simulated else None}

@@ -157,8 +157,9 @@ def pool_submissions(period: str, subs: Iterable[Submission], county: str | None
     for e in by_ent.values():
         e.figures = _sum(f for s in e.submissions for f in s.figures.values())
     ordered = sorted(by_ent.values(), key=lambda e: e.id)
-    enterprises = [e for e in ordered if count_simulated or not any(s.simulated for s in e.submissions)]
     simulated = [e for e in ordered if any(s.simulated for s in e.submissions)]
+    set_aside = set() if count_simulated else {e.id for e in simulated}
+    enterprises = [e for e in ordered if e.id not in set_aside]
     figures = _sum(f for e in enterprises for f in e.figures.values())
     passing = {fid: sum(1 for e in enterprises if fid in e.figures and e.figures[fid].passed) for fid in figures}
     return PoolResult(period, enterprises, figures, passing, simulated)
