@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import psycopg
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from psycopg_pool import ConnectionPool
 
+from collector.config.errors import ConfigError
 from collector.evidence.keys import Signer
 from collector.hub.config import HubConfig
 from collector.hub.ingest import Outcome, ingest_batch, iso_now
+from collector.hub.mqtt5 import Message, Session, Settings
 from collector.hub.receipts import make_receipt
 
 log = logging.getLogger("collector.hub")
@@ -49,6 +47,18 @@ def sender_of(prefix: str, topic: str) -> str | None:
     return levels[0] if len(levels) >= 2 and levels[0] and levels[1] == "evidence" else None
 
 
+def _tls(cfg: HubConfig) -> ssl.SSLContext | None:
+    """TLS to the broker when mqtt.ca_file is set: the broker's certificate must chain to it and name the host."""
+    if cfg.mqtt.ca_file is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=str(cfg.mqtt.ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("hub.yaml", [f"mqtt.ca_file: cannot use {cfg.mqtt.ca_file} as a CA certificate "
+                                       f"({getattr(exc, 'strerror', None) or exc}); give the PEM file of the "
+                                       "CA that signed the broker's certificate"]) from None
+
+
 @dataclass
 class Counters:
     received: int = 0
@@ -61,55 +71,23 @@ class HubService:
     def __init__(self, cfg: HubConfig, pool: ConnectionPool[Any], signer: Signer) -> None:
         self.cfg, self.pool, self.signer = cfg, pool, signer
         self.counters = Counters()
-        self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.stopping = threading.Event()
-        self.connected = threading.Event()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.mqtt.client_id, protocol=mqtt.MQTTv5,
-                        manual_ack=True)
-        pw = cfg.mqtt_password()
-        c.username_pw_set(cfg.mqtt.username, pw)
-        if cfg.mqtt.ca_file is not None:
-            c.tls_set(ca_certs=str(cfg.mqtt.ca_file))
-        c.reconnect_delay_set(1, 10)
-        c.max_inflight_messages_set(100)
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_message = self._on_message
-        self.client = c
+        self.session = Session(Settings(
+            host=cfg.mqtt.host, port=cfg.mqtt.port, client_id=cfg.mqtt.client_id, username=cfg.mqtt.username,
+            password=cfg.mqtt_password(), topic_filter=evidence_filter(cfg), keepalive=cfg.mqtt.keepalive_s,
+            session_expiry=cfg.mqtt.session_expiry_s,
+            # at most a few batches unacknowledged in this process: bounded memory, and the broker gives the rest
+            # of the shared subscription's load to the other processes instead of queueing it here
+            receive_maximum=min(65535, max(100, 4 * cfg.batch)), ssl_context=_tls(cfg)))
+        self.connected = self.session.connected
         self.worker = threading.Thread(target=self._work, name="hub-ingest", daemon=True)
-
-    # --- MQTT (paho's thread)
-    def _on_connect(self, c: mqtt.Client, u: Any, flags: Any, rc: Any, props: Any = None) -> None:
-        if rc.is_failure:
-            log.error("broker %s:%s refused the hub: %s (check mqtt.username and the password)",
-                      self.cfg.mqtt.host, self.cfg.mqtt.port, rc)
-            return
-        c.subscribe(evidence_filter(self.cfg), qos=1)
-        self.connected.set()
-        log.info("connected to %s:%s, subscribed %s (session present: %s)", self.cfg.mqtt.host,
-                 self.cfg.mqtt.port, evidence_filter(self.cfg), getattr(flags, "session_present", None))
-
-    def _on_disconnect(self, c: mqtt.Client, u: Any, flags: Any, rc: Any, props: Any = None) -> None:
-        self.connected.clear()
-        if not self.stopping.is_set():
-            log.warning("broker connection lost (%s); reconnecting", rc)
-
-    def _on_message(self, c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
-        self.inbox.put(msg)
 
     # --- the ingest worker
     def _work(self) -> None:
         while not self.stopping.is_set():
-            try:
-                first = self.inbox.get(timeout=0.2)
-            except queue.Empty:
+            batch = self.session.inbox.take(self.cfg.batch, timeout=0.2)
+            if not batch:
                 continue
-            batch = [first]
-            while len(batch) < self.cfg.batch:
-                try:
-                    batch.append(self.inbox.get_nowait())
-                except queue.Empty:
-                    break
             while not self.stopping.is_set():
                 try:
                     self._process(batch)
@@ -118,7 +96,7 @@ class HubService:
                     log.exception("ingest failed on a batch of %d; retrying in 5 s", len(batch))
                     self.stopping.wait(5.0)
 
-    def _process(self, batch: list[mqtt.MQTTMessage]) -> None:
+    def _process(self, batch: list[Message]) -> None:
         prefix = self.cfg.mqtt.topic_prefix
         items: list[tuple[str, Any]] = []
         for msg in batch:
@@ -139,15 +117,17 @@ class HubService:
                 self.stopping.wait(2.0)
         else:
             return  # stopping: unacknowledged messages are redelivered by the broker
+        receipts: list[tuple[str, bytes]] = []
         for (sender, _), out in zip(items, outcomes, strict=True):
             self.counters.by_status[out.status] = self.counters.by_status.get(out.status, 0) + 1
             if out.status in ("incident", "refused"):
                 log.warning("%s from %s (%s seq %s): %s", out.status, sender, out.receipt.get("workshop"),
                             out.receipt.get("seq"), out.reason)
-            self.client.publish(receipt_topic(prefix, sender), json.dumps(out.receipt, ensure_ascii=False,
-                                                                          sort_keys=True), qos=1)
-        for msg in batch:
-            self.client.ack(msg.mid, msg.qos)
+            receipts.append((receipt_topic(prefix, sender), json.dumps(
+                out.receipt, ensure_ascii=False, sort_keys=True).encode()))
+        # the receipts first, then the acknowledgements, in one write: the broker holds a message until its
+        # PUBACK, so a process that dies before this line loses nothing (the message comes again, a duplicate)
+        self.session.send(receipts, batch)
         self.counters.received += len(batch)
         self.counters.batches += 1
 
@@ -172,21 +152,13 @@ class HubService:
 
     # --- life cycle
     def start(self) -> None:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.cfg.mqtt.session_expiry_s
-        # at most a few batches unacknowledged in this process: bounded memory, and the broker gives the rest of
-        # the shared subscription's load to the other processes instead of queueing it here
-        props.ReceiveMaximum = max(100, 4 * self.cfg.batch)
         self.worker.start()
-        self.client.connect_async(self.cfg.mqtt.host, self.cfg.mqtt.port, keepalive=self.cfg.mqtt.keepalive_s,
-                                  clean_start=False, properties=props)
-        self.client.loop_start()
+        self.session.start()
 
     def stop(self) -> None:
         self.stopping.set()
         self.worker.join(10)
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.session.stop()
 
     def wait(self, stop: threading.Event, report_every: float = 60.0) -> None:
         last = time.monotonic()
