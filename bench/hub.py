@@ -1,7 +1,7 @@
 """The city hub at scale: signed-record ingest per hub process, and the city bulletin.
 
     .venv/bin/python bench/hub.py [--enterprises 5000] [--days 30] [--processes 1,2] [--skip-mqtt] [--skip-direct]
-                                  [--py-spy DIR]
+                                  [--hub-cpu CORES] [--py-spy DIR]
 
 Enrols N enterprises (one collector and key each) in a fresh PostgreSQL database on 127.0.0.1:5432, signs
 for each a key record, `days` daily heads and one monthly summary (full record) through `collector.evidence`
@@ -12,6 +12,10 @@ for each a key record, `days` daily heads and one monthly summary (full record) 
 - mqtt, per process count: a private mosquitto, K `collector hub run` processes (this tree's code) on the shared
   subscription, started and subscribed before one publisher sends every message at QoS 1; records/s from the first
   publish to the last stored row, and between the first and the last stored batch;
+- with `--hub-cpu CORES`, the same MQTT runs again with every hub process held to CORES of CPU by a cgroup
+  quota: on a 2-core machine that also carries the broker, the database and the publisher, this is what shows
+  how records/s grow with the process count (each process gets the same CPU whether it runs alone or beside
+  another); the ratio is printed as a share of linear;
 - bulletin: `collector.hub.bulletin.build` for the city (N enterprises, 12-month trend) and its HTML rendering.
 
 Records/s on a shared machine say more about its load than about the hub, so each line also gives the CPU time
@@ -188,14 +192,18 @@ class Run:
     elapsed: float  # first publish to last stored row
     span: float  # first to last stored batch, on the hubs' clock
     hub_cpu: float  # CPU seconds of the hub processes during the run
+    shares: list[float]  # each process's part of hub_cpu
     db_cpu: float  # of their PostgreSQL backends
     broker_cpu: float
     publisher_cpu: float
     batches: int
 
-    def line(self, processes: int, verify: float) -> str:
+    def line(self, processes: int, verify: float, quota: float | None = None) -> str:
         per = 1e6 / self.messages
-        return (f"| ingest over MQTT, {processes} hub process(es) on $share/hub | {self.messages / self.elapsed:,.0f} "
+        held = f", each held to {quota:g} core" if quota is not None else ""
+        split = (" (CPU split " + " / ".join(f"{x:.0%}" for x in self.shares) + ")") if processes > 1 else ""
+        return (f"| ingest over MQTT, {processes} hub process(es) on $share/hub{held}{split} | "
+                f"{self.messages / self.elapsed:,.0f} "
                 f"records/s ({self.messages / self.span:,.0f}/s first to last stored batch; {self.messages / self.batches:.0f} records a batch) | CPU per record: hub "
                 f"{self.hub_cpu * per:.0f} µs ({self.hub_cpu / self.messages / verify:.1f} verifications), "
                 f"PostgreSQL {self.db_cpu * per:.0f} µs, mosquitto {self.broker_cpu * per:.0f} µs, publisher "
@@ -216,24 +224,57 @@ def _wait_subscribed(logs: list[Path], procs: list[subprocess.Popen[bytes]], tim
     raise RuntimeError(f"the hub processes did not subscribe within {timeout:.0f} s")
 
 
+class CpuQuota:
+    """A CPU quota of `cores` for one process, through a cgroup (v1 `cpu` controller, or v2): with every hub
+    process held to the same share of a core, the run shows how records/s grow with the process count whatever
+    else the two cores carry (the broker, the database and the publisher take the rest)."""
+
+    def __init__(self, cores: float, pid: int) -> None:
+        name = f"hubbench-{pid}"
+        v1, v2 = Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")
+        if (v1 / "cpu.cfs_quota_us").exists():
+            self.path = v1 / name
+            self.path.mkdir()
+            (self.path / "cpu.cfs_period_us").write_text("100000")
+            (self.path / "cpu.cfs_quota_us").write_text(str(int(cores * 100000)))
+        elif (v2 / "cgroup.controllers").exists():
+            self.path = v2 / name
+            self.path.mkdir()
+            (self.path / "cpu.max").write_text(f"{int(cores * 100000)} 100000")
+        else:
+            raise RuntimeError("--hub-cpu needs a writable cgroup cpu controller (run as root on Linux)")
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def remove(self) -> None:
+        for _ in range(50):  # the process has exited; the kernel empties the group a moment later
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                time.sleep(0.1)
+
+
 def bench_mqtt(database: Database, messages: list[tuple[str, bytes]], processes: int, tmp: Path,
-               spy: Path | None = None) -> Run:
+               spy: Path | None = None, cpu_quota: float | None = None) -> Run:
     broker = MosquittoProcess(free_port(), extra=["max_queued_messages 0"])
     broker.start()
     procs: list[subprocess.Popen[bytes]] = []
     logs: list[Path] = []
     spies: list[subprocess.Popen[bytes]] = []
+    quotas: list[CpuQuota] = []
     try:
         for k in range(processes):
             cfg = tmp / f"hub{k}.yaml"
             cfg.write_text(yaml.safe_dump({"database": database.url, "state_dir": str(tmp / "state"),
                                            "mqtt": {"port": broker.port, "client_id": f"bench-{k}-{uuid.uuid4().hex[:4]}"},
                                            "http": {"listen": None}}))
-            log = tmp / f"hub{k}-{processes}.log"
+            log = tmp / f"hub{k}-{processes}-{uuid.uuid4().hex[:6]}.log"  # a fresh log: _wait_subscribed reads it
             logs.append(log)
             # cwd: the hub runs this tree's code (`-m` puts the working directory first on sys.path)
             procs.append(subprocess.Popen([sys.executable, "-m", "collector.cli", "hub", "run", "-c", str(cfg),
                                            "--log-level", "INFO"], cwd=ROOT, stderr=open(log, "ab")))  # noqa: SIM115
+            if cpu_quota is not None:
+                quotas.append(CpuQuota(cpu_quota, procs[-1].pid))
         _wait_subscribed(logs, procs)
         if spy is not None:  # py-spy on the first hub process, for the whole run
             spies.append(subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(procs[0].pid), "-r", "50", "-f", "raw",
@@ -259,13 +300,14 @@ def bench_mqtt(database: Database, messages: list[tuple[str, bytes]], processes:
             time.sleep(0.2)
         elapsed = time.perf_counter() - started
         publisher = time.process_time() - cpu0[3]
-        hub_cpu = sum(cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0[0], strict=True))
+        per_process = [cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0[0], strict=True)]
+        hub_cpu = sum(per_process)
         db_cpu = sum(cpu_seconds(b) - cpu0[1].get(b, 0.0) for b in database.backends())
         broker_cpu = cpu_seconds(broker.proc.pid if broker.proc else 0) - cpu0[2]
         client.loop_stop()
         client.disconnect()
-        return Run(len(messages), elapsed, database.span(), hub_cpu, db_cpu, broker_cpu, publisher,
-                   database.batches())
+        return Run(len(messages), elapsed, database.span(), hub_cpu, [c / hub_cpu for c in per_process], db_cpu,
+                   broker_cpu, publisher, database.batches())
     finally:
         for s in spies:
             s.send_signal(signal.SIGINT)
@@ -273,6 +315,8 @@ def bench_mqtt(database: Database, messages: list[tuple[str, bytes]], processes:
         for p in procs:
             p.terminate()
             p.wait(20)
+        for q in quotas:
+            q.remove()
         broker.stop()
 
 
@@ -283,6 +327,9 @@ def main() -> int:
     ap.add_argument("--processes", default="1,2", help="hub process counts for the MQTT runs")
     ap.add_argument("--skip-mqtt", action="store_true")
     ap.add_argument("--skip-direct", action="store_true")
+    ap.add_argument("--hub-cpu", type=float, metavar="CORES",
+                    help="also run each process count with every hub process held to CORES of CPU (a cgroup "
+                         "quota; root): the scaling with the process count, apart from the machine's other load")
     ap.add_argument("--py-spy", metavar="DIR", type=Path,
                     help="record the first hub process of each MQTT run with py-spy (raw stacks into DIR)")
     args = ap.parse_args()
@@ -305,6 +352,17 @@ def main() -> int:
                     spy = args.py_spy / f"hub-{k}p.txt" if args.py_spy else None
                     run = bench_mqtt(database, messages, k, Path(tmpdir), spy)
                     print(run.line(k, verify), flush=True)
+                if args.hub_cpu is not None:
+                    rates = []
+                    for k in (int(x) for x in args.processes.split(",")):
+                        database.reset(rows)
+                        run = bench_mqtt(database, messages, k, Path(tmpdir), None, args.hub_cpu)
+                        rates.append((k, run.messages / run.elapsed))
+                        print(run.line(k, verify, args.hub_cpu), flush=True)
+                    (k0, r0), *rest = rates
+                    for k, r in rest:
+                        print(f"scaling, each hub process held to {args.hub_cpu:g} core: {k} processes ingest "
+                              f"{r / r0:.2f}× what {k0} did ({r / r0 / (k / k0):.0%} of linear)", flush=True)
             with db.connect(database.url) as conn:
                 started = time.perf_counter()
                 bulletin = build(conn, "2026-11", JIAXING)
