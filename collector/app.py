@@ -31,7 +31,7 @@ from collector.sink_setup import build_sinks
 from collector.sinks.base import FollowsDevices, Sink
 from collector.sinks.mqtt import iso
 from collector.status import SHUTDOWN_REASON, StatusStore, StatusTracker, changed_keys
-from collector.tasks import cancel_and_wait
+from collector.tasks import ThreadCalls, cancel_and_wait
 
 if TYPE_CHECKING:
     from collector.writes.service import WriteService
@@ -68,6 +68,7 @@ class Collector:
         log.info("event=evidence_key fingerprint=%s created=%s", keys.show_fingerprint(self.signer.fingerprint),
                  str(created).lower())
         self._reader: StatusStore | None = None  # a second connection for period figures, used off the loop
+        self.threads = ThreadCalls()  # what runs off the loop on the readers: stop() waits for it before closing
         self._periods: dict[str, Any] | None = None
         built = build_sinks(cfg, self.settings, self.state_dir)
         self.mqtt, self.control, self.sinks = built.mqtt, built.control, built.sinks
@@ -284,8 +285,8 @@ class Collector:
         if self._reader is None:
             self._reader = StatusStore(self.state_dir / "status.db", self.cfg.indicators.bucket)
         reader = self._reader
-        self._periods = await asyncio.to_thread(period_summaries, self.cfg, self.register, reader,
-                                                time.time() if now is None else now)
+        self._periods = await self.threads.run(period_summaries, self.cfg, self.register, reader,
+                                               time.time() if now is None else now)
 
     def close_months(self, now: float | None = None) -> list[dict[str, Any]]:
         """Chain and publish (retained, `{root}/indicators/monthly/YYYY-MM`) every month that closed since the
@@ -392,6 +393,7 @@ class Collector:
         """Close device sessions, publish every device's and the gateway's offline status, write the state
         store."""
         await asyncio.gather(*(cancel_and_wait(t, t.get_name()) for t in self._tasks))
+        await self.threads.idle()  # a cancelled refresh's query may still run on a reader closed below
         await self.writes.stop()
         await self.engine.stop()
         self._devices_shut_down()

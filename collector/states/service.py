@@ -83,9 +83,9 @@ class StatesService:
         if not self.tracker.machines:
             return
         before = self.shift
-        self.shift = await asyncio.to_thread(shift_figures, self.c.cfg, self._reader_store(), time.time())
+        self.shift = await self.c.threads.run(shift_figures, self.c.cfg, self._reader_store(), time.time())
         if before is not None and self.shift is not None and before["key"] != self.shift["key"]:
-            ended = await asyncio.to_thread(_final, self.c, self._reader_store(), before)
+            ended = await self.c.threads.run(_final, self.c, self._reader_store(), before)
             if ended is not None:
                 self.c.control.publish_json(self.summary_topic, ended, retain=True)
         if self.shift is not None:
@@ -108,6 +108,7 @@ class StatesService:
                                     name="machine-states-shift")]
 
     def stop(self) -> None:
+        """The last flush and the reader closed: `Collector.stop` has waited for `c.threads` (a refresh's query)."""
         self.tracker.flush()
         if self._reader is not None:
             self._reader.close()
