@@ -38,6 +38,7 @@ T: dict[str, dict[str, str]] = {
     "generated": {"zh": "生成时间", "en": "Generated"},
     "enterprise": {"zh": "企业", "en": "Enterprise"},
     "reason": {"zh": "原因", "en": "Reason"},
+    "concerns": {"zh": "涉及 {months} 的记录", "en": "concerns records of {months}"},
 }
 
 
@@ -146,8 +147,8 @@ def to_html(bulletin: dict[str, Any], lang: str = "zh") -> str:
             lists.append(f'<tr class="nonrep"><td>{e(b["name"])}</td><td>{e(ent["name"])}<br><small>{e(ent["id"])}'
                          f'</small></td><td>{e(t("nonrep", lang))}</td></tr>')
         for ent in b["anomalies"]:
-            why = "；".join(f"{incident_kind(i['reason'], lang)}（{i['workshop']} #{i['seq']}: {i['reason']}）"
-                           for i in ent["incidents"])
+            why = "；".join(f"{incident_kind(i['reason'], lang)}（{i['workshop']} #{i['seq']}"
+                           f"{_concerned(i, lang)}: {i['reason']}）" for i in ent["incidents"])
             lists.append(f'<tr class="anomaly"><td>{e(b["name"])}</td><td>{e(ent["name"])}<br><small>{e(ent["id"])}'
                          f'</small></td><td><b>{e(t("anom", lang))}</b>：{e(why)}</td></tr>')
         for ent in b.get("simulated", []):
@@ -193,6 +194,14 @@ small {{ color: #666; }} #lists td {{ text-align: left; }}
 <tbody>{''.join(trend_rows)}</tbody></table>
 </body></html>
 """
+
+
+def _concerned(incident: dict[str, Any], lang: str) -> str:
+    months = incident.get("concerns") or []
+    if not months:
+        return ""
+    sep, join = (", ", ", ") if lang == "en" else ("，", "、")
+    return sep + t("concerns", lang, months=join.join(months))
 
 
 def _banner(bulletin: dict[str, Any], lang: str) -> str:
