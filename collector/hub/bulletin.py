@@ -7,8 +7,8 @@ pass D1 ≥ 70 % and D2 ≥ 55 %, who has not reported, who has 数据异常, an
 
 数据异常: an enterprise is listed on the bulletin of month P when one of its incidents
 - concerns a record of P: the record it sent is a monthly summary of P (`body.period.label`), or another record
-  or a head dated in P (its `ts`, site time UTC+8); or the record the hub holds at that seq (the one it
-  contradicts) is a summary of P or dated in P. A head (no body) is placed by the held record when the hub holds
+  or a head dated in P (its `ts`, site time UTC+8); or the record the hub held at that seq when the incident
+  came (the one it contradicts) is a summary of P or dated in P. A head (no body) is placed by the held record when the hub holds
   one at its seq, by its own `ts` otherwise: the head of a summary is dated in the month after the summary's; or
 - was received in P or in the month after (P's bulletin is published then: what the hub learnt up to then about
   the enterprise's chain is on it, whichever month the record is of).
@@ -136,7 +136,7 @@ def _anomalies(conn: psycopg.Connection[Any], period: str) -> dict[str, list[dic
         "jsonb_typeof(i.message->'body') = 'object' AS has_body, i.message->'body'->>'kind' AS kind, "
         "i.message->'body'->'period'->>'label' AS label, r.period AS held_period, r.ts AS held_ts "
         "FROM incidents i LEFT JOIN records r ON r.enterprise_id = i.enterprise_id AND r.workshop = i.workshop "
-        "AND r.seq = i.seq "
+        "AND r.seq = i.seq AND r.received_at <= i.received_at "  # held then: not one accepted at that seq later
         "WHERE (i.received_at >= %(start)s AND i.received_at < %(end)s) "
         "OR i.message->'body'->'period'->>'label' = %(period)s OR r.period = %(period)s "
         "OR (r.ts >= %(start)s AND r.ts < %(next)s) "
