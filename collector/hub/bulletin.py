@@ -8,8 +8,9 @@ pass D1 ≥ 70 % and D2 ≥ 55 %, who has not reported, who has 数据异常, an
 数据异常: an enterprise is listed on the bulletin of month P when one of its incidents
 - concerns a record of P: the record it sent is a monthly summary of P (`body.period.label`), or another record
   or a head dated in P (its `ts`, site time UTC+8); or the record the hub held at that seq when the incident
-  came (the one it contradicts) is a summary of P or dated in P. A head (no body) is placed by the held record when the hub holds
-  one at its seq, by its own `ts` otherwise: the head of a summary is dated in the month after the summary's; or
+  came (the one it contradicts) is a summary of P or dated in P. A head (no body) is placed by that held record
+  when there is one, by its own `ts` otherwise (the head of a summary is dated in the month after the summary's);
+  or
 - was received in P or in the month after (P's bulletin is published then: what the hub learnt up to then about
   the enterprise's chain is on it, whichever month the record is of).
 So a rewritten October summary received in March is on October's bulletin and on February's and March's.
