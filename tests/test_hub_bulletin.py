@@ -15,7 +15,7 @@ import pytest
 
 from collector.credit_code import check_char
 from collector.evidence.keys import Signer, generate
-from collector.evidence.records import sign_record
+from collector.evidence.records import anchor_message, sign_record
 from collector.hub import db
 from collector.hub.bulletin import JIAXING, build, parse_period, shift
 from collector.hub.enroll import enrol, parse_csv
@@ -69,6 +69,12 @@ def city(pg_url: str, tmp_path: Path) -> Any:  # noqa: F811
             assert ingest(conn, forged, code("jx-xiuzhou"), HUB, "t").status == "incident"
         chains = [c.write_chain(tmp_path / f"{c.enterprise}-{c.workshop}.jsonl") for c in cols]
         yield conn, chains
+
+
+def sheet(text: str) -> list[list[str]]:
+    """The CSV as a spreadsheet reads it: UTF-8 with its BOM (which must be there: Excel needs it for Chinese)."""
+    assert text.startswith("\ufeff")
+    return list(csv.reader(io.StringIO(text.encode("utf-8").decode("utf-8-sig"))))
 
 
 def pooled(files: list[Path], period: str, county: str | None = None) -> dict[str, Any]:
@@ -125,7 +131,7 @@ def test_trend_holds_twelve_months_and_county_filter(city: Any) -> None:
 def test_csv_and_html_in_both_languages(city: Any) -> None:
     conn, _ = city
     b = build(conn, "2026-11", JIAXING)
-    rows = list(csv.reader(io.StringIO(render(b, "csv"))))
+    rows = sheet(render(b, "csv"))
     assert rows[0][:4] == ["period", "县（市、区）", "登记企业数", "已报送"]
     total = rows[-1]
     assert total[1] == "嘉兴市" and total[4:6] == ["17", "26"] and total[7] == "2"
@@ -136,7 +142,7 @@ def test_csv_and_html_in_both_languages(city: Any) -> None:
     assert "65.3 % (17/26)" in page  # truncated, never rounded up: 17/26 = 65.38 %
     en = render(b, "html", "en")
     assert "monthly bulletin" in en and "Not reported" in en and 'lang="en"' in en
-    assert rows[0][1] != list(csv.reader(io.StringIO(render(b, "csv", "en"))))[0][1]
+    assert rows[0][1] != sheet(render(b, "csv", "en"))[0][1]
 
 
 def test_period_parsing() -> None:
@@ -180,5 +186,118 @@ def test_an_enterprise_counting_simulated_devices_is_listed_and_never_pooled(pg_
     assert [e["enterprise"] for e in ref["simulated_not_pooled"]] == ["jx-jiashan"]
     page = render(b, "html")
     assert "<b>含模拟设备</b>：不计入汇总和达标家数" in page and 'class="simulated"' in page
-    jiashan = next(r for r in csv.reader(io.StringIO(render(b, "csv"))) if r[1] == "嘉善县")
-    assert jiashan[-1] == code("jx-jiashan")
+    # the CSV carries the banner on every row (the last column), in both languages; none where it is not set
+    header, *rows = sheet(render(demo, "csv"))
+    assert header[-1] == "通报提示" and len(rows) == len(JIAXING) + 1
+    assert {r[-1] for r in rows} == {"含模拟设备，不可用于评价"} and all(len(r) == len(header) for r in rows)
+    header_en, *rows_en = sheet(render(demo, "csv", "en"))
+    assert header_en[-1] == "banner"
+    assert {r[-1] for r in rows_en} == {"含模拟设备，不可用于评价 · Includes simulated devices: not valid for assessment"}
+    assert {r[-1] for r in sheet(render(b, "csv"))[1:]} == {""}
+    jiashan = next(r for r in sheet(render(b, "csv")) if r[1] == "嘉善县")
+    assert jiashan[-2] == code("jx-jiashan") and jiashan[-1] == ""  # listed, not pooled: no banner
+
+
+def test_an_incident_is_on_the_bulletin_of_the_month_its_record_is_of(pg_url: str) -> None:  # noqa: F811
+    """Incidents received in March 2027 about records of October and November 2026: each is on the bulletin of
+    its record's month (the held summary it rewrites, the head's own date in site time) and, as before, on those
+    of March and February (published in March); on no other month's."""
+    hengda, xiuzhou = Collector("jx-hengda", "ws-1"), Collector("jx-xiuzhou", "ws-1")
+    close(hengda, "2026-10", (5, 7), (4, 6))
+    oct_x = close(xiuzhou, "2026-10", (2, 5), (3, 5))
+    nov_x = close(xiuzhou, "2026-11", (3, 5), (3, 5))
+    lines = ["统一社会信用代码,企业名称,县（市、区）,行业,行业骨干企业,公钥,采集器企业标识"]
+    lines += [f"{code(c.enterprise)},{ENTS[c.enterprise][1]},{ENTS[c.enterprise][2]},制造业,是,{c.public_key},"
+              f"{c.enterprise}" for c in (hengda, xiuzhou)]
+    march = "2027-03-10T02:00:00.000Z"
+
+    def forge(c: Collector, real: dict[str, Any], period: str) -> dict[str, Any]:
+        return sign_record(c.signer, enterprise=c.enterprise, workshop=c.workshop, seq=real["seq"], ts=real["ts"],
+                           prev=real["prev"], body=month_body(c.enterprise, c.workshop, period, (5, 5), (5, 5)))
+
+    with db.migrated(pg_url) as conn:
+        enrol(conn, parse_csv("\n".join(lines) + "\n", "t.csv", JIAXING))
+        for c in (hengda, xiuzhou):
+            for r in c.records:
+                with conn.transaction():
+                    assert ingest(conn, r, code(c.enterprise), HUB, "t", "2026-12-04T01:00:00.000Z").status == \
+                        "accepted"
+        sent = [  # (sender, message, what the hub says)
+            # 秀洲 rewrites its October summary in full (seq 2): October's figures
+            ("jx-xiuzhou", forge(xiuzhou, oct_x, "2026-10"), "rewritten history"),
+            # and November's, as a head alone (seq 3, dated 2026-12-04): placed by the held November summary
+            ("jx-xiuzhou", anchor_message(forge(xiuzhou, nov_x, "2026-11"), "head", march), "rewritten history"),
+            # 恒达 anchors a record dated before its held October summary: 2026-09-30T17:00Z is October 1st in
+            # site time; then another one dated in an ISO week date (2026-W42-4 is 15 October)
+            ("jx-hengda", anchor_message(hengda.append({"kind": "register", "devices": []},
+                                                       "2026-09-30T17:00:00Z"), "head", march), "back-dated"),
+            ("jx-hengda", anchor_message(sign_record(hengda.signer, enterprise="jx-hengda", workshop="ws-1", seq=3,
+                                                     ts="2026-W42-4T12:00:00+08:00", prev=hengda.records[1]["hash"],
+                                                     body={"kind": "register", "devices": [1]}), "head", march),
+             "back-dated"),
+        ]
+        for sender, msg, why in sent:
+            with conn.transaction():
+                out = ingest(conn, msg, code(sender), HUB, "t", march)
+            assert out.status == "incident" and why in (out.reason or ""), out
+
+        def listed(period: str) -> dict[str, list[tuple[int, list[str]]]]:
+            b = build(conn, period, JIAXING)
+            return {e["name"]: [(i["seq"], i["concerns"]) for i in e["incidents"]] for e in b["total"]["anomalies"]}
+
+        both = {"恒达机械": [(3, ["2026-10"]), (3, ["2026-10"])],
+                "秀洲精工": [(2, ["2026-10"]), (3, ["2026-11"])]}
+        assert listed("2026-09") == {}
+        assert listed("2026-10") == {"恒达机械": both["恒达机械"], "秀洲精工": both["秀洲精工"][:1]}
+        assert listed("2026-11") == {"秀洲精工": both["秀洲精工"][1:]}  # not on December's: the head's own month
+        for quiet in ("2026-12", "2027-01", "2027-04"):
+            assert listed(quiet) == {}, quiet
+        for received in ("2027-02", "2027-03"):  # received in March: on the bulletins published then
+            assert listed(received) == both, received
+        october = build(conn, "2026-10", JIAXING)
+    assert [e["name"] for e in {c["name"]: c for c in october["counties"]}["秀洲区"]["anomalies"]] == ["秀洲精工"]
+    assert (october["total"]["figures"]["D1"]["numerator"], october["total"]["figures"]["D1"]["denominator"]) == \
+        (7, 12)  # the held figures (5/7 + 2/5), not the rewritten 5/5
+    page = render(october, "html")
+    assert "历史记录被改写（ws-1 #2，涉及 2026-10 的记录: " in page and "记录时间倒签（ws-1 #3，涉及 2026-10 的记录" in page
+    assert "ws-1 #3, concerns records of 2026-10: " in render(october, "html", "en")
+    assert sheet(render(october, "csv"))[-1][13] == f"{code('jx-hengda')};{code('jx-xiuzhou')}"
+
+
+def test_the_csv_bulletin_command_carries_the_banner_into_the_file(pg_url: str, tmp_path: Path) -> None:  # noqa: F811
+    """`collector hub bulletin --format csv` of a demo hub (count_simulated): the file a spreadsheet opens says
+    含模拟设备，不可用于评价 on every row, stdout too, and stderr says it once; a hub that does not pool them says
+    nothing."""
+    import yaml
+
+    sim = Collector("jx-jiashan", "ws-1")
+    _, name, county = ENTS["jx-jiashan"]
+    sim.append(month_body("jx-jiashan", "ws-1", "2026-11", (9, 10), (9, 10), enterprise_name=name, county=county,
+                          simulated=["cnc-07"], banner="含模拟设备，不可用于评价"), "2026-12-04T00:00:41+08:00")
+    with db.migrated(pg_url) as conn:
+        enrol(conn, parse_csv("统一社会信用代码,企业名称,县（市、区）,公钥,采集器企业标识\n"
+                              f"{code('jx-jiashan')},{name},{county},{sim.public_key},jx-jiashan\n", "t.csv", JIAXING))
+        for r in sim.records:
+            with conn.transaction():
+                assert ingest(conn, r, code("jx-jiashan"), HUB, "t").status == "accepted"
+    results = {}
+    for demo in (True, False):
+        cfg = tmp_path / f"hub-{demo}.yaml"
+        cfg.write_text(yaml.safe_dump({"database": pg_url, "count_simulated": demo}), encoding="utf-8")
+        out = tmp_path / f"bulletin-{demo}.csv"
+        args = [sys.executable, "-m", "collector.cli", "hub", "bulletin", "-c", str(cfg), "--period", "2026-11",
+                "--format", "csv", "--county", "嘉善县"]
+        to_file = subprocess.run([*args, "-o", str(out)], capture_output=True, text=True, timeout=60)
+        to_stdout = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        assert to_file.returncode == to_stdout.returncode == 0, to_file.stderr + to_stdout.stderr
+        with open(out, encoding="utf-8-sig", newline="") as f:  # as a spreadsheet or pandas reads it
+            rows = list(csv.DictReader(f))
+        assert sheet(to_stdout.stdout) == sheet(out.read_text(encoding="utf-8"))
+        results[demo] = rows, to_file.stderr, to_stdout.stderr
+    rows, err_file, err_stdout = results[True]
+    assert [(r["县（市、区）"], r["D1_numerator"], r["含模拟设备"], r["通报提示"]) for r in rows] == [
+        ("嘉善县", "9", code("jx-jiashan"), "含模拟设备，不可用于评价")]
+    assert err_stdout.strip() == "含模拟设备，不可用于评价" and err_file.strip() == "含模拟设备，不可用于评价"
+    rows, err_file, err_stdout = results[False]
+    assert [(r["D1_numerator"], r["含模拟设备"], r["通报提示"]) for r in rows] == [("", code("jx-jiashan"), "")]
+    assert err_stdout == err_file == ""

@@ -329,12 +329,13 @@ async def test_three_collectors_of_two_enterprises_feed_the_hub_and_keep_its_rec
     assert code == 1 and "rewritten after the hub received it" in out and "incident by hub test-hub" in out, out
     assert stored(db, "SELECT (body->'figures'->'D2'->>'numerator')::int FROM records WHERE enterprise_id = %s "
                       "AND seq = %s", B, real["seq"]) == [(1,)]  # the hub keeps the month it received first
-    # a bulletin lists the incidents received from its month's start to the next month's end: the one of the
-    # month in which the incident came (today) shows 秀洲 as 数据异常
+    # a bulletin lists the incidents about a record of its month and those received from its month's start to
+    # the next month's end: the rewritten month's bulletin and the one of the month the incident came in (today)
+    # show 秀洲 as 数据异常
     from collector.hub.bulletin import shift
 
     now = dt.datetime.now(zoneinfo.ZoneInfo("Asia/Shanghai")).strftime("%Y-%m")  # the hub's months are local
-    for p in sorted({shift(now, -1), now} - {period}):
+    for p in sorted({shift(now, -1), now, period}):
         code, out = cli(capsys, "hub", "bulletin", "-c", str(city["hub_cfg"]), "--period", p, "--format", "json")
         assert code == 0, out
         by_county = {b["name"]: b for b in json.loads(out)["counties"]}

@@ -3,13 +3,23 @@
 Figures are pooled exactly as `collector pool` pools the same chains (`collector.indicators.pooling`: Σ
 numerators / Σ denominators per enterprise over its collectors, then over enterprises; never an average of rates),
 so the two agree by construction. Next to them: enrolled enterprises, how many reported, how many and which share
-pass D1 ≥ 70 % and D2 ≥ 55 %, who has not reported, who has 数据异常 (an incident received from the start of the
-month to the end of the next, when the bulletin is published), and the last 12 months of pooled D1 and D2.
+pass D1 ≥ 70 % and D2 ≥ 55 %, who has not reported, who has 数据异常, and the last 12 months of pooled D1 and D2.
+
+数据异常: an enterprise is listed on the bulletin of month P when one of its incidents
+- concerns a record of P: the record it sent is a monthly summary of P (`body.period.label`), or another record
+  or a head dated in P (its `ts`, site time UTC+8); or the record the hub held at that seq when the incident
+  came (the one it contradicts) is a summary of P or dated in P. A head (no body) is placed by that held record
+  when there is one, by its own `ts` otherwise (the head of a summary is dated in the month after the summary's);
+  or
+- was received in P or in the month after (P's bulletin is published then: what the hub learnt up to then about
+  the enterprise's chain is on it, whichever month the record is of).
+So a rewritten October summary received in March is on October's bulletin and on February's and March's.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +31,8 @@ from collector.indicators.rates import Figure
 
 JIAXING = ["南湖区", "秀洲区", "嘉善县", "平湖市", "海盐县", "海宁市", "桐乡市", "嘉兴经济技术开发区", "嘉兴港区"]
 SHOWN = ("D1", "D2")  # the two the city grades on; the JSON carries every pooled figure
+SITE_TZ = dt.timezone(dt.timedelta(hours=8))  # the enterprises' months are Asia/Shanghai's (no summer time)
+MONTH = re.compile(r"\d{4}-\d{2}")
 
 
 @dataclass
@@ -75,17 +87,75 @@ def _submissions(conn: psycopg.Connection[Any], periods: list[str],
     return out
 
 
+def month_start(period: str) -> dt.datetime:
+    """The first instant of a month in site time."""
+    return dt.datetime.fromisoformat(period + "-01T00:00:00").replace(tzinfo=SITE_TZ)
+
+
+def _site_month(t: dt.datetime | None) -> str | None:
+    if t is None:
+        return None
+    local = t.astimezone(SITE_TZ)
+    return month_label(local.year, local.month)
+
+
+def _parse_ts(value: Any) -> dt.datetime | None:
+    """A record's ts as the hub's check read it (`datetime.fromisoformat`, a zone required)."""
+    try:
+        t = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else None
+
+
+def _record_month(kind: Any, label: Any, ts: dt.datetime | None) -> str | None:
+    """The month a record is of: a monthly summary's period, any other record's (or head's) date in site time."""
+    if kind == "monthly_summary" and isinstance(label, str) and MONTH.fullmatch(label):
+        return label
+    return _site_month(ts)
+
+
+def _concerns(r: dict[str, Any]) -> list[str]:
+    """The months of the records an incident concerns: the held record at its seq, and the one sent (a head only
+    when the hub holds no record at that seq)."""
+    held = _record_month("monthly_summary" if r["held_period"] else None, r["held_period"], r["held_ts"])
+    sent = None
+    if r["has_body"] or r["held_ts"] is None:
+        sent = _record_month(r["kind"], r["label"], _parse_ts(r["ts"]))
+    return sorted({m for m in (held, sent) if m is not None})
+
+
 def _anomalies(conn: psycopg.Connection[Any], period: str) -> dict[str, list[dict[str, Any]]]:
-    start = dt.datetime.fromisoformat(period + "-01T00:00:00+00:00") - dt.timedelta(hours=8)  # site time, UTC+8
-    end = dt.datetime.fromisoformat(shift(period, 2) + "-01T00:00:00+00:00") - dt.timedelta(hours=8)
-    rows = conn.execute("SELECT enterprise_id, workshop, seq, reason, received_at FROM incidents "
-                        "WHERE received_at >= %s AND received_at < %s ORDER BY received_at, id",
-                        (start, end)).fetchall()
+    """Per enterprise, the incidents on the bulletin of `period` (the rule is in this module's docstring)."""
+    start, end = month_start(period), month_start(shift(period, 2))
+    # the WHERE is a superset, cheap and safe on any text (a ts is only parsed here, in Python, as ingest parsed
+    # it): a ts written in its own zone may fall in the month before or after in site time, and a ts in another
+    # form than YYYY-MM-DDT… / YYYYMMDDT… is always looked at
+    near = [shift(period, d).replace("-", "") for d in (-1, 0, 1)]
+    rows = conn.execute(
+        "SELECT i.enterprise_id, i.workshop, i.seq, i.reason, i.received_at, i.message->>'ts' AS ts, "
+        "jsonb_typeof(i.message->'body') = 'object' AS has_body, i.message->'body'->>'kind' AS kind, "
+        "i.message->'body'->'period'->>'label' AS label, r.period AS held_period, r.ts AS held_ts "
+        "FROM incidents i LEFT JOIN records r ON r.enterprise_id = i.enterprise_id AND r.workshop = i.workshop "
+        "AND r.seq = i.seq AND r.received_at <= i.received_at "  # held then: not one accepted at that seq later
+        "WHERE (i.received_at >= %(start)s AND i.received_at < %(end)s) "
+        "OR i.message->'body'->'period'->>'label' = %(period)s OR r.period = %(period)s "
+        "OR (r.ts >= %(start)s AND r.ts < %(next)s) "
+        "OR left(translate(i.message->>'ts', '-', ''), 6) = ANY(%(near)s) "
+        "OR coalesce(i.message->>'ts', '') !~ '^[0-9]{4}-?[0-9]{2}-?[0-9]{2}T' "
+        "ORDER BY i.received_at, i.id",
+        {"start": start, "end": end, "next": month_start(shift(period, 1)), "period": period,
+         "near": near}).fetchall()
     out: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
+        concerns = _concerns(r)
+        received = start <= r["received_at"] < end
+        if not received and period not in concerns:
+            continue
         out.setdefault(r["enterprise_id"], []).append(
             {"workshop": r["workshop"], "seq": r["seq"], "reason": r["reason"],
-             "received_at": r["received_at"].astimezone(dt.UTC).isoformat(timespec="seconds")})
+             "received_at": r["received_at"].astimezone(dt.UTC).isoformat(timespec="seconds"),
+             "concerns": concerns})
     return out
 
 

@@ -160,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_bulletin(args: argparse.Namespace) -> int:
     from collector.hub.bulletin import build, parse_period
-    from collector.hub.render import render
+    from collector.hub.render import banner_text, render
 
     cfg = _config(args)
     try:
@@ -175,9 +175,8 @@ def cmd_bulletin(args: argparse.Namespace) -> int:
     with conn:
         bulletin = build(conn, period, cfg.counties, args.county, cfg.name, count_simulated=cfg.count_simulated)
     text = render(bulletin, args.format, args.lang)
-    if bulletin.get("banner") and args.format == "csv":  # html and json carry it themselves
-        print(bulletin["banner"] if args.lang == "zh" else f'{bulletin["banner"]} · {bulletin["banner_en"]}',
-              file=sys.stderr)
+    if bulletin.get("banner") and args.format == "csv":  # in the CSV's last column too; said where one looks
+        print(banner_text(bulletin, args.lang), file=sys.stderr)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
         print(f"wrote {args.output}")

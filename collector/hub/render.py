@@ -38,6 +38,8 @@ T: dict[str, dict[str, str]] = {
     "generated": {"zh": "生成时间", "en": "Generated"},
     "enterprise": {"zh": "企业", "en": "Enterprise"},
     "reason": {"zh": "原因", "en": "Reason"},
+    "concerns": {"zh": "涉及 {months} 的记录", "en": "concerns records of {months}"},
+    "banner": {"zh": "通报提示", "en": "banner"},
 }
 
 
@@ -86,14 +88,27 @@ def to_json(bulletin: dict[str, Any]) -> str:
     return json.dumps(bulletin, ensure_ascii=False, indent=2)
 
 
+def banner_text(bulletin: dict[str, Any], lang: str = "zh") -> str:
+    """The bulletin's banner in the reader's language (Chinese first), "" when it has none."""
+    if not bulletin.get("banner"):
+        return ""
+    return bulletin["banner"] if lang != "en" else f'{bulletin["banner"]} · {bulletin["banner_en"]}'
+
+
 def to_csv(bulletin: dict[str, Any], lang: str = "zh") -> str:
-    """One row per county and the city: exact numerators and denominators, pass counts, the lists' sizes."""
+    """One row per county and the city: exact numerators and denominators, pass counts, the lists' sizes.
+
+    UTF-8 with a BOM, so a spreadsheet opens the Chinese right (as the enterprise report's CSV). The last column
+    (通报提示) carries the banner the HTML shows in red (含模拟设备，不可用于评价, a demo hub pooling simulated
+    devices) on every row: a row copied or filtered out of the sheet keeps it, and the header stays the first
+    line for the programs that read the file."""
     out = io.StringIO()
     w = csv.writer(out)
     w.writerow(["period", t("county", lang), t("enrolled", lang), t("reported", lang),
                 "D1_numerator", "D1_denominator", "D1_value", "D1_enterprises_passing",
                 "D2_numerator", "D2_denominator", "D2_value", "D2_enterprises_passing",
-                t("nonrep", lang), t("anom", lang), t("sim", lang)])
+                t("nonrep", lang), t("anom", lang), t("sim", lang), t("banner", lang)])
+    banner = banner_text(bulletin, lang)
     for b in _blocks(bulletin):
         row: list[Any] = [bulletin["period"], b["name"], b["enrolled"], b["reported"]]
         for fid in ("D1", "D2"):
@@ -101,9 +116,9 @@ def to_csv(bulletin: dict[str, Any], lang: str = "zh") -> str:
             row += [f["numerator"], f["denominator"], "" if f["value"] is None else repr(f["value"]),
                     f.get("enterprises_passing")] if f else ["", "", "", ""]
         row += [";".join(e["id"] for e in b["non_reporting"]), ";".join(e["id"] for e in b["anomalies"]),
-                ";".join(e["id"] for e in b.get("simulated", []))]
+                ";".join(e["id"] for e in b.get("simulated", [])), banner]
         w.writerow(row)
-    return out.getvalue()
+    return "\ufeff" + out.getvalue()
 
 
 def _svg(bulletin: dict[str, Any], lang: str) -> str:
@@ -146,8 +161,8 @@ def to_html(bulletin: dict[str, Any], lang: str = "zh") -> str:
             lists.append(f'<tr class="nonrep"><td>{e(b["name"])}</td><td>{e(ent["name"])}<br><small>{e(ent["id"])}'
                          f'</small></td><td>{e(t("nonrep", lang))}</td></tr>')
         for ent in b["anomalies"]:
-            why = "；".join(f"{incident_kind(i['reason'], lang)}（{i['workshop']} #{i['seq']}: {i['reason']}）"
-                           for i in ent["incidents"])
+            why = "；".join(f"{incident_kind(i['reason'], lang)}（{i['workshop']} #{i['seq']}"
+                           f"{_concerned(i, lang)}: {i['reason']}）" for i in ent["incidents"])
             lists.append(f'<tr class="anomaly"><td>{e(b["name"])}</td><td>{e(ent["name"])}<br><small>{e(ent["id"])}'
                          f'</small></td><td><b>{e(t("anom", lang))}</b>：{e(why)}</td></tr>')
         for ent in b.get("simulated", []):
@@ -195,11 +210,19 @@ small {{ color: #666; }} #lists td {{ text-align: left; }}
 """
 
 
+def _concerned(incident: dict[str, Any], lang: str) -> str:
+    months = incident.get("concerns") or []
+    if not months:
+        return ""
+    sep, join = (", ", ", ") if lang == "en" else ("，", "、")
+    return sep + t("concerns", lang, months=join.join(months))
+
+
 def _banner(bulletin: dict[str, Any], lang: str) -> str:
     """The red line of a demo hub that pools simulated devices (count_simulated): not valid for assessment."""
-    if not bulletin.get("banner"):
+    text = banner_text(bulletin, lang)
+    if not text:
         return ""
-    text = bulletin["banner"] if lang == "zh" else f'{bulletin["banner"]} · {bulletin["banner_en"]}'
     return f'<p id="banner" style="color:#fff;background:#b71c1c;padding:6px 10px;font-weight:bold">' \
            f'{html.escape(text)}</p>'
 
