@@ -115,7 +115,9 @@ class Collector:
         self._tasks: list[asyncio.Task[None]] = []
         self.started = 0.0
         self.reload_counts = {"applied": 0, "rejected": 0}
-        self._reload_lock = asyncio.Lock()
+        self._reload_lock = asyncio.Lock()  # one apply at a time (`reload`)
+        self._reload_file_lock = asyncio.Lock()  # file reloads apply in the order they were asked for
+        self.stopping = False  # set by `stop()`: a reload read meanwhile is not applied
         self._first_snapshot_out = False  # no snapshot before the first poll round is in (_indicators_loop)
 
     # -- wiring
@@ -392,6 +394,8 @@ class Collector:
     async def stop(self) -> None:
         """Close device sessions, publish every device's and the gateway's offline status, write the state
         store."""
+        async with self._reload_lock:  # an apply under way ends first; a reload still reading is not applied
+            self.stopping = True
         await asyncio.gather(*(cancel_and_wait(t, t.get_name()) for t in self._tasks))
         await self.threads.idle()  # a cancelled refresh's query may still run on a reader closed below
         await self.writes.stop()
@@ -437,19 +441,28 @@ class Collector:
     RESTART_ONLY = ("site", "mqtt", "http", "state_dir", "indicators", "outbox", "evidence", "influx", "states")
 
     async def reload_file(self, path: str | Path) -> dict[str, Any]:
-        """Re-read and validate a config file, then `reload()`; an invalid file changes nothing."""
-        from collector.config import ConfigError, load_config
+        """Re-read and check a config file, then `reload()`; a file `check` refuses changes nothing.
 
-        try:
-            new_cfg = load_config(path)
-        except ConfigError as exc:
-            self.reload_counts["rejected"] += 1
-            for line in exc.lines:
-                log.error("event=reload_rejected source=%s error=%r", exc.source, line)
-            log.error("event=reload_rejected source=%s errors=%d keeping=running_config", exc.source,
-                      len(exc.lines))
-            return {"ok": False, "errors": exc.lines}
-        return await self.reload(new_cfg)
+        The read, the parse, the validation and the start checks (collector/preflight.py `checked_config`) run
+        in a worker thread: a flat 20,000-tag file takes seconds, and the devices keep polling meanwhile. Only
+        `reload()`, which applies the checked config, runs on the loop. Reloads asked for while one is reading
+        wait for it, so the file read last is the one applied last."""
+        from collector.config import ConfigError
+        from collector.preflight import checked_config
+
+        async with self._reload_file_lock:
+            try:
+                new_cfg, warnings = await asyncio.to_thread(checked_config, path, self.settings)
+            except ConfigError as exc:
+                self.reload_counts["rejected"] += 1
+                for line in exc.lines:
+                    log.error("event=reload_rejected source=%s error=%r", exc.source, line)
+                log.error("event=reload_rejected source=%s errors=%d keeping=running_config", exc.source,
+                          len(exc.lines))
+                return {"ok": False, "errors": exc.lines}
+            for line in warnings:  # as `run` logs them at start
+                log.warning("event=config_warning %s", line)
+            return await self.reload(new_cfg)
 
     async def reload(self, new_cfg: CollectorConfig) -> dict[str, Any]:
         """Apply a validated config to the running collector without a gap for devices that did not change.
@@ -461,6 +474,9 @@ class Collector:
         and the running values are kept until the next restart.
         """
         async with self._reload_lock:
+            if self.stopping:
+                log.warning("event=reload_skipped reason=stopping")
+                return {"ok": False, "errors": ["the collector is stopping: the new config was not applied"]}
             old = self.cfg
             restart = [k for k in self.RESTART_ONLY if getattr(old, k) != getattr(new_cfg, k)]
             if restart:

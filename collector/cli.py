@@ -111,7 +111,8 @@ async def _run(cfg: CollectorConfig, path: str | None = None) -> int:
         assert path is not None
         notifier.reloading()
         result = await collector.reload_file(path)
-        notifier.ready("reloaded" if result.get("ok") else "reload rejected: running the previous config")
+        if not stop.is_set():  # a reload read while the service stops is not applied, and says nothing more
+            notifier.ready("reloaded" if result.get("ok") else "reload rejected: running the previous config")
 
     def on_hup() -> None:
         task: asyncio.Task[object] = asyncio.create_task(reload())

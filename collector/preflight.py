@@ -1,6 +1,7 @@
 """What `collector run` needs from this machine at start: folders it can write, secret files it can read, TLS
 files that load. `collector check` runs the same `startup_check`, so a config it accepts does not die at start
-with a traceback, and `run` refuses (exit 2) with the same messages before it touches anything.
+with a traceback, and `run` refuses (exit 2) with the same messages before it touches anything. A reload runs
+it too (`checked_config`) and refuses with the same messages, keeping the running config.
 
 The answer depends on where it runs (files, permissions, COLLECTOR_* env): run `check` as the service user
 with the service's environment to see what `run` will see.
@@ -165,3 +166,20 @@ def adapter_problems(cfg: CollectorConfig) -> list[str]:
             errors.append(f"devices[{i}]: protocol {dev.protocol}: its adapter does not load ({type(exc).__name__}: "
                           f"{exc}); reinstall the package that provides it (pip install -e . for the built-in ones)")
     return errors
+
+
+def checked_config(path: str | Path, settings: Settings) -> tuple[CollectorConfig, list[str]]:
+    """A config file as `run` takes it at start, for a reload: read and validated (`load_config`), then
+    `startup_check`, so a reload refuses what `check` refuses, with the same lines. Returns the config and its
+    warnings (`config_warnings` first, as `check` prints them); raises ConfigError.
+
+    Blocking all through (the file, libyaml, pydantic, a protocol's first adapter import): a flat config of
+    20,000 tags takes seconds, so the running collector calls this in a worker thread (`Collector.reload_file`)."""
+    from collector.config import ConfigError, load_config
+    from collector.lint import config_warnings
+
+    cfg = load_config(path)
+    errors, warnings = startup_check(cfg, settings)
+    if errors:
+        raise ConfigError(str(path), errors)
+    return cfg, config_warnings(cfg) + warnings
