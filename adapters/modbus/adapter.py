@@ -508,18 +508,9 @@ class ModbusAdapter(Adapter):
                     raise _Failure(f"answer does not match the request ({mismatch}): a late answer to an earlier "
                                    f"request? the line is reset", timeout=False)
                 return resp
-            except ConnectionException as exc:
-                raise _Failure(f"connection lost: {exc}", timeout=False) from None
-            except ModbusIOException as exc:
-                if "CLOSING CONNECTION" in str(exc) or not line.connected:
-                    raise _Failure(f"connection lost: {exc}", timeout=False) from None
-                raise _Failure(f"no answer from unit {unit} within {self.device.timeout:g} s "
-                               f"({self.device.retries + 1} tries) reading {req.table} {req.start}+{req.count}",
-                               timeout=True) from None
-            except TimeoutError as exc:
-                raise _Failure(f"no answer from unit {unit}: {exc}", timeout=True) from None
             except (ModbusException, OSError) as exc:
-                raise _Failure(f"request failed: {exc}", timeout=False) from None
+                raise self._failure(exc, line, f"({self.device.retries + 1} tries) reading {req.table} "
+                                    f"{req.start}+{req.count}", "request failed") from None
         finally:
             line.last_answer = time.monotonic()
 
@@ -606,21 +597,29 @@ class ModbusAdapter(Adapter):
                 raise _Failure(f"answer does not match the write (function code {got}, expected {fc}): the line "
                                "is reset", timeout=False)
             return resp
-        except ConnectionException as exc:
-            raise _Failure(f"connection lost: {exc}", timeout=False) from None
-        except ModbusIOException as exc:
-            if "CLOSING CONNECTION" in str(exc) or not line.connected:
-                raise _Failure(f"connection lost: {exc}", timeout=False) from None
-            if line.unframed:  # a late answer must not be taken for the next poll's
-                line.settle_for(self.device.timeout)
-            raise _Failure(f"no answer from unit {unit} within {self.device.timeout:g} s to the write",
-                           timeout=True) from None
-        except TimeoutError as exc:
-            raise _Failure(f"no answer from unit {unit}: {exc}", timeout=True) from None
         except (ModbusException, OSError) as exc:
-            raise _Failure(f"write failed: {exc}", timeout=False) from None
+            raise self._failure(exc, line, "to the write", "write failed", settle=True) from None
         finally:
             client.retries = self.device.retries
+
+    def _failure(self, exc: Exception, line: Line, unanswered: str, failed: str, settle: bool = False) -> _Failure:
+        """What a read (`_request`) or a write (`_write_request`) that raised `exc` amounts to: one mapping, so
+        both tell a lost connection from silence alike. `unanswered` ends the message of a request without
+        an answer, `failed` starts that of any other error; `settle` (the write): on an RTU line, a late
+        answer to the unanswered request is let land unheard."""
+        unit = self.device.unit_id
+        if isinstance(exc, ConnectionException):
+            return _Failure(f"connection lost: {exc}", timeout=False)
+        if isinstance(exc, ModbusIOException):
+            if "CLOSING CONNECTION" in str(exc) or not line.connected:
+                return _Failure(f"connection lost: {exc}", timeout=False)
+            if settle and line.unframed:  # a late answer must not be taken for the next poll's
+                line.settle_for(self.device.timeout)
+            return _Failure(f"no answer from unit {unit} within {self.device.timeout:g} s {unanswered}",
+                            timeout=True)
+        if isinstance(exc, TimeoutError):
+            return _Failure(f"no answer from unit {unit}: {exc}", timeout=True)
+        return _Failure(f"{failed}: {exc}", timeout=False)
 
     # -- identity (evidence; the engine calls it beside the poll loop, after connect and once a day)
 
