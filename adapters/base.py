@@ -73,6 +73,12 @@ class Adapter(ABC):
         self.device = device
         self.context = context if context is not None else AdapterContext()
 
+    @classmethod
+    def import_libraries(cls, device: Any) -> None:
+        """Import now what an adapter for `device` would import only when it connects (a library that only
+        some of the protocol's devices use), so `collector check` names a missing one; nothing by default."""
+        return
+
     @abstractmethod
     async def connect(self) -> None:
         """Open the session; raise AdapterError when the device does not answer."""

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from adapters.mc.adapter import McAdapter  # noqa: E402
 from adapters.mc.config import McDevice  # noqa: E402
+from bench.polling import free_ports, poll_back_to_back  # noqa: E402
 from collector.config import parse_config  # noqa: E402
 
 TYPES = (("INT", 1), ("DINT", 2), ("REAL", 2), ("UINT", 1))
@@ -47,16 +46,6 @@ def build(n_devices: int, n_tags: int, ports: list[int]) -> list[McDevice]:
     return [d for d in cfg.devices if isinstance(d, McDevice)]
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 async def serve(n_devices: int, n_tags: int, ports: list[int]) -> None:
     from simulators.mc import McServerSim
 
@@ -68,27 +57,9 @@ async def serve(n_devices: int, n_tags: int, ports: list[int]) -> None:
 
 async def poll(devices: list[McDevice], seconds: float) -> dict[str, float]:
     adapters = [McAdapter(d) for d in devices]
-    await asyncio.gather(*(a.connect() for a in adapters))
-    for a in adapters:
-        await a.read()  # warm-up
-    values = [0]
-    bad = [0]
-    loop = asyncio.get_running_loop()
-    end = loop.time() + seconds
-
-    async def run(adapter: McAdapter) -> None:
-        while loop.time() < end:
-            readings = await adapter.read()
-            values[0] += len(readings)
-            bad[0] += sum(1 for r in readings if r.quality != "good")
-
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    await asyncio.gather(*(run(a) for a in adapters))
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    for a in adapters:
-        await a.close()
-    return {"values_s": values[0] / wall, "per_core": values[0] / cpu, "cpu_share": cpu / wall,
-            "reads_per_cycle": len(adapters[0].plan), "bad": bad[0]}
+    w = await poll_back_to_back(adapters, seconds)
+    return {"values_s": w.readings / w.wall, "per_core": w.readings / w.cpu, "cpu_share": w.cpu / w.wall,
+            "reads_per_cycle": len(adapters[0].plan), "bad": w.bad}
 
 
 def main() -> None:

@@ -18,10 +18,8 @@ import argparse
 import asyncio
 import os
 import random
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from adapters.modbus.adapter import ModbusAdapter  # noqa: E402
+from bench.polling import free_ports, poll_back_to_back  # noqa: E402
 from collector.config import ModbusDevice, parse_config  # noqa: E402
 
 TYPES = ("uint16", "int16", "float32", "uint32", "int32", "float64")
@@ -62,18 +61,6 @@ def build(kind: str, n_devices: int, n_tags: int, ports: list[int], coalesce: bo
                 "tags": tag_map(kind, n_tags, seed=d)} for d in range(n_devices)]
     cfg = parse_config({"site": {"enterprise_id": "bench"}, "devices": devices})
     return [d for d in cfg.devices if isinstance(d, ModbusDevice)]
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 # ------------------------------------------------------------------------------------------- the simulators
@@ -121,32 +108,14 @@ class Simulators:
 async def poll_all(devices: list[ModbusDevice], seconds: float) -> dict[str, float]:
     """Poll every device back to back for `seconds`, all devices concurrently."""
     adapters = [ModbusAdapter(d) for d in devices]
-    await asyncio.gather(*(a.connect() for a in adapters))
-    for a in adapters:  # warm-up cycle (connections, first answers)
-        await a.read()
-    cycles = [0] * len(adapters)
-    bad = [0]
-    loop = asyncio.get_running_loop()
-    end = loop.time() + seconds
-
-    async def run(i: int, adapter: ModbusAdapter) -> None:
-        while loop.time() < end:
-            readings = await adapter.read()
-            bad[0] += sum(1 for r in readings if r.quality != "good")
-            cycles[i] += 1
-
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    await asyncio.gather(*(run(i, a) for i, a in enumerate(adapters)))
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    for a in adapters:
-        await a.close()
+    w = await poll_back_to_back(adapters, seconds)
     n_tags = len(devices[0].tags)
-    total_cycles = sum(cycles)
-    requests = sum(len(a.plan) * c for a, c in zip(adapters, cycles, strict=True))
+    total_cycles = sum(w.cycles)
+    requests = sum(len(a.plan) * c for a, c in zip(adapters, w.cycles, strict=True))
     return {"req_per_cycle": sum(len(a.plan) for a in adapters) / len(adapters),
-            "cycles_s": total_cycles / wall, "tags_s": total_cycles * n_tags / wall,
-            "requests_s": requests / wall, "cpu_us_per_tag": 1e6 * cpu / max(1, total_cycles * n_tags),
-            "bad": bad[0]}
+            "cycles_s": total_cycles / w.wall, "tags_s": total_cycles * n_tags / w.wall,
+            "requests_s": requests / w.wall, "cpu_us_per_tag": 1e6 * w.cpu / max(1, total_cycles * n_tags),
+            "bad": w.bad}
 
 
 async def bench(n_devices: int, n_tags: int, seconds: float, max_outstanding: int = 8) -> None:

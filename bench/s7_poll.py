@@ -15,7 +15,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from adapters.s7.adapter import S7Adapter  # noqa: E402
 from adapters.s7.config import S7Device  # noqa: E402
-from bench.modbus_poll import free_ports  # noqa: E402
+from bench.polling import free_ports, poll_back_to_back  # noqa: E402
 from collector.config import parse_config  # noqa: E402
 
 TYPES = ("REAL", "DINT", "DWORD", "REAL")
@@ -53,29 +52,11 @@ async def serve(n_devices: int, n_tags: int, ports: list[int]) -> None:
 
 async def poll_all(devices: list[S7Device], seconds: float) -> dict[str, Any]:
     adapters = [S7Adapter(d) for d in devices]
-    await asyncio.gather(*(a.connect() for a in adapters))
-    for a in adapters:  # warm-up cycle
-        await a.read()
-    cycles = [0] * len(adapters)
-    bad = [0]
-    loop = asyncio.get_running_loop()
-    end = loop.time() + seconds
-
-    async def run(i: int, adapter: S7Adapter) -> None:
-        while loop.time() < end:
-            readings = await adapter.read()
-            bad[0] += sum(1 for r in readings if r.quality != "good")
-            cycles[i] += 1
-
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    await asyncio.gather(*(run(i, a) for i, a in enumerate(adapters)))
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    for a in adapters:
-        await a.close()
-    values = sum(cycles) * len(devices[0].tags)
+    w = await poll_back_to_back(adapters, seconds)
+    values = sum(w.cycles) * len(devices[0].tags)
     return {"requests_per_cycle": adapters[0].stats()["requests_per_cycle"], "pdu": adapters[0].pdu,
-            "cycles_s": sum(cycles) / wall, "values_s": values / wall, "values_per_cpu_s": values / max(cpu, 1e-9),
-            "cpu_share": cpu / wall, "bad": bad[0]}
+            "cycles_s": sum(w.cycles) / w.wall, "values_s": values / w.wall,
+            "values_per_cpu_s": values / max(w.cpu, 1e-9), "cpu_share": w.cpu / w.wall, "bad": w.bad}
 
 
 def start_simulators(n_devices: int, n_tags: int, ports: list[int]) -> subprocess.Popen[str]:

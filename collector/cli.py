@@ -1,25 +1,22 @@
-"""The `collector` command. Each subcommand has `--help`; exit codes: 0 ok, 1 failure, 2 bad config/usage."""
+"""The `collector` command. Each subcommand has `--help`; exit codes: 0 ok, 1 failure, 2 bad config/usage.
+
+Importing this module costs little: the config models (pydantic), asyncio and each command's own modules are
+imported by the command that uses them (`build_parser` still loads the plugins, for their commands).
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from collector.config import (
-    EXIT_BAD_CONFIG,
-    CollectorConfig,
-    Settings,
-    load_config_or_exit,
-    print_problems,
-)
+if TYPE_CHECKING:
+    import asyncio
+
+    from collector.config import CollectorConfig
 
 
 def package_version() -> str:
@@ -34,6 +31,10 @@ def package_version() -> str:
 
 def _stop_event() -> asyncio.Event:
     """An event set by SIGINT or SIGTERM."""
+    import asyncio
+    import contextlib
+    import signal
+
     event = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -46,7 +47,7 @@ def _stop_event() -> asyncio.Event:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from collector.config import ConfigError, load_config, partial_config
+    from collector.config import EXIT_BAD_CONFIG, ConfigError, load_config, partial_config, print_problems
     from collector.lint import config_warnings
     from collector.preflight import startup_check
 
@@ -82,7 +83,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 async def _run(cfg: CollectorConfig, path: str | None = None) -> int:
     """The service: collector, HTTP endpoint, sd_notify READY/WATCHDOG/STOPPING, SIGHUP = reload `path`."""
+    import asyncio
+    import contextlib
+    import signal
+
     from collector.app import Collector
+    from collector.config import Settings
     from collector.http import HttpUnavailable, start_http
     from collector.notify import Notifier, start_watchdog
     from collector.runtime import tune_gc
@@ -134,6 +140,9 @@ async def _run(cfg: CollectorConfig, path: str | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import logging
+
+    from collector.config import EXIT_BAD_CONFIG, Settings, load_config_or_exit, print_problems
     from collector.lint import config_warnings
     from collector.logs import setup_logging
     from collector.preflight import startup_check
@@ -158,7 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _api(args: argparse.Namespace) -> tuple[str, str | None, CollectorConfig | None]:
     """Base URL and token of the running collector: `--url`, else the config's http.listen; the token from
     env COLLECTOR_HTTP_TOKEN or the config's http.token_file; and the config, when one was given."""
-    from collector.config import http_token
+    from collector.config import http_token, load_config_or_exit
 
     token = os.environ.get("COLLECTOR_HTTP_TOKEN") or None
     cfg = None
@@ -256,6 +265,8 @@ def _print_status(body: dict[str, Any]) -> None:
 def cmd_reload(args: argparse.Namespace) -> int:
     import urllib.error
 
+    from collector.config import EXIT_BAD_CONFIG
+
     base, token, cfg = _api(args)
     try:
         if cfg is not None:  # never make another collector (one holding this one's port) reload
@@ -287,6 +298,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 async def _simulate(cfg: CollectorConfig, devices: list[str] | None) -> int:
+    from collector.config import EXIT_BAD_CONFIG
     from simulators.workshop import NoSimulator, Workshop
 
     stop = _stop_event()
@@ -306,6 +318,7 @@ async def _simulate(cfg: CollectorConfig, devices: list[str] | None) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from collector.config import Settings, load_config_or_exit
     from collector.logs import setup_logging
 
     cfg = load_config_or_exit(args.config)
@@ -341,6 +354,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
               "  install it: pip install 'shopfloor-collector[demo]'  (in a checkout: make demo, or "
               "pip install -e '.[demo]')", file=sys.stderr)
         return 1
+    import asyncio
+
+    from collector.config import load_config_or_exit
     from collector.demo import run_demo
     from collector.logs import setup_logging
 

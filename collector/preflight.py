@@ -150,19 +150,20 @@ def startup_check(cfg: CollectorConfig, settings: Settings | None = None) -> tup
 
 def adapter_problems(cfg: CollectorConfig) -> list[str]:
     """A protocol's adapter module is imported only for a config that uses it (adapters/base.py): import it
-    here for each protocol of an enabled device, so a missing protocol library is named by `check` and stops
-    `run` before it starts, instead of failing a device task later."""
+    here for each protocol of an enabled device, and what each device's adapter imports on connect
+    (`Adapter.import_libraries`: pymodbus for a Modbus RTU line), so a missing protocol library is named by
+    `check` and stops `run` before it starts, instead of failing a device task later."""
     from adapters.base import registry
 
     errors: list[str] = []
-    done: set[str] = set()
+    failed: set[str] = set()
     for i, dev in enumerate(cfg.devices):
-        if not dev.enabled or dev.protocol in done:
+        if not dev.enabled or dev.protocol in failed:
             continue
-        done.add(dev.protocol)
         try:
-            registry.get(dev.protocol).adapter_class()
+            registry.get(dev.protocol).adapter_class().import_libraries(dev)
         except Exception as exc:
+            failed.add(dev.protocol)
             errors.append(f"devices[{i}]: protocol {dev.protocol}: its adapter does not load ({type(exc).__name__}: "
                           f"{exc}); reinstall the package that provides it (pip install -e . for the built-in ones)")
     return errors

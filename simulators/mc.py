@@ -37,6 +37,7 @@ from adapters.mc.frame import (
     request_length,
 )
 from simulators.machine import MachineModel
+from simulators.tasks import cancel_tasks
 
 __all__ = ["CAPACITY", "SIM_CPU_MODEL", "McServerSim"]
 
@@ -312,10 +313,7 @@ class McServerSim:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_tasks(task)
         server, self._server = self._server, None
         if server is not None:
             server.close()

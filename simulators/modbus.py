@@ -60,6 +60,7 @@ from adapters.modbus.codec import TagCodec, compile_tag
 from adapters.modbus.config import ENDPOINT_RULE, ModbusDevice
 from collector.config.base import parse_endpoint
 from simulators.machine import MachineModel
+from simulators.tasks import cancel_tasks
 
 __all__ = ["SIM_IDENTIFICATION", "ModbusServerSim", "UnitStore"]
 
@@ -431,11 +432,7 @@ class ModbusServerSim:
     async def stop(self) -> None:
         """Stop ticking, close the listener and drop every client connection (clients see the device go)."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_tasks(*tasks)
         server, self._server = self._server, None
         if server is not None:
             await server.shutdown()

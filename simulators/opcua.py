@@ -66,6 +66,7 @@ from adapters.opcua.nodeids import make_node_id, parse_node
 from adapters.opcua.security import POLICY_TYPES, Pki, create_certificate
 from collector.config.secrets import read_secret
 from simulators.machine import MachineModel
+from simulators.tasks import cancel_tasks
 
 log = logging.getLogger(__name__)
 
@@ -459,10 +460,7 @@ class OpcUaMachineSim:
     async def stop(self) -> None:
         """Stop ticking and close the server and every client connection."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_tasks(task)
         server, self.server = self.server, None
         if server is not None:
             await server.stop()

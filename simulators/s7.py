@@ -17,7 +17,6 @@ worker thread so the event loop never waits on them. `remove_db()` takes a DB aw
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import struct
 import threading
@@ -30,6 +29,7 @@ from snap7.type import SrvArea
 from adapters.s7.codec import encode
 from adapters.s7.config import S7Device
 from simulators.machine import MachineModel
+from simulators.tasks import cancel_tasks
 
 __all__ = ["SIM_MODULE_TYPE", "SIM_ORDER_NUMBER", "S7MachineSim"]
 
@@ -144,10 +144,7 @@ class S7MachineSim:
     async def stop(self) -> None:
         """Close the listener; the connections of collectors end within a fraction of a second."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_tasks(task)
         server, self.server = self.server, None
         if server is not None:
             await asyncio.to_thread(server.stop)

@@ -24,6 +24,6 @@ def simulator(device: ModbusDevice) -> Any:
     return ModbusServerSim(device.endpoint, [device])
 
 
-# the adapter by name: its module (and pymodbus) is imported only for a device that uses it
+# the adapter by name: its module is imported only for a device that uses it (and pymodbus only for an RTU line)
 PLUGIN = ProtocolPlugin(name="modbus", device_model=ModbusDevice, adapter="adapters.modbus.adapter:ModbusAdapter",
                         describe_tag=describe_tag, simulator=simulator, schemes=ENDPOINT_RULE.schemes)

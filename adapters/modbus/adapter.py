@@ -25,11 +25,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-
 from adapters.base import Adapter, AdapterContext, AdapterError, DeviceSkipped, WriteError, WriteOutcome
 from adapters.modbus.codec import Converter, TagCodec, compile_tag
 from adapters.modbus.config import ModbusDevice, ModbusTag
+from adapters.modbus.errors import ConnectionLost, ModbusError, NoAnswer
 from adapters.modbus.identification import mac_of, read_identification
 from adapters.modbus.line import Line, LineKey, Lines, ModbusClient
 from adapters.modbus.planner import ReadRequest, plan_device, span_request
@@ -192,6 +191,12 @@ class ModbusAdapter(Adapter):
 
     # -- connection
 
+    @classmethod
+    def import_libraries(cls, device: Any) -> None:
+        """pymodbus for an RTU line (`rtu+tcp://`, `serial://`: adapters/modbus/rtu.py); `tcp://` needs none."""
+        if device.parsed_endpoint.scheme != "tcp":
+            import adapters.modbus.rtu  # noqa: F401
+
     async def connect(self) -> None:
         """Join the endpoint's line and open it if no neighbour has; AdapterError with a readable reason."""
         await self.close()
@@ -339,15 +344,15 @@ class ModbusAdapter(Adapter):
         self._counters["requests"] += len(batch)
         try:
             answers = await client.read_batch(batch, window)
-        except ModbusIOException:  # window 1: a request and its retries unanswered
+        except NoAnswer:  # window 1: a request and its retries unanswered
             req = self._steps[steps[client.failed_at]][0]
             raise _Failure(f"no answer from unit {self.device.unit_id} within {self.device.timeout:g} s "
                            f"({self.device.retries + 1} tries) reading {req.table} {req.start}+{req.count}",
                            timeout=True) from None
-        except (ConnectionException, ModbusException) as exc:
+        except ModbusError as exc:  # ConnectionLost or a garbled answer
             if window > 1 and client.failed_in_flight > 1:
                 self._one_at_a_time(line, f"{exc} with {client.failed_in_flight} requests outstanding")
-            what = "connection lost" if isinstance(exc, ConnectionException) else "request failed"
+            what = "connection lost" if isinstance(exc, ConnectionLost) else "request failed"
             raise _Failure(f"{what}: {exc}", timeout=False) from None
         finally:
             line.last_answer = time.monotonic()
@@ -508,18 +513,9 @@ class ModbusAdapter(Adapter):
                     raise _Failure(f"answer does not match the request ({mismatch}): a late answer to an earlier "
                                    f"request? the line is reset", timeout=False)
                 return resp
-            except ConnectionException as exc:
-                raise _Failure(f"connection lost: {exc}", timeout=False) from None
-            except ModbusIOException as exc:
-                if "CLOSING CONNECTION" in str(exc) or not line.connected:
-                    raise _Failure(f"connection lost: {exc}", timeout=False) from None
-                raise _Failure(f"no answer from unit {unit} within {self.device.timeout:g} s "
-                               f"({self.device.retries + 1} tries) reading {req.table} {req.start}+{req.count}",
-                               timeout=True) from None
-            except TimeoutError as exc:
-                raise _Failure(f"no answer from unit {unit}: {exc}", timeout=True) from None
-            except (ModbusException, OSError) as exc:
-                raise _Failure(f"request failed: {exc}", timeout=False) from None
+            except (ModbusError, OSError) as exc:
+                raise self._failure(exc, line, f"({self.device.retries + 1} tries) reading {req.table} "
+                                    f"{req.start}+{req.count}", "request failed") from None
         finally:
             line.last_answer = time.monotonic()
 
@@ -606,21 +602,29 @@ class ModbusAdapter(Adapter):
                 raise _Failure(f"answer does not match the write (function code {got}, expected {fc}): the line "
                                "is reset", timeout=False)
             return resp
-        except ConnectionException as exc:
-            raise _Failure(f"connection lost: {exc}", timeout=False) from None
-        except ModbusIOException as exc:
-            if "CLOSING CONNECTION" in str(exc) or not line.connected:
-                raise _Failure(f"connection lost: {exc}", timeout=False) from None
-            if line.unframed:  # a late answer must not be taken for the next poll's
-                line.settle_for(self.device.timeout)
-            raise _Failure(f"no answer from unit {unit} within {self.device.timeout:g} s to the write",
-                           timeout=True) from None
-        except TimeoutError as exc:
-            raise _Failure(f"no answer from unit {unit}: {exc}", timeout=True) from None
-        except (ModbusException, OSError) as exc:
-            raise _Failure(f"write failed: {exc}", timeout=False) from None
+        except (ModbusError, OSError) as exc:
+            raise self._failure(exc, line, "to the write", "write failed", settle=True) from None
         finally:
             client.retries = self.device.retries
+
+    def _failure(self, exc: Exception, line: Line, unanswered: str, failed: str, settle: bool = False) -> _Failure:
+        """What a read (`_request`) or a write (`_write_request`) that raised `exc` amounts to: one mapping, so
+        both tell a lost connection from silence alike. `unanswered` ends the message of a request without
+        an answer, `failed` starts that of any other error; `settle` (the write): on an RTU line, a late
+        answer to the unanswered request is let land unheard."""
+        unit = self.device.unit_id
+        if isinstance(exc, ConnectionLost):
+            return _Failure(f"connection lost: {exc}", timeout=False)
+        if isinstance(exc, NoAnswer):
+            if "CLOSING CONNECTION" in str(exc) or not line.connected:
+                return _Failure(f"connection lost: {exc}", timeout=False)
+            if settle and line.unframed:  # a late answer must not be taken for the next poll's
+                line.settle_for(self.device.timeout)
+            return _Failure(f"no answer from unit {unit} within {self.device.timeout:g} s {unanswered}",
+                            timeout=True)
+        if isinstance(exc, TimeoutError):
+            return _Failure(f"no answer from unit {unit}: {exc}", timeout=True)
+        return _Failure(f"{failed}: {exc}", timeout=False)
 
     # -- identity (evidence; the engine calls it beside the poll loop, after connect and once a day)
 
@@ -642,13 +646,13 @@ class ModbusAdapter(Adapter):
 
             try:
                 out.update(await read_identification(ask))
-            except (ModbusIOException, TimeoutError) as exc:
+            except (NoAnswer, TimeoutError) as exc:
                 if line.unframed:  # a late answer must not be taken for the next poll's
                     line.settle_for(self.device.timeout)
                 self._counters["last_error"] = f"identification: no answer: {exc}"
-            except ConnectionException as exc:
+            except ConnectionLost as exc:
                 raise AdapterError(f"connection lost: {exc}") from None
-            except ModbusException as exc:  # a garbled identification answer: the connection is closed
+            except ModbusError as exc:  # a garbled identification answer: the connection is closed
                 line.drop()
                 raise AdapterError(f"identification answer garbled: {exc}") from None
             for tag in self.device.identity:

@@ -3,7 +3,8 @@
 A TCP gateway with several unit ids, an RS-485 line (`serial://`) or a serial server (`rtu+tcp://`) carries one
 request at a time. Every adapter whose device names the same endpoint gets the same `Line` from the collector's
 `Lines` (kept in its adapter context, adapters/base.py): one client (our lean `MbapClient` for `tcp://`, see
-adapters/modbus/tcp.py; pymodbus behind `RtuClient` for `rtu+tcp://` and `serial://`, see rtu.py), one turn at a time held for a whole poll
+adapters/modbus/tcp.py; pymodbus behind `RtuClient` for `rtu+tcp://` and `serial://`, see rtu.py, imported only
+when a line needs it, so a `tcp://`-only collector never loads pymodbus), one turn at a time held for a whole poll
 cycle (`async with line.session(device)`: units are polled one after another), one request at a time inside it
 (`async with line.exchange()`: settling after late answers, the pause between requests), and per-unit timeout
 streaks that outlive a connection (to skip a dead unit, see `ModbusDevice.degrade_after`).
@@ -18,18 +19,20 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from adapters.base import AdapterError
 from adapters.modbus.config import ModbusDevice
-from adapters.modbus.rtu import RtuClient
 from adapters.modbus.tcp import MbapClient
 from collector.config.base import Endpoint
+
+if TYPE_CHECKING:
+    from adapters.modbus.rtu import RtuClient
 
 __all__ = ["Line", "LineKey", "Lines", "line_key", "serial_settings"]
 
 LineKey = tuple[str, str, int | str]
-ModbusClient = MbapClient | RtuClient
+ModbusClient: TypeAlias = "MbapClient | RtuClient"
 
 SERIAL_DEFAULTS = {"baudrate": 9600, "bytesize": 8, "parity": "N", "stopbits": 1}
 
@@ -95,6 +98,8 @@ class Line:
         ep = self.endpoint
         if ep.scheme == "tcp":
             return MbapClient(ep.host, ep.port, timeout=device.timeout, retries=device.retries)
+        from adapters.modbus.rtu import RtuClient  # pymodbus: RTU lines only
+
         return RtuClient(ep, timeout=device.timeout, retries=device.retries, name=f"line:{self.describe()}",
                          serial=serial_settings(ep) if ep.scheme == "serial" else None)
 

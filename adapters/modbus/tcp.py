@@ -16,15 +16,15 @@ What it guarantees, and how the adapter (adapters/modbus/adapter.py) reads it:
   transaction id (1..65535, wrapping), and an answer to an earlier try of the same request is dropped too:
   if that answer was cut short, its stale header would claim the first bytes of the retry's answer (MBAP
   has no checksum), so a splice of two answers could pass as one;
-- no answer within `timeout`: resend up to `retries` times, then `ModbusIOException` (-> timeout);
+- no answer within `timeout`: resend up to `retries` times, then `NoAnswer` (-> timeout);
 - framing is kept across tries only at a frame boundary: a try that ends without its answer (timeout or
   cancellation) while part of a frame is buffered closes the connection, since no byte received before the
-  try ended may be joined to bytes received after it. A timeout then fails the request with `ModbusException`
+  try ended may be joined to bytes received after it. A timeout then fails the request with `ModbusError`
   (a truncated answer is a protocol error, not silence) instead of retrying on a broken stream;
-- the peer closes the connection: the pending request fails at once with `ConnectionException`, and so
+- the peer closes the connection: the pending request fails at once with `ConnectionLost`, and so
   does every later request (no reconnect here: the line decides);
 - a garbled answer (bad MBAP header, byte count not matching the request or the frame) is a protocol error:
-  the pending request fails with `ModbusException` and the connection is closed, since after a bad
+  the pending request fails with `ModbusError` and the connection is closed, since after a bad
   length the byte stream cannot be trusted. The adapter maps it to "request failed" (`AdapterError`, the line
   is dropped and reconnected), i.e. a fact about the device, not about the tags;
 - an exception response gives an `Answer` with `isError()` true and its `exception_code`;
@@ -53,9 +53,8 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-
 from adapters.base import OneConnectionClient
+from adapters.modbus.errors import ConnectionLost, ModbusError, NoAnswer
 from adapters.modbus.identification import FUNCTION_CODE as _MEI_FC
 from adapters.modbus.identification import MEI_DEVICE_IDENTIFICATION, parse_device_identification
 
@@ -202,10 +201,10 @@ class MbapClient(OneConnectionClient):
         self._buffer = b""
         if transport is not None:
             transport.close()
-        self._fail(ConnectionException("connection closed"))
+        self._fail(ConnectionLost("connection closed"))
 
     def _lost(self, exc: Exception | None) -> Exception:
-        return ConnectionException("connection closed by the device" if exc is None else f"connection lost: {exc}")
+        return ConnectionLost("connection closed by the device" if exc is None else f"connection lost: {exc}")
 
     # -- reads
 
@@ -241,7 +240,7 @@ class MbapClient(OneConnectionClient):
                 return []
             transport = self._transport
             if transport is None:
-                raise ConnectionException(f"not connected to {self.host}:{self.port}")
+                raise ConnectionLost(f"not connected to {self.host}:{self.port}")
             loop = asyncio.get_running_loop()
             future: asyncio.Future[None] = loop.create_future()
             run = self._run = _Run(batch, window, self.timeout, self.retries, future)
@@ -339,9 +338,8 @@ class MbapClient(OneConnectionClient):
                 self._send(run)
                 return
             self.failed_at = head
-            run.future.set_exception(ModbusIOException(
-                f"No response received after {run.retries} retries, continue with next request",
-                run.batch.fcs[head], transaction_id=tid, dev_id=run.batch.unit))
+            run.future.set_exception(NoAnswer(
+                f"No response received after {run.retries} retries, continue with next request"))
             return
         # window > 1: the batch ends here (see the module docstring)
         first = run.seq[head]
@@ -356,7 +354,7 @@ class MbapClient(OneConnectionClient):
                                          device_id: int = 1) -> Answer:
         """FC 43 / MEI 14: one request, one try (identity evidence is asked once per connect and once a day,
         never on the poll path); a `MeiAnswer`, or an `Answer` with the exception code; no answer within
-        `timeout` raises ModbusIOException."""
+        `timeout` raises NoAnswer."""
         return await self._once(_MEI_FC, device_id, 0, lambda tid: _MEI_REQUEST.pack(
             tid, 0, 5, device_id, _MEI_FC, MEI_DEVICE_IDENTIFICATION, read_code, object_id))
 
@@ -393,7 +391,7 @@ class MbapClient(OneConnectionClient):
         async with self._lock:
             transport = self._transport
             if transport is None:
-                raise ConnectionException(f"not connected to {self.host}:{self.port}")
+                raise ConnectionLost(f"not connected to {self.host}:{self.port}")
             loop = asyncio.get_running_loop()
             self._unit, self._fc, self._count = device_id, fc, echo
             tid = self._tid = self._tid % 0xFFFF + 1
@@ -415,8 +413,7 @@ class MbapClient(OneConnectionClient):
                     exc = self._truncation()
                     self.close()
                     raise exc
-                raise ModbusIOException(f"no answer to function code {fc}", fc, transaction_id=tid,
-                                        dev_id=device_id)
+                raise NoAnswer(f"no answer to function code {fc}")
             return answer
 
     # -- answers
@@ -515,16 +512,16 @@ class MbapClient(OneConnectionClient):
             log.debug("dropped an answer with function code %#x to a request with %#x", fc, self._fc)
         return True
 
-    def _truncation(self) -> ModbusException:
+    def _truncation(self) -> ModbusError:
         """A try timed out with part of a frame buffered: the device cut an answer short (or is too slow to
         finish one in `timeout`). Its stale header must never frame the next try's bytes: the caller closes."""
         held = self._buffer
         length = _HEADER.unpack_from(held)[2] + 6 if len(held) >= 8 else 0
         whole = f" of a {length}-byte frame" if length else ""
-        return ModbusException(f"truncated answer from {self.host}:{self.port}: {len(held)} bytes{whole}, then "
+        return ModbusError(f"truncated answer from {self.host}:{self.port}: {len(held)} bytes{whole}, then "
                                f"nothing for {self.timeout:g} s; the connection is closed")
 
     def _garbled(self, why: str) -> None:
         """The byte stream cannot be trusted any more: fail the pending request and close."""
-        self._fail(ModbusException(f"garbled answer from {self.host}:{self.port}: {why}"))
+        self._fail(ModbusError(f"garbled answer from {self.host}:{self.port}: {why}"))
         self.close()

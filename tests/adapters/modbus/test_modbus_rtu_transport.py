@@ -9,6 +9,7 @@ import pytest
 
 from adapters.base import AdapterContext, AdapterError
 from adapters.modbus.adapter import ModbusAdapter
+from adapters.modbus.errors import ConnectionLost
 from adapters.modbus.rtu import RtuClient
 from collector.config import parse_config
 from tests.support.broker import free_port
@@ -54,3 +55,21 @@ async def test_timeout_and_retries_follow_the_device_on_a_shared_line() -> None:
     client.timeout, client.retries = 0.25, 4
     assert (client.timeout, client.retries) == (0.25, 4)
     client.close()
+
+
+async def test_pymodbus_errors_come_out_as_ours() -> None:
+    """The adapter catches only adapters/modbus/errors.py: a request on a line not yet connected (pymodbus
+    raises before sending) is `ConnectionLost`, with pymodbus's message and its exception chained."""
+    from pymodbus.exceptions import ConnectionException
+
+    from collector.config.base import Endpoint
+
+    client = RtuClient(Endpoint("rtu+tcp", "127.0.0.1", 1), timeout=0.2, retries=0, name="t")
+    try:
+        for request in (client.read_holding_registers(0, count=1), client.write_register(0, 1)):
+            with pytest.raises(ConnectionLost, match="Not connected") as info:
+                await request
+            assert isinstance(info.value.__cause__, ConnectionException)
+            assert str(info.value) == str(info.value.__cause__)
+    finally:
+        client.close()

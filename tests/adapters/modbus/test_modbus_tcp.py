@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from adapters.base import AdapterContext, AdapterError
 from adapters.modbus.adapter import ModbusAdapter
+from adapters.modbus.errors import ConnectionLost, ModbusError, NoAnswer
 from adapters.modbus.line import Line
 from adapters.modbus.tcp import Answer, MbapClient
 from collector.model import Quality
@@ -226,7 +226,7 @@ async def test_a_late_answer_is_never_taken_for_the_next_request(device: Device)
     client = await connected(device, timeout=0.1)
     try:
         started = time.monotonic()
-        with pytest.raises(ModbusIOException, match="No response received after 0 retries"):
+        with pytest.raises(NoAnswer, match="No response received after 0 retries"):
             await client.read_holding_registers(0, count=2, device_id=1)
         assert 0.09 < time.monotonic() - started < 0.2
         client.timeout = 1.0
@@ -250,7 +250,7 @@ async def test_an_answer_to_something_else_is_dropped(device: Device, wrong: str
     device.handler = mismatched
     client = await connected(device, timeout=0.1)
     try:
-        with pytest.raises(ModbusIOException):
+        with pytest.raises(NoAnswer):
             await client.read_holding_registers(0, count=1, device_id=1)
         assert client.connected
     finally:
@@ -265,12 +265,12 @@ async def test_retries_send_again_with_new_transaction_ids(device: Device) -> No
     client = await connected(device, timeout=0.1, retries=2)
     try:
         started = time.monotonic()
-        with pytest.raises(ModbusIOException, match="after 2 retries"):
+        with pytest.raises(NoAnswer, match="after 2 retries"):
             await client.read_input_registers(7, count=1, device_id=9)
         assert 0.29 < time.monotonic() - started < 0.5
         assert [(r.tid, r.fc, r.address) for r in device.requests] == [(1, 4, 7), (2, 4, 7), (3, 4, 7)]
         client.retries = 0  # settable between requests
-        with pytest.raises(ModbusIOException, match="after 0 retries"):
+        with pytest.raises(NoAnswer, match="after 0 retries"):
             await client.read_input_registers(7, count=1, device_id=9)
         assert len(device.requests) == 4
     finally:
@@ -314,9 +314,9 @@ async def test_a_cut_answer_and_the_retry_answer_are_never_spliced(device: Devic
     device.handler = cut_first
     client = await connected(device, timeout=0.15, retries=2)
     started = time.monotonic()
-    with pytest.raises(ModbusException, match=f"truncated answer .*: {kept} bytes") as info:
+    with pytest.raises(ModbusError, match=f"truncated answer .*: {kept} bytes") as info:
         await client.read_holding_registers(0, count=10, device_id=1)
-    assert not isinstance(info.value, ModbusIOException | ConnectionException)
+    assert not isinstance(info.value, NoAnswer | ConnectionLost)
     assert 0.14 < time.monotonic() - started < 0.5
     assert not client.connected  # the stream cannot be realigned: the line reconnects
     assert [r.tid for r in device.requests] == [1]  # no retry on a broken stream
@@ -345,7 +345,7 @@ async def test_a_late_cut_answer_before_the_retry_answer_is_never_spliced(device
     client = await connected(device, timeout=0.15, retries=2)
     try:
         got = await client.read_holding_registers(0, count=10, device_id=1)
-    except ModbusException:
+    except ModbusError:
         pass  # garbled or truncated: the request failed, nothing wrong was returned
     else:
         assert list(got.registers) == [1000 + i for i in range(10)]
@@ -391,11 +391,11 @@ async def test_peer_closing_mid_request_fails_it_at_once(device: Device) -> None
     device.handler = hang_up
     client = await connected(device, timeout=5.0, retries=3)
     started = time.monotonic()
-    with pytest.raises(ConnectionException, match="closed by the device"):
+    with pytest.raises(ConnectionLost, match="closed by the device"):
         await client.read_holding_registers(0, count=1, device_id=1)
     assert time.monotonic() - started < 1.0  # not the timeout
     assert not client.connected
-    with pytest.raises(ConnectionException, match="not connected"):
+    with pytest.raises(ConnectionLost, match="not connected"):
         await client.read_holding_registers(0, count=1, device_id=1)
     assert not await client.connect()  # one connection per client: the line builds a new one
 
@@ -415,9 +415,9 @@ async def test_a_garbled_answer_fails_the_request_and_closes(device: Device, gar
 
     device.handler = garbled
     client = await connected(device, retries=2)
-    with pytest.raises(ModbusException, match="garbled answer") as info:
+    with pytest.raises(ModbusError, match="garbled answer") as info:
         await client.read_holding_registers(0, count=3, device_id=1)
-    assert not isinstance(info.value, ModbusIOException | ConnectionException)
+    assert not isinstance(info.value, NoAnswer | ConnectionLost)
     assert not client.connected
     assert len(device.requests) == 1  # not retried
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from pymodbus.exceptions import ConnectionException, ModbusException
 
+from adapters.modbus.errors import ConnectionLost, ModbusError
 from adapters.modbus.tcp import MbapClient, ReadBatch
 from tests.adapters.modbus.test_modbus_tcp import Request, answer, frame
 
@@ -81,7 +81,7 @@ async def run(script: Script) -> list[int] | Exception:
     client._connecting = False
     try:
         got = await client.read_holding_registers(0, count=script.count, device_id=UNIT)
-    except (ModbusException, ConnectionException) as exc:  # ModbusIOException is a ModbusException
+    except (ModbusError, ConnectionLost) as exc:  # NoAnswer is a ModbusError
         return exc
     finally:
         client.close()
@@ -313,7 +313,7 @@ async def run_pipelined(data: st.DataObject) -> None:
     client._connecting = False
     try:
         got = await client.read_batch(batch, window)
-    except (ModbusException, ConnectionException):
+    except (ModbusError, ConnectionLost):
         if device.error is not None:
             raise device.error from None
         assert not device.clean, "a clean stream failed"
