@@ -6,6 +6,9 @@ any other end code `bad_device_exception`, and the rest of the poll goes on. A j
 end code is bisected by tags once, so only the tags the PLC refuses stay bad; the split is kept. No answer, a
 garbled answer or a lost connection fails the poll (`AdapterError`): the engine backs off and reconnects
 with a new connection (3E has no serial number, so a connection that lost its place is never reused).
+
+`write()` (docs/writes.md) is a batch read, a batch write (1401) and a batch read back on the same connection;
+the write's end code is the PLC's yes or no (`device_refused` with `WRITE_END_CODES`' hint).
 """
 
 from __future__ import annotations
