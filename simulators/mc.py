@@ -10,8 +10,11 @@ Commands: batch read and batch write (0401 / 1401) in word units (subcommand 000
 Read CPU model (0101), whose model name says it is a simulator (`SIM_CPU_MODEL`): a collector marks the
 device 模拟设备 and never counts it as networked unless `indicators.allow_simulated`. `set_cpu_model(None)`
 makes it answer C059 (command not supported) instead, like the many MC modules without it. Other commands
-answer C059. `simulate: {delay: s, silent: true}` (or `set_delay`, `set_silent` at run time) answer late or
-never. `stop()` closes the listener and every connection; `start()` serves again (a power cycle).
+answer C059. A batch write is logged (`writes`) and what it wrote is held: the machine model no longer
+overwrites it (a setpoint stays set); `refuse_writes(end_code)` answers every write with an end code (0055:
+a CPU in RUN with online change disabled). `simulate: {delay: s, silent: true}` (or `set_delay`,
+`set_silent` at run time) answer late or never. `stop()` closes the listener and every connection; `start()`
+serves again (a power cycle).
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ import struct
 from array import array
 from typing import Any
 
-from adapters.mc.address import BY_CODE, DEVICES
+from adapters.mc.address import BY_CODE, DEVICES, McAddress
 from adapters.mc.codec import encode_words
-from adapters.mc.config import McDevice
+from adapters.mc.config import McDevice, tag_words
 from adapters.mc.frame import (
     BATCH_READ,
     CPU_MODEL,
@@ -54,6 +57,7 @@ END_NO_DEVICE = 0xC05B
 END_NOT_SUPPORTED = 0xC059
 END_POINTS = 0xC051
 END_LENGTH = 0xC061
+END_BIT_UNITS = 0xC05C  # bit units for a word device
 _MAX_BITS = 7168
 _MAX_REQUEST = 9 + 12 + max(2 * MAX_WORDS, (_MAX_BITS + 1) // 2)  # the largest batch write served
 
@@ -170,11 +174,23 @@ class McServerSim:
         self.silent = device.simulate.silent  # answer nothing (`simulate: {silent: true}`)
         self.connections: set[_Connection] = set()
         self.requests = 0
+        # client writes: (subcommand, device name, head number, points), and the points and words they hold:
+        # the machine model no longer overwrites them (a setpoint stays set)
+        self.writes: list[tuple[int, str, int, int]] = []
+        self.held: set[tuple[str, int]] = set()
+        self.write_end_code = 0  # `refuse_writes`: every write answered with this end code
         self._server: asyncio.Server | None = None
         self._task: asyncio.Task[None] | None = None
         xy = device.xy_base
-        self._writers = [(t.name, t.parsed(xy), t.value_type(xy), t.scale, t.offset)
-                         for t in device.tags if t.sim is not None]
+        self._writers = [(t.name, t.parsed(xy), t.value_type(xy), t.scale, t.offset, self._cells(t.parsed(xy),
+                          t.value_type(xy))) for t in device.tags if t.sim is not None]
+
+    @staticmethod
+    def _cells(addr: McAddress, type_: str) -> list[tuple[str, int]]:
+        """The points (bit devices) or words a tag occupies, as `held` counts them."""
+        if addr.device.is_bit:
+            return [(addr.device.name, addr.number)]
+        return [(addr.device.name, addr.number + k) for k in range(tag_words(type_))]
 
     @property
     def running(self) -> bool:
@@ -201,11 +217,19 @@ class McServerSim:
     def set_delay(self, device_id: str, seconds: float) -> None:
         self.delay = seconds
 
+    def refuse_writes(self, end_code: int = 0x0055) -> None:
+        """Answer every batch write with `end_code` (0x0055: a CPU in RUN with online change disabled); 0
+        accepts writes again."""
+        self.write_end_code = end_code
+
     def update(self) -> None:
         """Tick the model and write every `sim:` tag's value (scale and offset undone) into memory."""
         self.model.tick()
         mem = self.memory
-        for name, addr, type_, scale, offset in self._writers:
+        held = self.held
+        for name, addr, type_, scale, offset, cells in self._writers:
+            if held and any(c in held for c in cells):
+                continue
             value = self.model.value(name)
             if type_ not in ("BOOL",) and not type_.startswith("STRING") and (scale != 1.0 or offset != 0.0):
                 with contextlib.suppress(TypeError, ValueError, ZeroDivisionError):
@@ -270,6 +294,10 @@ class McServerSim:
     def _write(self, route: Route, data: bytes, in_words: bool) -> bytes:
         number, code, points = self._head(data)
         sub = 0 if in_words else 1
+        if self.write_end_code:
+            return self._error(route, self.write_end_code, BATCH_WRITE, sub)
+        if not 1 <= points <= (MAX_WORDS if in_words else _MAX_BITS):
+            return self._error(route, END_POINTS, BATCH_WRITE, sub)
         name, end = self.memory.check(code, number, points, in_words)
         if end:
             return self._error(route, end, BATCH_WRITE, sub)
@@ -278,11 +306,18 @@ class McServerSim:
             if len(body) != 2 * points:
                 return self._error(route, END_LENGTH, BATCH_WRITE, sub)
             self.memory.write_words(name, number, array("H", body))
+            cells = range(number, number + points) if name in self.memory.words else \
+                range(number, number + 16 * points)
         else:
-            if len(body) != (points + 1) // 2 or name not in self.memory.bits:
+            if name not in self.memory.bits:
+                return self._error(route, END_BIT_UNITS, BATCH_WRITE, sub)
+            if len(body) != (points + 1) // 2:
                 return self._error(route, END_LENGTH, BATCH_WRITE, sub)
             values = [b >> s & 1 for b in body for s in (4, 0)][:points]
             self.memory.write_bits(name, number, values)
+            cells = range(number, number + points)
+        self.held.update((name, c) for c in cells)
+        self.writes.append((sub, name, number, points))
         return encode_answer(route, 0)
 
     # -- lifecycle

@@ -133,3 +133,67 @@ def test_readback_comparison() -> None:
     assert _same(0.1, 0.10000000149011612, "good")  # a float32 register holds 0.1 this way
     assert not _same(99.0, 100.0, "good") and not _same(100.0, 100.0, "bad_device_exception")
     assert _same(True, True, "good") and not _same(1.0, True, "good") and not _same("O1", "O2", "good")
+
+
+@pytest.mark.parametrize(("type_", "fmt", "value"), [
+    ("INT", "h", -2), ("UINT", "H", 65535), ("DINT", "i", -70000), ("UDINT", "I", 4_000_000_000),
+    ("REAL", "f", 12.5), ("LREAL", "d", 1e300), ("SINT", "b", -128), ("LINT", "q", -(2**40)),
+])
+def test_s7_encode_write_is_big_endian_as_struct(type_: str, fmt: str, value: Any) -> None:
+    from adapters.s7.address import parse_address
+    from adapters.s7.codec import encode_write as s7_encode
+
+    loc = parse_address({1: "DB1.DBB4", 2: "DB1.DBW4", 4: "DB1.DBD4", 8: "DB1.DBB4"}[struct.calcsize(fmt)], type_)
+    assert s7_encode(loc, value) == (4, struct.pack(">" + fmt, value))
+
+
+def test_s7_encode_write_refuses_what_the_type_cannot_hold() -> None:
+    from adapters.s7.address import parse_address
+    from adapters.s7.codec import encode_write as s7_encode
+
+    assert s7_encode(parse_address("DB1.DBW0", "INT"), -12.3, scale=0.1) == (0, struct.pack(">h", -123))
+    assert s7_encode(parse_address("DB1.DBX2.5"), True) == (2, b"\x01")  # one byte: a bit write
+    assert s7_encode(parse_address("DB1.DBB10", "STRING[4]"), "温度") == (11, bytes([4]) + "温度".encode("gbk"))
+    assert s7_encode(parse_address("DB1.DBB10", "WSTRING[4]"), "温度") == (12, struct.pack(">H", 2)
+                                                                         + "温度".encode("utf-16-be"))
+    for address, type_, value, match in [
+        ("DB1.DBW0", "INT", 40000, "outside INT"), ("DB1.DBW0", "UINT", -1, "outside UINT"),
+        ("DB1.DBW0", "INT", 1.5, "whole number"), ("DB1.DBD0", "REAL", 1e39, "does not fit a REAL"),
+        ("DB1.DBX0.0", None, 2, "true/false"), ("DB1.DBB10", "STRING[4]", "温度计", "longer than STRING"),
+        ("DB1.DBB10", "STRING[4]", 5, "takes a string"), ("DB1.DBB10", "DTL", 0.0, "not written"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            s7_encode(parse_address(address, type_), value)
+    with pytest.raises(ValueError, match="whole step"):
+        s7_encode(parse_address("DB1.DBW0", "INT"), 12.34, scale=0.1)
+
+
+@pytest.mark.parametrize(("type_", "fmt", "value"), [
+    ("INT", "h", -2), ("UINT", "H", 65535), ("DINT", "i", -70000), ("UDINT", "I", 4_000_000_000),
+    ("REAL", "f", 12.5), ("LREAL", "d", -1e300),
+])
+def test_mc_encode_write_is_little_endian_words_as_struct(type_: str, fmt: str, value: Any) -> None:
+    from adapters.mc.codec import encode_write as mc_encode
+
+    raw = struct.pack("<" + fmt, value)
+    assert mc_encode(type_, value) == list(struct.unpack(f"<{len(raw) // 2}H", raw))
+
+
+def test_mc_encode_write_refuses_what_the_type_cannot_hold() -> None:
+    from adapters.mc.codec import encode_write as mc_encode
+
+    assert mc_encode("INT", -12.3, scale=0.1) == [(-123) & 0xFFFF]
+    assert mc_encode("STRING[3]", "ab") == [ord("a") | ord("b") << 8, 0]
+    for type_, value, match in [("INT", 40000, "outside INT"), ("UDINT", -1, "outside UDINT"),
+                                ("DINT", 0.5, "whole number"), ("BOOL", 2, "true/false"),
+                                ("STRING[3]", "abcd", "longer"), ("REAL", "1", "finite number")]:
+        with pytest.raises(ValueError, match=match):
+            mc_encode(type_, value)
+
+
+def test_guards_know_the_plc_type_names() -> None:
+    assert type_problem("REAL", 1.5) is None and type_problem("STRING[10]", "x") is None
+    assert type_problem("BOOL", True) is None and type_problem("WSTRING[4]", "x") is None
+    assert type_problem("DINT", "1")[0] == "type_mismatch"  # type: ignore[index]
+    assert type_problem("BOOL", 5)[0] == "type_mismatch"  # type: ignore[index]
+    assert type_problem("DTL", 1.0) == ("type_mismatch", "a DTL tag cannot be written")

@@ -6,22 +6,26 @@ any other end code `bad_device_exception`, and the rest of the poll goes on. A j
 end code is bisected by tags once, so only the tags the PLC refuses stay bad; the split is kept. No answer, a
 garbled answer or a lost connection fails the poll (`AdapterError`): the engine backs off and reconnects
 with a new connection (3E has no serial number, so a connection that lost its place is never reused).
+
+`write()` (docs/writes.md) is a batch read, a batch write (1401) and a batch read back on the same connection;
+the write's end code is the PLC's yes or no (`device_refused` with `WRITE_END_CODES`' hint).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Coroutine
 from typing import Any, ClassVar
 
-from adapters.base import Adapter, AdapterContext, AdapterError
+from adapters.base import Adapter, AdapterContext, AdapterError, WriteError, WriteOutcome
 from adapters.mc.client import McAnswer, McClient, McError, McTimeout
-from adapters.mc.codec import Converter, compile_converter
+from adapters.mc.codec import Converter, compile_converter, encode_write
 from adapters.mc.config import McDevice, McTag
 from adapters.mc.frame import Route
 from adapters.mc.planner import Read, plan_reads, span
 from collector.model import Quality, Reading
 
-__all__ = ["ADDRESS_END_CODES", "McAdapter"]
+__all__ = ["ADDRESS_END_CODES", "READ_ONLY_DEVICES", "WRITE_END_CODES", "McAdapter"]
 
 ADDRESS_END_CODES = {
     0x4030: "the device is not present in this CPU",
@@ -32,6 +36,16 @@ ADDRESS_END_CODES = {
     0xC05D: "the device cannot be read in word units",
 }
 """End codes that say the devices asked for are wrong (unknown device code, number out of range)."""
+WRITE_END_CODES = {
+    0x0055: "the CPU is in RUN and online change is disabled: tick 'Enable online change' (write in RUN) in the "
+            "PLC's Ethernet port settings, or write while the CPU is in STOP",
+    0xC051: "the number of points is out of range",
+    0xC060: "the bit data is wrong",
+    0xC061: "the request's data length does not match its points",
+    **ADDRESS_END_CODES,
+}
+"""End codes a write may get, with what to check (the CPU's manual lists them all)."""
+READ_ONLY_DEVICES = {"X": "an input (X): the CPU refreshes it from the input modules every scan"}
 
 _Entry = tuple[int, str, str | None, Converter, int]  # index, tag name, unit, converter, word offset
 
@@ -40,6 +54,7 @@ class McAdapter(Adapter):
     """One MC device: a `McClient` per connection and the plan of batch reads."""
 
     protocol: ClassVar[str] = "mc"
+    supports_write: ClassVar[bool] = True
 
     def __init__(self, device: McDevice, context: AdapterContext | None = None) -> None:
         super().__init__(device, context)
@@ -154,6 +169,85 @@ class McAdapter(Adapter):
             except Exception:  # a bad tag never fails the poll
                 value, quality = None, Quality.BAD_DECODE
             out[i] = Reading(device_id, name, value, unit, quality, now, now)
+
+    # -- write-back (collector/writes/ checks the guard rails before it calls this)
+
+    async def write(self, tag: str, value: Any, readback: bool = True) -> WriteOutcome:
+        """Write one tag: a batch read of its words (the audit's old value), a batch write (1401), a batch
+        read back. A point of a bit device (M, Y, B, L) goes in bit units: that point alone changes. A bit of
+        a word (`D100.3`) has no write of its own in the 3E frame: the word read just before is written back
+        with only that bit changed. Inputs (X) are refused before anything is sent."""
+        i = self._index.get(tag)
+        if i is None:
+            raise WriteError("unknown_tag", f"no tag '{tag}' on device {self.device.id}")
+        cfg = self.device.tags[i]
+        xy = self.device.xy_base
+        addr, type_ = cfg.parsed(xy), cfg.value_type(xy)
+        if addr.device.name in READ_ONLY_DEVICES:
+            raise WriteError("not_writable", f"{cfg.address} is {READ_ONLY_DEVICES[addr.device.name]}")
+        try:
+            words = encode_write(type_, value, cfg.scale, cfg.offset)
+        except ValueError as exc:
+            raise WriteError("type_mismatch", str(exc)) from None
+        client = self.client
+        if client is None or not client.connected:
+            raise AdapterError("not connected" if client is None else f"connection lost: {client.closed_reason}")
+        read = span(self.device, [cfg])
+        entries = self._entries(read)
+        before = await self._write_step(client.read_words(read.device.code, read.number, read.points),
+                                        f"reading {cfg.address} before the write (nothing was written)")
+        old = self._value(entries, before)
+        code = addr.device.code
+        if addr.device.is_bit:
+            request = client.write_bits(code, addr.number, [bool(words[0])])
+        elif addr.bit is not None:  # one bit of a word: the word as just read, that bit changed
+            if before.end_code:
+                raise WriteError("device_refused", f"reading {addr.device.name}{addr.number} for its bit: end code "
+                                 f"0x{before.end_code:04X} ({WRITE_END_CODES.get(before.end_code, 'see the CPU manual')})")
+            word = before.words()[0]
+            mask = 1 << addr.bit
+            request = client.write_words(code, addr.number, [(word | mask) if words[0] else (word & ~mask)])
+        else:
+            request = client.write_words(code, addr.number, words)
+        self._counters["writes"] = self._counters.get("writes", 0) + 1
+        answer = await self._write_step(request, f"writing {cfg.address}; the write may or may not have been "
+                                        "applied (no retry, so it is never applied twice)")
+        if answer.end_code:
+            raise WriteError("device_refused", f"end code 0x{answer.end_code:04X} writing {cfg.address}: "
+                             f"{WRITE_END_CODES.get(answer.end_code, 'see the CPU manual')}")
+        if not readback:
+            return WriteOutcome(old, None)
+        after = await self._write_step(client.read_words(read.device.code, read.number, read.points),
+                                       f"reading {cfg.address} back (the write was acknowledged)")
+        out: list[Reading | None] = [None] * len(self._convert)
+        self._decode(read, entries, after, out)
+        reading = out[i]
+        assert reading is not None
+        return WriteOutcome(old, reading.value, reading.quality)
+
+    async def _write_step(self, request: Coroutine[Any, Any, McAnswer], what: str) -> McAnswer:
+        """One request of a write: no answer in time is `no_answer` (the client has closed the connection,
+        the engine reconnects); a lost or garbled connection an AdapterError."""
+        self._counters["requests"] += 1
+        try:
+            return await request
+        except McTimeout as exc:
+            self._counters["last_error"] = f"{exc} {what}"
+            raise WriteError("no_answer", f"{exc} {what}") from None
+        except McError as exc:
+            self._counters["last_error"] = str(exc)
+            raise AdapterError(f"request failed: {exc}") from None
+
+    def _value(self, entries: list[_Entry], answer: McAnswer) -> Any:
+        """The one tag of `entries` from `answer`, None when it is not a good value."""
+        if answer.end_code:
+            return None
+        (_i, _name, _unit, conv, off), = entries
+        try:
+            value, quality = conv(answer.words(), off)
+        except Exception:
+            return None
+        return value if quality in (Quality.GOOD, Quality.BAD_OUT_OF_RANGE) else None
 
     # -- identity
 

@@ -1,10 +1,12 @@
-"""A lean asyncio client for the MC protocol 3E binary frame: batch reads in word units, Read CPU model.
+"""A lean asyncio client for the MC protocol 3E binary frame: batch reads in word units, batch writes in word
+and bit units, Read CPU model.
 
 Why our own and not pymcprotocol: pymcprotocol (0.3.0, unmaintained since 2021) is a blocking socket client:
 on the event loop it would stall every other device for each round trip, and in a worker thread it costs a
 thread per PLC. It also takes an answer from a single `recv()` (a frame cut by TCP into two segments is read
-as a short answer) and does not check that the answer's length fits the request. The protocol needs two
-commands here, which fit in this file. The tests use pymcprotocol as the independent other side.
+as a short answer) and does not check that the answer's length fits the request. The protocol needs three
+commands here (read, write, CPU model), which fit in this file. The tests use pymcprotocol as the independent
+other side.
 
 What it guarantees, and how the adapter reads it:
 - one request outstanding per connection, each with one `call_later` timer;
@@ -37,6 +39,8 @@ from adapters.mc.frame import (
     Route,
     encode_cpu_model,
     encode_read,
+    encode_write_bits,
+    encode_write_words,
     timer_units,
 )
 
@@ -123,6 +127,14 @@ class McClient(OneConnectionClient):
         """Batch read `points` words (1..960) from device `code` at `number`."""
         frame = encode_read(self.route, code, number, points, timer_units(self.timeout))
         return await self._exchange(frame, points * 2)
+
+    async def write_words(self, code: int, number: int, words: list[int]) -> McAnswer:
+        """Batch write `words` (1..960) to device `code` from `number`; the answer's end code says if it took."""
+        return await self._exchange(encode_write_words(self.route, code, number, words, timer_units(self.timeout)), 0)
+
+    async def write_bits(self, code: int, number: int, bits: list[bool]) -> McAnswer:
+        """Batch write `bits` to bit device `code` from point `number` (bit units: only those points change)."""
+        return await self._exchange(encode_write_bits(self.route, code, number, bits, timer_units(self.timeout)), 0)
 
     async def read_cpu_model(self) -> tuple[int, str, int]:
         """(end code, model name, model code) by Read CPU model (0101); name "" and code 0 on an end code."""

@@ -16,7 +16,7 @@ from adapters.mc.config import McTag, string_length, tag_words
 from collector.model import Quality, float32_shortest
 from collector.transform import make_converter
 
-__all__ = ["Converter", "compile_converter", "encode_words"]
+__all__ = ["Converter", "compile_converter", "encode_write", "encode_words"]
 
 Converter = Callable[[Sequence[int], int], tuple[Any, str]]
 """(words of the read, word offset of the tag) -> (value, quality)."""
@@ -87,4 +87,47 @@ def encode_words(type_: str, value: Any) -> list[int]:
     lo, hi = {"INT": (-0x8000, 0x7FFF), "UINT": (0, 0xFFFF), "WORD": (0, 0xFFFF), "DINT": (-2**31, 2**31 - 1),
               "UDINT": (0, 2**32 - 1), "DWORD": (0, 2**32 - 1)}[type_]
     i = min(hi, max(lo, i)) & 0xFFFFFFFF
+    return [i & 0xFFFF] if type_ in ("INT", "UINT", "WORD") else [i & 0xFFFF, i >> 16]
+
+
+_INT_LIMITS = {"INT": (-0x8000, 0x7FFF), "UINT": (0, 0xFFFF), "WORD": (0, 0xFFFF), "DINT": (-2**31, 2**31 - 1),
+               "UDINT": (0, 2**32 - 1), "DWORD": (0, 2**32 - 1)}
+
+
+def encode_write(type_: str, value: Any, scale: float = 1.0, offset: float = 0.0) -> list[int]:
+    """Engineering value -> the words a write sends (a BOOL: [0] or [1]), scale and offset undone. Unlike
+    `encode_words` (the simulator's), a value the type cannot hold exactly raises ValueError instead of being
+    clamped: a clamped setpoint is a wrong setpoint."""
+    if type_ == "BOOL":
+        if not isinstance(value, bool) and value not in (0, 1):
+            raise ValueError(f"a BOOL tag takes true/false or 1/0, not {value!r}")
+        return [1 if value else 0]
+    n = string_length(type_)
+    if n is not None:
+        if not isinstance(value, str):
+            raise ValueError(f"a {type_} tag takes a string, not {type(value).__name__}")
+        raw = value.encode("utf-8")
+        if len(raw) > n or b"\0" in raw:
+            raise ValueError(f"{value!r} is {len(raw)} bytes in UTF-8, longer than {type_}" if len(raw) > n
+                             else "a string with a NUL character cannot be read back whole")
+        return encode_words(type_, value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"a {type_} tag takes a finite number, not {value!r}")
+    x: int | float = value
+    if scale != 1.0 or offset != 0.0:
+        x = (value - offset) / scale
+    if type_ == "REAL":
+        if abs(x) > 3.4028234663852886e38:
+            raise ValueError(f"{value!r} does not fit a REAL")
+        return list(_W2.unpack(_F32.pack(x)))
+    if type_ == "LREAL":
+        return list(_W4.unpack(_F64.pack(x)))
+    whole = round(x)
+    if abs(x - whole) > 1e-9 * max(1.0, abs(x)):
+        raise ValueError(f"{value!r} is not a whole step of scale {scale:g}: the PLC holds {type_} raw values"
+                         if scale != 1.0 or offset != 0.0 else f"a {type_} tag takes a whole number, not {value!r}")
+    lo, hi = _INT_LIMITS[type_]
+    if not lo <= whole <= hi:
+        raise ValueError(f"{value!r} is {whole} raw, outside {type_} ({lo}..{hi})")
+    i = whole & 0xFFFFFFFF
     return [i & 0xFFFF] if type_ in ("INT", "UINT", "WORD") else [i & 0xFFFF, i >> 16]

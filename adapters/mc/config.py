@@ -100,7 +100,15 @@ class McTag(TagBase):
                     f"{self.address}.F")
         if addr.number + tag_words(type_) - 1 > MAX_NUMBER:
             return f"a {type_} at {self.address} runs past device number {MAX_NUMBER}"
+        if self.write.writable and addr.device.name == "X":
+            return ("write.allowed: X is an input, read-only (the CPU refreshes it from the input modules every "
+                    "scan); write a Y, M, D, ... address")
         return None
+
+    @property
+    def write_type(self) -> str:
+        """The type with the address's default filled in (BOOL for `M10`): what a written value must fit."""
+        return self.value_type()
 
 
 class McDevice(DeviceBase):

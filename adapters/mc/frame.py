@@ -6,7 +6,9 @@ Answer:   D0 00 | network | PC | module I/O (LE16) | station | length (LE16) | e
           (length counts from the end code; an error answer's data is 9 bytes of error information)
 
 Batch read (0401, subcommand 0000 = word units) data: device number (LE24) | device code | points (LE16);
-the answer's data is `points` words, little-endian. Read CPU model (0101/0000): no data; the answer holds the
+the answer's data is `points` words, little-endian. Batch write (1401) data: the same head, then the values:
+in word units (0000) `points` words little-endian, in bit units (0001) one nibble a point, the first point in
+the high nibble (an odd count padded with a 0 nibble); the answer has no data. Read CPU model (0101/0000): no data; the answer holds the
 model name (16 ASCII bytes, space padded) and the model code (LE16). The 3E frame has no serial number: an
 answer can only be told from another by its place in the stream (see client.py).
 """
@@ -16,10 +18,13 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-__all__ = ["ANSWER_HEADER", "BATCH_READ", "CPU_MODEL", "HEADER_SIZE", "MAX_WORDS", "Route", "encode_answer",
-           "encode_cpu_model", "encode_read", "decode_request"]
+__all__ = ["ANSWER_HEADER", "BATCH_READ", "BATCH_WRITE", "CPU_MODEL", "HEADER_SIZE", "MAX_WORDS", "Route", "encode_answer",
+           "encode_cpu_model", "encode_read", "encode_write_bits", "encode_write_words", "decode_request"]
 
 BATCH_READ = 0x0401
+BATCH_WRITE = 0x1401
+BIT_UNITS = 0x0001
+MAX_BITS = 7168  # batch write in bit units
 CPU_MODEL = 0x0101
 WORD_UNITS = 0x0000
 MAX_WORDS = 960  # batch read in word units, Q/L/iQ-R/iQ-F
@@ -56,6 +61,30 @@ def encode_read(route: Route, code: int, number: int, points: int, timer: int = 
         raise ValueError(f"device number {number} does not fit 3 bytes")
     return _READ.pack(REQUEST_SUBHEADER, route.network, route.pc, route.module_io, route.station, 12, timer,
                       BATCH_READ, WORD_UNITS, number & 0xFFFF, number >> 16, code, points)
+
+
+def _write_head(route: Route, subcommand: int, code: int, number: int, points: int, size: int, timer: int) -> bytes:
+    if not 0 <= number <= 0xFFFFFF:
+        raise ValueError(f"device number {number} does not fit 3 bytes")
+    return _READ.pack(REQUEST_SUBHEADER, route.network, route.pc, route.module_io, route.station, 12 + size, timer,
+                      BATCH_WRITE, subcommand, number & 0xFFFF, number >> 16, code, points)
+
+
+def encode_write_words(route: Route, code: int, number: int, words: list[int], timer: int = 8) -> bytes:
+    """Batch write in word units (1401/0000) of `words` (each 0..65535) from `number` of device `code`."""
+    if not 1 <= len(words) <= MAX_WORDS:
+        raise ValueError(f"1 <= points {len(words)} <= {MAX_WORDS}")
+    data = struct.pack(f"<{len(words)}H", *words)
+    return _write_head(route, WORD_UNITS, code, number, len(words), len(data), timer) + data
+
+
+def encode_write_bits(route: Route, code: int, number: int, bits: list[bool], timer: int = 8) -> bytes:
+    """Batch write in bit units (1401/0001) of `bits` from point `number` of bit device `code`."""
+    if not 1 <= len(bits) <= MAX_BITS:
+        raise ValueError(f"1 <= points {len(bits)} <= {MAX_BITS}")
+    padded = [1 if b else 0 for b in bits] + [0]
+    data = bytes(padded[i] << 4 | padded[i + 1] for i in range(0, len(bits), 2))
+    return _write_head(route, BIT_UNITS, code, number, len(bits), len(data), timer) + data
 
 
 def encode_cpu_model(route: Route, timer: int = 8) -> bytes:

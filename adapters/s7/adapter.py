@@ -13,6 +13,9 @@ What the CPU says decides who pays:
   is split into its tags (once, remembered for the connection) to find the culprits;
 - no answer in `timeout`, a closed connection or an answer that does not belong to the request is a fact
   about the device: `read()` raises `AdapterError` and the engine backs off and reconnects.
+
+`write()` (docs/writes.md) sends one "write variable" request built by the same protocol module, a BOOL as a
+bit write; the item's return code is the CPU's yes or no (`device_refused` with the fix).
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ import time
 from typing import Any, ClassVar
 
 import snap7
-from snap7.datatypes import S7Area
+from snap7.datatypes import S7Area, S7WordLen
 from snap7.error import S7Error, S7ProtocolError
 
-from adapters.base import Adapter, AdapterContext, AdapterError
-from adapters.s7.codec import Converter, compile_converter
+from adapters.base import Adapter, AdapterContext, AdapterError, WriteError, WriteOutcome
+from adapters.s7.address import S7Location
+from adapters.s7.codec import Converter, compile_converter, encode_write
 from adapters.s7.config import S7Device
 from adapters.s7.planner import Block, Packet, chunks_of, pack, plan_reads
 from collector.model import Quality, Reading
@@ -51,12 +55,24 @@ RETURN_CODES = {
 }
 
 
+_WRITE_VAR = 0x05  # the function code of "write variable"
+_WRITE_OVERHEAD = 28  # a write request: header 10, parameters 14, data item head 4
+
 REQUEST_REFUSED = 0x100
 """Not an item code: the CPU refused a one-item request as a whole (an error class in the header)."""
 
 
 class _RequestRefused(Exception):
     """A well-formed answer that refuses the whole request (header error class/code): the connection is fine."""
+
+
+class _Lost(Exception):
+    """No usable answer (the connection is closed by now); `timeout`: none came in time."""
+
+    def __init__(self, reason: str, timeout: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.timeout = timeout
 
 
 def item_problem(code: int, detail: str = "") -> tuple[str, str]:
@@ -94,12 +110,14 @@ class S7Adapter(Adapter):
     """Polls one S7 CPU and returns one `Reading` per configured tag, in tag order."""
 
     protocol: ClassVar[str] = "s7"
+    supports_write: ClassVar[bool] = True
 
     def __init__(self, device: S7Device, context: AdapterContext | None = None) -> None:
         super().__init__(device, context)
         self.device: S7Device = device
         self.converters: list[Converter] = [
             compile_converter(t.location, t.scale, t.offset, t.range, device.string_encoding) for t in device.tags]
+        self._index = {t.name: i for i, t in enumerate(device.tags)}
         self.client: snap7.AsyncClient | None = None
         self.pdu = 0
         self.blocks: list[Block] = []
@@ -171,33 +189,50 @@ class S7Adapter(Adapter):
 
     # -- reading
 
+    async def _roundtrip(self, request: bytes) -> dict[str, Any]:
+        """One request, the parsed answer that belongs to it. A whole-request refusal (an error class in the
+        header) is `_RequestRefused`: the connection is in step. Any way of getting no usable answer closes
+        the connection (a late answer must never be read as the next request's) and raises `_Lost`."""
+        client = self.client
+        if client is None:
+            raise _Lost("not connected", timeout=False)
+        self._counters["requests"] += 1
+        try:
+            raw = await asyncio.wait_for(client.iso_exchange_buffer(bytearray(request)), self.device.timeout)
+            answer: dict[str, Any] = client.protocol.parse_response(bytes(raw))
+            if answer.get("sequence") != struct.unpack_from(">H", request, 4)[0]:
+                raise S7ProtocolError("answer to another request")
+            return answer
+        except S7ProtocolError as exc:
+            if exc.error_code:  # the CPU answered, refusing the request as a whole
+                raise _RequestRefused(str(exc)) from None
+            reason, timeout = f"bad answer: {exc}", False
+        except TimeoutError:
+            reason, timeout = f"no answer within {self.device.timeout:g} s", True
+        except (S7Error, OSError, asyncio.IncompleteReadError) as exc:
+            reason, timeout = f"connection lost: {exc}", False
+        self._counters["last_error"] = reason
+        await self.close()
+        raise _Lost(reason, timeout)
+
     async def _exchange(self, packet: Packet) -> list[tuple[int, bytes]]:
-        """One request; the answer's items. Any way of getting no usable answer is an AdapterError (and the
-        connection is dropped: a late answer must never be read as the next request's)."""
+        """One read request; the answer's items. No usable answer is an AdapterError (the connection is
+        closed)."""
         client = self.client
         if client is None:
             raise AdapterError("not connected")
         items = [(int(_AREAS[c.area]), c.db, c.start, c.size) for c in packet.chunks]
         request = client.protocol.build_multi_read_request(items)
-        self._counters["requests"] += 1
         try:
-            raw = await asyncio.wait_for(client.iso_exchange_buffer(bytearray(request)), self.device.timeout)
-            answer = client.protocol.parse_response(bytes(raw))
-            if answer.get("sequence") != struct.unpack_from(">H", request, 4)[0]:
-                raise S7ProtocolError("answer to another request")
+            answer = await self._roundtrip(request)
             params = answer.get("parameters") or {}
             if params.get("item_count") != len(items):
                 raise S7ProtocolError(f"{params.get('item_count')} items answered for {len(items)}")
             return _parse_items(answer.get("raw_data", b""), [c.size for c in packet.chunks])
+        except _Lost as exc:
+            raise AdapterError(exc.reason) from None
         except S7ProtocolError as exc:
-            if not exc.error_code:
-                reason = f"bad answer: {exc}"
-            else:  # the CPU answered, refusing the request as a whole: the connection is in step
-                raise _RequestRefused(str(exc)) from None
-        except TimeoutError:
-            reason = f"no answer within {self.device.timeout:g} s"
-        except (S7Error, OSError, asyncio.IncompleteReadError) as exc:
-            reason = f"connection lost: {exc}"
+            reason = f"bad answer: {exc}"
         self._counters["last_error"] = reason
         await self.close()
         raise AdapterError(reason)
@@ -291,6 +326,92 @@ class S7Adapter(Adapter):
             self._refused[where] = reason
             log.warning("device %s: %s refused: %s; tags %s%s", self.device.id, where, reason, names,
                         " …" if len(block.tags) > 5 else "")
+
+    # -- write-back (collector/writes/ checks the guard rails before it calls this)
+
+    async def write(self, tag: str, value: Any, readback: bool = True) -> WriteOutcome:
+        """Write one tag: read it (the audit's old value), one "write variable" request, read it back. A BOOL
+        goes as a bit write (transport size BIT): the CPU changes that bit alone, so a neighbour bit the PLC
+        program sets in the same byte is never written back stale. Inputs (I/E) are refused before anything
+        is sent. Polls share the connection: the library's lock keeps each request and its answer together."""
+        i = self._index.get(tag)
+        if i is None:
+            raise WriteError("unknown_tag", f"no tag '{tag}' on device {self.device.id}")
+        cfg = self.device.tags[i]
+        loc = cfg.location
+        if loc.area == "I":
+            raise WriteError("not_writable", "an input (I/E) is read-only: the CPU refreshes its input image from "
+                             "the input modules every cycle")
+        try:
+            start, data = encode_write(loc, value, cfg.scale, cfg.offset, self.device.string_encoding)
+        except ValueError as exc:
+            raise WriteError("type_mismatch", str(exc)) from None
+        if self.client is None:
+            raise AdapterError("not connected")
+        old, old_quality = await self._read_tag(i, "reading the old value (nothing was written)")
+        if old_quality not in (Quality.GOOD, Quality.BAD_OUT_OF_RANGE):
+            old = None
+        self._counters["writes"] = self._counters.get("writes", 0) + 1
+        step = self.pdu - _WRITE_OVERHEAD  # a long STRING: several requests (the library's write_area does so too)
+        for part in range(0, len(data), step):
+            await self._write_item(loc, start + part, data[part:part + step])
+        if not readback:
+            return WriteOutcome(old, None)
+        after, quality = await self._read_tag(i, "reading back (the write was acknowledged)")
+        return WriteOutcome(old, after, quality)
+
+    async def _read_tag(self, i: int, what: str) -> tuple[Any, str]:
+        """One tag by a one-item read: (value, quality); a refused item is its tags' bad quality."""
+        loc = self.device.tags[i].location
+        client = self.client
+        if client is None:
+            raise AdapterError("not connected")
+        request = client.protocol.build_multi_read_request([(int(_AREAS[loc.area]), loc.db, loc.start, loc.size)])
+        try:
+            answer = await self._roundtrip(request)
+            ((code, data),) = _parse_items(answer.get("raw_data", b""), [loc.size])
+        except _RequestRefused as exc:
+            return None, item_problem(REQUEST_REFUSED, str(exc))[0]
+        except _Lost as exc:
+            if exc.timeout:
+                raise WriteError("no_answer", f"{exc.reason} {what}") from None
+            raise AdapterError(exc.reason) from None
+        except (S7ProtocolError, ValueError) as exc:
+            await self.close()
+            raise AdapterError(f"bad answer {what}: {exc}") from None
+        if code != OK:
+            return None, item_problem(code)[0]
+        return self.converters[i](data, 0)
+
+    async def _write_item(self, loc: S7Location, start: int, data: bytes) -> None:
+        """One "write variable" request of one item; WriteError("device_refused") with the CPU's return code
+        and its fix, WriteError("no_answer") when none came in time (the write may have been applied)."""
+        client = self.client
+        if client is None:
+            raise AdapterError("not connected")
+        area = _AREAS[loc.area]
+        if loc.type == "BOOL":
+            request = client.protocol.build_write_request(area, loc.db, start * 8 + (loc.bit or 0), S7WordLen.BIT,
+                                                          data)
+        else:
+            request = client.protocol.build_write_request(area, loc.db, start, S7WordLen.BYTE, data)
+        try:
+            answer = await self._roundtrip(request)
+        except _RequestRefused as exc:
+            raise WriteError("device_refused", f"the CPU refused the request: {exc}") from None
+        except _Lost as exc:
+            if exc.timeout:
+                raise WriteError("no_answer", f"{exc.reason}; the write may or may not have been applied (no "
+                                 "retry, so it is never applied twice)") from None
+            raise AdapterError(exc.reason) from None
+        params = answer.get("parameters") or {}
+        raw = answer.get("raw_data", b"")
+        if params.get("function_code") != _WRITE_VAR or params.get("item_count") != 1 or len(raw) != 1:
+            await self.close()
+            raise AdapterError(f"bad answer to the write: {params}, {len(raw)} data bytes")
+        if raw[0] != OK:
+            where = loc.describe()
+            raise WriteError("device_refused", f"{where}: {item_problem(raw[0])[1]}")
 
     # -- identity (evidence; beside the poll loop, after connect and once a day)
 

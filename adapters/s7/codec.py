@@ -10,6 +10,7 @@ has no zone, so it is read as UTC (docs/s7.md).
 from __future__ import annotations
 
 import datetime as dt
+import math
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +21,7 @@ from adapters.s7.address import S7Location
 from collector.model import Quality, float32_shortest
 from collector.transform import make_transform
 
-__all__ = ["Converter", "compile_converter", "decoder", "encode"]
+__all__ = ["Converter", "compile_converter", "decoder", "encode", "encode_write"]
 
 Decoder = Callable[[bytes | bytearray | memoryview, int], Any]
 Converter = Callable[[bytes | bytearray | memoryview, int], tuple[Any, str]]
@@ -113,3 +114,59 @@ def encode(loc: S7Location, value: Any, encoding: str = "gbk") -> bytes:
         return bytes(buf)
     except (TypeError, ValueError, OverflowError, struct.error):
         return bytes(loc.size)
+
+
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def encode_write(loc: S7Location, value: Any, scale: float = 1.0, offset: float = 0.0,
+                 encoding: str = "gbk") -> tuple[int, bytes]:
+    """An engineering value -> (first byte, bytes) of a write; the tag's scale and offset undone. Unlike
+    `encode` (the simulator's), a value the type cannot hold exactly raises ValueError: a clamped setpoint is
+    a wrong setpoint. A BOOL gives one byte 0/1 for a bit write (the CPU sets that bit alone); a STRING and a
+    WSTRING are written from their current-length field on, so the max-length header the DB declares stays."""
+    t = loc.type
+    if t == "BOOL":
+        if not isinstance(value, bool) and value not in (0, 1):
+            raise ValueError(f"a BOOL tag takes true/false or 1/0, not {value!r}")
+        return loc.start, bytes([1 if value else 0])
+    if t in _NUMBERS:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"a {t} tag takes a finite number, not {value!r}")
+        raw: int | float = value
+        if scale != 1.0 or offset != 0.0:
+            raw = (value - offset) / scale
+        code = _NUMBERS[t]
+        if code == "f":
+            if abs(raw) > _FLOAT32_MAX:
+                raise ValueError(f"{value!r} does not fit a REAL")
+            return loc.start, struct.pack(">f", raw)
+        if code == "d":
+            return loc.start, struct.pack(">d", raw)
+        whole = round(raw)
+        if abs(raw - whole) > 1e-9 * max(1.0, abs(raw)):
+            raise ValueError(f"{value!r} is not a whole step of scale {scale:g}: the PLC holds {t} raw values"
+                             if scale != 1.0 or offset != 0.0 else f"a {t} tag takes a whole number, not {value!r}")
+        bits = struct.calcsize(code) * 8
+        lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if code.islower() else (0, (1 << bits) - 1)
+        if not lo <= whole <= hi:
+            raise ValueError(f"{value!r} is {whole} raw, outside {t} ({lo}..{hi})")
+        return loc.start, struct.pack(">" + code, whole)
+    if t in ("CHAR", "STRING", "WSTRING") and not isinstance(value, str):
+        raise ValueError(f"a {t} tag takes a string, not {type(value).__name__}")
+    if t == "CHAR":
+        raw_char = value.encode(encoding)
+        if len(raw_char) != 1:
+            raise ValueError(f"a CHAR holds one byte: {value!r} is {len(raw_char)} in {encoding}")
+        return loc.start, raw_char
+    if t == "STRING":
+        text = value.encode(encoding)
+        if len(text) > (loc.length or 0):
+            raise ValueError(f"{value!r} is {len(text)} bytes in {encoding}, longer than STRING[{loc.length}]")
+        return loc.start + 1, bytes([len(text)]) + text
+    if t == "WSTRING":
+        units = value.encode("utf-16-be")
+        if len(units) // 2 > (loc.length or 0):
+            raise ValueError(f"{value!r} is {len(units) // 2} UTF-16 characters, longer than WSTRING[{loc.length}]")
+        return loc.start + 2, struct.pack(">H", len(units) // 2) + units
+    raise ValueError(f"a {t} tag is not written (dates and times are read only)")

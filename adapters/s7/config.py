@@ -75,12 +75,20 @@ class S7Tag(TagBase):
             self._loc = parse_address(self.address, self.type)
         except ValueError as exc:
             raise ValueError(f"tag '{self.name}': {exc}") from None
+        if self.write.writable and self._loc.area == "I":
+            raise ValueError(f"tag '{self.name}': write.allowed: {self.address} is an input (I/E), read-only (the "
+                             "CPU refreshes it from the input modules every cycle); write a DB, M or Q address")
         return self
 
     @property
     def location(self) -> S7Location:
         assert self._loc is not None  # set by validation
         return self._loc
+
+    @property
+    def write_type(self) -> str:
+        """The S7 type, the operand size's default filled in (BOOL for `M10.1`): what a written value must fit."""
+        return self.location.type
 
 
 class S7Device(DeviceBase):

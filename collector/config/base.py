@@ -236,6 +236,14 @@ class TagBase(Strict):
     sim: SimSpec | None = None
     write: TagWrite = Field(default_factory=TagWrite, description="write-back guard rails (docs/writes.md)")
 
+    @property
+    def write_type(self) -> str | None:
+        """The type name the write guard rails check a value against (collector/writes/guards.py): the tag's
+        `type`; a protocol whose default type depends on the address (S7, MC) resolves it. None: the adapter
+        decides (an OPC UA tag without `type:` takes the node's DataType)."""
+        value = getattr(self, "type", None)
+        return value if isinstance(value, str) else None
+
 
 class DeviceBase(Strict):
     """What every protocol's device has. A protocol's model adds `protocol: Literal["<name>"]`, its options,

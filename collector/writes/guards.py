@@ -16,6 +16,20 @@ from collector.writes.config import TagWrite
 Refusal = tuple[str, str]
 _NUMERIC = frozenset({"int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "float",
                       "double"})
+# S7 and MC (IEC 61131-3) type names, as their tags spell them
+_PLC_NUMERIC = frozenset({"BYTE", "SINT", "USINT", "WORD", "INT", "UINT", "DWORD", "DINT", "UDINT", "REAL", "LREAL",
+                          "LINT", "ULINT", "LWORD"})
+
+
+def _kind(tag_type: str) -> str:
+    """A type name -> bool, string, number, raw or the name itself (a type that is not written)."""
+    if tag_type in ("bool", "BOOL"):
+        return "bool"
+    if tag_type in ("string", "CHAR") or tag_type.startswith(("STRING", "WSTRING")):
+        return "string"
+    if tag_type in _NUMERIC or tag_type in _PLC_NUMERIC:
+        return "number"
+    return tag_type
 
 
 def type_problem(tag_type: str | None, value: Any) -> Refusal | None:
@@ -25,17 +39,18 @@ def type_problem(tag_type: str | None, value: Any) -> Refusal | None:
         if value is None or isinstance(value, dict | list):
             return "type_mismatch", f"{type(value).__name__} is not a value a node takes here"
         return None
-    if tag_type == "bool":
+    kind = _kind(tag_type)
+    if kind == "bool":
         if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
             return None
         return "type_mismatch", f"the tag is bool: give true or false, not {value!r}"
-    if tag_type == "string":
+    if kind == "string":
         return None if isinstance(value, str) else ("type_mismatch", f"the tag is a string, not {value!r}")
-    if tag_type in _NUMERIC:
+    if kind == "number":
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             return "type_mismatch", f"the tag is {tag_type}: give a number, not {value!r}"
         return None
-    if tag_type == "raw":
+    if kind == "raw":
         return None  # the codec checks the words
     return "type_mismatch", f"a {tag_type} tag cannot be written"
 

@@ -179,7 +179,7 @@ class WriteService:
         rule = tag.write
         if not rule.writable:
             return ("not_writable", f"tag {req.tag} has no write.allowed"), ""
-        problem = type_problem(getattr(tag, "type", None), req.value) or range_problem(rule, req.value)
+        problem = type_problem(tag.write_type, req.value) or range_problem(rule, req.value)
         if problem is not None:
             return problem, ""
         state = self.state_of(req.device)

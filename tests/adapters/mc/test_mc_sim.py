@@ -17,7 +17,7 @@ import pytest
 
 from adapters.base import create_adapter
 from adapters.mc.adapter import McAdapter
-from adapters.mc.frame import Route, encode_read
+from adapters.mc.frame import Route, encode_read, encode_write_bits, encode_write_words
 from collector.engine import DeviceTask
 from collector.model import DeviceState, Quality, Reading
 from simulators.mc import McServerSim
@@ -174,6 +174,27 @@ def test_frames_match_pymcprotocol_and_the_struct_encoder() -> None:
         theirs = plc._make_senddata(plc._make_commanddata(0x0401, 0) + plc._make_devicedata(
             f"{name}{number:X}" if name in ("X", "ZR") else f"{name}{number}") + plc._encode_value(points))
         assert ours == theirs
+
+
+def test_write_frames_match_pymcprotocol() -> None:
+    """Batch write in word and bit units (1401/0000, 1401/0001) as pymcprotocol (not ours) builds them."""
+    plc = pymcprotocol.Type3E(plctype="Q")
+    plc.setaccessopt(timer_sec=2)
+
+    def theirs(sub: int, device: str, points: int, data: bytes) -> bytes:
+        return bytes(plc._make_senddata(plc._make_commanddata(0x1401, sub) + plc._make_devicedata(device)
+                                        + plc._encode_value(points) + data))
+
+    words = [0x1234, 0xFFFF, 0, 0x8000]
+    values = b"".join(plc._encode_value(w - 0x10000 if w & 0x8000 else w, isSigned=True) for w in words)
+    assert encode_write_words(Route(), 0xA8, 100, words, timer=8) == theirs(0, "D100", 4, values)
+    assert encode_write_words(Route(), 0xB4, 0x1A, [7], timer=8) == theirs(0, "W1A", 1, plc._encode_value(7))
+    for bits in ([True], [True, False, True], [False, True, True, False]):
+        nibbles = [1 if b else 0 for b in bits] + [0]
+        data = bytes(nibbles[i] << 4 | nibbles[i + 1] for i in range(0, len(bits), 2))
+        assert encode_write_bits(Route(), 0x90, 10, bits, timer=8) == theirs(1, "M10", len(bits), data)
+    with pytest.raises(ValueError):
+        encode_write_words(Route(), 0xA8, 0, [])
 
 
 async def test_bad_device_and_out_of_range_mark_only_their_tags() -> None:
