@@ -66,6 +66,8 @@ from adapters.opcua.nodeids import make_node_id, parse_node
 from adapters.opcua.security import POLICY_TYPES, Pki, create_certificate
 from collector.config.secrets import read_secret
 from simulators.machine import MachineModel
+from simulators.opcua_deadband import EU_RANGE
+from simulators.opcua_deadband import install as install_deadbands
 from simulators.tasks import cancel_tasks
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,9 @@ VARIANT_TYPES: dict[str, ua.VariantType] = {
     "uint64": ua.VariantType.UInt64, "float": ua.VariantType.Float, "double": ua.VariantType.Double,
     "string": ua.VariantType.String, "datetime": ua.VariantType.DateTime,
 }
+_NUMERIC = frozenset({ua.VariantType.SByte, ua.VariantType.Byte, ua.VariantType.Int16, ua.VariantType.UInt16,
+                      ua.VariantType.Int32, ua.VariantType.UInt32, ua.VariantType.Int64, ua.VariantType.UInt64,
+                      ua.VariantType.Float, ua.VariantType.Double})
 _INT_BOUNDS: dict[ua.VariantType, tuple[int, int]] = {
     ua.VariantType.SByte: (-(2**7), 2**7 - 1), ua.VariantType.Byte: (0, 2**8 - 1),
     ua.VariantType.Int16: (-(2**15), 2**15 - 1), ua.VariantType.UInt16: (0, 2**16 - 1),
@@ -243,6 +248,7 @@ class StandardVar:
     vtype: ua.VariantType
     default: Callable[[MachineContext], Any]
     unit: str | None = None
+    eu_range: tuple[float, float] | None = None  # an AnalogItem with this EURange (percent deadbands need one)
 
 
 # (id, parent id, browse-name namespace, browse name) of the standard objects, parents first
@@ -274,14 +280,14 @@ STANDARD_NODES: tuple[StandardVar, ...] = (
     StandardVar("Monitoring.Channel1.ChannelMode", "Monitoring.Channel1", "mt", "ChannelMode", VT.Int32,
                 lambda m: 2 if m.model.state == "setup" else 0),
     StandardVar("Monitoring.Channel1.FeedOverride", "Monitoring.Channel1", "mt", "FeedOverride", VT.Double,
-                lambda m: 100.0 if m.model.state == "running" else 0.0, "%"),
+                lambda m: 100.0 if m.model.state == "running" else 0.0, "%", (0.0, 200.0)),
     StandardVar("Monitoring.Spindle1.IsRotating", "Monitoring.Spindle1", "mt", "IsRotating", VT.Boolean,
                 lambda m: m.model.state == "running"),
     StandardVar("Monitoring.Spindle1.Override", "Monitoring.Spindle1", "mt", "Override", VT.Double,
-                lambda m: 100.0, "%"),
+                lambda m: 100.0, "%", (50.0, 120.0)),
     StandardVar("Monitoring.Spindle1.ActualSpeed", "Monitoring.Spindle1", "dev", "ActualSpeed", VT.Double,
                 lambda m: round(8000.0 + 40.0 * math.sin(m.clock() / 7.0), 1) if m.model.state == "running"
-                else 0.0, "1/min"),
+                else 0.0, "1/min", (0.0, 12000.0)),
     StandardVar("Production.ActiveProgram.Name", "Production.ActiveProgram", "mt", "Name", VT.String,
                 lambda m: "O1001"),
     StandardVar("Production.ActiveProgram.State.CurrentState", "Production.ActiveProgram.State", "0",
@@ -390,6 +396,7 @@ class OpcUaMachineSim:
         server = Server(iserver=_FastInternalServer())
         await server.init()
         server.disable_clock()
+        install_deadbands(server)
         if self.min_keepalive_count > 1:
             service = server.iserver.subscription_service
             clamp, floor = service._clamp_keep_alive_count, self.min_keepalive_count
@@ -501,7 +508,9 @@ class OpcUaMachineSim:
             tag = bound.pop((dev_ns, std.id), None)
             vtype = std.vtype
             source: Callable[[], Any] = _bind(std.default, self.machine)
+            eu = std.eu_range
             if tag is not None:
+                eu = tag_eu_range(tag) or eu
                 if tag.type is not None:
                     vtype = VARIANT_TYPES[tag.type]
                 if tag.sim is not None:
@@ -509,7 +518,7 @@ class OpcUaMachineSim:
                 self.node_ids[tag.name] = node_id
             await self._add_var(objects[std.parent], node_id, ua.QualifiedName(std.name, ns[std.browse_ns]), vtype,
                                 source, tag.unit if tag is not None and tag.unit else std.unit,
-                                tag is not None and tag.write.writable)
+                                tag is not None and tag.write.writable, eu)
 
         groups = [f"Tags.Group{g:03d}" for g in range(len(tag_ids) // GROUP_SIZE + 1)]
         structure = {(dev_ns, name) for name in ("Machines", "Machine", *(o[0] for o in STANDARD_OBJECTS), *groups)}
@@ -536,7 +545,7 @@ class OpcUaMachineSim:
             vtype = VARIANT_TYPES[tag.type] if tag.type else _infer_vtype(self.model.value(tag.name))
             bname = ua.QualifiedName(str(node_id.Identifier), node_id.NamespaceIndex)
             await self._add_var(group, node_id, bname, vtype, _tag_source(self.model, tag.name), tag.unit,
-                                tag.write.writable)
+                                tag.write.writable, tag_eu_range(tag))
             self.node_ids[tag.name] = node_id
 
     async def _tag_node_ids(self, server: Server) -> list[tuple[OpcUaTag, ua.NodeId]]:
@@ -566,9 +575,11 @@ class OpcUaMachineSim:
         return out
 
     async def _add_var(self, parent: Node, node_id: ua.NodeId, bname: ua.QualifiedName, vtype: ua.VariantType,
-                       source: Callable[[], Any], unit: str | None = None, writable: bool = False) -> None:
+                       source: Callable[[], Any], unit: str | None = None, writable: bool = False,
+                       eu_range: tuple[float, float] | None = None) -> None:
         """A variable, with an EngineeringUnits property when it has a unit (what `collector discover` reads);
-        writable by clients when its tag has `write.allowed`."""
+        writable by clients when its tag has `write.allowed`. A numeric one with `eu_range` is an AnalogItem with that
+        EURange, which percent deadbands are computed on (simulators/opcua_deadband.py)."""
         var = _Var(node_id, vtype, source)
         try:
             initial = encode(source(), vtype)
@@ -582,6 +593,13 @@ class OpcUaMachineSim:
                                   DisplayName=ua.LocalizedText(unit), Description=ua.LocalizedText(unit))
             eu_id = make_node_id(f"{node_id.Identifier!s}.EngineeringUnits", node_id.NamespaceIndex)
             await node.add_property(eu_id, ua.QualifiedName("EngineeringUnits", 0), ua.Variant(eu, VT.ExtensionObject))
+        if eu_range is not None and vtype in _NUMERIC:
+            range_id = make_node_id(f"{node_id.Identifier!s}.EURange", node_id.NamespaceIndex)
+            value = ua.Range(Low=eu_range[0], High=eu_range[1])
+            await node.add_property(range_id, EU_RANGE, ua.Variant(value, VT.ExtensionObject))
+            base, analog = make_node_id(ua.ObjectIds.BaseDataVariableType, 0), make_node_id(ua.ObjectIds.AnalogItemType, 0)
+            await node.delete_reference(base, ua.ObjectIds.HasTypeDefinition, bidirectional=False)
+            await node.add_reference(analog, ua.ObjectIds.HasTypeDefinition, bidirectional=False)
         self._vars.append(var)
 
     # ------------------------------------------------------------------ values
@@ -656,6 +674,16 @@ def _bind(fn: Callable[[MachineContext], Any], machine: MachineContext) -> Calla
 
 def _tag_source(model: MachineModel, name: str) -> Callable[[], Any]:
     return lambda: model.value(name)
+
+
+def tag_eu_range(tag: OpcUaTag) -> tuple[float, float] | None:
+    """The EURange the sim gives a tag's node: the tag's `range`, in the node's raw units (before the
+    collector's `scale` and `offset`), so a percent band means the same on the server and in the collector's
+    own fallback (which takes it of `range`)."""
+    if tag.range is None or not tag.scale:
+        return None
+    lo, hi = ((float(v) - float(tag.offset)) / float(tag.scale) for v in tag.range)
+    return (min(lo, hi), max(lo, hi))
 
 
 def _infer_vtype(value: Any) -> ua.VariantType:

@@ -260,6 +260,7 @@ class OpcUaAdapter(Adapter):
         self._early: list[ua.PublishResult] | None = None
         self._callback: ReadingsCallback = _discard
         self._bad: set[int] = set()  # subscribe mode: plan indices whose last reading is not good
+        self._told_refused: set[str] = set()  # tags whose refused deadband filter was logged at WARNING
 
     # ------------------------------------------------------------------ connect
 
@@ -564,10 +565,13 @@ class OpcUaAdapter(Adapter):
             log.info("device %s: the server revised the keep-alive count to %d: heartbeats are timed here, every "
                      "%g s", dev.id, int(result.RevisedMaxKeepAliveCount), self.publishing_s)
 
+        for plan in self._plans:  # this server (maybe restarted, upgraded) says anew which filters it takes
+            plan.local_band = None
         items: list[tuple[int, ua.NodeId]] = [(i, node) for i, (plan, node) in
                                               enumerate(zip(self._plans, self.resolved.values(), strict=True))
                                               if isinstance(node, ua.NodeId)]
         refused: list[tuple[int, ua.NodeId]] = []
+        why: dict[int, int] = {}  # plan index -> the status the server refused its filter with
         chunk = self.device.max_nodes_per_read
         for start in range(0, len(items), chunk):
             batch = items[start:start + chunk]
@@ -577,6 +581,7 @@ class OpcUaAdapter(Adapter):
                 plan = self._plans[i]
                 if code in _FILTER_REFUSED and plan.deadband is not None:
                     refused.append((i, node))
+                    why[i] = code
                 elif not res.StatusCode.is_good():
                     self._unresolved.append((i, bad_quality(code)))
                     log.warning("device %s tag %s: monitored item refused: %s", dev.id, plan.name, status_name(code))
@@ -588,8 +593,26 @@ class OpcUaAdapter(Adapter):
                     self._unresolved.append((i, bad_quality(res.StatusCode.value)))
                     continue
                 plan.local_band = _local_band(plan)
-                log.info("device %s tag %s: server refused the deadband filter; applying it here (%s)", dev.id,
-                         plan.name, plan.local_band)
+                self._tell_refused(plan, status_name(why[i]))
+
+    def _tell_refused(self, plan: _TagPlan, status: str) -> None:
+        """Say once per tag (WARNING; INFO on later connects) that the server refused the deadband filter, and
+        what the collector does instead: the band it applies itself, or that every change is reported (a percent
+        band on a tag without `range`)."""
+        assert plan.deadband is not None
+        kind, value = plan.deadband
+        asked = f"{kind} deadband {value:g}{' %' if kind == 'percent' else ''}"
+        if plan.local_band is not None:
+            unit = f" {plan.unit}" if plan.unit else ""
+            of = f" ({value:g} % of range {_span(plan.range)})" if kind == "percent" else ""
+            then = f"the collector applies it itself: changes of more than {plan.local_band:g}{unit}{of}"
+        else:
+            then = ("the tag has no `range` to take the percentage of, so EVERY change is reported: give the tag "
+                    "`range: [low, high]` or use deadband_type: absolute")
+        level = logging.INFO if plan.name in self._told_refused else logging.WARNING
+        self._told_refused.add(plan.name)
+        log.log(level, "device %s tag %s: the server refused the %s (%s); %s", self.device.id, plan.name, asked,
+                status, then)
 
     async def _create_items(self, client: Client, batch: list[tuple[int, ua.NodeId]], sampling_ms: float,
                             with_filter: bool) -> list[ua.MonitoredItemCreateResult]:
@@ -811,10 +834,12 @@ def _local_band(plan: _TagPlan) -> float | None:
     if kind == "absolute":
         return value
     if plan.range is None:
-        log.warning("tag %s: percent deadband refused by the server and no range to apply it to: reporting "
-                    "every change", plan.name)
         return None
-    return value / 100.0 * (plan.range[1] - plan.range[0])
+    return value / 100.0 * abs(plan.range[1] - plan.range[0])
+
+
+def _span(rng: tuple[float, float] | None) -> str:
+    return "none" if rng is None else f"[{rng[0]:g}, {rng[1]:g}]"
 
 
 def _discard(readings: list[Reading]) -> None:

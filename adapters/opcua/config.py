@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from collector.config.base import DeviceBase, EndpointRule, Integer, Number, Strict, TagBase
+from collector.config.base import SUBPATH, DeviceBase, EndpointRule, Integer, Number, Strict, TagBase
 from collector.config.secrets import folder_errors, secret_file_problems
 
 ENDPOINT_RULE = EndpointRule(
@@ -77,6 +77,18 @@ class OpcUaDevice(DeviceBase):
 
 
     endpoint_rule: ClassVar[EndpointRule] = ENDPOINT_RULE
+
+    @model_validator(mode="after")
+    def _percent_bands(self) -> OpcUaDevice:
+        """A percent deadband is 0..100 (Part 8 6.2): a server refuses more (BadDeadbandFilterInvalid)."""
+        if self.deadband_type != "percent":
+            return self
+        problems = [f"{SUBPATH}tags[{j}].deadband: tag '{tag.name}': {tag.deadband:g} is over 100; with "
+                    "deadband_type percent the band is a percentage of the node's EURange (0..100)"
+                    for j, tag in enumerate(self.tags) if tag.deadband is not None and tag.deadband > 100]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
     def start_problems(self, where: str, seen: set[Any]) -> tuple[list[str], list[str]]:
         """The login's password and, for a secured session, the PKI folder (checked once per folder)."""

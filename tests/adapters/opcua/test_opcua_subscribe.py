@@ -140,7 +140,7 @@ async def test_deadband_suppresses_changes_below_the_band(running: Running, reco
     model.values["level"] = 10.4  # 0.4 from the reported 10.0: inside the 1.0 band
     await running.sim.update_now()
     await asyncio.sleep(6 * INTERVAL)
-    model.values["level"] = 12.0  # 1.6 from 10.4 (the asyncua server compares with the previous sample)
+    model.values["level"] = 12.0  # 2.0 from the last value reported (10.0): over the band
     await running.sim.update_now()
     await recorder.wait_for(lambda: 12.0 in levels(), 10, "level 12.0 reported")
     assert 10.4 not in levels()
