@@ -51,7 +51,7 @@ from tests.support.broker import MosquittoProcess, free_port  # noqa: E402
 PY = str(ROOT / ".venv" / "bin" / "python")
 COLLECTOR = [PY, "-m", "collector.cli"]
 PEER_VENV = ROOT / "bench" / ".peer-venv"
-PEER_PKGS = ["thingsboard-gateway==3.8.5", "pymodbus==3.9.2"]
+PEER_REQUIREMENTS = ROOT / "bench" / "peer-requirements.txt"  # the peer and all its dependencies, pinned
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 TOPIC_ROOT = "bench/e2e"
 TYPES = modbus_poll.TYPES
@@ -537,17 +537,46 @@ def retry_peer(reason: str | None, retries: int, limit: int = PEER_RETRIES) -> b
     return reason is not None and retries < limit
 
 
-def peer_install(logdir: Path) -> str | None:
-    """Install the peer into bench/.peer-venv once; returns an error text, or None."""
+def peer_pins(path: Path = PEER_REQUIREMENTS) -> dict[str, str]:
+    """`name==version` lines of bench/peer-requirements.txt, names lower case with `-` (as pip compares them)."""
+    pins: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    return pins
+
+
+def peer_installed() -> dict[str, str]:
+    """What bench/.peer-venv holds, in peer_pins' form; empty when there is no venv."""
     py = PEER_VENV / "bin" / "python"
-    ok = py.exists() and subprocess.run([str(py), "-c", "import thingsboard_gateway, pymodbus; "
-                                         "assert pymodbus.__version__ == '3.9.2'"],
-                                        capture_output=True).returncode == 0
-    if ok:
+    if not py.exists():
+        return {}
+    code = ("import json, importlib.metadata as m; print(json.dumps({d.metadata['Name'].lower().replace('_', '-'): "
+            "d.version for d in m.distributions()}))")
+    res = subprocess.run([str(py), "-c", code], capture_output=True, text=True)
+    try:
+        return dict(json.loads(res.stdout)) if res.returncode == 0 else {}
+    except ValueError:
+        return {}
+
+
+def peer_install(logdir: Path) -> str | None:
+    """Install the peer into bench/.peer-venv, exactly bench/peer-requirements.txt; returns an error text, or None.
+
+    Unpinned dependencies could let one run measure another peer than the last (docs/BENCHMARKS.md, the
+    caution on the peer), so a venv that differs from the pins in any version is made again from scratch."""
+    pins = peer_pins()
+    have = peer_installed()
+    if have and all(have.get(name) == version for name, version in pins.items()):
         return None
-    log("installing the peer into bench/.peer-venv (pip install thingsboard-gateway)")
+    if PEER_VENV.exists():
+        log("bench/.peer-venv differs from bench/peer-requirements.txt: installing it again")
+        shutil.rmtree(PEER_VENV)
+    log("installing the peer into bench/.peer-venv (pip install -r bench/peer-requirements.txt)")
     steps = [[sys.executable, "-m", "venv", str(PEER_VENV)],
-             [str(PEER_VENV / "bin" / "pip"), "install", "-q", *PEER_PKGS]]
+             [str(PEER_VENV / "bin" / "pip"), "install", "-q", "-r", str(PEER_REQUIREMENTS)]]
     if not shutil.which("python3"):
         steps[0][0] = sys.executable
     for argv in steps:
@@ -584,6 +613,10 @@ def peer_config(workdir: Path, fleet: Fleet, interval: float, broker_port: int) 
     tb = main["thingsboard"]
     tb.update(host="127.0.0.1", port=broker_port, remoteConfiguration=False, remoteShell=False)
     tb["statistics"]["enable"] = False
+    # no client-side rate limits, whatever the host is called ("DEFAULT_*" resolves by host name)
+    for key in ("rateLimits", "dpRateLimits", "messagesRateLimits", "deviceMessagesRateLimits", "deviceRateLimits",
+                "deviceDpRateLimits"):
+        tb[key] = "0:0,"
     tb["security"] = {"type": "accessToken", "accessToken": "bench"}
     main["storage"] = {"type": "memory", "read_records_count": 100, "max_records_count": 1_000_000}
     main["connectors"] = [{"type": "modbus", "name": "Modbus", "configuration": "modbus.json"}]
@@ -646,7 +679,10 @@ class Plan:
     window: float = 8.0
     restart: bool = True  # a fresh collector per run (full); quick: 3 windows of one process
     intervals: tuple[float, ...] = (1.0, 0.2, 0.1, 0.05)
-    peer_intervals: tuple[float, ...] = (1.0, 0.5)
+    # the peer from slow to fast: it starts a poll every period even while the last one runs, so past its
+    # capacity the polls pile up and it delivers less (docs/BENCHMARKS.md, the caution on the peer)
+    peer_intervals: tuple[float, ...] = (4.0, 3.0, 2.0, 1.5, 1.0, 0.5)
+    peer_cycles: int = 6  # a peer window spans this many poll periods: it publishes a whole cycle in one burst
     devices: int = 100
     tags: int = 200
     drain_readings: int = 1_000_000
@@ -656,8 +692,14 @@ class Plan:
     def make(cls, quick: bool) -> Plan:
         if quick:
             return cls(quick=True, warm=1.0, window=3.0, restart=False, intervals=(1.0, 0.1),
-                       peer_intervals=(1.0,), drain_readings=200_000)
+                       peer_intervals=(2.0,), peer_cycles=3, drain_readings=200_000)
         return cls(quick=False)
+
+
+def peer_window(plan: Plan, interval: float) -> float:
+    """Seconds of one peer window: at least `peer_cycles` poll periods, as the peer's readings come in one burst
+    per cycle (an 8 s window at a 1 s period counted one burst of 20,000 readings: exactly 2,500/s)."""
+    return max(plan.window, plan.peer_cycles * interval)
 
 
 class Bench:
@@ -714,6 +756,7 @@ class Bench:
 
     def _peer_at(self, fleet: Fleet, sims: Simulators, sub: Subscriber, interval: float) -> list[Run]:
         p = self.plan
+        window = peer_window(p, interval)
         runs: list[Run] = []
         proc: Proc | None = None
         d = self.work
@@ -729,7 +772,7 @@ class Bench:
                                     env={"TB_GW_CONFIG_DIR": str(conf), "PYTHONPATH": ""})
                         wait_data(sub, proc, timeout=120)
                         time.sleep(p.warm)
-                    r = measure(proc, sub, p.window, sims, self.broker)
+                    r = measure(proc, sub, window, sims, self.broker)
                     log(f"  peer {fleet.kind} {interval * 1000:.0f} ms run {i + 1}: {r.rate:,.0f} readings/s, "
                         f"CPU {r.cpu:.2f}, RSS {r.rss:.0f} MB, p50/p99 {r.p50}/{r.p99} ms, sims {r.sim_cpu:.2f}")
                     reason = empty_window(r, proc.alive(), peer_errors(d, proc.tail()))
@@ -1165,7 +1208,12 @@ def render(b: Bench, command: str) -> str:
         "Intervals are stepped down until a step is saturated (delivered < 90 % of offered) and delivers less "
         "than 1.1× the step before (past the knee); throughput at saturation = the best step. The collector and peer both "
         "publish QoS 1 to the same private mosquitto; the peer is ThingsBoard IoT Gateway (its Modbus connector, "
-        "one request per key, `v1/gateway/telemetry`), answered on `getSessionLimits` with no rate limits.\n",
+        "one request per key, `v1/gateway/telemetry`), answered on `getSessionLimits` with no rate limits and "
+        "none set in its own config. The peer's poll period is stepped from "
+        f"{p.peer_intervals[0]:g} s down: it starts a device's poll every period even while the last one is still "
+        "running, so past its capacity the polls pile up and it delivers less. It publishes a whole cycle in one "
+        f"burst, so its windows span at least {p.peer_cycles} poll periods; its full dependency set is pinned "
+        "(bench/peer-requirements.txt).\n",
         table([r for r in b.rows if r.scenario in ("1", "6")]),
         "\n### Ours vs the peer at saturation\n", comparison(b.rows)]
     if b.peer_error:
@@ -1329,16 +1377,40 @@ profile; what is left is one send and one receive per request, which only `max_o
 per write, several answers per read) takes out.
 
 **Caution on the peer in the full run of 2026-12-02 (the tables above).** ThingsBoard IoT Gateway delivered
-2,500 readings/s in every step at 0.94 cores, against 10–17.5 k/s at 0.9–0.96 cores in the runs of 2026-11-27
-(another CPU model; the peer's own version is pinned, its dependencies are not). So that run's per-core ratios
-(96× contiguous, 61× sparse, 84× sparse with `max_outstanding: 8`) are not comparable with the earlier ones.
-A cross-check that does not rest on the peer: the earlier verdict was 9.8× (full run) and 11.2× (quick) on the
-sparse map, and our own collector, measured back to back on the same quiet machine before and after (the table
-of the refactor's third pass below), went from 51–55 k to 174–180 k readings/s per core at saturation on the
-sparse map (3.3×; 206–223 k with `max_outstanding: 8`, 4×). Scaled, that is ~32× (default) and ~40×
-(`max_outstanding: 8`) against the peer as it ran then. The simulators' pipelining mode is not the cause:
-pymodbus 3.9.2's sync and async clients take 0.22–0.24 ms per request against a simulator with it on or off.
-The peer's slowdown itself is not explained yet.
+2,500 readings/s at the 1 s step on both maps at 0.94 cores (950 and 1,224 at 500 ms), against 10–17.5 k/s at
+0.9–0.96 cores in the runs of 2026-11-27 (another CPU model). So that run's per-core ratios (96× contiguous, 61×
+sparse, 84× sparse with `max_outstanding: 8`) are not comparable with the earlier ones. A cross-check that does not
+rest on the peer: the earlier verdict was 9.8× (full run) and 11.2× (quick) on the sparse map, and our own
+collector, measured back to back on the same quiet machine before and after (the table of the refactor's third
+pass below), went from 51–55 k to 174–180 k readings/s per core at saturation on the sparse map (3.3×; 206–223 k
+with `max_outstanding: 8`, 4×). Scaled, that is ~32× (default) and ~40× (`max_outstanding: 8`) against the peer
+as it ran then. The simulators' pipelining mode is not the cause: pymodbus 3.9.2's sync and async clients take
+0.22–0.24 ms per request against a simulator with it on or off.
+
+Why the peer delivered 2,500/s (found afterwards, gateway 3.8.5 in bench/.peer-venv; 20–45 s probes on the shared
+2-core machine, so rates ±20 %). It is no rate limit and no storage batch: the gateway's default rate limits
+resolve to none for 127.0.0.1 (tb_device_mqtt.py:427–466) and `getSessionLimits` answers none; with
+`read_records_count` 10 or 1,000 instead of 100 the output is the same; its sending thread is idle (0.6 % of
+py-spy samples), its Modbus thread busy (91 %). Two things in its Modbus connector make the figure:
+- It overloads into a collapse. A device's timer queues a poll every `pollPeriod` whether or not the last one has
+  finished (connectors/modbus/slave.py:137–144), and each queued poll becomes a task of its own
+  (modbus_connector.py:233–241). Offered more than it can poll, a device's polls pile up and interleave, and the
+  requests go into ever more half-done polls: at 1 s the simulators answered ~3.8× more requests than readings
+  reached the broker (0.35 simulator cores for 1,500 readings/s, against 0.24 for 4,000/s at 5 s, where each
+  request is a reading). It delivered 4,000/s at 5 s (all of it; a cycle of 20,000 requests took ~1.5–2 s),
+  6,000/s at 3 s, 3,500/s at 2 s and 1,500–3,600/s at 1 s, less the longer it ran. The 2026-11-27 machine was fast
+  enough for 1 s to be near the peer's capacity; this one is not, and the bench offered the peer only 1 s and
+  500 ms.
+- It publishes in bursts. All devices start together on one event loop and finish a cycle together: 100 messages
+  × 200 readings at once. An 8 s window held one burst of 20,000 readings, exactly 2,500/s (two bursts: the
+  5,000 of the contiguous row).
+
+bench/e2e.py now steps the peer's poll period from 4 s down (4, 3, 2, 1.5, 1, 0.5 s; quick: 2 s) and takes its
+best step, as for ours; measures each peer window over at least 6 poll periods (quick: 3); sets the peer's rate
+limits to none in its own config too; and installs the peer's full dependency set from bench/peer-requirements.txt
+(thingsboard-gateway 3.8.5, pymodbus 3.9.2, tb-mqtt-client 1.13.13, tb-paho-mqtt-client 2.1.2 and 31 more),
+reinstalling a venv that differs. The tables above are from before this change; the next `make bench` replaces
+them.
 """
 
 LEGACY = """## Flat configs and the planner's cost model (issue 20)

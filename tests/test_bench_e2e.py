@@ -85,3 +85,57 @@ def test_the_memory_verdict_has_a_row_for_flat_and_template_configs(e2e: ModuleT
     text = e2e.targets(bench)
     assert "| RSS ≤ 150 MB with 20 k tags (one template) | 98 MB | met |" in text, text
     assert "| RSS ≤ 150 MB with 20 k tags (flat: tags listed per device) | 151 MB | missed |" in text, text
+
+
+def test_the_peer_is_installed_from_a_full_pin_set(e2e: ModuleType, tmp_path: Path) -> None:
+    """Unpinned dependencies could let two runs measure different peers: every line of the file pins one version."""
+    lines = [x for x in e2e.PEER_REQUIREMENTS.read_text().splitlines() if x.strip() and not x.startswith("#")]
+    assert all(x.count("==") == 1 for x in lines), lines
+    pins = e2e.peer_pins()
+    assert len(pins) == len(lines) > 20
+    assert pins["thingsboard-gateway"] == "3.8.5"
+    assert pins["pymodbus"] == "3.9.2"
+    assert pins["tb-mqtt-client"] == "1.13.13"
+    req = tmp_path / "req.txt"
+    req.write_text("# comment\nTyping_Extensions==4.16.0  # trailing\n\nPyYAML==6.0.4\n")
+    assert e2e.peer_pins(req) == {"typing-extensions": "4.16.0", "pyyaml": "6.0.4"}
+
+
+def test_the_peer_is_stepped_from_slow_and_measured_over_whole_cycles(e2e: ModuleType) -> None:
+    """Past its capacity the peer's polls pile up and it delivers less, and it publishes a whole cycle at once:
+    its steps start where it keeps up, and a window spans several cycles, not one burst of 20,000 readings."""
+    full, quick = e2e.Plan.make(False), e2e.Plan.make(True)
+    assert full.peer_intervals == tuple(sorted(full.peer_intervals, reverse=True))
+    assert full.peer_intervals[0] >= 4.0 and full.peer_intervals[-1] <= 0.5
+    assert e2e.peer_window(full, 4.0) == 24.0
+    assert e2e.peer_window(full, 1.0) == 8.0  # never shorter than the plan's window
+    assert e2e.peer_window(quick, quick.peer_intervals[0]) == 6.0
+
+
+def test_the_static_report_text_is_the_one_in_the_doc(e2e: ModuleType) -> None:
+    """`make bench` writes these sections into docs/BENCHMARKS.md as they are: an edit to one alone is lost."""
+    doc = (ROOT / "docs" / "BENCHMARKS.md").read_text()
+    for text in (e2e.PIPELINING, e2e.LEGACY):
+        assert text in doc, text[:80]
+
+
+def test_the_peer_config_sets_no_rate_limits(e2e: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The package default says "DEFAULT_*", which resolves by host name: the bench sets none outright."""
+    import json
+
+    pkg = tmp_path / "venv" / "lib" / "python3.11" / "site-packages" / "thingsboard_gateway" / "config"
+    pkg.mkdir(parents=True)
+    defaults = {"thingsboard": {"host": "thingsboard.cloud", "statistics": {"enable": True},
+                                "rateLimits": "DEFAULT_TELEMETRY_RATE_LIMIT",
+                                "deviceDpRateLimits": "DEFAULT_TELEMETRY_DP_RATE_LIMIT"},
+                "storage": {}, "connectors": []}
+    (pkg / "tb_gateway.json").write_text(json.dumps(defaults))
+    (pkg / "logs.json").write_text(json.dumps({"loggers": {}, "handlers": {}}))
+    monkeypatch.setattr(e2e, "PEER_VENV", tmp_path / "venv")
+    conf = e2e.peer_config(tmp_path / "peer", e2e.Fleet("contiguous", 2, 4, ports=[20001, 20002]), 2.0, 1883)
+    tb = json.loads((conf / "tb_gateway.json").read_text())["thingsboard"]
+    keys = ("rateLimits", "dpRateLimits", "messagesRateLimits", "deviceMessagesRateLimits", "deviceRateLimits",
+            "deviceDpRateLimits")
+    assert {k: tb[k] for k in keys} == dict.fromkeys(keys, "0:0,")
+    slaves = json.loads((conf / "modbus.json").read_text())["master"]["slaves"]
+    assert [s["pollPeriod"] for s in slaves] == [2000, 2000]
