@@ -13,9 +13,8 @@ import sys
 import time
 import unicodedata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from collector.config import CollectorConfig, effective_state_dir, load_config_or_exit
 from collector.evidence import keys
 from collector.evidence.records import check_anchor
 from collector.indicators import chain, periods
@@ -34,6 +33,9 @@ from collector.indicators.rates import NAMES, pct
 from collector.indicators.register import IMPORTED_REGISTER, load_register
 from collector.indicators.report import report_footer_data, write_package
 from collector.status import StatusStore
+
+if TYPE_CHECKING:
+    from collector.config import CollectorConfig
 
 
 def signer_or_exit(state: Path) -> keys.Signer:
@@ -101,6 +103,8 @@ def format_table(result: PeriodResult, lang: str = "zh") -> str:
 
 
 def cmd_indicators(args: argparse.Namespace) -> int:
+    from collector.config import effective_state_dir, load_config_or_exit  # builds every protocol's models
+
     cfg = load_config_or_exit(args.config)
     state = effective_state_dir(cfg)
     warnings: list[str] = []
@@ -137,6 +141,8 @@ def cmd_indicators(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from collector.config import effective_state_dir, load_config_or_exit  # builds every protocol's models
+
     cfg = load_config_or_exit(args.config)
     state = effective_state_dir(cfg)
     warnings: list[str] = []
@@ -304,6 +310,8 @@ def _verify_anchors(path: Path, anchor_file: str, enrolled: Any, result: chain.V
 
 def cmd_keys(args: argparse.Namespace) -> int:
     """`collector keys init|show|rotate`: the evidence signing key of the state directory."""
+    from collector.config import effective_state_dir, load_config_or_exit  # builds every protocol's models
+
     cfg = load_config_or_exit(args.config)
     state = effective_state_dir(cfg)
     try:
@@ -409,6 +417,8 @@ def cmd_pool(args: argparse.Namespace) -> int:
 
 
 def cmd_assets_import(args: argparse.Namespace) -> int:
+    from collector.config import effective_state_dir, load_config_or_exit  # builds every protocol's models
+
     cfg = load_config_or_exit(args.config)
     source = Path(args.file)
     try:

@@ -8,7 +8,6 @@ import sys
 import time
 from typing import Any
 
-from collector.config import effective_state_dir, load_config_or_exit
 from collector.indicators import periods
 from collector.states.summary import STATE_NAMES, figure_name, hours, pct, period_figures
 
@@ -57,6 +56,8 @@ def format_devices(result: dict[str, Any], lang: str) -> str:
 
 
 def cmd_oee(args: argparse.Namespace) -> int:
+    from collector.config import effective_state_dir, load_config_or_exit  # builds every protocol's models
+
     cfg = load_config_or_exit(args.config)
     from collector.indicators.commands import open_store
 
