@@ -1,9 +1,9 @@
 """What a `collector` command imports: a command loads only the libraries it uses, so `check`, `verify` and
 `report` of a Modbus TCP gateway start without asyncua, aiohttp or pymodbus (each costs a start-up of its
 own), importing `collector.cli` loads neither the config models nor asyncio (collector/cli.py), and a command
-that reads no config (`--version`, `verify`, `hub ...`) loads no config model and no pydantic (adapters/base.py
-`ProtocolPlugin.device_model` by name, the commands' modules import pydantic's users inside the commands) while
-`check` still builds the device union of every plugin.
+that reads no config (`--version`, `verify`, `hub ...`) loads no config model, no pydantic and no asyncio
+(adapters/base.py `ProtocolPlugin.device_model` by name; the commands' modules import what needs pydantic
+inside the commands) while `check` still builds the device union of every plugin.
 
 Each case runs in a fresh interpreter and prints which of the watched modules it loaded.
 """
@@ -81,7 +81,7 @@ def test_check_of_an_opcua_device_loads_asyncua(tmp_path: Path) -> None:
 
 def test_version_loads_nothing_watched_and_verify_and_hub_load_no_config_model(tmp_path: Path) -> None:
     """`--version` builds no parser; `verify` and `hub --help` build it, with each plugin's commands (OPC UA's
-    `certs`, `discover`) but neither pydantic nor a device model, which `check` of a Modbus-only config does load,
+    `certs`, `discover`) but neither pydantic, asyncio nor a device model, which `check` of a Modbus-only config does load,
     all four (the union is built from every installed plugin, as before)."""
     done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(["--version"]), json.dumps(WATCHED)],
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
@@ -93,6 +93,6 @@ def test_version_loads_nothing_watched_and_verify_and_hub_load_no_config_model(t
     for argv in (["verify", str(chain)], ["hub", "--help"], ["discover", "--help"]):
         code, loaded = _loaded(tmp_path, *argv)
         assert code == 0, argv
-        assert set(MODELS).isdisjoint(loaded) and "pydantic" not in loaded, (argv, loaded)
+        assert set(MODELS).isdisjoint(loaded) and {"pydantic", "asyncio"}.isdisjoint(loaded), (argv, loaded)
     code, loaded = _loaded(tmp_path, "check", "-c", _config(tmp_path, MODBUS))
     assert code == 0 and set(MODELS) <= set(loaded), loaded
