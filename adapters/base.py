@@ -14,18 +14,19 @@ state change.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from importlib.metadata import entry_points
-from typing import Any, ClassVar, TypeVar, cast
-
-from pydantic import BaseModel
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from collector.model import Reading
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from adapters.connection import OneConnectionClient as OneConnectionClient
 
 DeviceConfig = Any  # a validated device model of an installed plugin (its `protocol:` says which)
 ReadingsCallback = Callable[[list[Reading]], None]
@@ -140,34 +141,69 @@ class AdapterContext:
         return state
 
 
-@dataclass(frozen=True)
 class ProtocolPlugin:
-    """One protocol, as the core sees it. `adapters/<protocol>/__init__.py` exports one as `PLUGIN`."""
+    """One protocol, as the core sees it. `adapters/<protocol>/__init__.py` exports one as `PLUGIN`.
 
-    name: str                                   # the `protocol:` value
-    device_model: type[BaseModel]               # its device config model (field `protocol: Literal[name]`)
-    adapter: type[Adapter] | str                # built as adapter(device, context); "module:Class": imported
-                                                # at the first device that uses it (adapter_class())
-    describe_tag: Callable[[Any, Any], str]     # `collector check --tags`: where the tag is read
-    simulator: Callable[[Any], Any] | None = None   # device -> object with async start()/stop() serving it
-    commands: Callable[[argparse._SubParsersAction], None] | None = None   # extra CLI subcommands
-    schemes: tuple[str, ...] = ()               # endpoint URL schemes it accepts, for check's messages
+    `device_model`, `adapter` and `commands` may each be given as the object or by name ("module:attr"): a
+    named one is imported on first use, so a command that reads no config (`collector --version`, `verify`,
+    `hub ...`) loads neither the protocol's config models nor its library; the config loader imports every
+    model (`Registry.load_models`) to build the device union, a device's adapter only when it is built."""
+
+    __slots__ = ("name", "_device_model", "adapter", "describe_tag", "simulator", "_commands", "schemes")
+
+    def __init__(self, name: str, device_model: type[BaseModel] | str, adapter: type[Adapter] | str,
+                 describe_tag: Callable[[Any, Any], str], simulator: Callable[[Any], Any] | None = None,
+                 commands: Callable[[argparse._SubParsersAction], None] | str | None = None,
+                 schemes: tuple[str, ...] = ()) -> None:
+        self.name = name                        # the `protocol:` value
+        self._device_model = device_model       # its device config model (field `protocol: Literal[name]`)
+        self.adapter = adapter                  # built as adapter(device, context): adapter_class()
+        self.describe_tag = describe_tag        # `collector check --tags`: where the tag is read
+        self.simulator = simulator              # device -> object with async start()/stop() serving it
+        self._commands = commands               # adds extra CLI subcommands to `collector`'s subparsers
+        self.schemes = schemes                  # endpoint URL schemes it accepts, for check's messages
+
+    def __repr__(self) -> str:
+        return f"ProtocolPlugin(name={self.name!r}, device_model={self._device_model!r}, adapter={self.adapter!r})"
+
+    @property
+    def device_model(self) -> type[BaseModel]:
+        """The device config model, its module imported now if the plugin named it as "module:Class" (the
+        config loader asks for it; `Registry.load_models` names a plugin whose model does not import)."""
+        model = self._device_model
+        if isinstance(model, str):
+            from pydantic import BaseModel
+
+            model = self._device_model = _import_class(model, BaseModel)
+        return model
+
+    @property
+    def commands(self) -> Callable[[argparse._SubParsersAction], None] | None:
+        """What adds the protocol's CLI subcommands (None: it has none), imported now if named as a string."""
+        if isinstance(self._commands, str):
+            self._commands = cast(Callable[[argparse._SubParsersAction], None], _import_attr(self._commands))
+        return self._commands
 
     def adapter_class(self) -> type[Adapter]:
         """The adapter class, its module imported now if the plugin named it as "module:Class". So a protocol
         library (asyncua, python-snap7, pymodbus) is loaded only by a process with a device of that protocol:
         `collector check` and a gateway that reads only Modbus TCP start faster and stay smaller."""
-        return self.adapter if isinstance(self.adapter, type) else _import_class(self.adapter)
+        return self.adapter if isinstance(self.adapter, type) else _import_class(self.adapter, Adapter)
 
 
 @functools.cache
-def _import_class(spec: str) -> type[Adapter]:
+def _import_attr(spec: str) -> Any:
     import importlib
 
     module, _, attr = spec.partition(":")
-    cls = getattr(importlib.import_module(module), attr)
-    if not (isinstance(cls, type) and issubclass(cls, Adapter)):
-        raise TypeError(f"{spec} is not an Adapter class")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _import_class(spec: str, base: type) -> Any:
+    """The class named "module:Class", checked to be a `base`."""
+    cls = _import_attr(spec)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise TypeError(f"{spec} is not a subclass of {base.__name__}")
     return cls
 
 
@@ -188,6 +224,7 @@ class Registry:
 
     def _load(self) -> dict[str, ProtocolPlugin]:
         import importlib
+        from importlib.metadata import entry_points
 
         found: dict[str, ProtocolPlugin] = {}
         specs = {ep.name: ep.value for ep in entry_points(group=self.group)}
@@ -205,6 +242,20 @@ class Registry:
                 continue
             found[name] = plugin
         return found
+
+    def load_models(self) -> dict[str, type[BaseModel]]:
+        """Every plugin's device model, imported now (what the config union is built from): a plugin whose model
+        does not import is dropped and named in `broken`, as one whose entry point fails."""
+        models: dict[str, type[BaseModel]] = {}
+        for plugin in list(self):
+            try:
+                models[plugin.name] = plugin.device_model
+            except Exception as exc:  # a broken third-party model must not take the other protocols down
+                self.broken[plugin.name] = f"{plugin._device_model}: {type(exc).__name__}: {exc}"
+                log.error("protocol=%s event=plugin_not_loaded device_model=%s error=%r", plugin.name,
+                          plugin._device_model, exc)
+                del self.plugins()[plugin.name]
+        return models
 
     def plugins(self) -> dict[str, ProtocolPlugin]:
         if self._plugins is None:
@@ -232,78 +283,11 @@ def create_adapter(device: DeviceConfig, context: AdapterContext | None = None) 
     return registry.get(device.protocol).adapter_class()(device, context)
 
 
-class OneConnectionClient(asyncio.Protocol):
-    """A lean asyncio TCP client that owns exactly one connection (build a new client to reconnect): what the
-    Modbus MBAP and MC 3E clients share. `connect()` gives up after `timeout` without cancelling the caller's
-    task (asyncio.wait, not wait_for: a cancellation of our own that could get lost on 3.11), and a connection
-    that completes after it gave up is closed at once; a late `connection_lost` can never hit a newer one.
+def __getattr__(name: str) -> Any:
+    """`OneConnectionClient` lives in adapters/connection.py (it needs asyncio, which a command that only builds
+    the `collector` parser should not load) and still imports from here."""
+    if name == "OneConnectionClient":
+        from adapters.connection import OneConnectionClient
 
-    Subclasses hold their pending request in `_waiter`, implement `close()` and `data_received()`, and say
-    with `_lost(exc)` what a dropped connection fails the pending request with."""
-
-    def __init__(self, host: str, port: int, timeout: float) -> None:
-        self.host = host
-        self.port = port
-        self.timeout = timeout
-        self._transport: asyncio.Transport | None = None
-        self._connecting = False
-        self._used = False
-        self._lock = asyncio.Lock()
-        self._buffer = b""
-        self._waiter: asyncio.Future[Any] | None = None
-
-    @property
-    def connected(self) -> bool:
-        return self._transport is not None
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def _lost(self, exc: Exception | None) -> Exception:
-        """The error a pending request fails with when the peer drops the connection."""
-        raise NotImplementedError
-
-    async def connect(self) -> bool:
-        """Connect within `timeout`; False if refused, unreachable or too slow."""
-        if self._transport is not None:
-            return True
-        if self._used:
-            return False  # one connection per client: a late connection_lost must not hit a new one
-        self._used = True
-        loop = asyncio.get_running_loop()
-        self._connecting = True
-        attempt = loop.create_task(loop.create_connection(lambda: self, self.host, self.port))
-        try:
-            await asyncio.wait((attempt,), timeout=self.timeout)
-        finally:
-            self._connecting = False  # a connection made after this point is closed in connection_made
-            if not attempt.done():
-                attempt.cancel()
-                attempt.add_done_callback(lambda t: t.cancelled() or t.exception())  # nothing to log
-        if not attempt.done() or attempt.cancelled():
-            self.close()  # connection_made may have run already
-            return False
-        exc = attempt.exception()
-        if exc is not None:
-            if isinstance(exc, OSError):
-                log.debug("connect to %s:%s failed: %s", self.host, self.port, exc)
-                return False
-            raise exc
-        return self._transport is not None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not self._connecting:  # connect() gave up already
-            transport.close()
-            return
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
-        self._buffer = b""
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
-        self._buffer = b""
-        self._fail(self._lost(exc))
-
-    def _fail(self, exc: Exception) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
+        return OneConnectionClient
+    raise AttributeError(f"module 'adapters.base' has no attribute '{name}'")

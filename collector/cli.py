@@ -1,7 +1,9 @@
 """The `collector` command. Each subcommand has `--help`; exit codes: 0 ok, 1 failure, 2 bad config/usage.
 
 Importing this module costs little: the config models (pydantic), asyncio and each command's own modules are
-imported by the command that uses them (`build_parser` still loads the plugins, for their commands).
+imported by the command that uses them. `build_parser` loads the protocol plugins for their commands, but not
+their device models (named lazily, adapters/base.py `ProtocolPlugin`): `verify`, `hub ...` and `--version`
+never build the config union.
 """
 
 from __future__ import annotations
@@ -434,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--version"]:  # what argparse prints, without first importing every command to build it
+        print(f"collector {package_version()}")
+        return 0
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args))

@@ -3,14 +3,20 @@ docs/mc.md; the simulator is `simulators/mc.py`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapters.base import ProtocolPlugin
-from adapters.mc.config import ENDPOINT_RULE, McDevice, McTag, tag_words
+
+if TYPE_CHECKING:
+    from adapters.mc.config import McDevice, McTag
+
+SCHEMES = ("mc",)  # the endpoint schemes (config.py ENDPOINT_RULE), known without the models
 
 
 def describe_tag(device: McDevice, tag: McTag) -> str:
     """Where `collector check --tags` says a tag is read."""
+    from adapters.mc.config import tag_words
+
     addr = tag.parsed(device.xy_base)
     type_ = tag.value_type(device.xy_base)
     default = f" (type {type_} by default)" if tag.type is None else ""
@@ -28,6 +34,7 @@ def simulator(device: McDevice) -> Any:
     return McServerSim(device)
 
 
-# the adapter by name: its module is imported only for a device that uses it
-PLUGIN = ProtocolPlugin(name="mc", device_model=McDevice, adapter="adapters.mc.adapter:McAdapter",
-                        describe_tag=describe_tag, simulator=simulator, schemes=ENDPOINT_RULE.schemes)
+# the model and the adapter by name: the model is imported by the config loader (not by `collector --version`,
+# `verify`, ...), the adapter only for a device that uses it
+PLUGIN = ProtocolPlugin(name="mc", device_model="adapters.mc.config:McDevice", adapter="adapters.mc.adapter:McAdapter",
+                        describe_tag=describe_tag, simulator=simulator, schemes=SCHEMES)

@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from adapters.mc import SCHEMES
 from adapters.mc.address import MAX_NUMBER, McAddress, parse_address
 from collector.config.base import (
     SUBPATH,
@@ -30,7 +31,7 @@ _LIKELY = {"FLOAT": "REAL", "FLOAT32": "REAL", "DOUBLE": "LREAL", "FLOAT64": "LR
            "UINT16": "UINT", "INT32": "DINT", "UINT32": "UDINT", "BIT": "BOOL", "STR": "STRING[n]"}
 _STRING = re.compile(r"^STRING\[(\d{1,4})\]$")
 ENDPOINT_FORM = "mc://host:port (e.g. mc://192.168.3.39:5000)"
-ENDPOINT_RULE = EndpointRule(schemes=("mc",), forms=ENDPOINT_FORM, what="an MC protocol endpoint",
+ENDPOINT_RULE = EndpointRule(schemes=SCHEMES, forms=ENDPOINT_FORM, what="an MC protocol endpoint",
                              ports={"mc": DEFAULT_PORT})
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapters.base import ProtocolPlugin
-from adapters.modbus.config import ENDPOINT_RULE, ModbusDevice, ModbusTag
+
+if TYPE_CHECKING:
+    from adapters.modbus.config import ModbusDevice, ModbusTag
+
+SCHEMES = ("tcp", "rtu+tcp", "serial")  # the endpoint schemes (config.py ENDPOINT_RULE), known without the models
 
 
 def describe_tag(device: ModbusDevice, tag: ModbusTag) -> str:
@@ -24,6 +28,7 @@ def simulator(device: ModbusDevice) -> Any:
     return ModbusServerSim(device.endpoint, [device])
 
 
-# the adapter by name: its module is imported only for a device that uses it (and pymodbus only for an RTU line)
-PLUGIN = ProtocolPlugin(name="modbus", device_model=ModbusDevice, adapter="adapters.modbus.adapter:ModbusAdapter",
-                        describe_tag=describe_tag, simulator=simulator, schemes=ENDPOINT_RULE.schemes)
+# the model and the adapter by name: the model is imported by the config loader (not by `collector --version`,
+# `verify`, ...), the adapter only for a device that uses it (and pymodbus only for an RTU line)
+PLUGIN = ProtocolPlugin(name="modbus", device_model="adapters.modbus.config:ModbusDevice", adapter="adapters.modbus.adapter:ModbusAdapter",
+                        describe_tag=describe_tag, simulator=simulator, schemes=SCHEMES)

@@ -10,6 +10,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from adapters.modbus import SCHEMES
 from collector.config.base import (
     SUBPATH,
     DeviceBase,
@@ -22,7 +23,7 @@ from collector.config.base import (
 )
 
 ENDPOINT_RULE = EndpointRule(
-    schemes=("tcp", "rtu+tcp", "serial"),
+    schemes=SCHEMES,
     forms="tcp://host:port, rtu+tcp://host:port or serial:///dev/ttyUSB0?baudrate=9600&parity=N",
     what="a Modbus endpoint",
     ports={"tcp": 502, "rtu+tcp": 502},

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapters.base import ProtocolPlugin
-from adapters.opcua.commands import add_parsers
-from adapters.opcua.config import ENDPOINT_RULE, OpcUaDevice, OpcUaTag
+
+if TYPE_CHECKING:
+    from adapters.opcua.config import OpcUaDevice, OpcUaTag
+
+SCHEMES = ("opc.tcp",)  # the endpoint schemes (config.py ENDPOINT_RULE), known without the models
 
 
 def describe_tag(device: OpcUaDevice, tag: OpcUaTag) -> str:
@@ -21,6 +24,8 @@ def simulator(device: OpcUaDevice) -> Any:
     return OpcUaMachineSim(device)
 
 
-# the adapter by name: its module (and asyncua) is imported only for a device that uses it
-PLUGIN = ProtocolPlugin(name="opcua", device_model=OpcUaDevice, adapter="adapters.opcua.adapter:OpcUaAdapter",
-                        describe_tag=describe_tag, simulator=simulator, commands=add_parsers, schemes=ENDPOINT_RULE.schemes)
+# the model, the adapter and the commands by name: the model is imported by the config loader (not by
+# `collector --version`, `verify`, ...), the adapter (and asyncua) only for a device that uses it
+PLUGIN = ProtocolPlugin(name="opcua", device_model="adapters.opcua.config:OpcUaDevice",
+                        adapter="adapters.opcua.adapter:OpcUaAdapter", describe_tag=describe_tag, simulator=simulator,
+                        commands="adapters.opcua.commands:add_parsers", schemes=SCHEMES)

@@ -7,7 +7,6 @@ Registered by `collector/cli.py`; everything heavy (asyncua, cryptography) is im
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import Any
@@ -90,6 +89,8 @@ def cmd_discover(args: argparse.Namespace) -> int:
     except ValueError as exc:  # `discover 10.0.3.17:4840`: say what to write, not what the library missed
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    import asyncio
+
     logging.basicConfig(level=logging.ERROR)
     password = os.environ.get(args.password_env) if args.password_env else None
     try:

@@ -14,11 +14,12 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from adapters.opcua import SCHEMES
 from collector.config.base import SUBPATH, DeviceBase, EndpointRule, Integer, Number, Strict, TagBase
 from collector.config.secrets import folder_errors, secret_file_problems
 
 ENDPOINT_RULE = EndpointRule(
-    schemes=("opc.tcp",),
+    schemes=SCHEMES,
     forms="opc.tcp://host:port[/path] (e.g. opc.tcp://192.168.1.20:4840)",
     what="an OPC UA endpoint",
     ports={"opc.tcp": 4840},

@@ -3,10 +3,14 @@ file, an overview in docs/s7.md; the simulator is `simulators/s7.py`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapters.base import ProtocolPlugin
-from adapters.s7.config import ENDPOINT_RULE, S7Device, S7Tag
+
+if TYPE_CHECKING:
+    from adapters.s7.config import S7Device, S7Tag
+
+SCHEMES = ("s7",)  # the endpoint schemes (config.py ENDPOINT_RULE), known without the models
 
 
 def describe_tag(device: S7Device, tag: S7Tag) -> str:
@@ -21,6 +25,7 @@ def simulator(device: S7Device) -> Any:
     return S7MachineSim(device)
 
 
-# the adapter by name: its module (and python-snap7) is imported only for a device that uses it
-PLUGIN = ProtocolPlugin(name="s7", device_model=S7Device, adapter="adapters.s7.adapter:S7Adapter",
-                        describe_tag=describe_tag, simulator=simulator, schemes=ENDPOINT_RULE.schemes)
+# the model and the adapter by name: the model is imported by the config loader (not by `collector --version`,
+# `verify`, ...), the adapter (and python-snap7) only for a device that uses it
+PLUGIN = ProtocolPlugin(name="s7", device_model="adapters.s7.config:S7Device", adapter="adapters.s7.adapter:S7Adapter",
+                        describe_tag=describe_tag, simulator=simulator, schemes=SCHEMES)

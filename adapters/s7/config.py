@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
+from adapters.s7 import SCHEMES
 from adapters.s7.address import S7Location, parse_address
 from collector.config.base import DeviceBase, Endpoint, EndpointRule, Integer, Number, TagBase, other_protocol
 
@@ -19,7 +20,7 @@ __all__ = ["ENDPOINT_RULE", "FAMILY_DEFAULTS", "S7Device", "S7Tag", "parse_s7_en
 
 S7_FORMS = "s7://host[:102][?rack=0&slot=1] or s7://host?local_tsap=0x1000&remote_tsap=0x0300"
 S7_PORT = 102
-ENDPOINT_RULE = EndpointRule(schemes=("s7",), forms=S7_FORMS, what="an S7 endpoint", ports={"s7": S7_PORT})
+ENDPOINT_RULE = EndpointRule(schemes=SCHEMES, forms=S7_FORMS, what="an S7 endpoint", ports={"s7": S7_PORT})
 S7Family = Literal["s7-200smart", "s7-300", "s7-400", "s7-1200", "s7-1500"]
 # family -> (rack, slot) or (local TSAP, remote TSAP) when it connects by TSAP
 FAMILY_DEFAULTS: dict[str, tuple[int, int]] = {"s7-300": (0, 2), "s7-400": (0, 3), "s7-1200": (0, 1),

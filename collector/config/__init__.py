@@ -112,14 +112,15 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(name)
     from adapters.base import registry
 
+    models = registry.load_models()  # each plugin's model, imported now (one that fails is left out, named)
     if name in ("ENDPOINT_SCHEMES", "ENDPOINT_FORMS"):  # were fixed tables; now each plugin's `endpoint_rule`
-        rules = {p.name: getattr(p.device_model, "endpoint_rule", None) for p in registry}
+        rules = {n: getattr(m, "endpoint_rule", None) for n, m in models.items()}
         return {n: (r.schemes if name == "ENDPOINT_SCHEMES" else r.forms) for n, r in rules.items() if r}
     if name == "pki_errors":
         return __getattr__("across_device_errors")
 
-    for plugin in registry:
-        found = getattr(importlib.import_module(plugin.device_model.__module__), name, None)
+    for model in models.values():
+        found = getattr(importlib.import_module(model.__module__), name, None)
         if found is not None:
             globals()[name] = found
             return found

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import difflib
 import typing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
+if TYPE_CHECKING:  # pydantic is imported when an error is formatted: `collector hub --help` needs none
+    from pydantic import BaseModel, ValidationError
 
 EXIT_BAD_CONFIG = 2
 
@@ -24,6 +25,8 @@ class ConfigError(Exception):
 
 def _keys_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """The keys the model accepts at `loc` (its nested models followed by field name; lists skipped)."""
+    from pydantic import BaseModel
+
     current: Any = model
     for part in loc:
         if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):

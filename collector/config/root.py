@@ -23,13 +23,11 @@ from collector.writes.config import WritesConfig
 
 
 def device_models() -> tuple[type[DeviceBase], ...]:
-    """The device model of every installed protocol, in registry order."""
+    """The device model of every installed protocol, in registry order (each imported now, if named lazily)."""
     models = []
-    for plugin in registry:
-        model = plugin.device_model
+    for name, model in registry.load_models().items():
         if not issubclass(model, DeviceBase):
-            raise TypeError(f"protocol '{plugin.name}': its device_model must build on collector.config.base."
-                            "DeviceBase")
+            raise TypeError(f"protocol '{name}': its device_model must build on collector.config.base.DeviceBase")
         models.append(model)
     return tuple(models)
 
@@ -40,8 +38,8 @@ def tag_model(device_model: type[BaseModel]) -> type[TagBase] | None:
     return args[0] if args and isinstance(args[0], type) and issubclass(args[0], TagBase) else None
 
 
-PROTOCOLS: tuple[str, ...] = tuple(registry.names())
 _MODELS = device_models()
+PROTOCOLS: tuple[str, ...] = tuple(registry.names())  # after the models: a plugin whose model failed is gone
 _TAG_MODELS: dict[str, type[TagBase] | None] = {p: tag_model(m) for p, m in zip(PROTOCOLS, _MODELS, strict=True)}
 
 if TYPE_CHECKING:

@@ -1,6 +1,8 @@
 """`collector hub …`: the operators' commands (migrate, enroll, key, run, bulletin, incidents).
 
-Exit codes as everywhere: 0 ok, 1 failure (no database, a bad record), 2 bad config or input (names the field)."""
+Exit codes as everywhere: 0 ok, 1 failure (no database, a bad record), 2 bad config or input (names the field).
+Each command imports what it uses (collector.config.errors too: importing collector.config loads pydantic), so
+building the `collector` parser costs nothing here."""
 
 from __future__ import annotations
 
@@ -11,10 +13,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from collector.config.errors import EXIT_BAD_CONFIG, ConfigError
-
 
 def _config(args: argparse.Namespace) -> Any:
+    from collector.config.errors import EXIT_BAD_CONFIG, ConfigError
     from collector.hub.config import load_hub_config
 
     try:
@@ -67,6 +68,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
+    from collector.config.errors import EXIT_BAD_CONFIG
     from collector.hub.enroll import EnrolError, enrol, read_csv
 
     cfg = _config(args)
@@ -115,6 +117,7 @@ def cmd_key(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import logging
 
+    from collector.config.errors import EXIT_BAD_CONFIG, ConfigError
     from collector.hub import db
     from collector.hub.page import serve
     from collector.hub.service import HubService
@@ -159,6 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_bulletin(args: argparse.Namespace) -> int:
+    from collector.config.errors import EXIT_BAD_CONFIG
     from collector.hub.bulletin import build, parse_period
     from collector.hub.render import banner_text, render
 
@@ -203,6 +207,8 @@ def cmd_incidents(args: argparse.Namespace) -> int:
 def _checked(fn: Any) -> Any:
     """A ConfigError raised after loading (the password file) exits 2 like one found while loading."""
     def run(args: argparse.Namespace) -> int:
+        from collector.config.errors import EXIT_BAD_CONFIG, ConfigError
+
         try:
             return int(fn(args))
         except ConfigError as exc:

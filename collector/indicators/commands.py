@@ -3,6 +3,8 @@
 
 They read the collector's state (SQLite, WAL: safe while the collector runs) and never change the evidence,
 except that a report of a closed month appends its summary to the chain when the collector has not yet.
+What needs pydantic (the config, the figures, the register) is imported by the command that uses it, so building
+the `collector` parser and `collector verify` load no config model.
 """
 
 from __future__ import annotations
@@ -13,27 +15,18 @@ import sys
 import time
 import unicodedata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from collector.config import CollectorConfig, effective_state_dir, load_config_or_exit
 from collector.evidence import keys
 from collector.evidence.records import check_anchor
 from collector.indicators import chain, periods
-from collector.indicators.csv_import import CsvImportError, check_against_config, install, read_register_csv
-from collector.indicators.figures import (
-    FIGURE_ORDER,
-    SIMULATED_BANNER,
-    SIMULATED_BANNER_EN,
-    PeriodResult,
-    compute,
-)
-from collector.indicators.monthly import chain_path, ensure_chained, find_record, month_register
 from collector.indicators.pdf import PdfUnavailable, require_chromium
-from collector.indicators.pooling import PoolInputError, PoolResult, pool_submissions, read_submissions
-from collector.indicators.rates import NAMES, pct
-from collector.indicators.register import IMPORTED_REGISTER, load_register
-from collector.indicators.report import report_footer_data, write_package
 from collector.status import StatusStore
+
+if TYPE_CHECKING:
+    from collector.config import CollectorConfig
+    from collector.indicators.figures import PeriodResult
+    from collector.indicators.pooling import PoolResult
 
 
 def signer_or_exit(state: Path) -> keys.Signer:
@@ -81,6 +74,9 @@ def _grid(head: list[str], rows: list[list[str]], numeric: set[int]) -> list[str
 
 def format_table(result: PeriodResult, lang: str = "zh") -> str:
     """A plain-text table of every figure, enterprise first, then each workshop."""
+    from collector.indicators.figures import FIGURE_ORDER, SIMULATED_BANNER, SIMULATED_BANNER_EN
+    from collector.indicators.rates import NAMES, pct
+
     head = ["scope", "figure", "name", "numerator", "denominator", "value", "target", "pass"]
     rows = []
     scopes = [("enterprise", result.figures), *((f"workshop {ws}", f) for ws, f in result.workshops.items())]
@@ -101,6 +97,11 @@ def format_table(result: PeriodResult, lang: str = "zh") -> str:
 
 
 def cmd_indicators(args: argparse.Namespace) -> int:
+    from collector.config import effective_state_dir, load_config_or_exit  # builds every protocol's models
+    from collector.indicators.figures import compute
+    from collector.indicators.rates import pct
+    from collector.indicators.register import load_register
+
     cfg = load_config_or_exit(args.config)
     state = effective_state_dir(cfg)
     warnings: list[str] = []
@@ -137,6 +138,12 @@ def cmd_indicators(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from collector.config import effective_state_dir, load_config_or_exit  # builds every protocol's models
+    from collector.indicators.figures import compute
+    from collector.indicators.monthly import chain_path, ensure_chained, find_record, month_register
+    from collector.indicators.register import load_register
+    from collector.indicators.report import report_footer_data, write_package
+
     cfg = load_config_or_exit(args.config)
     state = effective_state_dir(cfg)
     warnings: list[str] = []
@@ -304,6 +311,9 @@ def _verify_anchors(path: Path, anchor_file: str, enrolled: Any, result: chain.V
 
 def cmd_keys(args: argparse.Namespace) -> int:
     """`collector keys init|show|rotate`: the evidence signing key of the state directory."""
+    from collector.config import effective_state_dir, load_config_or_exit  # builds every protocol's models
+    from collector.indicators.monthly import chain_path
+
     cfg = load_config_or_exit(args.config)
     state = effective_state_dir(cfg)
     try:
@@ -345,6 +355,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 def format_pool(result: PoolResult, lang: str = "zh") -> str:
     """The pooled figures (Σ numerators / Σ denominators), then one line per enterprise."""
+    from collector.indicators.figures import FIGURE_ORDER, SIMULATED_BANNER, SIMULATED_BANNER_EN
+    from collector.indicators.rates import NAMES, pct
+
     n = len(result.enterprises)
     head = ["figure", "name", "numerator", "denominator", "value", "target", "pass", "enterprises passing"]
     rows = []
@@ -380,6 +393,8 @@ def format_pool(result: PoolResult, lang: str = "zh") -> str:
 
 
 def cmd_pool(args: argparse.Namespace) -> int:
+    from collector.indicators.pooling import PoolInputError, pool_submissions, read_submissions
+
     try:
         periods.parse(args.period, time.time(), "UTC")
     except ValueError as exc:
@@ -409,6 +424,16 @@ def cmd_pool(args: argparse.Namespace) -> int:
 
 
 def cmd_assets_import(args: argparse.Namespace) -> int:
+    from collector.config import effective_state_dir, load_config_or_exit  # builds every protocol's models
+    from collector.indicators.csv_import import (
+        CsvImportError,
+        check_against_config,
+        install,
+        read_register_csv,
+    )
+    from collector.indicators.monthly import chain_path
+    from collector.indicators.register import IMPORTED_REGISTER
+
     cfg = load_config_or_exit(args.config)
     source = Path(args.file)
     try:

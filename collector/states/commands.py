@@ -1,4 +1,8 @@
-"""`collector oee`: time in state, 稼动率 and OEE of a period per device, from the state store (docs/states.md)."""
+"""`collector oee`: time in state, 稼动率 and OEE of a period per device, from the state store (docs/states.md).
+
+The figures (collector.states.summary, with the states config models: pydantic) are imported by the command, so
+building the `collector` parser costs nothing here.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,14 @@ import sys
 import time
 from typing import Any
 
-from collector.config import effective_state_dir, load_config_or_exit
 from collector.indicators import periods
-from collector.states.summary import STATE_NAMES, figure_name, hours, pct, period_figures
 
 RATIOS = ("availability", "utilization", "performance", "quality", "oee")
 
 
 def format_table(result: dict[str, Any], lang: str) -> str:
+    from collector.states.summary import figure_name, hours, pct
+
     zh = lang == "zh"
     p = result["period"]
     lines = [("设备稼动率与OEE" if zh else "Machine utilization and OEE") + f"  {p['label']}  ({p['start']} – "
@@ -44,6 +48,8 @@ def format_table(result: dict[str, Any], lang: str) -> str:
 
 def format_devices(result: dict[str, Any], lang: str) -> str:
     """Per device the time in each state, and per shift its figures."""
+    from collector.states.summary import STATE_NAMES, figure_name, hours, pct
+
     zh = lang == "zh"
     lines = []
     for dev, f in result["devices"].items():
@@ -57,9 +63,11 @@ def format_devices(result: dict[str, Any], lang: str) -> str:
 
 
 def cmd_oee(args: argparse.Namespace) -> int:
-    cfg = load_config_or_exit(args.config)
+    from collector.config import effective_state_dir, load_config_or_exit  # builds every protocol's models
     from collector.indicators.commands import open_store
+    from collector.states.summary import period_figures
 
+    cfg = load_config_or_exit(args.config)
     store = open_store(cfg, effective_state_dir(cfg))
     now = time.time()
     try:

@@ -7,14 +7,16 @@ appendix get their figures from, so they always agree.
 from __future__ import annotations
 
 import bisect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from collector.config import CollectorConfig
 from collector.indicators.periods import Period, iso_local
 from collector.states.figures import Tally, figures, tally
 from collector.states.presets import resolve
 from collector.states.shifts import Shift, Shifts
 from collector.status import StatusStore
+
+if TYPE_CHECKING:
+    from collector.config import CollectorConfig
 
 NAMES = {  # figure key -> (中文, English): what managers read
     "availability": ("时间开动率 (可用率)", "availability"),
