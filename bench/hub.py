@@ -4,8 +4,8 @@
                                   [--hub-cpu CORES] [--py-spy DIR]
 
 Enrols N enterprises (one collector and key each) in a fresh PostgreSQL database on 127.0.0.1:5432, signs
-for each a key record, `days` daily heads and one monthly summary (full record) through `collector.evidence`
-(N × (days + 2) messages), then measures:
+for each a key record, `days` daily heads, one monthly summary (full record) and one signed live snapshot (the
+minute's: a run lasts about a minute) through `collector.evidence` (N × (days + 3) messages), then measures:
 
 - direct: one process calling `collector.hub.ingest.ingest_batch` with batches of 200 per transaction (verification +
   continuity + store; no MQTT): the hub's own ceiling per process;
@@ -53,6 +53,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from collector.credit_code import check_char  # noqa: E402
 from collector.evidence.canonical import GENESIS  # noqa: E402
 from collector.evidence.keys import Signer, check_signature, generate, public_b64  # noqa: E402
+from collector.evidence.live import live_message  # noqa: E402
 from collector.evidence.records import anchor_message, key_body, sign_record  # noqa: E402
 from collector.hub import db  # noqa: E402
 from collector.hub.bulletin import JIAXING, build  # noqa: E402
@@ -100,6 +101,10 @@ def make_city(n: int, days: int) -> tuple[list[EnrolRow], list[tuple[str, bytes]
         for seq, (body, ts, full) in enumerate(bodies, start=1):
             prev, raw = _message(signer, ent, seq, ts, prev, body, full)
             mine.append((sender, raw))
+        # the minute's live snapshot (evidence.hub.live_interval 60: the run lasts about a minute), mid-month
+        live = live_message(signer, {"enterprise": ent, "ts": "2026-11-16T08:00:00Z", "banner": None, "figures": {
+            "D1": {"numerator": num, "denominator": 7}, "D2": {"numerator": num - 1, "denominator": 6}}}, "ws-1")
+        mine.insert(len(mine) // 2, (sender, json.dumps(live, ensure_ascii=False, separators=(",", ":")).encode()))
         per_enterprise.append(mine)
     return rows, [m for step in zip(*per_enterprise, strict=True) for m in step]
 
@@ -118,8 +123,9 @@ class Database:
             enrol(conn, rows)
 
     def count(self) -> int:
+        """Messages stored: records, and live snapshots (one per collector here)."""
         with psycopg.connect(self.url) as c:
-            row = c.execute("SELECT count(*) FROM records").fetchone()
+            row = c.execute("SELECT (SELECT count(*) FROM records) + (SELECT count(*) FROM live)").fetchone()
             return int(row[0]) if row else 0
 
     def backends(self) -> list[int]:

@@ -327,6 +327,10 @@ class Collector:
                                 name="period-figures"),
             *self.states.tasks(),
         ]
+        hub_cfg = self.cfg.evidence.hub
+        if self.hub is not None and hub_cfg is not None and hub_cfg.live_interval > 0:
+            self._tasks.append(asyncio.create_task(self._every(hub_cfg.live_interval, self.send_live),
+                                                   name="hub-live"))
         try:
             self.close_months()
         except Exception:
@@ -340,6 +344,15 @@ class Collector:
 
     def _publish_indicators(self) -> None:
         self.control.publish_indicators(self.indicators())
+
+    def send_live(self) -> bool:
+        """The signed live snapshot to the hub (`evidence.hub.live_interval`), once the first poll round is in (an
+        earlier one would tell the county that no device is on line). False when it was not sent."""
+        from collector.evidence.live import live_message
+
+        if self.hub is None or not self._first_snapshot_out:
+            return False
+        return self.hub.publish_live(live_message(self.signer, self.indicators(), self.cfg.site.workshop))
 
     def _first_round_in(self) -> bool:
         """Every running device has answered once since the start (data, a failure or a skip), and the good

@@ -68,7 +68,7 @@ def collector_config(tmp: Path, name: str, enterprise: str, code: str, workshop:
     secret = tmp / f"{name}-hub-password"
     secret.write_text((password or PW[username or code]) + "\n")
     secret.chmod(0o600)
-    hub: dict[str, Any] = {"url": f"mqtt://127.0.0.1:{hub_port}", "password_file": str(secret),
+    hub: dict[str, Any] = {"url": f"mqtt://127.0.0.1:{hub_port}", "password_file": str(secret), "live_interval": 1,
                            "public_key": str(hub_pub), "fingerprint": keys.show_fingerprint(
                                keys.fingerprint(keys.load_public(str(hub_pub))))}
     if username:
@@ -221,6 +221,14 @@ async def test_three_collectors_of_two_enterprises_feed_the_hub_and_keep_its_rec
                         str(city["hub_pub"]))
         assert code == 0 and "2 of 2 hub anchor(s) verify and match the chain" in out, out
     assert sorted(held) == sorted(expected)  # six records; nothing of the rogue collector, nothing twice
+
+    # each collector's signed live snapshot (here once a second: evidence.hub.live_interval), the newest kept; the
+    # rogue's are dropped by the broker's ACL (QoS 0: no PUBACK to refuse)
+    live = await wait_for(lambda: len(rows := stored(db, "SELECT enterprise_id, workshop, figures->'D2' FROM live "
+                                                         "ORDER BY 1, 2")) == 3 and rows, what="three live snapshots")
+    assert [(e, w) for e, w, _ in live] == sorted((code, ws) for _, _, code, ws, _ in COLLECTORS)
+    assert all(set(d2) == {"numerator", "denominator"} for _, _, d2 in live)
+    assert status(city, "machining")["hub"]["live_sent"] >= 1
 
     # the enterprise's report of that month shows the hub's receipt for its record
     summary = chain.read(state_of(city, "machining") / chain.CHAIN_FILE)[-1]

@@ -43,6 +43,8 @@ class EvidenceHubConfig(Strict):
     keepalive: Integer = Field(default=30, ge=5, le=65535)
     session_expiry: Integer = Field(default=7 * 86400, ge=0, le=2**32 - 1, description="seconds the hub's "
                                     "broker keeps receipts for this collector while it is away")
+    live_interval: Number = Field(default=60.0, ge=0, le=86400, description="seconds between the signed live "
+                                  "snapshots sent to the hub (最近上报, 本月至今); 0: none")
 
     @field_validator("url", mode="before")
     @classmethod

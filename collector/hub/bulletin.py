@@ -163,15 +163,25 @@ def _figures(result: PoolResult) -> dict[str, Any]:
     return result.figures_dict()
 
 
+def _last_seen(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    """Each enterprise's newest live snapshot (any of its collectors), as ISO UTC: whether a collector that has
+    not reported is alive at all (collector/evidence/live.py)."""
+    rows = conn.execute("SELECT enterprise_id, max(received_at) AS seen FROM live GROUP BY enterprise_id").fetchall()
+    return {r["enterprise_id"]: r["seen"].astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+            for r in rows}
+
+
 def _block(name: str, ents: list[EnrolledEnterprise], subs: list[Submission], period: str,
-           anomalies: dict[str, list[dict[str, Any]]], count_simulated: bool = False) -> dict[str, Any]:
+           anomalies: dict[str, list[dict[str, Any]]], count_simulated: bool = False,
+           last_seen: dict[str, str] | None = None) -> dict[str, Any]:
     ids = {e.id for e in ents}
     mine = [s for s in subs if s.enterprise in ids]
     result = pool_submissions(period, mine, count_simulated=count_simulated)
     reported = {e.id for e in result.enterprises} | {e.id for e in result.simulated}
     return {"name": name, "enrolled": len(ents), "backbone": sum(1 for e in ents if e.backbone),
             "reported": len(reported), "figures": _figures(result),
-            "non_reporting": [{"id": e.id, "name": e.name} for e in ents if e.id not in reported],
+            "non_reporting": [{"id": e.id, "name": e.name, "last_seen": (last_seen or {}).get(e.id)} for e in ents
+                              if e.id not in reported],
             # reported, but their figures count simulated devices: listed, never pooled (pooling.py)
             "simulated": [{"id": e.id, "name": e.name} for e in result.simulated],
             "anomalies": [{"id": e.id, "name": e.name, "incidents": anomalies[e.id]} for e in ents
@@ -205,14 +215,15 @@ def build(conn: psycopg.Connection[Any], period: str, counties: list[str], count
     trend_periods = [shift(period, -i) for i in range(11, -1, -1)]
     subs = _submissions(conn, trend_periods, by_id)
     anomalies = _anomalies(conn, period)
+    seen = _last_seen(conn)
     names = [county] if county is not None else counties
     extra = sorted({e.county for e in enrolled} - set(counties))  # enrolled before the list changed
     if county is None:
         names = names + extra
-    blocks = [_block(c, [e for e in enrolled if e.county == c], subs[period], period, anomalies, sim)
+    blocks = [_block(c, [e for e in enrolled if e.county == c], subs[period], period, anomalies, sim, seen)
               for c in names]
     in_scope = enrolled if county is None else [e for e in enrolled if e.county == county]
-    city_block = _block(city, in_scope, subs[period], period, anomalies, sim) if county is None else None
+    city_block = _block(city, in_scope, subs[period], period, anomalies, sim, seen) if county is None else None
     trend = []
     for p in trend_periods:
         point: dict[str, Any] = {"period": p, "counties": {c: _trend_point(subs[p], p, [e for e in enrolled

@@ -77,6 +77,18 @@ CREATE TABLE incidents (
 );
 CREATE INDEX incidents_enterprise ON incidents (enterprise_id, received_at);
 """),
+    (2, "live snapshots", """
+CREATE TABLE live (                         -- the latest signed live snapshot per collector (not evidence)
+    enterprise_id text NOT NULL REFERENCES enterprises (id),
+    workshop      text NOT NULL,
+    ts            timestamptz NOT NULL,     -- the collector's time of the snapshot
+    figures       jsonb NOT NULL,           -- {"D1": {"numerator", "denominator"}, "D2": …} now
+    month         jsonb,                    -- {"label": "2026-11", "figures": …}: this month so far
+    banner        text,                     -- 含模拟设备… when the collector counts simulated devices
+    received_at   timestamptz NOT NULL,
+    PRIMARY KEY (enterprise_id, workshop)
+);
+"""),
 ]
 
 

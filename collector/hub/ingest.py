@@ -14,6 +14,10 @@ a monthly summary, a key record). It is checked in this order, and the first fai
    receipt given the first time is given again.
 4. `accepted`: stored, with a hub-signed receipt.
 
+A live snapshot (`kind: live_snapshot`, collector/evidence/live.py) is not evidence: checked for the same sender,
+enterprise, enrolled key (not rotated away) and signature, it replaces the collector's earlier one (`live`, the
+newest `ts` wins) and gets no receipt: `live`, or `live_refused` with the reason.
+
 A batch is read with a handful of queries (enterprises and keys, the chains' row locks, each record's held
 neighbours), decided in memory in arrival order (a record accepted earlier in the batch is held for the later
 ones), and written with one COPY (records) and one `executemany` (incidents, rare). The row locks on the chains
@@ -33,6 +37,8 @@ from psycopg.types.json import Jsonb
 
 from collector.evidence.canonical import record_hash
 from collector.evidence.keys import KeyFileError, Signer, fingerprint, public_from_b64, show_fingerprint
+from collector.evidence.live import KIND as LIVE_KIND
+from collector.evidence.live import verify_live
 from collector.evidence.records import V2_FIELDS, verify_anchor
 from collector.hub.receipts import make_receipt
 
@@ -200,7 +206,11 @@ def ingest_batch(conn: psycopg.Connection[Any], items: list[tuple[str, Any]], si
         batch = _Batch(conn, msgs)
         new_records: list[tuple[Any, ...]] = []
         new_incidents: list[tuple[Any, ...]] = []
+        new_live: list[tuple[Any, ...]] = []
         for sender, m in msgs:
+            if m.get("kind") == LIVE_KIND:
+                outcomes.append(_live(batch, m, sender, now, new_live))
+                continue
             workshop, seq, rhash = _fields(m)
 
             def outcome(status: str, reason: str | None, sender: str = sender, workshop: str | None = workshop,
@@ -222,6 +232,13 @@ def ingest_batch(conn: psycopg.Connection[Any], items: list[tuple[str, Any]], si
                                                 "FROM STDIN") as copy:
                 for row in new_records:
                     copy.write_row(row)
+        if new_live:  # in arrival order: a later snapshot of the same collector replaces an earlier one
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO live (enterprise_id, workshop, ts, figures, month, banner, received_at) "
+                                "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (enterprise_id, workshop) DO "
+                                "UPDATE SET ts = excluded.ts, figures = excluded.figures, month = excluded.month, "
+                                "banner = excluded.banner, received_at = excluded.received_at "
+                                "WHERE live.ts <= excluded.ts", new_live)
         if new_incidents:
             with conn.cursor() as cur:
                 cur.executemany("INSERT INTO incidents (enterprise_id, workshop, seq, hash, reason, message, "
@@ -319,6 +336,41 @@ def _decide(batch: _Batch, m: dict[str, Any], sender: str, workshop: str | None,
     batch.added.setdefault((sender, workshop), {})[seq] = _Held(seq, rhash, str(m.get("prev")), ts, not full,
                                                                 out.receipt, now)
     return out
+
+
+def _live(batch: _Batch, m: dict[str, Any], sender: str, now: str, new_live: list[tuple[Any, ...]]) -> Outcome:
+    """A live snapshot: kept when its sender, enterprise, key and signature hold; never a receipt."""
+    def refused(reason: str) -> Outcome:
+        return Outcome("live_refused", reason, {})
+
+    collector_id = batch.ents.get(sender)
+    if collector_id is None:
+        return refused(f"{sender} is not enrolled at this hub (`collector hub enroll`)")
+    if m.get("enterprise") != collector_id:
+        return refused(f"the snapshot names enterprise {m.get('enterprise')!r}, but it came from {sender}")
+    workshop = m.get("workshop")
+    if not isinstance(workshop, str) or not workshop:
+        return refused("no workshop")
+    fp = str(m.get("key"))
+    key = batch.keys.get(fp)
+    if key is None or key.enterprise != sender or key.public_key is None:
+        return refused(f"signed by key {show_fingerprint(fp)}, which is not enrolled for {sender}")
+    if key.retired_after is not None:
+        return refused(f"signed by key {show_fingerprint(fp)}, which was rotated away")
+    try:
+        pub, pub_fp = _public(key.public_key)
+    except KeyFileError as exc:
+        return refused(f"the enrolled key is unusable ({exc})")
+    bad = verify_live(m, pub, pub_fp)
+    if bad is not None:
+        return refused(bad)
+    ts = _ts(m.get("ts"))
+    if ts is None or not isinstance(m.get("figures"), dict):
+        return refused(f"ts {m.get('ts')!r} is not a time with a zone, or no figures")
+    month = m.get("month") if isinstance(m.get("month"), dict) else None
+    new_live.append((sender, workshop, ts, Jsonb(m["figures"]), Jsonb(month) if month is not None else None,
+                     m.get("banner") if isinstance(m.get("banner"), str) else None, now))
+    return Outcome("live", None, {})
 
 
 def _rotate(batch: _Batch, sender: str, seq: int, body: dict[str, Any], old: str) -> None:

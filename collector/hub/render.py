@@ -40,6 +40,8 @@ T: dict[str, dict[str, str]] = {
     "reason": {"zh": "原因", "en": "Reason"},
     "concerns": {"zh": "涉及 {months} 的记录", "en": "concerns records of {months}"},
     "banner": {"zh": "通报提示", "en": "banner"},
+    "last_seen": {"zh": "采集器最近上报 {when}", "en": "its collector was last seen {when}"},
+    "never_seen": {"zh": "采集器从未上报", "en": "no collector of it has ever been seen"},
 }
 
 
@@ -158,8 +160,10 @@ def to_html(bulletin: dict[str, Any], lang: str = "zh") -> str:
     lists = []
     for b in bulletin["counties"]:
         for ent in b["non_reporting"]:
+            seen = (t("last_seen", lang, when=ent["last_seen"]) if ent.get("last_seen") else
+                    t("never_seen", lang))
             lists.append(f'<tr class="nonrep"><td>{e(b["name"])}</td><td>{e(ent["name"])}<br><small>{e(ent["id"])}'
-                         f'</small></td><td>{e(t("nonrep", lang))}</td></tr>')
+                         f'</small></td><td>{e(t("nonrep", lang))}（{e(seen)}）</td></tr>')
         for ent in b["anomalies"]:
             why = "；".join(f"{incident_kind(i['reason'], lang)}（{i['workshop']} #{i['seq']}"
                            f"{_concerned(i, lang)}: {i['reason']}）" for i in ent["incidents"])

@@ -120,9 +120,11 @@ class HubService:
         receipts: list[tuple[str, bytes]] = []
         for (sender, _), out in zip(items, outcomes, strict=True):
             self.counters.by_status[out.status] = self.counters.by_status.get(out.status, 0) + 1
-            if out.status in ("incident", "refused"):
+            if out.status in ("incident", "refused", "live_refused"):
                 log.warning("%s from %s (%s seq %s): %s", out.status, sender, out.receipt.get("workshop"),
                             out.receipt.get("seq"), out.reason)
+            if not out.receipt:
+                continue  # a live snapshot: no receipt
             receipts.append((receipt_topic(prefix, sender), json.dumps(
                 out.receipt, ensure_ascii=False, sort_keys=True).encode()))
         # the receipts first, then the acknowledgements, in one write: the broker holds a message until its

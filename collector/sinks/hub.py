@@ -18,6 +18,7 @@ receipts on `{prefix}/{code}/receipt`.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +51,7 @@ class HubEvidenceSink(RowPublisher):
         self._pending: dict[int, Row] = {}
         self._mids: dict[int, Row] = {}
         self.refused_count = 0
+        self.live_sent = 0
         self.last_refusal: str | None = None
         self._parked: set[int] = set()  # rows the broker refused: held back until the next start
         conn.subscriptions.append((self.receipt_topic, 1))
@@ -88,6 +90,16 @@ class HubEvidenceSink(RowPublisher):
                       "logged once; `refused` in the status counts them)", self.name,
                       self.topic(row), reason)
 
+    def publish_live(self, message: dict[str, Any]) -> bool:
+        """A signed live snapshot (collector/evidence/live.py), QoS 0 and past the outbox: a lost one is replaced
+        by the next. False when the link is down (nothing is kept for later)."""
+        if not self.conn.client.is_connected():
+            return False
+        payload = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+        self.conn.client.publish(f"{self.base}/live", payload, qos=0)
+        self.live_sent += 1
+        return True
+
     def _message(self, topic: str, payload: bytes) -> None:
         if topic == self.receipt_topic and self.on_receipt is not None:
             self.on_receipt(payload)
@@ -101,4 +113,5 @@ class HubEvidenceSink(RowPublisher):
 
     def stats(self) -> dict[str, Any]:
         return {"connected": self.connected, "in_flight": len(self._pending), "refused": self.refused_count,
-                "held_back": len(self._parked), "last_refusal": self.last_refusal}
+                "held_back": len(self._parked), "last_refusal": self.last_refusal,
+                "live_sent": self.live_sent}
