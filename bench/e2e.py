@@ -1251,12 +1251,11 @@ def render(b: Bench, command: str) -> str:
 
 ANALYSIS = """## What limits us now
 
-Read from the two full runs of 2026-11-27 (03:06 and 03:36 UTC; the tables below are the later one) on the
-2-core container, and from `bench/profile.py` (py-spy on the running collector at saturation, plus the CPU of
-each of its threads from the OS). This is static text in bench/e2e.py: re-check it against the tables after a
-run.
+Read from the full run of 2026-12-02 02:37 UTC (the tables below) on the 2-core container; the profile is the
+one of 2026-11-27 (`bench/profile.py`: py-spy on the running collector at saturation, plus the CPU of each of
+its threads from the OS). This is static text in bench/e2e.py: re-check it against the tables after a run.
 
-**What the profile found, and what changed.** Before this round the collector needed 4.75 µs of CPU per
+**What the profile of 2026-11-27 found, and what changed.** Before that round the collector needed 4.75 µs of CPU per
 reading on the contiguous map and 15–17 µs on the sparse one. Now it needs 2.3–2.5 µs and 8.7–9.5 µs,
 and 20 k tags take 98–99 MB instead of 151 MB.
 - **Garbage collection took 18 % of a core at 200 k readings/s.** The hot path allocates about one tracked
@@ -1276,65 +1275,38 @@ and 20 k tags take 98–99 MB instead of 151 MB.
   one model and one codec.
 
 **What limits us now.**
-- **Contiguous map: the one event-loop thread.** At 50 ms the collector delivers 330–360 k readings/s. Its
-  event-loop thread uses ~0.73 core and the MQTT network thread (paho) ~0.07. Where the loop's time goes:
-
-  | share | what |
-  | --- | --- |
-  | 15 % | Modbus requests: the socket send and wake-up of each |
-  | 19 % | decoding |
-  | 14 % | the pipeline, mostly freeing the previous cycle's readings |
-  | 14 % | the outbox's SQLite commit |
-  | 12 % | JSON encoding |
-  | 5 % | publishing |
-
-  No single item is left to remove. The levers left are structural:
-  - columnar batches instead of one `Reading` object per value;
-  - the outbox commit in a worker thread;
-  - a second collector process per group of lines.
-
-  Against the peer this is 22.8× and 31.0× the readings per core in the two runs (target 20×: met). The
-  spread comes from the peer's own figure.
-- **Sparse map: requests, on both sides of the socket.** 200 tags over ~2,000 registers with `max_gap: 10`
-  (the default) need ~67 requests per device cycle.
-  - The collector spends ~70 % of its loop in socket work: ~20 µs per request in the loop and kernel, plus
-    ~2.3 µs per tag.
-  - The two pymodbus simulator processes reach ~0.9 core between them, so the 2-core machine is full at
-    ~70 k readings/s. By the collector's CPU alone it would carry ~105–115 k per core.
-  - The ratio to the peer is bounded by the request count. The peer sends 200 requests per cycle (one per key)
-    at ~50–95 µs of CPU per key; we send 67.
-  - 9.7–9.8× per core is the result (target 20×: **missed**), near what this map allows with default
-    settings.
-  - The informative row `sparse, max_gap 20` is one setting that reads over the holes (~17 requests per
-    cycle): 181–193 k readings/s at ~0.7 core. That is 21–24× the peer per core, and the simulators are no longer
-    the wall. Reading over holes is nearly free on TCP; on a slow RS-485 line each extra register costs ~2 ms
-    at 9,600 baud, so the default stays.
-- **Latency p99 (target ≤ 250 ms below saturation: met for Modbus, missed for OPC UA).**
-  - Modbus, worst below saturation: 131–144 ms, on the `max_gap 20` row at 180–190 k readings/s. On the
-    standard maps at 1 s it is 53–65 ms.
-  - OPC UA: 427 ms (subscribe) and 380 ms (poll) at 100 ms, **over the target**. Both rows deliver 93–96 % of
-    the 40,000 changes/s offered, so they count as below saturation. A value's `ts` there is the server's
-    SourceTimestamp: a value waits up to one interval (100 ms, the publishing interval or the poll period)
-    before the collector sees it, and the four asyncua servers use ~1.4 of the 2 cores beside the collector.
-    This run does not measure how the rest divides between the servers and the collector.
-  - Saturated rows show 260–320 ms on the sparse map. A tag's `ts` is the moment its request was answered, and
-    a device publishes once per cycle, so the first tags of a 67-request cycle wait for the rest.
-- **Memory (target ≤ 150 MB at 20 k tags: met, 98–99 MB).**
-  - 1 k tags run at 61–62 MB, most of it the libraries.
-  - After this run, repeated tags are validated once and shared before pydantic sees them: a quick run then
-    measured 77 MB for the 20 k template tags.
-  - A flat config that lists all 20 k tags on every device peaked at 203–241 MB: PyYAML built the node graph
-    of the whole 2.5 MB file first (~150 MB). The file is now read one device at a time: 107 MB, as with a
-    template ("Flat configs and the planner's cost model" below).
-- **Outbox drain (target ≥ 50 k/s: met, 0.35–0.74 M readings/s).** The collector uses ~1.4 cores while
-  draining (paho's thread and SQLite beside the loop), so a drain after an outage competes with live polling on
-  a 2-core gateway. `outbox.live_share` keeps half of the link for live data.
-- **The peer** sends one Modbus request per key. It saturates below the offered 20 k readings/s at a 1 s
-  period (10–17.5 k/s at 0.9–0.96 core). At 500 ms it delivers *less* (3.7–5 k/s) while its RSS grows, because it
-  queues. Its figures move a lot from run to run (its sparse row was 19.6 k/s in a quick run ten minutes earlier),
-  and the ratio moves with them.
-- **OPC UA (target ≤ 33 µs per value: met, 7.3 µs).** The four asyncua servers (~1.4 cores) limit what is
-  offered: asyncua's server, not its client, saturates first. Batched polling costs 11.4–11.7 µs per value.
+- **The peer, measured fairly.** In the run of 2026-12-02 00:28 the peer delivered 2,500 readings/s at its 1 s
+  step: past its capacity it starts each device's poll every period while the last one still runs, the polls
+  pile up and it delivers less (the caution in "Several outstanding requests" below). Its poll period now steps
+  down from 4 s and its windows span several cycles: it delivers 5,000–6,700 readings/s at 0.56–0.91 core, 7–11 k
+  readings/s per core. The ratios below are against that; the 61× and 84× (sparse) of 00:28 were inflated by the
+  collapse.
+- **Contiguous map: 32.8× the peer per core (target 20×: met).** 167 k readings/s at 0.77 core at 100 ms, about
+  4.6 µs of CPU per reading. The machine is full: the simulators (0.37 core) and the counting subscriber (0.25)
+  run on the same two cores.
+- **Sparse map: 19.9× (target 20×: missed by half a percent, inside the ±20 % the peer's own figure moves from
+  run to run).** With the planner's cost model (issue 20) the sparse map costs us what the contiguous one does:
+  152 k readings/s at 0.73 core, 4.8 µs per reading, 18 requests per device cycle instead of 67. The peer was
+  cheaper per reading on it in this run (10.6 k readings/s per core, against 7.7–8.9 k on the contiguous map).
+  `max_outstanding 8`: 18.8×; pipelining only helps while a core is free, and here the two simulator processes
+  (0.67 core) and the subscriber take the second one.
+- **What would move both ratios: CPU per reading in the event-loop thread.** On 2026-11-27 it went to Modbus
+  requests (15 %), decoding (19 %), the pipeline, mostly freeing the previous cycle's readings (14 %), the
+  outbox's SQLite commit (14 %), JSON encoding (12 %) and publishing (5 %). No single item is left to remove;
+  the levers are structural: columnar batches instead of one `Reading` object per value, the outbox commit in
+  a worker thread, a second collector process per group of lines.
+- **Latency p99 (target ≤ 250 ms below saturation: met for Modbus, missed for OPC UA).** Modbus: worst 76 ms
+  below saturation (contiguous, 200 ms), 52–54 ms at 1 s. OPC UA subscribe at 100 ms: 1,036 ms, over the target
+  (777 ms at 00:28). A value's `ts` there is the server's SourceTimestamp, and the four asyncua servers use
+  ~1.25 of the 2 cores beside the collector, so values wait on the servers' side; this run does not measure how
+  the delay divides between the servers and the collector.
+- **Memory (target ≤ 150 MB at 20 k tags: met, 87–88 MB, template or flat).** 1 k tags run at 72 MB, most of it
+  the libraries.
+- **Outbox drain (target ≥ 50 k/s: met, 261 k readings/s).** The collector uses ~1.2 cores while draining
+  (paho's thread and SQLite beside the loop), so a drain after an outage competes with live polling on a
+  2-core gateway; `outbox.live_share` keeps half of the link for live data.
+- **OPC UA (target ≤ 33 µs per value: met, 10.3 µs).** The four asyncua servers (~1.25 cores) limit what is
+  offered: asyncua's server, not its client, saturates first. Batched polling costs ~20 µs per value.
 """
 
 
@@ -1376,7 +1348,7 @@ encoding and outbox the rest. No per-request futures, timers, coroutine wake-ups
 profile; what is left is one send and one receive per request, which only `max_outstanding` > 1 (several requests
 per write, several answers per read) takes out.
 
-**Caution on the peer in the full run of 2026-12-02 (the tables above).** ThingsBoard IoT Gateway delivered
+**Caution on the peer in the full run of 2026-12-02 00:28 (the tables of that run).** ThingsBoard IoT Gateway delivered
 2,500 readings/s at the 1 s step on both maps at 0.94 cores (950 and 1,224 at 500 ms), against 10–17.5 k/s at
 0.9–0.96 cores in the runs of 2026-11-27 (another CPU model). So that run's per-core ratios (96× contiguous, 61×
 sparse, 84× sparse with `max_outstanding: 8`) are not comparable with the earlier ones. A cross-check that does not
@@ -1409,8 +1381,10 @@ bench/e2e.py now steps the peer's poll period from 4 s down (4, 3, 2, 1.5, 1, 0.
 best step, as for ours; measures each peer window over at least 6 poll periods (quick: 3); sets the peer's rate
 limits to none in its own config too; and installs the peer's full dependency set from bench/peer-requirements.txt
 (thingsboard-gateway 3.8.5, pymodbus 3.9.2, tb-mqtt-client 1.13.13, tb-paho-mqtt-client 2.1.2 and 31 more),
-reinstalling a venv that differs. The tables above are from before this change; the next `make bench` replaces
-them.
+reinstalling a venv that differs. The tables above are from the run of 02:37 with this change: the peer's best
+steps are 3–4 s (5,000–6,700 readings/s at 0.56–0.91 core), and the ratios 32.8× (contiguous), 19.9× (sparse)
+and 18.8× (sparse, `max_outstanding: 8`). The ~32× and ~40× of the cross-check scaled the peer of 2026-11-27,
+measured on another CPU model: this run's peer is the one to go by.
 """
 
 LEGACY = """## Flat configs and the planner's cost model (issue 20)
@@ -1568,23 +1542,39 @@ gain what the parser no longer imports. tests/test_cli_imports.py asserts which 
 
 ## The city hub (bench/hub.py)
 
-`.venv/bin/python bench/hub.py` (run by hand; PostgreSQL 15 on 127.0.0.1, mosquitto 2.0.11, 2-core container
-shared with other jobs, so the load average during each run is given). 5,000 enrolled enterprises,
-each a key record, 30 daily heads (anchors) and one monthly summary (full record): 160,000 signed messages, sent
-interleaved as a city sends them. Every message is verified (Ed25519, hash, continuity) and stored; each gets a
-signed receipt.
+`.venv/bin/python bench/hub.py --hub-cpu 0.5` (run by hand; PostgreSQL 15 on 127.0.0.1, mosquitto 2.0.11, the
+2-core container, quiet but for the run itself). 5,000 enrolled enterprises, each a key record, 30 daily heads
+(anchors), one monthly summary (full record) and the minute's signed live snapshot: 165,000 signed messages,
+sent interleaved as a city sends them. Every message is verified (Ed25519; a record's hash and continuity too)
+and stored; each record gets a signed receipt. The publisher, mosquitto, PostgreSQL and the hub processes share
+the two cores.
 
-| measured (2026-12-01, two runs) | load ~5 | load ~3 | target (issue 16) |
+| measured (2026-12-02 02:45 UTC) | records/s | hub CPU per record | target (issue 16) |
 | --- | --- | --- | --- |
-| ingest, one process calling `ingest_batch` (no MQTT) | 1,282 records/s | 2,483 records/s | ≥ 2,000/s per process: met when the machine is not saturated |
-| ingest over MQTT, 1 `collector hub run` on `$share/hub` | 1,101 records/s | 1,539 records/s | (publisher, mosquitto, PostgreSQL and the hub share the 2 cores) |
-| ingest over MQTT, 2 processes on `$share/hub` | 1,936 records/s (1.76×) | 2,084 records/s (1.35×) | near-linear: only while cores are free; on 2 cores the broker and the database compete |
-| city bulletin, 5,000 enterprises, 12-month trend | 0.86 s | 0.56 s | < 2 s: met |
+| ingest over MQTT, 1 `collector hub run` | 3,380 | 228 µs (2.9 verifications) | ≥ 2,000/s per process: **met** |
+| ingest over MQTT, 2 processes on `$share/hub` | 4,542 (1.34×: the two cores are full) | 245 µs | |
+| the same, each hub process held to 0.5 core (cgroup quota) | 1 process 1,892; 2 processes 3,950: **2.09×, 104 % of linear** | 258 µs, 242 µs | near-linear: **met** |
+| ingest, one process calling `ingest_batch` (no MQTT) | 3,729 | 227 µs | (the ceiling without the broker) |
+| city bulletin, 5,000 enterprises, 12-month trend | 0.91 s | | < 2 s: **met** |
 
-Per message the hub spends ~0.12 ms verifying the Ed25519 signature and ~0.04 ms signing the receipt (cProfile
-of the direct run); the rest is PostgreSQL (a handful of queries per batch of 200) and, over MQTT, paho
-and mosquitto on the same two cores. On a hub machine of its own (broker and database elsewhere, docs/operations.md)
-a process has the core to itself.
+CPU per record beside the hub's: PostgreSQL 45–47 µs (137 µs in one run), mosquitto 23–26 µs, the publisher
+62–83 µs. One Ed25519 verification cost 79 µs of CPU in this run: a record costs the hub about three
+verifications' worth, one of them the verification itself and a third of one the receipt's signature (py-spy:
+`check_signature` 38 %, `Signer.sign` 12 %, the PostgreSQL client 20 %, the MQTT session 5 %).
+
+Before and after the hub's own MQTT 5 session (collector/hub/mqtt5.py) replaced paho, back to back earlier the
+same day (A B A: c9120e3, this tree, c9120e3, with this tree's `bench/hub.py` copied into the other; 160,000
+messages, no live snapshots yet):
+
+| measured | paho (run 1) | lean session | paho (run 2) |
+| --- | --- | --- | --- |
+| ingest over MQTT, 1 process | 2,008 records/s, hub 446 µs per record | 2,373 records/s, 252 µs | 1,515 records/s, 485 µs |
+| ingest over MQTT, 2 processes | 3,551 records/s (1.77×), 379 µs | 5,129 records/s (2.16×), 221 µs | – |
+| each held to 0.5 core: 1 → 2 processes | – | 2,106 → 4,485 records/s (2.13×) | – |
+
+With paho, its PUBLISH decode (a `Properties` object per message), the PUBACKs and the receipts' publishes took
+~200 µs more per record, and its network thread fought the ingest worker for the GIL. One process's worker waits
+for PostgreSQL between batches, so with a whole core it uses 0.6–0.8 of it; a second process fills that wait.
 
 ## Earlier component benchmarks
 
