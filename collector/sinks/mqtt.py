@@ -121,6 +121,15 @@ class Session(Protocol):
 Will = tuple[str, bytes, int, bool]  # topic, payload, qos, retain
 
 
+def _settled(info: mqtt.MQTTMessageInfo) -> bool:
+    """Published, or never to be: paho's `is_published` raises when the publish failed (the link dropped while
+    the closing hooks sent, under load), and a stop must not die of the link it is closing."""
+    try:
+        return bool(info.is_published())
+    except (RuntimeError, ValueError):
+        return True
+
+
 class MqttConnection(LinkState):
     """One paho client: connects in the background, reconnects, and hands every callback over to the loop.
 
@@ -199,7 +208,7 @@ class MqttConnection(LinkState):
         if self.connected:
             infos = [info for info in (hook() for hook in self.closing_hooks) if info is not None]
             deadline = time.monotonic() + wait
-            while (self._owners or not all(i.is_published() for i in infos)) and time.monotonic() < deadline:
+            while (self._owners or not all(_settled(i) for i in infos)) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
         self.stopping = True
         self.client.disconnect()
