@@ -29,7 +29,6 @@ import ssl
 import struct
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 log = logging.getLogger("collector.hub")
@@ -207,9 +206,6 @@ class Inbox:
             items = self._items
             return [items.popleft() for _ in range(min(most, len(items)))]
 
-    def __len__(self) -> int:
-        return len(self._items)
-
 
 @dataclass
 class Settings:
@@ -254,7 +250,7 @@ class Session:
     """The hub's broker link, in a thread of its own. `inbox` fills with delivered messages; `send` gives back a
     batch's receipts and acknowledgements from any thread."""
 
-    def __init__(self, settings: Settings, on_refused: Callable[[str], None] | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.s = settings
         self.inbox = Inbox()
         self.connected = threading.Event()
@@ -273,7 +269,6 @@ class Session:
         self._live = False  # CONNACK accepted on the current connection: receipts may go out
         self._sub_pid = 0
         self._last_in = self._last_out = 0.0
-        self._on_refused = on_refused
         self.sent_receipts = 0
         self.most_inflight = 0  # the most receipts unacknowledged at once: never above the broker's window
 
@@ -362,8 +357,6 @@ class Session:
             what = REASONS.get(reason, f"reason 0x{reason:02x}")
             log.error("broker %s:%s refused the hub: %s (check mqtt.username and the password)", self.s.host,
                       self.s.port, what)
-            if self._on_refused is not None:
-                self._on_refused(what)
             transport.close()
             return False
         self._live = True

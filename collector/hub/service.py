@@ -79,7 +79,6 @@ class HubService:
             # at most a few batches unacknowledged in this process: bounded memory, and the broker gives the rest
             # of the shared subscription's load to the other processes instead of queueing it here
             receive_maximum=min(65535, max(100, 4 * cfg.batch)), ssl_context=_tls(cfg)))
-        self.connected = self.session.connected
         self.worker = threading.Thread(target=self._work, name="hub-ingest", daemon=True)
 
     # --- the ingest worker

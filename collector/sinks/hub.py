@@ -93,10 +93,11 @@ class HubEvidenceSink(RowPublisher):
     def publish_live(self, message: dict[str, Any]) -> bool:
         """A signed live snapshot (collector/evidence/live.py), QoS 0 and past the outbox: a lost one is replaced
         by the next. False when the link is down (nothing is kept for later)."""
-        if not self.conn.client.is_connected():
+        if not self.connected:
             return False
         payload = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
-        self.conn.client.publish(f"{self.base}/live", payload, qos=0)
+        if self.conn.publish(f"{self.base}/live", payload, qos=0) is None:
+            return False
         self.live_sent += 1
         return True
 
