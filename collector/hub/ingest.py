@@ -249,22 +249,12 @@ def ingest_batch(conn: psycopg.Connection[Any], items: list[tuple[str, Any]], si
 def _decide(batch: _Batch, m: dict[str, Any], sender: str, workshop: str | None, seq: int | None,
             rhash: str | None, now: dt.datetime, outcome: Any, new_records: list[tuple[Any, ...]]) -> Outcome:
     conn = batch.conn
-    collector_id = batch.ents.get(sender)
-    if collector_id is None:
-        raise _Decided("refused", f"{sender} is not enrolled at this hub (`collector hub enroll`)")
-    if not m:
-        raise _Decided("refused", "not a JSON object")
-    if m.get("enterprise") != collector_id:
-        raise _Decided("refused", f"the record names enterprise {m.get('enterprise')!r}, but it came from "
-                                  f"{sender} (enrolled collector id {collector_id!r})")
+    _check_sender(batch, m, sender, "record")
     if workshop is None or seq is None or seq < 1 or rhash is None or not HEX64.fullmatch(rhash):
         raise _Decided("refused", "not a signed record or head (workshop, seq ≥ 1, hash of 64 hex digits)")
     full = "body" in m
     body: dict[str, Any] = m["body"] if isinstance(m.get("body"), dict) else {}
-    fp = str(m.get("key"))
-    key = batch.keys.get(fp)
-    if key is None or key.enterprise != sender:
-        raise _Decided("refused", f"signed by key {show_fingerprint(fp)}, which is not enrolled for {sender}")
+    fp, key = _sender_key(batch, m, sender)
     if full:
         record = {k: m[k] for k in V2_FIELDS if k in m}
         try:
@@ -280,10 +270,7 @@ def _decide(batch: _Batch, m: dict[str, Any], sender: str, workshop: str | None,
             raise _Decided("refused", f"key {show_fingerprint(fp)} is enrolled by fingerprint only: send the "
                                       "chain's key record first (it carries the public key)")
         pub_b64 = learned = str(body.get("public_key"))
-    try:
-        pub, pub_fp = _public(pub_b64)
-    except KeyFileError as exc:
-        raise _Decided("refused", f"the enrolled key is unusable ({exc})") from None
+    pub, pub_fp = _parsed_key(pub_b64)
     bad = verify_anchor(m, pub, pub_fp)
     if bad is not None:
         raise _Decided("refused", bad)
@@ -338,35 +325,56 @@ def _decide(batch: _Batch, m: dict[str, Any], sender: str, workshop: str | None,
     return out
 
 
-def _live(batch: _Batch, m: dict[str, Any], sender: str, now: str, new_live: list[tuple[Any, ...]]) -> Outcome:
-    """A live snapshot: kept when its sender, enterprise, key and signature hold; never a receipt."""
-    def refused(reason: str) -> Outcome:
-        return Outcome("live_refused", reason, {})
-
+def _check_sender(batch: _Batch, m: dict[str, Any], sender: str, what: str) -> None:
+    """The sender is enrolled, and the message names its collector id (the broker authenticated the sender)."""
     collector_id = batch.ents.get(sender)
     if collector_id is None:
-        return refused(f"{sender} is not enrolled at this hub (`collector hub enroll`)")
+        raise _Decided("refused", f"{sender} is not enrolled at this hub (`collector hub enroll`)")
+    if not m:
+        raise _Decided("refused", "not a JSON object")
     if m.get("enterprise") != collector_id:
-        return refused(f"the snapshot names enterprise {m.get('enterprise')!r}, but it came from {sender}")
-    workshop = m.get("workshop")
-    if not isinstance(workshop, str) or not workshop:
-        return refused("no workshop")
+        raise _Decided("refused", f"the {what} names enterprise {m.get('enterprise')!r}, but it came from "
+                                  f"{sender} (enrolled collector id {collector_id!r})")
+
+
+def _sender_key(batch: _Batch, m: dict[str, Any], sender: str) -> tuple[str, _Key]:
+    """The message's key (a fingerprint), enrolled for the sender."""
     fp = str(m.get("key"))
     key = batch.keys.get(fp)
-    if key is None or key.enterprise != sender or key.public_key is None:
-        return refused(f"signed by key {show_fingerprint(fp)}, which is not enrolled for {sender}")
-    if key.retired_after is not None:
-        return refused(f"signed by key {show_fingerprint(fp)}, which was rotated away")
+    if key is None or key.enterprise != sender:
+        raise _Decided("refused", f"signed by key {show_fingerprint(fp)}, which is not enrolled for {sender}")
+    return fp, key
+
+
+def _parsed_key(b64: str) -> tuple[Ed25519PublicKey, str]:
     try:
-        pub, pub_fp = _public(key.public_key)
+        return _public(b64)
     except KeyFileError as exc:
-        return refused(f"the enrolled key is unusable ({exc})")
-    bad = verify_live(m, pub, pub_fp)
-    if bad is not None:
-        return refused(bad)
-    ts = _ts(m.get("ts"))
-    if ts is None or not isinstance(m.get("figures"), dict):
-        return refused(f"ts {m.get('ts')!r} is not a time with a zone, or no figures")
+        raise _Decided("refused", f"the enrolled key is unusable ({exc})") from None
+
+
+def _live(batch: _Batch, m: dict[str, Any], sender: str, now: str, new_live: list[tuple[Any, ...]]) -> Outcome:
+    """A live snapshot: kept when its sender, enterprise, key and signature hold; never a receipt."""
+    try:
+        _check_sender(batch, m, sender, "snapshot")
+        workshop = m.get("workshop")
+        if not isinstance(workshop, str) or not workshop:
+            raise _Decided("refused", "no workshop")
+        fp, key = _sender_key(batch, m, sender)
+        if key.public_key is None:
+            raise _Decided("refused", f"key {show_fingerprint(fp)} is enrolled by fingerprint only: its chain's "
+                                      "key record brings the public key")
+        if key.retired_after is not None:
+            raise _Decided("refused", f"signed by key {show_fingerprint(fp)}, which was rotated away")
+        pub, pub_fp = _parsed_key(key.public_key)
+        bad = verify_live(m, pub, pub_fp)
+        if bad is not None:
+            raise _Decided("refused", bad)
+        ts = _ts(m.get("ts"))
+        if ts is None or not isinstance(m.get("figures"), dict):
+            raise _Decided("refused", f"ts {m.get('ts')!r} is not a time with a zone, or no figures")
+    except _Decided as d:
+        return Outcome("live_refused", d.reason, {})
     month = m.get("month") if isinstance(m.get("month"), dict) else None
     new_live.append((sender, workshop, ts, Jsonb(m["figures"]), Jsonb(month) if month is not None else None,
                      m.get("banner") if isinstance(m.get("banner"), str) else None, now))
