@@ -115,6 +115,29 @@ def password_file(path: Path, users: dict[str, str]) -> Path:
     return path
 
 
+def acl_broker(tmp_path: Path, users: dict[str, str], *, persistent: bool = True,
+               extra: tuple[str, ...] = ()) -> Any:
+    """mosquitto with the shipped ACL and a password file for `users` (user → password), started; persistent
+    (in tmp_path) unless asked otherwise."""
+    from tests.support.broker import MosquittoProcess, free_port
+
+    if not MosquittoProcess.available():
+        pytest.fail("mosquitto is not installed: `apt-get install mosquitto` (.ci/run does it)")
+    broker = MosquittoProcess(free_port(), extra=["allow_anonymous false",
+                                                  f"password_file {password_file(tmp_path / 'passwd', users)}",
+                                                  f"acl_file {ACL}", *extra],
+                              persistence_dir=tmp_path if persistent else None)
+    broker.start()
+    return broker
+
+
+def secret_file(path: Path, secret: str) -> Path:
+    """A password file as the hub reads it: the secret alone, mode 0600."""
+    path.write_text(secret)
+    path.chmod(0o600)
+    return path
+
+
 def hub_yaml(path: Path, *, db_url: str, port: int, state_dir: Path, client_id: str, pw_file: Path,
              http_port: int | None, count_simulated: bool = False) -> Path:
     import yaml

@@ -35,7 +35,7 @@ from collector.evidence.receipts import make_receipt
 from collector.evidence.records import sign_record
 from collector.indicators import chain
 from simulators.workshop import Workshop
-from tests.hubsupport import ACL, HubProcess, hub_yaml, password_file
+from tests.hubsupport import HubProcess, acl_broker, hub_yaml, secret_file
 from tests.hubsupport import pg_url as pg_url  # noqa: F401  (fixture)
 from tests.support.broker import MosquittoProcess, free_port
 
@@ -111,15 +111,8 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
 
 @pytest.fixture
 async def city(tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]) -> AsyncIterator[dict[str, Any]]:  # noqa: F811
-    if not MosquittoProcess.available():
-        pytest.fail("mosquitto is not installed: `apt-get install mosquitto` (.ci/run does it)")
-    broker = MosquittoProcess(free_port(), extra=["allow_anonymous false",
-                                                  f"password_file {password_file(tmp_path / 'passwd', PW)}",
-                                                  f"acl_file {ACL}"], persistence_dir=tmp_path)
-    broker.start()
-    secret = tmp_path / "hub-password"
-    secret.write_text(PW["hub"])
-    secret.chmod(0o600)
+    broker = acl_broker(tmp_path, PW)
+    secret = secret_file(tmp_path / "hub-password", PW["hub"])
     hub_state = tmp_path / "hub-state"
     hub_cfg = hub_yaml(tmp_path / "hub.yaml", db_url=pg_url, port=broker.port, state_dir=hub_state,
                        client_id="hub-1", pw_file=secret, http_port=None,
@@ -434,10 +427,7 @@ async def test_a_wrong_hub_password_is_refused_and_said_so(tmp_path: Path, caplo
     from collector.app import Collector
     from collector.config import Settings
 
-    broker = MosquittoProcess(free_port(), extra=["allow_anonymous false",
-                                                  f"password_file {password_file(tmp_path / 'passwd', PW)}",
-                                                  f"acl_file {ACL}"])
-    broker.start()
+    broker = acl_broker(tmp_path, PW, persistent=False)
     keys.init(tmp_path / "hub")
     data = collector_config(tmp_path, "machining", "jx-hengda", A, "ws-machining", [], broker.port,
                             tmp_path / "hub" / keys.PUBLIC_FILE, password="not-the-password")

@@ -19,15 +19,15 @@ from collector.evidence.keys import load_public
 from collector.evidence.records import sign_record
 from collector.hub.receipts import verify_receipt
 from tests.hubsupport import (
-    ACL,
     ROOT,
     Collector,
     Enterprise,
     HubProcess,
+    acl_broker,
     hub_yaml,
     month_body,
-    password_file,
     pg_url,  # noqa: F401  (fixture)
+    secret_file,
 )
 from tests.support.broker import MosquittoProcess, free_port
 
@@ -53,16 +53,8 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def city(tmp_path: Path, pg_url: str) -> Iterator[dict[str, Any]]:  # noqa: F811
-    if not MosquittoProcess.available():
-        pytest.fail("mosquitto is not installed: `apt-get install mosquitto` (.ci/run does it)")
-    pw_file = password_file(tmp_path / "passwd", PW)
-    broker = MosquittoProcess(free_port(), extra=["allow_anonymous false", f"password_file {pw_file}",
-                                                  f"acl_file {ACL}", "max_queued_messages 100000"],
-                              persistence_dir=tmp_path)
-    broker.start()
-    secret = tmp_path / "hub-password"
-    secret.write_text(PW["hub"])
-    secret.chmod(0o600)
+    broker = acl_broker(tmp_path, PW, extra=("max_queued_messages 100000",))
+    secret = secret_file(tmp_path / "hub-password", PW["hub"])
     state = tmp_path / "hub-state"
     configs = [hub_yaml(tmp_path / f"hub{i}.yaml", db_url=pg_url, port=broker.port, state_dir=state,
                         client_id=f"hub-{i}", pw_file=secret, http_port=free_port() if i == 1 else None)

@@ -23,9 +23,8 @@ from collector.demo_city import seed_closed_month
 from collector.evidence import hub_anchors, keys
 from collector.evidence.records import sign_record
 from collector.indicators import chain
-from tests.hubsupport import ACL, Enterprise, HubProcess, hub_yaml, password_file
+from tests.hubsupport import Enterprise, HubProcess, acl_broker, hub_yaml, secret_file
 from tests.hubsupport import pg_url as pg_url  # noqa: F401  (fixture)
-from tests.support.broker import MosquittoProcess, free_port
 from tests.test_hub_collectors import PW, A, cli, collector_config, collector_run, stored, wait_for
 
 pytestmark = pytest.mark.integration
@@ -48,16 +47,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 async def hub(tmp_path: Path, pg_url: str,  # noqa: F811
               capsys: pytest.CaptureFixture[str]) -> AsyncIterator[dict[str, Any]]:
     """A hub (broker with the ACL, `collector hub run`, PostgreSQL) and one enrolled collector's config."""
-    if not MosquittoProcess.available():
-        pytest.fail("mosquitto is not installed: `apt-get install mosquitto` (.ci/run does it)")
-    pw = {"hub": PW["hub"], A: PW[A]}
-    broker = MosquittoProcess(free_port(), extra=["allow_anonymous false",
-                                                  f"password_file {password_file(tmp_path / 'passwd', pw)}",
-                                                  f"acl_file {ACL}"], persistence_dir=tmp_path)
-    broker.start()
-    secret = tmp_path / "hub-password"
-    secret.write_text(PW["hub"])
-    secret.chmod(0o600)
+    broker = acl_broker(tmp_path, {"hub": PW["hub"], A: PW[A]})
+    secret = secret_file(tmp_path / "hub-password", PW["hub"])
     hub_state = tmp_path / "hub-state"
     hub_cfg = hub_yaml(tmp_path / "hub.yaml", db_url=pg_url, port=broker.port, state_dir=hub_state,
                        client_id="hub-1", pw_file=secret, http_port=None)
