@@ -326,13 +326,21 @@ class ModbusServerSim:
         self._by_device: dict[str, UnitStore] = {}
         for dev in devices:
             self.add_device(dev)
-        # several outstanding requests answered (tcp:// only): as asked, else when a device asks for them
-        self.pipelining = self.scheme == "tcp" and (
-            any(d.max_outstanding > 1 for d in devices) if pipelining is None else pipelining)
+        self._pipelining = pipelining
         self._store = _Datastore(self.units, answer_unknown=self.scheme == "tcp")
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._socat: asyncio.subprocess.Process | None = None
         self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def pipelining(self) -> bool:
+        """Several outstanding requests answered (tcp:// only): as asked, else when a device behind the endpoint
+        asks for them, including one added later (`add_device`, the Workshop's shared gateways)."""
+        if self.scheme != "tcp":
+            return False
+        if self._pipelining is not None:
+            return self._pipelining
+        return any(u.device.max_outstanding > 1 for u in self.units.values())
 
     def add_device(self, dev: ModbusDevice) -> None:
         """Serve one more unit id behind this endpoint (before `start`): how the Workshop shares one server

@@ -331,6 +331,32 @@ async def test_the_simulator_in_pipelining_mode_answers_several_outstanding_requ
             await adapter.close()
 
 
+async def test_a_device_added_to_a_shared_gateway_later_turns_pipelining_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The Workshop serves the devices of one gateway from one server, adding all but the first with
+    `add_device`: a later unit that asks for max_outstanding 4 gets several outstanding requests answered."""
+    port = free_port()
+    tags = [{**t, "sim": {"kind": "constant", "value": 0}} for t in TAGS]
+    first = build_device(port, tags, id="gw-first", unit_id=1, max_gap=0)
+    dev = build_device(port, tags, unit_id=2, max_gap=0, max_outstanding=4)
+    sim = ModbusServerSim(first.endpoint, [first])
+    assert not sim.pipelining  # the first unit asks for one request at a time
+    sim.add_device(dev)
+    assert sim.pipelining
+    async with sim:
+        fill(sim)
+        adapter = ModbusAdapter(dev, AdapterContext())
+        await adapter.connect()
+        try:
+            with caplog.at_level(logging.WARNING, logger="adapters.modbus.adapter"):
+                for _ in range(3):
+                    check_values(await adapter.read())
+            assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+            assert adapter.stats()["max_outstanding"] == 4  # no fallback to one at a time
+        finally:
+            await adapter.close()
+
+
 async def test_pymodbus_one_frame_per_segment_is_detected_and_polled_one_at_a_time(
         caplog: pytest.LogCaptureFixture) -> None:
     """pymodbus's own server (the simulator without pipelining) answers the first frame of a segment and
