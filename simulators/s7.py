@@ -47,6 +47,7 @@ SIM_MODULE_TYPE = "shopfloor-collector simulator"  # the SZL field holds 32 byte
 SIM_ORDER_NUMBER = "SIMULATOR"
 _SRV_AREAS = {"DB": SrvArea.DB, "M": SrvArea.MK, "I": SrvArea.PE, "Q": SrvArea.PA}
 _S7_AREAS = {"DB": S7Area.DB, "M": S7Area.MK, "I": S7Area.PE, "Q": S7Area.PA}
+_AREA_NAMES = {a: n for n, a in _S7_AREAS.items()}
 
 
 def _field(text: str, size: int) -> bytes:
@@ -165,7 +166,9 @@ class S7MachineSim:
         """A client's write of one item (the server's thread): the return code a CPU answers with."""
         if self.write_code is not None:
             return self.write_code
-        name = next(n for n, a in _S7_AREAS.items() if a == area)
+        name = _AREA_NAMES.get(area)
+        if name is None:
+            return 0x0A  # an area this CPU does not hold (counters, timers): object does not exist
         key = (name, db if name == "DB" else 0)
         buf = self.areas.get(key)
         if buf is None or key in self._removed:

@@ -120,3 +120,22 @@ async def test_workshop_serves_s7_and_takes_it_off_the_network_and_back() -> Non
     finally:
         await adapter.close()
         await workshop.stop()
+
+
+async def test_a_write_to_an_area_the_cpu_does_not_hold_is_refused_not_a_crash() -> None:
+    """python-snap7's own client writes a counter (CT) area: the simulator answers 0x0A (object does not exist)
+    as a CPU does, and goes on serving."""
+    port = free_port()
+    sim = S7MachineSim(device(port))
+    await sim.start()
+    client = snap7.AsyncClient()
+    try:
+        await client.connect("127.0.0.1", 0, 1, port)
+        with pytest.raises(Exception) as err:
+            await client.write_area(snap7.Area.CT, 0, 0, bytearray(b"\x00\x01"))
+        assert "not exist" in str(err.value).lower() or "0x0a" in str(err.value).lower(), err.value
+        assert sim.writes == []
+        assert struct.unpack_from(">f", await client.db_read(10, 2, 4), 0)[0] == 57.5  # still serving
+    finally:
+        await client.disconnect()
+        await sim.stop()
