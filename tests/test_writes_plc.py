@@ -49,6 +49,7 @@ def config(state_dir: Path, broker_port: int) -> dict[str, Any]:
                  {"name": "flag", "address": "M10.1", "write": ON},
                  {"name": "started", "address": "DB10.DBB40", "type": "DTL", "write": ON},
                  {"name": "count", "address": "DB10.DBW52", "type": "INT"},
+                 {"name": "notes", "address": "DB10.DBB60", "type": "WSTRING[254]", "write": ON},
                  {"name": "estop", "address": "I0.0"},
              ]},
             {"id": "mc-1", "protocol": "mc", "endpoint": f"mc://127.0.0.1:{free_port()}", "interval": 0.3,
@@ -147,6 +148,8 @@ async def test_s7_refusals_send_nothing_and_a_cpu_refusal_fails(site: Site) -> N
         ("total", 2**31, "type_mismatch", "数值类型不符"),
         ("recipe", "x" * 11, "type_mismatch", "数值类型不符"),  # longer than STRING[10]
         ("started", 1.0, "type_mismatch", "数值类型不符"),  # a DTL is not written
+        # 2 + 2 × 250 bytes: more than one request at the simulator's PDU, so never half written
+        ("notes", "x" * 250, "type_mismatch", "数值类型不符"),
     ]
     for tag, value, want, zh in cases:
         code, result = await site.write("s7-1", {"tag": tag, "value": value})

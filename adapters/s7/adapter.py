@@ -346,15 +346,19 @@ class S7Adapter(Adapter):
             start, data = encode_write(loc, value, cfg.scale, cfg.offset, self.device.string_encoding)
         except ValueError as exc:
             raise WriteError("type_mismatch", str(exc)) from None
+        step = self.pdu - _WRITE_OVERHEAD
+        if len(data) > step:  # two requests: one failing between them leaves the new length over old text
+            raise WriteError("type_mismatch", f"{len(data)} bytes (the value with its length field) need more than "
+                             f"one write request at this CPU's PDU of {self.pdu} bytes ({step} per request), and "
+                             "a failure between two would leave a STRING half written that reads as good: write "
+                             "a shorter value")
         if self.client is None:
             raise AdapterError("not connected")
         old, old_quality = await self._read_tag(i, "reading the old value (nothing was written)")
         if old_quality not in (Quality.GOOD, Quality.BAD_OUT_OF_RANGE):
             old = None
         self._counters["writes"] = self._counters.get("writes", 0) + 1
-        step = self.pdu - _WRITE_OVERHEAD  # a long STRING: several requests (the library's write_area does so too)
-        for part in range(0, len(data), step):
-            await self._write_item(loc, start + part, data[part:part + step])
+        await self._write_item(loc, start, data)
         if not readback:
             return WriteOutcome(old, None)
         after, quality = await self._read_tag(i, "reading back (the write was acknowledged)")
