@@ -25,12 +25,8 @@ class EvidenceSink(RowPublisher):
 
     def __init__(self, conn: MqttConnection, topic: str, name: str = "evidence",
                  on_ack: AckCallback | None = None) -> None:
-        self.conn = conn
+        super().__init__(conn, name, on_ack)
         self.topic = topic
-        self.name = name
-        self.on_ack = on_ack
-        self._pending: dict[int, Row] = {}  # row id -> row, until its PUBACK
-        self._mids: dict[int, Row] = {}  # message id -> row
 
     def encode(self, batch: Batch) -> bytes:
         raise TypeError("the evidence sink takes signed heads (collector/evidence/anchors.py), not data")
@@ -39,13 +35,8 @@ class EvidenceSink(RowPublisher):
         """The anchoring receipt's location: the broker holds a retained copy of the head there."""
         return f"mqtt://{self.conn.s.host}:{self.conn.s.port}/{self.topic}"
 
-
-
     def row_topic(self, row: Row) -> str:
         return self.topic
-
-    def in_flight(self) -> set[int]:
-        return set(self._pending)
 
     async def close(self) -> None:
         """Nothing of its own: the connection is stopped by the collector."""

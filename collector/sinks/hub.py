@@ -42,14 +42,10 @@ class HubEvidenceSink(RowPublisher):
 
     def __init__(self, conn: MqttConnection, prefix: str, enterprise: str, workshop: str, name: str = "hub",
                  on_ack: AckCallback | None = None) -> None:
-        self.conn = conn
-        self.name = name
-        self.on_ack = on_ack
+        super().__init__(conn, name, on_ack)
         self.base = f"{prefix}/{enterprise}/evidence/{workshop}"
         self.receipt_topic = f"{prefix}/{enterprise}/receipt"
         self.on_receipt: Callable[[bytes], object] | None = None
-        self._pending: dict[int, Row] = {}
-        self._mids: dict[int, Row] = {}
         self.refused_count = 0
         self.live_sent = 0
         self.last_refusal: str | None = None
@@ -57,11 +53,8 @@ class HubEvidenceSink(RowPublisher):
         conn.subscriptions.append((self.receipt_topic, 1))
         conn.on_message_hooks.append(self._message)
 
-    def topic(self, row: Row) -> str:
-        return f"{self.base}/{'record' if row.device == RECORD_DEVICE else 'head'}"
-
     def row_topic(self, row: Row) -> str:
-        return self.topic(row)
+        return f"{self.base}/{'record' if row.device == RECORD_DEVICE else 'head'}"
 
     def encode(self, batch: Batch) -> bytes:
         raise TypeError("the hub sink takes signed records and heads (collector/evidence/), not data")
@@ -88,7 +81,7 @@ class HubEvidenceSink(RowPublisher):
                       "publish there; evidence.hub.username (or site.credit_code) must be this enterprise's "
                       "统一社会信用代码 with its own password; the records wait in the outbox until a restart (this is "
                       "logged once; `refused` in the status counts them)", self.name,
-                      self.topic(row), reason)
+                      self.row_topic(row), reason)
 
     def publish_live(self, message: dict[str, Any]) -> bool:
         """A signed live snapshot (collector/evidence/live.py), QoS 0 and past the outbox: a lost one is replaced

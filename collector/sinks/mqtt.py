@@ -381,13 +381,19 @@ class RowPublisher(OnConnection):
 
     WINDOW = 8
     retain = False
-    conn: MqttConnection
-    on_ack: AckCallback | None
-    _pending: dict[int, Row]  # row id -> row, until its PUBACK
-    _mids: dict[int, Row]  # message id -> row
+
+    def __init__(self, conn: MqttConnection, name: str, on_ack: AckCallback | None = None) -> None:
+        self.conn = conn
+        self.name = name
+        self.on_ack = on_ack
+        self._pending: dict[int, Row] = {}  # row id -> row, until its PUBACK
+        self._mids: dict[int, Row] = {}  # message id -> row
 
     def row_topic(self, row: Row) -> str:
         raise NotImplementedError
+
+    def in_flight(self) -> set[int]:
+        return set(self._pending)
 
     def capacity(self) -> int:
         return max(0, self.WINDOW - len(self._pending))
