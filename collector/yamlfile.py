@@ -33,6 +33,7 @@ take about 2 MB. Below the cap, a file full of errors still takes seconds: pydan
 MAX_VALUES = 2_000_000
 """Values after YAML aliases are expanded (`*name` repeats a whole subtree): far above any real config, far below
 what a few nested aliases can make."""
+MAX_PROBLEMS = 1000  # problems listed at most: the same cap for the whole read and the streamed one
 MAX_INT_DIGITS = 30
 """No setting takes a longer number (the largest, outbox.max_bytes, has 16 digits)."""
 MAX_DEPTH = 32
@@ -170,7 +171,7 @@ _ALIAS_BOMB = (f"(top level): the YAML aliases (*name) expand to more than {MAX_
                "repeated parts out or use templates:")
 
 
-def tree_problems(root: Node, limit: int = 1000) -> tuple[list[str], list[str]]:
+def tree_problems(root: Node, limit: int = MAX_PROBLEMS) -> tuple[list[str], list[str]]:
     """(problems, fatal problems): duplicate keys and zero-led (octal) registers, which still leave data to
     validate, and over-long numbers, too deep nesting and alias bombs, which do not; each with its path and
     line."""
@@ -305,7 +306,7 @@ def _check_part(loader: _StreamLoader, node: Node, path: str, key: str | None, d
     if st.broke:
         return
     seen = set(st.seen)
-    walk = _walk(node, path, key, depth, max(0, 1000 - len(st.problems)), seen)
+    walk = _walk(node, path, key, depth, max(0, MAX_PROBLEMS - len(st.problems)), seen)
     st.problems += walk.problems
     st.fatal += walk.fatal
     st.broke = walk.broke
