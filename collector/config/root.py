@@ -22,14 +22,20 @@ from collector.states.config import StatesConfig
 from collector.writes.config import WritesConfig
 
 
-def device_models() -> tuple[type[DeviceBase], ...]:
-    """The device model of every installed protocol, in registry order (each imported now, if named lazily)."""
-    models = []
+def _protocol_models() -> dict[str, type[DeviceBase]]:
+    """Each loadable protocol's device model by name, in registry order (each imported now, if named lazily; a
+    plugin whose model does not import is left out, `registry.broken` says why)."""
+    loaded: dict[str, type[DeviceBase]] = {}
     for name, model in registry.load_models().items():
         if not issubclass(model, DeviceBase):
             raise TypeError(f"protocol '{name}': its device_model must build on collector.config.base.DeviceBase")
-        models.append(model)
-    return tuple(models)
+        loaded[name] = model
+    return loaded
+
+
+def device_models() -> tuple[type[DeviceBase], ...]:
+    """The device model of every installed protocol, in registry order."""
+    return tuple(_protocol_models().values())
 
 
 def tag_model(device_model: type[BaseModel]) -> type[TagBase] | None:
@@ -38,9 +44,10 @@ def tag_model(device_model: type[BaseModel]) -> type[TagBase] | None:
     return args[0] if args and isinstance(args[0], type) and issubclass(args[0], TagBase) else None
 
 
-_MODELS = device_models()
-PROTOCOLS: tuple[str, ...] = tuple(registry.names())  # after the models: a plugin whose model failed is gone
-_TAG_MODELS: dict[str, type[TagBase] | None] = {p: tag_model(m) for p, m in zip(PROTOCOLS, _MODELS, strict=True)}
+_LOADED = _protocol_models()
+_MODELS = tuple(_LOADED.values())
+PROTOCOLS: tuple[str, ...] = tuple(_LOADED)
+_TAG_MODELS: dict[str, type[TagBase] | None] = {p: tag_model(m) for p, m in _LOADED.items()}
 
 if TYPE_CHECKING:
     Device = Any
