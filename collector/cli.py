@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     from collector.config import CollectorConfig
 
 
+def version_line() -> str:
+    """What `collector --version` prints, with or without the parser built."""
+    return f"collector {package_version()}"
+
+
 def package_version() -> str:
     """The installed distribution's version (what a wheel install or `pip show shopfloor-collector` says)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -373,7 +378,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="collector", description="Shop-floor data collector (OPC UA, Modbus → MQTT) "
                                 "with the 数字化设备联网率 and 装备数控化率 indicators.")
-    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    p.add_argument("--version", action="version", version=version_line())
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("run", help="run a config until SIGINT/SIGTERM")
@@ -438,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--version"]:  # what argparse prints, without first importing every command to build it
-        print(f"collector {package_version()}")
+        print(version_line())
         return 0
     args = build_parser().parse_args(argv)
     try:
