@@ -70,6 +70,10 @@ def compile_converter(tag: McTag, xy_base: int = 16) -> Converter:
     return make_converter(dec, tag.scale, tag.offset, tag.range, "float" if type_ in ("REAL", "LREAL") else "int")
 
 
+_INT_LIMITS = {"INT": (-0x8000, 0x7FFF), "UINT": (0, 0xFFFF), "WORD": (0, 0xFFFF), "DINT": (-2**31, 2**31 - 1),
+               "UDINT": (0, 2**32 - 1), "DWORD": (0, 2**32 - 1)}
+
+
 def encode_words(type_: str, value: Any) -> list[int]:
     """Engineering value (before scale) -> words, the simulator's direction; integers clamp to the type."""
     if type_ == "BOOL":
@@ -84,14 +88,9 @@ def encode_words(type_: str, value: Any) -> list[int]:
         return list(_W4.unpack(_F64.pack(float(value))))
     x = float(value)
     i = 0 if not math.isfinite(x) else round(x)
-    lo, hi = {"INT": (-0x8000, 0x7FFF), "UINT": (0, 0xFFFF), "WORD": (0, 0xFFFF), "DINT": (-2**31, 2**31 - 1),
-              "UDINT": (0, 2**32 - 1), "DWORD": (0, 2**32 - 1)}[type_]
+    lo, hi = _INT_LIMITS[type_]
     i = min(hi, max(lo, i)) & 0xFFFFFFFF
     return [i & 0xFFFF] if type_ in ("INT", "UINT", "WORD") else [i & 0xFFFF, i >> 16]
-
-
-_INT_LIMITS = {"INT": (-0x8000, 0x7FFF), "UINT": (0, 0xFFFF), "WORD": (0, 0xFFFF), "DINT": (-2**31, 2**31 - 1),
-               "UDINT": (0, 2**32 - 1), "DWORD": (0, 2**32 - 1)}
 
 
 def encode_write(type_: str, value: Any, scale: float = 1.0, offset: float = 0.0) -> list[int]:
