@@ -88,15 +88,13 @@ VARIANT_TYPES: dict[str, ua.VariantType] = {
     "uint64": ua.VariantType.UInt64, "float": ua.VariantType.Float, "double": ua.VariantType.Double,
     "string": ua.VariantType.String, "datetime": ua.VariantType.DateTime,
 }
-_NUMERIC = frozenset({ua.VariantType.SByte, ua.VariantType.Byte, ua.VariantType.Int16, ua.VariantType.UInt16,
-                      ua.VariantType.Int32, ua.VariantType.UInt32, ua.VariantType.Int64, ua.VariantType.UInt64,
-                      ua.VariantType.Float, ua.VariantType.Double})
 _INT_BOUNDS: dict[ua.VariantType, tuple[int, int]] = {
     ua.VariantType.SByte: (-(2**7), 2**7 - 1), ua.VariantType.Byte: (0, 2**8 - 1),
     ua.VariantType.Int16: (-(2**15), 2**15 - 1), ua.VariantType.UInt16: (0, 2**16 - 1),
     ua.VariantType.Int32: (-(2**31), 2**31 - 1), ua.VariantType.UInt32: (0, 2**32 - 1),
     ua.VariantType.Int64: (-(2**63), 2**63 - 1), ua.VariantType.UInt64: (0, 2**64 - 1),
 }
+_NUMERIC = frozenset(_INT_BOUNDS) | {ua.VariantType.Float, ua.VariantType.Double}
 
 # ---------------------------------------------------------------------------------------- fast server init
 
