@@ -182,8 +182,11 @@ class McServerSim:
         self._server: asyncio.Server | None = None
         self._task: asyncio.Task[None] | None = None
         xy = device.xy_base
-        self._writers = [(t.name, t.parsed(xy), t.value_type(xy), t.scale, t.offset, self._cells(t.parsed(xy),
-                          t.value_type(xy))) for t in device.tags if t.sim is not None]
+        self._writers = []
+        for t in device.tags:
+            if t.sim is not None:
+                addr, type_ = t.parsed(xy), t.value_type(xy)
+                self._writers.append((t.name, addr, type_, t.scale, t.offset, self._cells(addr, type_)))
 
     @staticmethod
     def _cells(addr: McAddress, type_: str) -> list[tuple[str, int]]:
